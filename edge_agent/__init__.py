@@ -1,0 +1,42 @@
+"""edge-agent: a computer-vision appliance daemon, and its Python API.
+
+    import edge_agent
+    model = edge_agent.get_model("shapes/1")          # the bundled demo detector
+    result = model.infer("image.jpg", confidence=0.5)
+    print(result.to_json())                           # Roboflow's JSON (spec §4.6)
+
+Importing this package does no work: heavy modules load when first used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from edge_agent.models.model import Model
+    from edge_agent.models.store import ModelStore
+    from edge_agent.settings import Settings
+
+__all__ = ["__version__", "get_model", "open_store"]
+
+
+def open_store(settings: Settings | None = None) -> ModelStore:
+    """The model store the settings point at (environment by default)."""
+    from edge_agent.models.store import ModelStore
+    from edge_agent.settings import Settings
+
+    settings = settings or Settings.from_env()
+    return ModelStore(settings.models_dir)
+
+
+def get_model(model_id: str, settings: Settings | None = None) -> Model:
+    """Load ``model_id`` ("project/version") from the model store, ready to ``infer``.
+
+    Each call loads a fresh model; keep the returned object to reuse it.
+    """
+    from edge_agent.settings import Settings
+
+    settings = settings or Settings.from_env()
+    return open_store(settings).load(model_id, settings.engine)  # type: ignore[no-any-return]

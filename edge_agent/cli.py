@@ -1,0 +1,135 @@
+"""The ``edge-agent`` command: parse flags, build Settings, call into the library. No logic of its own.
+
+    edge-agent infer IMAGE [--model ID] [--confidence C] [--visualize OUT.jpg]
+    edge-agent models add SOURCE [--id PROJECT/VERSION] [--task TASK] [--classes a,b] [--replace]
+    edge-agent models list | show ID | remove ID
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from edge_agent import __version__
+from edge_agent.errors import EdgeAgentError
+
+DEFAULT_MODEL = "shapes/1"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-agent", description="Computer-vision appliance daemon and tools.")
+    p.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    p.add_argument("--state-dir", type=Path, help="model store and state folder (default: EDGE_AGENT_STATE_DIR)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    infer = sub.add_parser("infer", help="run a model on image files and print Roboflow JSON")
+    infer.add_argument("images", nargs="+", help="image files, URLs")
+    infer.add_argument("--model", default=DEFAULT_MODEL, help=f"model id (default {DEFAULT_MODEL})")
+    infer.add_argument("--confidence", type=float, default=0.4)
+    infer.add_argument("--iou-threshold", type=float, default=0.3)
+    infer.add_argument("--max-detections", type=int, default=300)
+    infer.add_argument("--class-filter", help="comma-separated class names to keep")
+    infer.add_argument("--class-agnostic-nms", action="store_true")
+    infer.add_argument("--keypoint-confidence", type=float, default=0.0)
+    infer.add_argument("--visualize", type=Path, metavar="OUT.jpg",
+                       help="write the drawing here (with several images: OUT-0.jpg, OUT-1.jpg, ...)")
+    infer.add_argument("--no-labels", action="store_true", help="draw without class labels")
+
+    models = sub.add_parser("models", help="manage the model store")
+    msub = models.add_subparsers(dest="action", required=True)
+    add = msub.add_parser("add", help="import an ultralytics ONNX file, a Roboflow model folder or an archive")
+    add.add_argument("source", type=Path)
+    add.add_argument("--id", dest="model_id", help="project/version (Roboflow folders may name their own)")
+    add.add_argument("--task", choices=["object-detection", "instance-segmentation", "keypoint-detection",
+                                        "classification"], help="when the ONNX file has no metadata")
+    add.add_argument("--classes", help="comma-separated class names, when the ONNX file has none")
+    add.add_argument("--replace", action="store_true", help="replace an installed model of the same id")
+    msub.add_parser("list", help="list installed models")
+    show = msub.add_parser("show", help="print a model's manifest")
+    show.add_argument("model_id")
+    remove = msub.add_parser("remove", help="remove a model from the store")
+    remove.add_argument("model_id")
+    return p
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from dataclasses import replace
+
+    from edge_agent.settings import Settings
+
+    settings = Settings.from_env()
+    return replace(settings, state_dir=args.state_dir) if args.state_dir else settings
+
+
+def _print(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+
+
+def _infer(args: argparse.Namespace) -> int:
+    import edge_agent
+    from edge_agent.heads import InferenceParams
+    from edge_agent.images import load_image
+
+    settings = _settings(args)
+    model = edge_agent.get_model(args.model, settings)
+    params = InferenceParams(
+        confidence=args.confidence, iou_threshold=args.iou_threshold, max_detections=args.max_detections,
+        class_agnostic_nms=args.class_agnostic_nms, keypoint_confidence=args.keypoint_confidence,
+        class_filter=tuple(c.strip() for c in args.class_filter.split(",")) if args.class_filter else None)
+    images = [load_image(src, auto_orient=model.manifest.preprocess.auto_orient) for src in args.images]
+    results = model.infer_arrays(images, params)
+    bodies = [r.to_json() for r in results]
+    _print(bodies[0] if len(bodies) == 1 else bodies)
+    if args.visualize:
+        import cv2
+
+        from edge_agent.visualize import draw
+
+        for i, (image, result) in enumerate(zip(images, results)):
+            out = args.visualize if len(images) == 1 else args.visualize.with_name(
+                f"{args.visualize.stem}-{i}{args.visualize.suffix}")
+            canvas = draw(image, result, labels=not args.no_labels, colours=model.manifest.colors)
+            if not cv2.imwrite(str(out), canvas):
+                raise EdgeAgentError(f"could not write {out} (unknown image extension or unwritable folder?)")
+    return 0
+
+
+def _summary(stored: Any) -> dict[str, Any]:
+    m = stored.manifest
+    return {"model_id": m.model_id, "task": m.task, "classes": len(m.class_names),
+            "input": f"{m.input.width}x{m.input.height}", "builtin": stored.builtin}
+
+
+def _models(args: argparse.Namespace) -> int:
+    import edge_agent
+
+    store = edge_agent.open_store(_settings(args))
+    if args.action == "add":
+        classes = tuple(c.strip() for c in args.classes.split(",")) if args.classes else None
+        manifest = store.install(args.source, args.model_id, task=args.task, class_names=classes,
+                                 replace=args.replace)
+        _print(manifest.model_dump(mode="json"))
+    elif args.action == "list":
+        _print([_summary(s) for s in store.list()])
+    elif args.action == "show":
+        stored = store.get(args.model_id)
+        _print({**stored.manifest.model_dump(mode="json"), "path": str(stored.path), "builtin": stored.builtin})
+    elif args.action == "remove":
+        store.remove(args.model_id)
+        _print({"removed": args.model_id})
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "infer":
+            return _infer(args)
+        return _models(args)
+    except EdgeAgentError as exc:
+        sys.stderr.write(f"edge-agent: error: {exc.message}\n")
+        return 2

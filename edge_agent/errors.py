@@ -1,0 +1,81 @@
+"""The one exception tree of edge-agent. Each class carries an HTTP status and a stable ``code``.
+
+::
+
+    EdgeAgentError                 500 internal_error
+    ├── InvalidInput               400 invalid_input        bad parameters from the caller
+    │   ├── ImageLoadError         400 image_load_failed    "Could not load input image. Cause: ..."
+    │   ├── InvalidModelId         400 invalid_model_id     not "<project>/<version>"
+    │   └── ModelImportError       400 model_import_failed  a file offered to the store is unusable
+    ├── ModelNotFound              404 model_not_found      no such id in the model store
+    ├── ModelLoadFailed            500 model_package_broken the stored package cannot be loaded
+    ├── UnsupportedModel           501 unsupported_model    a task or layout we do not decode
+    ├── EngineFailure              500 engine_failure       the runtime failed while running
+    ├── Overloaded                 503 overloaded           queue full: retry later
+    └── NotReady                   503 not_ready            still starting or loading: retry later
+
+Engines raise ``engines.EngineError``; the model layer translates those at its boundary and chains
+the original. Nothing here imports Flask: the HTTP layer maps this tree to JSON in one handler.
+"""
+
+from __future__ import annotations
+
+
+class EdgeAgentError(Exception):
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(EdgeAgentError):
+    status = 400
+    code = "invalid_input"
+
+
+class ImageLoadError(InvalidInput):
+    """An image could not be read; ``cause`` is the public detail (spec §5 strings)."""
+
+    code = "image_load_failed"
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(f"Could not load input image. Cause: {cause}")
+        self.cause = cause
+
+
+class InvalidModelId(InvalidInput):
+    code = "invalid_model_id"
+
+
+class ModelImportError(InvalidInput):
+    code = "model_import_failed"
+
+
+class ModelNotFound(EdgeAgentError):
+    status = 404
+    code = "model_not_found"
+
+
+class ModelLoadFailed(EdgeAgentError):
+    code = "model_package_broken"
+
+
+class UnsupportedModel(EdgeAgentError):
+    status = 501
+    code = "unsupported_model"
+
+
+class EngineFailure(EdgeAgentError):
+    code = "engine_failure"
+
+
+class Overloaded(EdgeAgentError):
+    status = 503
+    code = "overloaded"
+
+
+class NotReady(EdgeAgentError):
+    status = 503
+    code = "not_ready"

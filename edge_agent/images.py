@@ -1,0 +1,162 @@
+"""Turning every accepted kind of image input into an H x W x 3 uint8 BGR array.
+
+Accepted: numpy arrays (H x W, H x W x 1, H x W x 3, uint8, BGR), encoded bytes (anything OpenCV
+decodes), base64 text (optionally a ``data:`` URI), file paths, PIL images and http(s) URLs.
+Limits: a cap on pixels (checked from the header before decoding where the format allows) and, for
+URLs, the policy of ``url_fetch``. Every failure is an ``ImageLoadError`` whose cause is a public,
+spec §5 style sentence.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_agent.errors import ImageLoadError
+from edge_agent.url_fetch import UrlPolicy, fetch
+
+DEFAULT_MAX_PIXELS = 50_000_000
+_DATA_URI = re.compile(r"^data:image/[A-Za-z0-9.+-]+;base64,")
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    allow_files: bool = True  # reading paths on this machine (never for network callers)
+    url_policy: UrlPolicy = UrlPolicy.trusted()
+
+
+def _check_pixels(width: int, height: int, limits: ImageLimits) -> None:
+    if width * height > limits.max_pixels:
+        raise ImageLoadError(f"Image exceeds the maximum of {limits.max_pixels} pixels.")
+
+
+def from_array(array: np.ndarray, limits: ImageLimits = ImageLimits()) -> np.ndarray:
+    """Validate a BGR (or grayscale) uint8 array and return it as H x W x 3."""
+    if array.ndim not in (2, 3):
+        raise ImageLoadError("For image given as np.ndarray expected 2 or 3 dimensions.")
+    if array.ndim == 3 and array.shape[2] not in (1, 3):
+        raise ImageLoadError("For image given as np.ndarray expected 1 or 3 channels.")
+    if array.dtype != np.uint8:
+        raise ImageLoadError(f"For image given as np.ndarray expected dtype uint8, got {array.dtype}.")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ImageLoadError("Image has zero width or height.")
+    _check_pixels(array.shape[1], array.shape[0], limits)
+    if array.ndim == 2 or array.shape[2] == 1:
+        import cv2
+
+        return cv2.cvtColor(array.reshape(array.shape[:2]), cv2.COLOR_GRAY2BGR)  # type: ignore[no-any-return]
+    return array
+
+
+def from_bytes(data: bytes, limits: ImageLimits = ImageLimits(), auto_orient: bool = True) -> np.ndarray:
+    """Decode an encoded image file (JPEG, PNG, BMP, WebP, TIFF, ...)."""
+    import cv2
+
+    if not data:
+        raise ImageLoadError("Empty image payload.")
+    try:
+        import imagesize
+
+        width, height = imagesize.get(io.BytesIO(data))
+    except Exception:  # unknown header: fall back to checking after the decode
+        width = height = -1
+    if width > 0 and height > 0:
+        _check_pixels(width, height, limits)
+    flags = cv2.IMREAD_COLOR if auto_orient else cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    if image is None:
+        raise ImageLoadError("Data is not image.")
+    _check_pixels(image.shape[1], image.shape[0], limits)
+    return image  # type: ignore[no-any-return]
+
+
+def decode_base64(text: str | bytes) -> bytes:
+    """Base64 text (standard or URL-safe alphabet, optional data URI) to bytes."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("ascii")
+        except UnicodeDecodeError:
+            raise ImageLoadError(
+                "Invalid base64 input: the image payload contains raw bytes instead of a base64-encoded "
+                "string. Please base64-encode the image before sending.") from None
+    text = _DATA_URI.sub("", text.strip(), count=1)
+    if not text:
+        raise ImageLoadError("Empty image payload.")
+    if "-" in text or "_" in text:
+        text = text.replace("-", "+").replace("_", "/")
+    text = "".join(text.split())
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageLoadError("Malformed base64 input image.") from None
+
+
+def from_base64(text: str | bytes, limits: ImageLimits = ImageLimits(), auto_orient: bool = True) -> np.ndarray:
+    return from_bytes(decode_base64(text), limits, auto_orient)
+
+
+def from_file(path: str | Path, limits: ImageLimits = ImageLimits(), auto_orient: bool = True) -> np.ndarray:
+    if not limits.allow_files:
+        raise ImageLoadError("Loading images from local filesystem is disabled.")
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ImageLoadError(f"Cannot read image file {str(path)!r}: {exc.strerror}.") from exc
+    return from_bytes(data, limits, auto_orient)
+
+
+def from_url(url: str, limits: ImageLimits = ImageLimits(), auto_orient: bool = True) -> np.ndarray:
+    data = fetch(url, limits.url_policy)
+    try:
+        return from_bytes(data, limits, auto_orient)
+    except ImageLoadError as exc:
+        if exc.cause == "Data is not image.":
+            raise ImageLoadError("Data pointed by URL could not be decoded into image.") from exc
+        raise
+
+
+def from_pil(image: Any, limits: ImageLimits = ImageLimits(), auto_orient: bool = True) -> np.ndarray:
+    from PIL import ImageOps
+
+    _check_pixels(image.width, image.height, limits)
+    if auto_orient:
+        image = ImageOps.exif_transpose(image)
+    rgb = np.asarray(image.convert("RGB"))
+    return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+def _is_pil(obj: Any) -> bool:
+    return any(c.__module__.startswith("PIL.") and c.__name__ == "Image" for c in type(obj).__mro__)
+
+
+def load_image(source: Any, limits: ImageLimits = ImageLimits(), auto_orient: bool = True) -> np.ndarray:
+    """Any accepted input to an H x W x 3 uint8 BGR array.
+
+    A ``str`` is a URL when it starts with ``http://`` or ``https://``, a file path when such a file
+    exists, and base64 text otherwise. ``bytes`` are an encoded image file.
+    """
+    if isinstance(source, np.ndarray):
+        return from_array(source, limits)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return from_bytes(bytes(source), limits, auto_orient)
+    if isinstance(source, Path):
+        return from_file(source, limits, auto_orient)
+    if isinstance(source, str):
+        if source.startswith(("http://", "https://")):
+            return from_url(source, limits, auto_orient)
+        if len(source) < 4096 and limits.allow_files and Path(source).is_file():
+            return from_file(source, limits, auto_orient)
+        return from_base64(source, limits, auto_orient)
+    if _is_pil(source):
+        return from_pil(source, limits, auto_orient)
+    raise ImageLoadError(
+        f"Image declaration contains not recognised image type ({type(source).__name__}); expected a "
+        "numpy array, bytes, base64 text, a file path, a URL or a PIL image.")

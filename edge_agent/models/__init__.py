@@ -1,0 +1,1 @@
+"""The model store and what it holds: manifests, importers, loaded models."""

@@ -1,0 +1,326 @@
+"""Reading what a model file or folder says about itself, and turning it into a ``Manifest``.
+
+Sources:
+  * an ONNX file exported by ultralytics (YOLOv5u/v8/11: detect, segment, pose, classify): task,
+    names, imgsz and kpt_shape come from its ``metadata_props``;
+  * a Roboflow model folder (spec §10): model_type.json, environment.json, class_names.txt,
+    weights.onnx | yolov5s_weights.onnx | best.onnx, keypoints_metadata.json;
+  * a .zip or .tar(.gz) archive holding either of the above.
+Every problem is a ``ModelImportError`` naming the file and what is wrong. Nothing here writes to the
+store: ``store.ModelStore.install`` does that with the (manifest, onnx path) pair returned here.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+import tarfile
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import engines
+from edge_agent.errors import ModelImportError, UnsupportedModel
+from edge_agent.models.manifest import Layout, Preprocess, StaticCrop
+
+ULTRALYTICS_TASKS = {
+    "detect": "object-detection",
+    "segment": "instance-segmentation",
+    "pose": "keypoint-detection",
+    "classify": "classification",
+}
+ROBOFLOW_WEIGHTS = ("weights.onnx", "yolov5s_weights.onnx", "best.onnx")
+ROBOFLOW_TASKS = ("object-detection", "instance-segmentation", "keypoint-detection", "classification")
+
+
+@dataclass
+class Draft:
+    """A manifest without its weights entry, plus the ONNX file it describes."""
+
+    onnx: Path
+    fields: dict[str, Any]
+
+
+def _literal(md: dict[str, str], key: str, where: Path) -> Any:
+    try:
+        return ast.literal_eval(md[key])
+    except (ValueError, SyntaxError) as exc:
+        raise ModelImportError(f"{where}: metadata {key!r} is not readable: {md[key]!r}") from exc
+
+
+def _inspect(path: Path) -> engines.ModelInfo:  # type: ignore[name-defined]
+    try:
+        return engines.inspect_model(path)
+    except engines.EngineError as exc:
+        raise ModelImportError(str(exc)) from exc
+
+
+def _names(raw: Any, where: Path) -> tuple[str, ...]:
+    if isinstance(raw, dict):
+        try:
+            return tuple(str(raw[i]) for i in range(len(raw)))
+        except KeyError:
+            raise ModelImportError(f"{where}: class names are not numbered 0..{len(raw) - 1}") from None
+    if isinstance(raw, (list, tuple)):
+        return tuple(str(n) for n in raw)
+    raise ModelImportError(f"{where}: class names must be a list or a dict, got {type(raw).__name__}")
+
+
+def _input_size(info: Any, fallback: tuple[int, int] | None, where: Path) -> tuple[int, int, int | None]:
+    shape = info.inputs[0].shape
+    if len(shape) != 4 or shape[1] not in (3, None):
+        raise ModelImportError(f"{where}: expected an image input [batch, 3, height, width], got {list(shape)}")
+    h, w = shape[2], shape[3]
+    if h is None or w is None:
+        if fallback is None:
+            raise ModelImportError(f"{where}: the input size is symbolic and the model does not state it")
+        h, w = fallback
+    return int(h), int(w), shape[0]
+
+
+def detect_layout(shape: tuple[int | None, ...], nc: int, extra: int, where: Path, hint: str | None = None) -> Layout:
+    """Which detection layout a [B, a, b] output0 has, checked against the class count."""
+    if len(shape) != 3:
+        raise ModelImportError(f"{where}: output0 should have 3 dimensions, has shape {list(shape)}")
+    _, a, b = shape
+    fits = {
+        "yolov8": a == 4 + nc + extra,
+        "yolov5": b == 5 + nc + extra,
+        "end2end": b == 6 + extra and (a is None or a <= 1000),
+    }
+    if hint in fits and fits[hint]:
+        return hint  # type: ignore[return-value]
+    for layout in ("yolov8", "yolov5", "end2end"):
+        if fits[layout]:
+            return layout  # type: ignore[return-value]
+    raise ModelImportError(
+        f"{where}: output0 has shape {list(shape)}, which fits no known layout for {nc} classes and "
+        f"{extra} extra values per box (yolov8 expects [B, {4 + nc + extra}, N], yolov5 [B, N, "
+        f"{5 + nc + extra}], end2end [B, K, {6 + extra}]): do the class names match the model?")
+
+
+def _task_extras(task: str, info: Any, kpt: tuple[int, int] | None, where: Path) -> dict[str, int]:
+    if task == "instance-segmentation":
+        if len(info.outputs) < 2 or len(info.outputs[1].shape) != 4:
+            raise ModelImportError(f"{where}: a segmentation model needs a prototype output [B, 32, H, W]")
+        nm = info.outputs[1].shape[1]
+        if not nm:
+            raise ModelImportError(f"{where}: prototype output has no fixed channel count")
+        return {"mask_channels": int(nm)}
+    if task == "keypoint-detection":
+        if kpt is None:
+            raise ModelImportError(f"{where}: a keypoint model needs kpt_shape metadata, e.g. [17, 3]")
+        return {"keypoints": int(kpt[0]), "keypoint_dims": int(kpt[1])}
+    return {}
+
+
+def _output_fields(task: str, info: Any, names: tuple[str, ...], kpt: tuple[int, int] | None,
+                   where: Path, hint: str | None, multilabel: bool = False) -> dict[str, Any]:
+    if task == "classification":
+        shape = info.outputs[0].shape
+        if len(shape) != 2 or shape[1] != len(names):
+            raise ModelImportError(
+                f"{where}: a classifier of {len(names)} classes should output [B, {len(names)}], got {list(shape)}")
+        return {"layout": "probabilities"}
+    extra = _task_extras(task, info, kpt, where)
+    n_extra = extra.get("mask_channels", 0) + extra.get("keypoints", 0) * extra.get("keypoint_dims", 0)
+    layout = detect_layout(info.outputs[0].shape, len(names), n_extra, where, hint)
+    return {"layout": layout, **extra}
+
+
+def from_ultralytics(path: Path, task: str | None = None, class_names: tuple[str, ...] | None = None) -> Draft:
+    """An ultralytics ONNX export; ``task`` and ``class_names`` fill in for missing metadata."""
+    info = _inspect(path)
+    md = info.metadata
+    if task is None:
+        if "task" not in md:
+            raise ModelImportError(
+                f"{path}: no 'task' in the ONNX metadata (not an ultralytics export?); give the task explicitly")
+        if md["task"] not in ULTRALYTICS_TASKS:
+            raise UnsupportedModel(f"{path}: ultralytics task {md['task']!r} is not supported "
+                                   f"(supported: {', '.join(ULTRALYTICS_TASKS)})")
+        task = ULTRALYTICS_TASKS[md["task"]]
+    if class_names is None:
+        if "names" not in md:
+            raise ModelImportError(f"{path}: no 'names' in the ONNX metadata; give the class names explicitly")
+        class_names = _names(_literal(md, "names", path), path)
+    imgsz = _literal(md, "imgsz", path) if "imgsz" in md else None
+    fallback = (int(imgsz[0]), int(imgsz[1])) if isinstance(imgsz, (list, tuple)) and len(imgsz) == 2 else None
+    h, w, batch = _input_size(info, fallback, path)
+    kpt = tuple(_literal(md, "kpt_shape", path)) if "kpt_shape" in md else None
+    hint = "end2end" if md.get("end2end") == "True" else None
+    output = _output_fields(task, info, class_names, kpt, path, hint)  # type: ignore[arg-type]
+    kpt_names: dict[int, tuple[str, ...]] = {}
+    if "kpt_names" in md:
+        raw = _literal(md, "kpt_names", path)
+        kpt_names = {int(c): tuple(str(n) for n in v) for c, v in raw.items()}
+    resize = "center-crop" if task == "classification" else "letterbox"
+    return Draft(path, {
+        "task": task,
+        "class_names": class_names,
+        "input": {"width": w, "height": h, "batch": batch},
+        "preprocess": Preprocess(resize=resize).model_dump(),
+        "output": output,
+        "keypoint_names": kpt_names,
+        "source": {"kind": "ultralytics", "file": path.name,
+                   **{k: md[k] for k in ("version", "author", "date", "description") if k in md}},
+    })
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelImportError(f"{path}: missing (required in a Roboflow model folder)") from None
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise ModelImportError(f"{path}: not valid JSON: {exc}") from exc
+
+
+def _roboflow_preprocess(steps: dict[str, Any], task: str, model_type: str, where: Path) -> dict[str, Any]:
+    def on(key: str) -> dict[str, Any] | None:
+        step = steps.get(key)
+        return step if isinstance(step, dict) and step.get("enabled", True) not in (False, "false") else None
+
+    resize_fmt = str((on("resize") or {}).get("format", "Stretch to"))
+    pad = {"Fit (black edges) in": 0, "Fit (white edges) in": 255, "Fit (grey edges) in": 114}
+    fields: dict[str, Any] = {"resize": "stretch", "color": "rgb", "auto_orient": "auto-orient" in steps}
+    if resize_fmt in pad or resize_fmt in ("Fit (reflect edges) in", "Fit within", "Fill (with center crop) in"):
+        fields["resize"], fields["pad_value"] = "letterbox", pad.get(resize_fmt, 0)
+    crop = on("static-crop")
+    if crop:
+        try:
+            fields["static_crop"] = StaticCrop(**{k: float(crop[k]) for k in ("x_min", "y_min", "x_max", "y_max")})
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ModelImportError(f"{where}: static-crop step is invalid: {exc}") from exc
+    contrast = on("contrast")
+    if contrast:
+        kinds = {"Contrast Stretching": "contrast-stretching", "Histogram Equalization": "histogram-equalization",
+                 "Adaptive Equalization": "adaptive-equalization"}
+        if contrast.get("type") not in kinds:
+            raise ModelImportError(f"{where}: unknown contrast type {contrast.get('type')!r}")
+        fields["contrast"] = kinds[contrast["type"]]
+    fields["grayscale"] = on("grayscale") is not None
+    if task == "classification":
+        if model_type.startswith("resnet"):
+            fields["mean"], fields["std"] = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+        else:  # ViT and YOLOv8-cls as Roboflow serves them
+            fields["mean"], fields["std"] = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    return Preprocess(**fields).model_dump()
+
+
+def _keypoints_metadata(path: Path, classes: tuple[str, ...]) -> tuple[dict[int, tuple[str, ...]], dict[int, Any]]:
+    entries = _read_json(path)
+    names: dict[int, tuple[str, ...]] = {}
+    edges: dict[int, Any] = {}
+    if not isinstance(entries, list):
+        raise ModelImportError(f"{path}: expected a list of per-class entries")
+    for entry in entries:
+        try:
+            cid = int(entry["object_class_id"])
+            kp = entry["keypoints"]
+            names[cid] = tuple(str(kp[str(i)]) for i in range(len(kp)))
+            edges[cid] = tuple((int(e["from"]), int(e["to"])) for e in entry.get("edges", []))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelImportError(f"{path}: malformed entry {entry!r}: {exc}") from exc
+    return names, edges
+
+
+def from_roboflow(folder: Path) -> tuple[Draft, str | None]:
+    """A Roboflow model cache folder; also returns the model id it names, if any."""
+    model_type_doc = _read_json(folder / "model_type.json")
+    env = _read_json(folder / "environment.json")
+    task = model_type_doc.get("project_task_type")
+    model_type = str(model_type_doc.get("model_type", ""))
+    if task not in ROBOFLOW_TASKS:
+        raise UnsupportedModel(f"{folder / 'model_type.json'}: task {task!r} is not supported "
+                               f"(supported: {', '.join(ROBOFLOW_TASKS)})")
+    onnx = next((folder / n for n in ROBOFLOW_WEIGHTS if (folder / n).is_file()), None)
+    if onnx is None:
+        raise ModelImportError(f"{folder}: no model weights (expected one of {', '.join(ROBOFLOW_WEIGHTS)})")
+    steps = env.get("PREPROCESSING")
+    if isinstance(steps, str):
+        try:
+            steps = json.loads(steps)
+        except ValueError as exc:
+            raise ModelImportError(f"{folder / 'environment.json'}: PREPROCESSING is not valid JSON") from exc
+    if not isinstance(steps, dict):
+        raise ModelImportError(f"{folder / 'environment.json'}: PREPROCESSING is missing (package broken)")
+    names_file = folder / "class_names.txt"
+    if names_file.is_file():
+        classes = tuple(line.strip() for line in names_file.read_text(encoding="utf-8").splitlines() if line.strip())
+    elif isinstance(env.get("CLASS_MAP"), dict):
+        cmap = env["CLASS_MAP"]
+        classes = tuple(str(cmap[str(i)]) for i in range(len(cmap)))
+    else:
+        raise ModelImportError(f"{folder}: no class names (class_names.txt or CLASS_MAP in environment.json)")
+    multilabel = bool(env.get("MULTICLASS", False))
+    info = _inspect(onnx)
+    resize = steps.get("resize") if isinstance(steps.get("resize"), dict) else {}
+    fallback = (int(resize.get("height", 640)), int(resize.get("width", 640)))
+    h, w, batch = _input_size(info, fallback, onnx)
+    kpt_names: dict[int, tuple[str, ...]] = {}
+    skeleton: dict[int, Any] = {}
+    kpt = None
+    if task == "keypoint-detection":
+        kpt_names, skeleton = _keypoints_metadata(folder / "keypoints_metadata.json", classes)
+        k = max((len(v) for v in kpt_names.values()), default=0)
+        kpt = (k, 3)
+    hint = "yolov5" if model_type.startswith("yolov5") else (
+        "end2end" if model_type.startswith(("yolov10", "yolo26")) else "yolov8")
+    output = _output_fields(task, info, classes, kpt, onnx, hint, multilabel)
+    colors = {str(k): str(v) for k, v in (env.get("COLORS") or {}).items()}
+    return Draft(onnx, {
+        "task": task,
+        "class_names": classes,
+        "input": {"width": w, "height": h, "batch": batch},
+        "preprocess": _roboflow_preprocess(steps, task, model_type, folder),
+        "output": output,
+        "multilabel": multilabel,
+        "keypoint_names": kpt_names,
+        "skeleton": skeleton,
+        "colors": colors,
+        "source": {"kind": "roboflow", "model_type": model_type, "file": onnx.name},
+    }), model_type_doc.get("model_id")
+
+
+def _safe_members_zip(archive: zipfile.ZipFile, dest: Path) -> None:
+    for member in archive.infolist():
+        target = (dest / member.filename).resolve()
+        if not target.is_relative_to(dest.resolve()):
+            raise ModelImportError(f"archive member {member.filename!r} would be written outside the archive")
+    archive.extractall(dest)
+
+
+@contextmanager
+def unpacked(path: Path) -> Iterator[Path]:
+    """Extract a .zip or .tar(.gz) archive into a temporary folder, refusing unsafe members."""
+    tmp = Path(tempfile.mkdtemp(prefix="edge-agent-import-"))
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                _safe_members_zip(z, tmp)
+        else:
+            try:
+                with tarfile.open(path) as t:
+                    if hasattr(tarfile, "data_filter"):
+                        t.extractall(tmp, filter="data")
+                    else:  # pragma: no cover - Python without extraction filters
+                        for m in t.getmembers():
+                            if not (m.isfile() or m.isdir()) or not (tmp / m.name).resolve().is_relative_to(tmp):
+                                raise ModelImportError(f"{path}: unsafe archive member {m.name!r}")
+                        t.extractall(tmp)
+            except (tarfile.TarError, OSError) as exc:
+                raise ModelImportError(f"{path}: not a readable .zip or .tar archive: {exc}") from exc
+        entries = [p for p in tmp.iterdir() if not p.name.startswith(".")]
+        yield entries[0] if len(entries) == 1 and entries[0].is_dir() else tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def is_roboflow_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "model_type.json").is_file()

@@ -1,0 +1,80 @@
+"""Results to Roboflow's response JSON (spec §4.6): the formatting edge for HTTP and the Python API.
+
+Null fields are left out; coordinates are centre/size in original pixels; every detection gets a
+fresh ``detection_id``; keypoints under the threshold and slots the class does not name are omitted.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import numpy as np
+
+from edge_agent.results import Classification, Detections, Result
+
+
+def _detections(result: Detections) -> list[dict[str, Any]]:
+    xyxy = result.xyxy.astype(np.float64)
+    centres = (xyxy[:, :2] + xyxy[:, 2:]) / 2
+    sizes = xyxy[:, 2:] - xyxy[:, :2]
+    names = result.class_names
+    predictions = []
+    for i in range(len(result)):
+        cid = int(result.class_id[i])
+        pred: dict[str, Any] = {
+            "x": round(float(centres[i, 0]), 1),
+            "y": round(float(centres[i, 1]), 1),
+            "width": round(float(sizes[i, 0]), 1),
+            "height": round(float(sizes[i, 1]), 1),
+            "confidence": round(float(result.confidence[i]), 4),
+            "class": names[cid],
+            "class_id": cid,
+            "detection_id": str(uuid.uuid4()),
+        }
+        if result.polygons is not None:
+            pred["points"] = [{"x": round(float(x), 1), "y": round(float(y), 1)} for x, y in result.polygons[i]]
+            pred["mask_format"] = "polygon"
+        if result.keypoints is not None:
+            slot_names = result.keypoint_names[i] if result.keypoint_names else ()
+            pred["keypoints"] = [
+                {"x": round(float(x), 1), "y": round(float(y), 1), "confidence": round(float(c), 4),
+                 "class_id": k, "class": slot_names[k]}
+                for k, (x, y, c) in enumerate(result.keypoints[i][: len(slot_names)])
+                if c >= result.keypoint_threshold
+            ]
+        predictions.append(pred)
+    return predictions
+
+
+def _classification(result: Classification) -> dict[str, Any]:
+    names, scores = result.class_names, result.confidence
+    if result.multilabel:
+        return {
+            "predictions": {n: {"confidence": float(scores[i]), "class_id": i} for i, n in enumerate(names)},
+            "predicted_classes": [n for i, n in enumerate(names) if scores[i] > result.threshold],
+        }
+    order = np.argsort(-scores, kind="stable")
+    preds = [{"class": names[i], "class_id": int(i), "confidence": round(float(scores[i]), 4)}
+             for i in order if scores[i] >= result.threshold]
+    return {
+        "predictions": preds,
+        "top": preds[0]["class"] if preds else "",
+        "confidence": preds[0]["confidence"] if preds else 0.0,
+    }
+
+
+def to_roboflow(result: Result, inference_id: str | None = None) -> dict[str, Any]:
+    """One image's response object; pass the same ``inference_id`` for every image of a batch."""
+    body: dict[str, Any] = {
+        "inference_id": inference_id or str(uuid.uuid4()),
+        "time": round(result.time, 6),
+        "image": {"width": int(result.image_size[1]), "height": int(result.image_size[0])},
+    }
+    if result.frame_id is not None:
+        body["frame_id"] = result.frame_id
+    if isinstance(result, Classification):
+        body.update(_classification(result))
+    else:
+        body["predictions"] = _detections(result)
+    return body

@@ -1,0 +1,88 @@
+"""The engine contract: what every inference back-end provides, and the errors it may raise.
+
+An engine takes one pre-processed input batch and returns the raw output tensors. It knows nothing
+about images, tasks or classes: that belongs to the task heads in ``edge_agent.heads``.
+
+Error tree (everything an engine raises is one of these, with the runtime's exception chained)::
+
+    EngineError
+    ├── EngineUnavailable   the runtime is not installed or no device answers (choose another back-end)
+    ├── EngineLoadError     the model file could not be loaded by this runtime (corrupt or unsupported)
+    └── EngineRunError      a run failed (bad input shape, out of memory, device error)
+
+This module imports nothing outside the standard library.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+class EngineError(Exception):
+    """Base of every error an engine raises."""
+
+
+class EngineUnavailable(EngineError):
+    """The back-end cannot be used on this machine (runtime missing, no device)."""
+
+
+class EngineLoadError(EngineError):
+    """The model file could not be loaded by the runtime."""
+
+
+class EngineRunError(EngineError):
+    """Running the model failed."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape and element type of one model input or output.
+
+    A dimension that is not fixed (a symbolic batch axis, say) is ``None``.
+    """
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str  # numpy dtype name, e.g. "float32"
+
+    @property
+    def dynamic_batch(self) -> bool:
+        return bool(self.shape) and self.shape[0] is None
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """One loaded model on one runtime.
+
+    ``run`` takes a batch whose first axis is at most ``max_batch`` and returns one array per output,
+    in the order of ``outputs``. ``close`` releases the runtime's resources; the engine is unusable after.
+    """
+
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    max_batch: int
+    name: str  # back-end name and device, e.g. "onnxruntime:CPUExecutionProvider"
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class EnginePrefs:
+    """What the caller would like; the selector decides what it gets.
+
+    backend: "auto" (best available), or a name from ``engines.BACKENDS``.
+    providers: ONNX Runtime execution providers to try in order before the CPU, e.g. ("cuda",).
+    intra_op_threads / inter_op_threads: 0 lets the runtime choose (all physical cores).
+    max_batch: the cap used when a model's batch axis is dynamic.
+    """
+
+    backend: str = "auto"
+    providers: tuple[str, ...] = ()
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    max_batch: int = 8

@@ -1,0 +1,139 @@
+"""ONNX Runtime back-end: CPU by default, CUDA or TensorRT execution providers when asked and present.
+
+Owns the session options, the provider order and the translation of ONNX Runtime's exceptions into
+``EngineError``. Imports ``onnxruntime`` only when an engine is built.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engines.base import EngineLoadError, EnginePrefs, EngineRunError, EngineUnavailable, TensorSpec
+
+log = logging.getLogger(__name__)
+
+_PROVIDER_NAMES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+_logged_providers: set[tuple[str, ...]] = set()
+
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(uint8)": "uint8",
+    "tensor(int8)": "int8",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(bool)": "bool",
+}
+
+
+def _spec(arg: Any) -> TensorSpec:
+    shape = tuple(d if isinstance(d, int) and d > 0 else None for d in arg.shape)
+    return TensorSpec(name=arg.name, shape=shape, dtype=_ORT_TYPES.get(arg.type, arg.type))
+
+
+def choose_providers(wanted: tuple[str, ...], available: list[str]) -> list[str]:
+    """The providers to ask ONNX Runtime for: the wanted ones that exist, in order, then the CPU."""
+    chosen: list[str] = []
+    for short in wanted:
+        full = _PROVIDER_NAMES.get(short.lower(), short)
+        if full in available and full not in chosen:
+            chosen.append(full)
+        elif full not in available:
+            log.warning("ONNX Runtime provider %s requested but not available (have: %s)",
+                        full, ", ".join(available))
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+class OrtEngine:
+    """An ONNX model in an ``onnxruntime.InferenceSession``."""
+
+    def __init__(self, model_path: Path, prefs: EnginePrefs) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:  # pragma: no cover - onnxruntime is a hard dependency
+            raise EngineUnavailable(f"onnxruntime is not installed ({exc})") from exc
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = prefs.intra_op_threads
+        options.inter_op_num_threads = prefs.inter_op_threads
+        options.log_severity_level = 3  # errors only; ORT's warnings go to stderr, not our logs
+        providers = choose_providers(prefs.providers, ort.get_available_providers())
+        try:
+            self._session = ort.InferenceSession(str(model_path), options, providers=providers)
+        except Exception as exc:  # ORT raises its own untyped exceptions (Fail, InvalidGraph, ...)
+            raise EngineLoadError(f"{model_path}: ONNX Runtime cannot load it: {exc}") from exc
+
+        used = tuple(self._session.get_providers())
+        if used not in _logged_providers:
+            _logged_providers.add(used)
+            log.info("onnxruntime %s providers: %s", ort.__version__, ", ".join(used))
+        self.name = f"onnxruntime:{used[0]}"
+        self.inputs = [_spec(a) for a in self._session.get_inputs()]
+        self.outputs = [_spec(a) for a in self._session.get_outputs()]
+        if len(self.inputs) != 1:
+            raise EngineLoadError(
+                f"{model_path}: expected one image input, the model has {len(self.inputs)}: "
+                + ", ".join(i.name for i in self.inputs)
+            )
+        batch_dim = self.inputs[0].shape[0] if self.inputs[0].shape else None
+        self.max_batch = batch_dim if batch_dim is not None else max(1, prefs.max_batch)
+        self._input_name = self.inputs[0].name
+        self._output_names = [o.name for o in self.outputs]
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        try:
+            outputs = self._session.run(self._output_names, {self._input_name: batch})
+        except Exception as exc:
+            raise EngineRunError(
+                f"{self.name}: run failed for input of shape {tuple(batch.shape)}: {exc}"
+            ) from exc
+        return list(outputs)
+
+    def close(self) -> None:
+        # ORT frees the session when the last reference goes; drop ours explicitly.
+        self.__dict__.pop("_session", None)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What an ONNX file declares: its tensors and its ``metadata_props``."""
+
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    metadata: dict[str, str]
+
+
+def inspect(model_path: Path) -> ModelInfo:
+    """Open ``model_path`` with ONNX Runtime (no graph optimisation) and describe it.
+
+    Raises ``EngineLoadError`` naming the file when ONNX Runtime cannot load it, so a corrupt or
+    unsupported file is caught before it enters the model store.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    options.intra_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise EngineLoadError(f"{model_path}: not a valid ONNX model for ONNX Runtime: {exc}") from exc
+    return ModelInfo(
+        inputs=[_spec(a) for a in session.get_inputs()],
+        outputs=[_spec(a) for a in session.get_outputs()],
+        metadata=dict(session.get_modelmeta().custom_metadata_map),
+    )
