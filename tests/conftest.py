@@ -1,0 +1,43 @@
+"""Shared fixtures: a clean environment per test, a temporary model store, hand-made ONNX models."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from onnx_builders import constant_model, ultralytics_metadata  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No EDGE_AGENT_* variable leaks in from the shell; state goes to a per-test folder."""
+    for key in list(os.environ):
+        if key.startswith("EDGE_AGENT_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("EDGE_AGENT_STATE_DIR", str(tmp_path / "state"))
+    yield
+
+
+@pytest.fixture
+def store(tmp_path: Path):  # type: ignore[no-untyped-def]
+    from edge_agent.models.store import ModelStore
+
+    return ModelStore(tmp_path / "state" / "models")
+
+
+@pytest.fixture
+def detector_onnx(tmp_path: Path) -> Path:
+    """A 64x64 'detector' with 2 classes whose output is three fixed boxes (yolov8 layout)."""
+    out = np.zeros((6, 3), np.float32)
+    out[:4, 0], out[4, 0] = [32, 32, 20, 10], 0.9
+    out[:4, 1], out[4, 1] = [33, 32, 20, 10], 0.8  # overlaps box 0, same class
+    out[:4, 2], out[5, 2] = [10, 30, 8, 8], 0.7
+    return constant_model(tmp_path / "det.onnx", {"output0": out},
+                          metadata=ultralytics_metadata("detect", ["a", "b"], (64, 64)))

@@ -1,0 +1,238 @@
+"""The model store: imports from each source, atomic installs, and a typed error for each problem."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent.errors import InvalidModelId, ModelImportError, ModelLoadFailed, ModelNotFound, UnsupportedModel
+from edge_agent.models.store import ModelStore
+from onnx_builders import constant_model, ultralytics_metadata
+
+
+def _store_entries(store: ModelStore) -> list[str]:
+    if not store.root.exists():
+        return []
+    return sorted(str(p.relative_to(store.root)) for p in store.root.rglob("*")
+                  if p.is_file() and ".trash" not in p.parts)
+
+
+def test_ultralytics_import_reads_metadata(store: ModelStore, detector_onnx: Path) -> None:
+    manifest = store.install(detector_onnx, "det/1")
+    assert manifest.task == "object-detection"
+    assert manifest.class_names == ("a", "b")
+    assert (manifest.input.width, manifest.input.height, manifest.input.batch) == (64, 64, None)
+    assert manifest.preprocess.resize == "letterbox" and manifest.preprocess.pad_value == 114
+    assert manifest.source["kind"] == "ultralytics"
+    assert _store_entries(store) == ["det/1/model.json", "det/1/model.onnx"]
+    on_disk = json.loads((store.root / "det/1/model.json").read_text())
+    assert len(on_disk["weights"]["sha256"]) == 64
+    assert [s.manifest.model_id for s in store.list() if not s.builtin] == ["det/1"]
+
+
+def test_duplicate_install_refused_unless_replaced(store: ModelStore, detector_onnx: Path) -> None:
+    store.install(detector_onnx, "det/1")
+    with pytest.raises(ModelImportError, match="already installed"):
+        store.install(detector_onnx, "det/1")
+    store.install(detector_onnx, "det/1", replace=True)
+    assert _store_entries(store) == ["det/1/model.json", "det/1/model.onnx"]
+
+
+def test_plain_onnx_needs_task_and_classes(store: ModelStore, tmp_path: Path) -> None:
+    out = np.zeros((7, 4), np.float32)
+    path = constant_model(tmp_path / "plain.onnx", {"output0": out})
+    with pytest.raises(ModelImportError, match="no 'task' in the ONNX metadata"):
+        store.install(path, "plain/1")
+    with pytest.raises(ModelImportError, match="no 'names'"):
+        store.install(path, "plain/1", task="object-detection")
+    manifest = store.install(path, "plain/1", task="object-detection", class_names=("x", "y", "z"))
+    assert manifest.output.layout == "yolov8"
+
+
+def _garbage(tmp_path: Path) -> Path:
+    path = tmp_path / "garbage.onnx"
+    path.write_bytes(b"\x08\x07this is not a protobuf" * 20)
+    return path
+
+
+def _truncated(tmp_path: Path, detector_onnx: Path) -> Path:
+    path = tmp_path / "truncated.onnx"
+    path.write_bytes(detector_onnx.read_bytes()[:200])
+    return path
+
+
+def _wrong_classes(tmp_path: Path) -> Path:
+    return constant_model(tmp_path / "wrong.onnx", {"output0": np.zeros((9, 4), np.float32)},
+                          metadata=ultralytics_metadata("detect", ["a", "b"], (64, 64)))
+
+
+def _obb(tmp_path: Path) -> Path:
+    return constant_model(tmp_path / "obb.onnx", {"output0": np.zeros((7, 4), np.float32)},
+                          metadata=ultralytics_metadata("obb", ["a", "b"], (64, 64)))
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (lambda tmp, det: _garbage(tmp), ModelImportError, r"garbage\.onnx: not a valid ONNX model"),
+        (lambda tmp, det: _truncated(tmp, det), ModelImportError, r"truncated\.onnx: not a valid ONNX model"),
+        (lambda tmp, det: _wrong_classes(tmp), ModelImportError, r"wrong\.onnx: output0 has shape \[None, 9, 4\]"),
+        (lambda tmp, det: _obb(tmp), UnsupportedModel, r"task 'obb' is not supported"),
+        (lambda tmp, det: tmp / "nothing.onnx", ModelImportError, "no such file"),
+    ],
+    ids=["garbage", "truncated", "class-count-mismatch", "unsupported-task", "missing"],
+)
+def test_bad_models_leave_the_store_as_it_was(store: ModelStore, tmp_path: Path, detector_onnx: Path,
+                                              make, error, message) -> None:  # type: ignore[no-untyped-def]
+    store.install(detector_onnx, "good/1")
+    before = _store_entries(store)
+    with pytest.raises(error, match=message):
+        store.install(make(tmp_path, detector_onnx), "bad/1")
+    assert _store_entries(store) == before
+    assert not any((store.root / ".staging").iterdir()) if (store.root / ".staging").exists() else True
+
+
+@pytest.mark.parametrize("model_id", ["nover", "a/b/c", "../x", "a/..", "a b/1", "/1", ""])
+def test_invalid_model_ids(store: ModelStore, model_id: str) -> None:
+    with pytest.raises(InvalidModelId, match="expected '<project>/<version>'"):
+        store.get(model_id)
+
+
+def test_unknown_model(store: ModelStore) -> None:
+    with pytest.raises(ModelNotFound, match="'nope/1' is not in the model store"):
+        store.load("nope/1")
+
+
+def test_corrupt_weights_are_detected_at_load(store: ModelStore, detector_onnx: Path) -> None:
+    store.install(detector_onnx, "det/1")
+    onnx = store.root / "det/1/model.onnx"
+    data = bytearray(onnx.read_bytes())
+    data[-5] ^= 0xFF
+    onnx.write_bytes(bytes(data))
+    with pytest.raises(ModelLoadFailed, match="checksum mismatch"):
+        store.load("det/1")
+
+
+def test_broken_manifest_names_the_file_and_key(store: ModelStore, detector_onnx: Path) -> None:
+    store.install(detector_onnx, "det/1")
+    path = store.root / "det/1/model.json"
+    doc = json.loads(path.read_text())
+    doc["task"] = "telepathy"
+    doc["surprise"] = 1
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ModelLoadFailed, match=r"model\.json: invalid model\.json: task: .*surprise"):
+        store.get("det/1")
+
+
+def test_remove_and_builtin_protection(tmp_path: Path, detector_onnx: Path) -> None:
+    builtin = ModelStore(tmp_path / "builtin", builtin_root=None)
+    builtin.install(detector_onnx, "demo/1")
+    store = ModelStore(tmp_path / "user", builtin_root=tmp_path / "builtin")
+    store.install(detector_onnx, "mine/1")
+    assert sorted((s.manifest.model_id, s.builtin) for s in store.list()) == [("demo/1", True), ("mine/1", False)]
+    with pytest.raises(ModelImportError, match="built-in demo model and cannot be removed"):
+        store.remove("demo/1")
+    with pytest.raises(ModelImportError, match="built-in demo model id"):
+        store.install(detector_onnx, "demo/1")
+    store.remove("mine/1")
+    assert not (tmp_path / "user" / "mine").exists()
+    with pytest.raises(ModelNotFound):
+        store.get("mine/1")
+
+
+def roboflow_folder(root: Path, onnx_source: Path, task: str = "object-detection", model_type: str = "yolov8n",
+                    classes: tuple[str, ...] = ("a", "b"), preprocessing: dict | None = None,
+                    extra_env: dict | None = None, weights: str = "weights.onnx") -> Path:
+    root.mkdir(parents=True)
+    (root / weights).write_bytes(onnx_source.read_bytes())
+    (root / "model_type.json").write_text(json.dumps(
+        {"project_task_type": task, "model_type": model_type, "model_id": "rf-project/7"}))
+    steps = preprocessing if preprocessing is not None else {
+        "auto-orient": {"enabled": True},
+        "resize": {"enabled": True, "width": "64", "height": "64", "format": "Fit (black edges) in"},
+    }
+    env = {"PREPROCESSING": json.dumps(steps), "COLORS": {"a": "#FF0000"}, **(extra_env or {})}
+    (root / "environment.json").write_text(json.dumps(env))
+    (root / "class_names.txt").write_text("\n".join(classes) + "\n")
+    return root
+
+
+def test_roboflow_folder_keeps_its_preprocessing(store: ModelStore, tmp_path: Path, detector_onnx: Path) -> None:
+    folder = roboflow_folder(tmp_path / "rf", detector_onnx, preprocessing={
+        "auto-orient": {"enabled": True},
+        "static-crop": {"enabled": True, "x_min": "50", "y_min": "0", "x_max": "100", "y_max": "100"},
+        "resize": {"enabled": True, "width": "64", "height": "64", "format": "Fit (black edges) in"},
+    })
+    manifest = store.install(folder)  # the folder names its own id
+    assert manifest.model_id == "rf-project/7"
+    pre = manifest.preprocess
+    assert (pre.resize, pre.pad_value, pre.auto_orient) == ("letterbox", 0, True)
+    assert pre.static_crop is not None and pre.static_crop.x_min == 50
+    assert manifest.colors == {"a": "#FF0000"} and manifest.source["kind"] == "roboflow"
+    model = store.load("rf-project/7")
+    # 512x128 image, right half kept: a 256x128 crop letterboxed to 64 (scale 0.25, 16 px pad),
+    # then shifted by the 256 px crop offset.
+    r = model.infer(np.zeros((128, 512, 3), np.uint8))
+    np.testing.assert_allclose(r.xyxy[0], [88 + 256, 44, 168 + 256, 84], atol=1e-4)
+    r = model.infer(np.zeros((128, 512, 3), np.uint8), disable_preproc_static_crop=True)
+    assert r.xyxy[0][0] < 256
+
+
+def test_roboflow_keypoints_and_stretch(store: ModelStore, tmp_path: Path) -> None:
+    out = np.zeros((4 + 1 + 9, 1), np.float32)
+    out[:5, 0] = [32, 32, 40, 40, 0.9]
+    out[5:, 0] = [10, 10, 0.9, 20, 20, 0.9, 30, 30, 0.9]
+    onnx = constant_model(tmp_path / "pose.onnx", {"output0": out})
+    folder = roboflow_folder(tmp_path / "rfpose", onnx, task="keypoint-detection", classes=("person",),
+                             preprocessing={"resize": {"width": 64, "height": 64, "format": "Stretch to"}})
+    (folder / "keypoints_metadata.json").write_text(json.dumps([
+        {"object_class_id": 0, "object_class": "person", "keypoints": {"0": "head", "1": "hand"},
+         "edges": [{"from": 0, "to": 1}]}]))
+    # 3 keypoint slots in the network, 2 named: importing sees K = 2 named but the layout needs 3.
+    with pytest.raises(ModelImportError, match="fits no known layout"):
+        store.install(folder, "pose/1")
+    meta = json.loads((folder / "keypoints_metadata.json").read_text())
+    meta[0]["keypoints"]["2"] = "foot"
+    (folder / "keypoints_metadata.json").write_text(json.dumps(meta))
+    manifest = store.install(folder, "pose/1")
+    assert manifest.preprocess.resize == "stretch" and manifest.preprocess.auto_orient is False
+    assert manifest.keypoint_names == {0: ("head", "hand", "foot")} and manifest.skeleton == {0: ((0, 1),)}
+    r = store.load("pose/1").infer(np.zeros((128, 256, 3), np.uint8))
+    np.testing.assert_allclose(r.keypoints[0, :, :2], [[40, 20], [80, 40], [120, 60]], atol=1e-4)
+
+
+def test_roboflow_folder_problems(store: ModelStore, tmp_path: Path, detector_onnx: Path) -> None:
+    folder = roboflow_folder(tmp_path / "rf", detector_onnx)
+    (folder / "environment.json").write_text(json.dumps({"CLASS_MAP": {"0": "a"}}))
+    with pytest.raises(ModelImportError, match="PREPROCESSING is missing"):
+        store.install(folder)
+    (folder / "model_type.json").write_text(json.dumps({"project_task_type": "semantic-segmentation"}))
+    with pytest.raises(UnsupportedModel, match="semantic-segmentation"):
+        store.install(folder)
+    (folder / "model_type.json").unlink()
+    (folder / "weights.onnx").unlink()
+    with pytest.raises(ModelImportError, match="expected a Roboflow model folder"):
+        store.install(folder, "x/1")
+
+
+def test_archives(store: ModelStore, tmp_path: Path, detector_onnx: Path) -> None:
+    folder = roboflow_folder(tmp_path / "pkg" / "rf", detector_onnx)
+    with zipfile.ZipFile(tmp_path / "m.zip", "w") as z:
+        for f in folder.iterdir():
+            z.write(f, f"rf/{f.name}")
+    assert store.install(tmp_path / "m.zip", "zipped/1").model_id == "zipped/1"
+    with tarfile.open(tmp_path / "m.tar.gz", "w:gz") as t:
+        t.add(detector_onnx, "model.onnx")
+    assert store.install(tmp_path / "m.tar.gz", "tarred/1").task == "object-detection"
+    with zipfile.ZipFile(tmp_path / "evil.zip", "w") as z:
+        z.writestr("../../escaped.onnx", b"x")
+    with pytest.raises(ModelImportError, match="outside the archive"):
+        store.install(tmp_path / "evil.zip", "evil/1")
+    (tmp_path / "junk.bin").write_bytes(b"junk")
+    with pytest.raises(ModelImportError, match="not a readable .zip or .tar archive"):
+        store.install(tmp_path / "junk.bin", "junk/1")
