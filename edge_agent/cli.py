@@ -18,6 +18,7 @@ from edge_agent import __version__
 from edge_agent.errors import EdgeAgentError
 
 DEFAULT_MODEL = "shapes/1"
+SAMPLE_IMAGE = Path(__file__).resolve().parent / "demo" / "sample.jpg"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     infer = sub.add_parser("infer", help="run a model on image files and print Roboflow JSON")
-    infer.add_argument("images", nargs="+", help="image files, URLs")
+    infer.add_argument("images", nargs="*", help="image files or URLs (default: the bundled sample image)")
     infer.add_argument("--model", default=DEFAULT_MODEL, help=f"model id (default {DEFAULT_MODEL})")
     infer.add_argument("--confidence", type=float, default=0.4)
     infer.add_argument("--iou-threshold", type=float, default=0.3)
@@ -80,7 +81,8 @@ def _infer(args: argparse.Namespace) -> int:
         confidence=args.confidence, iou_threshold=args.iou_threshold, max_detections=args.max_detections,
         class_agnostic_nms=args.class_agnostic_nms, keypoint_confidence=args.keypoint_confidence,
         class_filter=tuple(c.strip() for c in args.class_filter.split(",")) if args.class_filter else None)
-    images = [load_image(src, auto_orient=model.manifest.preprocess.auto_orient) for src in args.images]
+    sources = args.images or [SAMPLE_IMAGE]
+    images = [load_image(src, auto_orient=model.manifest.preprocess.auto_orient) for src in sources]
     results = model.infer_arrays(images, params)
     bodies = [r.to_json() for r in results]
     _print(bodies[0] if len(bodies) == 1 else bodies)

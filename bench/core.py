@@ -1,0 +1,76 @@
+"""How much the inference core adds to the bare model: ``Model.infer`` vs ONNX Runtime ``session.run``.
+
+Both sides run in this process, in the same run, on the same model file and the same image:
+  bare  = onnxruntime.InferenceSession.run on the already preprocessed tensor (the model alone)
+  core  = Model.infer_arrays on the decoded BGR image (preprocess + run + decode + NMS + mapping back)
+Printed: medians, the ratio core/bare and the per-stage split of the core's extra time.
+
+    python bench/core.py [--model shapes/1] [--runs 200] [--size 480x640]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+
+def _median_ms(fn: Callable[[], object], runs: int, warmup: int = 10) -> float:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples) * 1000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="shapes/1")
+    ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--size", default="480x640", help="HxW of the test image")
+    args = ap.parse_args()
+    h, w = (int(v) for v in args.size.split("x"))
+
+    import onnxruntime as ort
+
+    import edge_agent
+    from edge_agent.demo.shapes import generate_scene
+    from edge_agent.heads import InferenceParams
+    from edge_agent.heads import detect
+    from edge_agent.heads.preprocess import preprocess_into
+
+    store = edge_agent.open_store()
+    manifest, onnx_path = store.verified_onnx(args.model)
+    model = store.load(args.model)
+    image = generate_scene(7, size=(h, w)).image
+    params = InferenceParams()
+
+    tensor = np.empty((1, 3, manifest.input.height, manifest.input.width), np.float32)
+    preprocess_into(image, manifest.preprocess, tensor[0], params)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    raw = session.run(None, {name: tensor})
+
+    bare = _median_ms(lambda: session.run(None, {name: tensor}), args.runs)
+    core = _median_ms(lambda: model.infer_arrays([image], params), args.runs)
+    pre = _median_ms(lambda: preprocess_into(image, manifest.preprocess, tensor[0], params), args.runs)
+    post = _median_ms(lambda: detect.select(raw[0][0], manifest.output.layout, len(manifest.class_names),
+                                            params, manifest.class_names), args.runs)
+    found = len(model.infer_arrays([image], params)[0])  # type: ignore[arg-type]
+
+    print(f"model {args.model} ({manifest.task}, input {manifest.input.width}x{manifest.input.height}), "
+          f"image {w}x{h}, {found} detections, onnxruntime {ort.__version__}, {args.runs} runs")
+    print(f"{'bare session.run':<28}{bare:8.2f} ms   1.00")
+    print(f"{'Model.infer (decoded image)':<28}{core:8.2f} ms   {core / bare:.3f}x   (+{core - bare:.2f} ms)")
+    print(f"{'  of which preprocess':<28}{pre:8.2f} ms")
+    print(f"{'  of which select + NMS':<28}{post:8.3f} ms")
+
+
+if __name__ == "__main__":
+    main()
