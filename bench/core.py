@@ -41,8 +41,7 @@ def main() -> None:
 
     import edge_agent
     from edge_agent.demo.shapes import generate_scene
-    from edge_agent.heads import InferenceParams
-    from edge_agent.heads import detect
+    from edge_agent.heads import InferenceParams, detect
     from edge_agent.heads.preprocess import preprocess_into
 
     store = edge_agent.open_store()

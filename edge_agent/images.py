@@ -52,7 +52,7 @@ def from_array(array: np.ndarray, limits: ImageLimits = ImageLimits()) -> np.nda
     if array.ndim == 2 or array.shape[2] == 1:
         import cv2
 
-        return cv2.cvtColor(array.reshape(array.shape[:2]), cv2.COLOR_GRAY2BGR)  # type: ignore[no-any-return]
+        return cv2.cvtColor(array.reshape(array.shape[:2]), cv2.COLOR_GRAY2BGR)
     return array
 
 
@@ -75,7 +75,7 @@ def from_bytes(data: bytes, limits: ImageLimits = ImageLimits(), auto_orient: bo
     if image is None:
         raise ImageLoadError("Data is not image.")
     _check_pixels(image.shape[1], image.shape[0], limits)
-    return image  # type: ignore[no-any-return]
+    return image
 
 
 def decode_base64(text: str | bytes) -> bytes:

@@ -8,7 +8,7 @@ only delegates to it so that Python users get the spec's JSON in one call.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -113,4 +113,4 @@ class Classification:
         return to_roboflow(self, inference_id)
 
 
-Result = Union[Detections, Classification]
+Result = Detections | Classification

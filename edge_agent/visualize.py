@@ -41,7 +41,7 @@ def draw(image: np.ndarray, result: Result, labels: bool = True, stroke: int = 2
     """A copy of ``image`` (BGR) with ``result`` drawn on it."""
     import cv2
 
-    canvas = image.copy()
+    canvas: np.ndarray = image.copy()
     if isinstance(result, Classification):
         i, score = result.top
         colour = colour_for(i, result.class_names[i], colours)

@@ -81,7 +81,7 @@ def select_engine(model_path: str | Path, prefs: EnginePrefs | None = None) -> E
     raise EngineUnavailable("no engine back-end could load the model: " + "; ".join(reasons))
 
 
-def inspect_model(model_path: str | Path) -> "ModelInfo":
+def inspect_model(model_path: str | Path) -> ModelInfo:
     """Describe an ONNX file (inputs, outputs, metadata_props) without building a serving engine."""
     from engines.ort import inspect
 

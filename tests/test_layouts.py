@@ -135,7 +135,8 @@ def test_single_label_classification(store, tmp_path: Path, row, expected) -> No
     np.testing.assert_allclose(r.confidence, expected, atol=1e-5)
     body = r.to_json()
     assert body["top"] == "y" and body["confidence"] == pytest.approx(round(float(np.max(expected)), 4))
-    assert [p["class"] for p in body["predictions"]] == [n for n, s in sorted(zip("xyz", expected), key=lambda t: -t[1]) if s >= 0.15]
+    ranked = sorted(zip("xyz", expected), key=lambda t: -t[1])
+    assert [p["class"] for p in body["predictions"]] == [n for n, s in ranked if s >= 0.15]
 
 
 def test_static_batch_model_runs_lists_one_by_one(store, tmp_path: Path) -> None:

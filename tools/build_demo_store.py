@@ -31,7 +31,8 @@ def main() -> None:
     store = ModelStore(BUILTIN_ROOT, builtin_root=None)
     for file, model_id in DEMO_IDS.items():
         manifest = store.install(args.models / file, model_id)
-        print(f"{model_id:<16} {manifest.task:<22} {manifest.weights.bytes / 1e6:.2f} MB  {manifest.weights.sha256[:12]}")
+        size_mb = manifest.weights.bytes / 1e6
+        print(f"{model_id:<16} {manifest.task:<22} {size_mb:.2f} MB  {manifest.weights.sha256[:12]}")
     store.clean()
 
 

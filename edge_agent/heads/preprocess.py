@@ -57,13 +57,14 @@ def _contrast(image: np.ndarray, kind: str) -> np.ndarray:
         if hi <= lo:
             return image
         stretched = (image.astype(np.float32) - lo) * (255.0 / (hi - lo))
-        return np.clip(stretched, 0, 255).astype(np.uint8)
+        result: np.ndarray = np.clip(stretched, 0, 255).astype(np.uint8)
+        return result
     gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
     if kind == "histogram-equalization":
         gray = cv2.equalizeHist(gray)
     else:  # adaptive-equalization: CLAHE as Roboflow does it
         gray = cv2.createCLAHE(clipLimit=0.03 * 64, tileGridSize=(8, 8)).apply(gray)
-    return cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)  # type: ignore[no-any-return]
+    return cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
 
 
 def _resized(image: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -71,7 +72,7 @@ def _resized(image: np.ndarray, width: int, height: int) -> np.ndarray:
 
     if image.shape[1] == width and image.shape[0] == height:
         return image
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)  # type: ignore[no-any-return]
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 def preprocess_into(

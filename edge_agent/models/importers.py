@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import engines
 from edge_agent.errors import ModelImportError, UnsupportedModel
@@ -97,7 +97,7 @@ def detect_layout(shape: tuple[int | None, ...], nc: int, extra: int, where: Pat
         return hint  # type: ignore[return-value]
     for layout in ("yolov8", "yolov5", "end2end"):
         if fits[layout]:
-            return layout  # type: ignore[return-value]
+            return layout
     raise ModelImportError(
         f"{where}: output0 has shape {list(shape)}, which fits no known layout for {nc} classes and "
         f"{extra} extra values per box (yolov8 expects [B, {4 + nc + extra}, N], yolov5 [B, N, "
@@ -154,12 +154,12 @@ def from_ultralytics(path: Path, task: str | None = None, class_names: tuple[str
     h, w, batch = _input_size(info, fallback, path)
     kpt = tuple(_literal(md, "kpt_shape", path)) if "kpt_shape" in md else None
     hint = "end2end" if md.get("end2end") == "True" else None
-    output = _output_fields(task, info, class_names, kpt, path, hint)  # type: ignore[arg-type]
+    output = _output_fields(task, info, class_names, kpt, path, hint)
     kpt_names: dict[int, tuple[str, ...]] = {}
     if "kpt_names" in md:
         raw = _literal(md, "kpt_names", path)
         kpt_names = {int(c): tuple(str(n) for n in v) for c, v in raw.items()}
-    resize = "center-crop" if task == "classification" else "letterbox"
+    resize: Literal["center-crop", "letterbox"] = "center-crop" if task == "classification" else "letterbox"
     return Draft(path, {
         "task": task,
         "class_names": class_names,
@@ -260,7 +260,7 @@ def from_roboflow(folder: Path) -> tuple[Draft, str | None]:
         raise ModelImportError(f"{folder}: no class names (class_names.txt or CLASS_MAP in environment.json)")
     multilabel = bool(env.get("MULTICLASS", False))
     info = _inspect(onnx)
-    resize = steps.get("resize") if isinstance(steps.get("resize"), dict) else {}
+    resize: dict[str, Any] = steps["resize"] if isinstance(steps.get("resize"), dict) else {}
     fallback = (int(resize.get("height", 640)), int(resize.get("width", 640)))
     h, w, batch = _input_size(info, fallback, onnx)
     kpt_names: dict[int, tuple[str, ...]] = {}

@@ -13,9 +13,8 @@ from typing import Any
 import numpy as np
 
 from edge_agent.errors import EngineFailure, InvalidInput
-from edge_agent.heads import InferenceParams
+from edge_agent.heads import InferenceParams, detect, segment
 from edge_agent.heads import classify as classify_head
-from edge_agent.heads import detect, segment
 from edge_agent.heads.preprocess import Transform, preprocess_into
 from edge_agent.images import ImageLimits, load_image
 from edge_agent.models.manifest import Manifest

@@ -121,7 +121,8 @@ class ModelStore:
         elif source.is_dir():
             onnx_files = sorted(source.glob("*.onnx"))
             if len(onnx_files) != 1:
-                raise ModelImportError(f"{source}: expected a Roboflow model folder (model_type.json) or one .onnx file")
+                raise ModelImportError(
+                    f"{source}: expected a Roboflow model folder (model_type.json) or one .onnx file")
             return self.install(onnx_files[0], model_id, task=task, class_names=class_names, replace=replace)
         else:
             draft = importers.from_ultralytics(source, task, class_names)
