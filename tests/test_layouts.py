@@ -147,3 +147,19 @@ def test_static_batch_model_runs_lists_one_by_one(store, tmp_path: Path) -> None
     assert model.manifest.input.batch == 1 and model.engine.max_batch == 1
     results = model.infer([BLACK_64] * 3)
     assert [len(r) for r in results] == [1, 1, 1]
+
+
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [([2.0, -2.0, 0.5], 1 / (1 + np.exp(-np.array([2.0, -2.0, 0.5])))),  # logits: sigmoid
+     ([0.9, 0.1, 0.6], [0.9, 0.1, 0.6])],  # already probabilities: kept
+)
+def test_multilabel_classification(store, tmp_path: Path, row, expected) -> None:  # type: ignore[no-untyped-def]
+    path = constant_model(tmp_path / "ml.onnx", {"output0": np.array(row, np.float32)}, input_hw=(32, 32))
+    store.install(path, "ml/1", task="classification", class_names=("rust", "crack", "dent"))
+    store.update("ml/1", multilabel=True)
+    r = store.load("ml/1").infer(np.zeros((40, 40, 3), np.uint8), confidence=0.55)
+    np.testing.assert_allclose(r.confidence, expected, atol=1e-5)
+    body = r.to_json()
+    assert body["predicted_classes"] == [n for n, s in zip(("rust", "crack", "dent"), expected) if s > 0.55]
+    assert set(body["predictions"]) == {"rust", "crack", "dent"}

@@ -236,3 +236,13 @@ def test_archives(store: ModelStore, tmp_path: Path, detector_onnx: Path) -> Non
     (tmp_path / "junk.bin").write_bytes(b"junk")
     with pytest.raises(ModelImportError, match="not a readable .zip or .tar archive"):
         store.install(tmp_path / "junk.bin", "junk/1")
+
+
+def test_update_descriptive_fields(store: ModelStore, detector_onnx: Path) -> None:
+    store.install(detector_onnx, "det/1")
+    updated = store.update("det/1", colors={"a": "#00FF00"}, class_names=("cat", "dog"))
+    assert store.get("det/1").manifest == updated and updated.class_names == ("cat", "dog")
+    with pytest.raises(ModelImportError, match="weights and model_id cannot be updated"):
+        store.update("det/1", weights={"file": "x", "sha256": "0" * 64, "bytes": 1})
+    with pytest.raises(ModelImportError, match="invalid update"):
+        store.update("det/1", task="telepathy")

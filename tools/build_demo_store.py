@@ -13,6 +13,7 @@ import argparse
 import shutil
 from pathlib import Path
 
+from edge_agent.demo.shapes import CLASSES, KEYPOINT_NAMES, VERTEX_COUNT
 from edge_agent.models.store import BUILTIN_ROOT, ModelStore
 
 DEMO_IDS = {
@@ -31,6 +32,10 @@ def main() -> None:
     store = ModelStore(BUILTIN_ROOT, builtin_root=None)
     for file, model_id in DEMO_IDS.items():
         manifest = store.install(args.models / file, model_id)
+        if manifest.task == "keypoint-detection":
+            # Each class names only the vertices it has: a circle has none, a square four, ...
+            names = {i: KEYPOINT_NAMES[: VERTEX_COUNT[c]] for i, c in enumerate(CLASSES)}
+            manifest = store.update(model_id, keypoint_names=names)
         size_mb = manifest.weights.bytes / 1e6
         print(f"{model_id:<16} {manifest.task:<22} {size_mb:.2f} MB  {manifest.weights.sha256[:12]}")
     store.clean()

@@ -155,6 +155,23 @@ class ModelStore:
             raise
         return manifest
 
+    def update(self, model_id: str, **changes: Any) -> Manifest:
+        """Change descriptive fields of an installed model (keypoint names, colours, class names).
+
+        The weights entry cannot change this way; the new manifest is validated and written atomically.
+        """
+        stored = self.get(model_id)
+        if stored.builtin:
+            raise ModelImportError(f"{model_id!r} is a built-in demo model and cannot be changed")
+        if {"weights", "model_id"} & changes.keys():
+            raise ModelImportError("weights and model_id cannot be updated; install the model again")
+        try:
+            manifest = Manifest.model_validate({**stored.manifest.model_dump(), **changes})
+        except ValueError as exc:
+            raise ModelImportError(f"{model_id}: invalid update: {exc}") from exc
+        atomic_files.write_text(stored.path / "model.json", manifest.to_json())
+        return manifest
+
     def remove(self, model_id: str) -> None:
         path, builtin = self._locate(model_id)
         if builtin:
