@@ -81,7 +81,8 @@ def _infer(args: argparse.Namespace) -> int:
         confidence=args.confidence, iou_threshold=args.iou_threshold, max_detections=args.max_detections,
         class_agnostic_nms=args.class_agnostic_nms, keypoint_confidence=args.keypoint_confidence,
         class_filter=tuple(c.strip() for c in args.class_filter.split(",")) if args.class_filter else None)
-    sources = args.images or [SAMPLE_IMAGE]
+    # Command-line arguments are URLs or file paths, never base64 text.
+    sources = [s if s.startswith(("http://", "https://")) else Path(s) for s in args.images] or [SAMPLE_IMAGE]
     images = [load_image(src, auto_orient=model.manifest.preprocess.auto_orient) for src in sources]
     results = model.infer_arrays(images, params)
     bodies = [r.to_json() for r in results]
