@@ -1,5 +1,6 @@
 """The ``edge-agent`` command: parse flags, build Settings, call into the library. No logic of its own.
 
+    edge-agent serve [--host H] [--port P] [--threads N] [--preload ID ...] [--no-batching]
     edge-agent infer IMAGE [--model ID] [--confidence C] [--visualize OUT.jpg]
     edge-agent models add SOURCE [--id PROJECT/VERSION] [--task TASK] [--classes a,b] [--replace]
     edge-agent models list | show ID | remove ID
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +28,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     p.add_argument("--state-dir", type=Path, help="model store and state folder (default: EDGE_AGENT_STATE_DIR)")
     sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP server (Roboflow-compatible API on port 9001)")
+    serve.add_argument("--host", help="address to listen on (default 0.0.0.0)")
+    serve.add_argument("--port", type=int, help="TCP port (default 9001)")
+    serve.add_argument("--threads", type=int, help="request threads (default 8)")
+    serve.add_argument("--preload", action="append", metavar="ID", help="load this model at start (repeatable)")
+    serve.add_argument("--no-batching", action="store_true", help="run each request on its own")
+    serve.add_argument("--max-queue-delay-ms", type=float, help="wait up to this long to fill a batch (default 0)")
 
     infer = sub.add_parser("infer", help="run a model on image files and print Roboflow JSON")
     infer.add_argument("images", nargs="*", help="image files or URLs (default: the bundled sample image)")
@@ -127,9 +137,28 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from edge_agent.server import serve
+
+    settings = _settings(args)
+    flags = {
+        "host": args.host, "port": args.port, "threads": args.threads, "max_queue_delay_ms": args.max_queue_delay_ms,
+        "preload_models": tuple(args.preload) if args.preload else None,
+        "batching": False if args.no_batching else None,
+    }
+    server = replace(settings.server, **{k: v for k, v in flags.items() if v is not None})
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve(replace(settings, server=server))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "serve":
+            return _serve(args)
         if args.command == "infer":
             return _infer(args)
         return _models(args)

@@ -160,3 +160,43 @@ def load_image(source: Any, limits: ImageLimits = ImageLimits(), auto_orient: bo
     raise ImageLoadError(
         f"Image declaration contains not recognised image type ({type(source).__name__}); expected a "
         "numpy array, bytes, base64 text, a file path, a URL or a PIL image.")
+
+
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def from_npy(data: bytes, limits: ImageLimits = ImageLimits()) -> np.ndarray:
+    """A ``.npy`` file (uint8, H x W or H x W x {1,3}) parsed with pickling disallowed (spec §9.1)."""
+    if not data.startswith(NPY_MAGIC):
+        raise ImageLoadError("Could not deserialize pickle payload.")
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception:  # any malformed header or pickled object array
+        raise ImageLoadError("Could not deserialize pickle payload.") from None
+    if not isinstance(array, np.ndarray) or array.dtype != np.uint8:
+        raise ImageLoadError("Could not deserialize pickle payload.")
+    return np.ascontiguousarray(from_array(array, limits))
+
+
+NETWORK_ONLY_TYPES = ("multipart", "pil", "numpy_object", "file")
+
+
+def from_declaration(kind: str, value: Any, limits: ImageLimits, auto_orient: bool = True,
+                     allow_numpy: bool = False) -> np.ndarray:
+    """The image object of the HTTP API (spec §2.1): ``{"type": kind, "value": value}``."""
+    kind = kind.lower() if isinstance(kind, str) else ""
+    if kind == "file":
+        raise ImageLoadError("Loading images from local filesystem is disabled.")
+    if kind in ("multipart", "pil", "numpy_object"):
+        raise ImageLoadError(f"Image type '{kind}' can only be used in-process, not over HTTP.")
+    if kind not in ("base64", "url", "numpy"):
+        raise ImageLoadError("Image declaration contains not recognised image type.")
+    if not isinstance(value, str):
+        raise ImageLoadError(f"Image of type '{kind}' needs its value as a string.")
+    if kind == "base64":
+        return from_base64(value, limits, auto_orient)
+    if kind == "url":
+        return from_url(value, limits, auto_orient)
+    if not allow_numpy:
+        raise ImageLoadError("NumPy image type is not supported in this configuration of `inference`.")
+    return from_npy(decode_base64(value), limits)

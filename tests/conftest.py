@@ -6,6 +6,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -41,3 +42,12 @@ def detector_onnx(tmp_path: Path) -> Path:
     out[:4, 2], out[5, 2] = [10, 30, 8, 8], 0.7
     return constant_model(tmp_path / "det.onnx", {"output0": out},
                           metadata=ultralytics_metadata("detect", ["a", "b"], (64, 64)))
+
+
+@pytest.fixture(scope="session")
+def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One real daemon (gunicorn) for the session, default settings, nothing preloaded."""
+    from servers import running_server
+
+    with running_server(tmp_path_factory.mktemp("http-state")) as server:
+        yield server

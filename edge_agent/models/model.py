@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,15 @@ from edge_agent.images import ImageLimits, load_image
 from edge_agent.models.manifest import Manifest
 from edge_agent.results import Classification, Detections, Result
 from engines import Engine, EngineError
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One image ready for the engine: its input tensor and the way back to its pixels."""
+
+    tensor: np.ndarray  # (1, 3, H, W) float32
+    transform: Transform
+    image_hw: tuple[int, int]
 
 
 class Model:
@@ -65,30 +75,55 @@ class Model:
         results: list[Result] = []
         step = self.engine.max_batch
         for start in range(0, len(images), step):
-            results.extend(self._run_chunk(images[start:start + step], params))
+            t0 = time.perf_counter()
+            chunk = images[start:start + step]
+            prepared = [self.prepare(image, params) for image in chunk]
+            outputs = self.forward([p.tensor for p in prepared])
+            batch_results = [self.decode(out, p, params) for out, p in zip(outputs, prepared)]
+            elapsed = time.perf_counter() - t0
+            for r in batch_results:
+                r.time = elapsed
+            results.extend(batch_results)
         return results
 
-    def _run_chunk(self, images: Sequence[np.ndarray], params: InferenceParams) -> list[Result]:
-        t0 = time.perf_counter()
+    # The three steps of one inference, separable so that a batcher can gather the ``forward`` of
+    # several callers while each caller prepares and decodes its own image in its own thread.
+
+    def prepare(self, image: np.ndarray, params: InferenceParams) -> Prepared:
+        """Preprocess one decoded BGR image into its own (1, 3, H, W) input tensor."""
         spec = self.manifest.input
-        static = spec.batch
-        batch = np.empty((static or len(images), 3, spec.height, spec.width), dtype=np.float32)
-        transforms = [
-            preprocess_into(image, self.manifest.preprocess, batch[i], params) for i, image in enumerate(images)
-        ]
-        if static and static > len(images):
-            batch[len(images):] = 0.0  # pad a static batch; the extra rows are ignored
+        tensor = np.empty((1, 3, spec.height, spec.width), dtype=np.float32)
+        transform = preprocess_into(image, self.manifest.preprocess, tensor[0], params)
+        return Prepared(tensor, transform, (int(image.shape[0]), int(image.shape[1])))
+
+    def forward(self, tensors: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
+        """Run the engine once on the stacked tensors; per tensor, its rows of every output.
+
+        One tensor goes to the engine as it is (no copy); several are stacked into one batch. A
+        static-batch engine gets its batch padded with zeros (the extra rows are ignored).
+        """
+        n = len(tensors)
+        if n > self.engine.max_batch:
+            raise InvalidInput(f"batch of {n} exceeds the engine's maximum of {self.engine.max_batch}")
+        static = self.manifest.input.batch
+        if n == 1 and not (static and static > 1):
+            batch = tensors[0]
+        else:
+            spec = self.manifest.input
+            batch = np.empty((static or n, 3, spec.height, spec.width), dtype=np.float32)
+            for i, t in enumerate(tensors):
+                batch[i] = t[0]
+            if static and static > n:
+                batch[n:] = 0.0
         try:
             outputs = self.engine.run(batch)
         except EngineError as exc:
             raise EngineFailure(f"model {self.model_id}: {exc}") from exc
-        results: list[Result] = []
-        for i, image in enumerate(images):
-            results.append(self._decode(outputs, i, transforms[i], image.shape[:2], params))
-        elapsed = time.perf_counter() - t0
-        for r in results:
-            r.time = elapsed
-        return results
+        return [[out[i:i + 1] for out in outputs] for i in range(n)]
+
+    def decode(self, outputs: list[np.ndarray], prepared: Prepared, params: InferenceParams) -> Result:
+        """One image's engine outputs (leading axis of 1) to its result, in original-image pixels."""
+        return self._decode(outputs, 0, prepared.transform, prepared.image_hw, params)
 
     def _decode(
         self,

@@ -1,0 +1,196 @@
+"""``create_app(runtime)``: the Flask app (flask-openapi3) with its blueprints, the one error handler,
+request limits, the optional API key, CORS, response headers (spec §1.5) and request metrics.
+
+OpenAPI is generated from the pydantic declarations of the routes and served at ``/openapi.json``;
+Swagger UI at ``/docs`` and ReDoc at ``/redoc`` use the UI files shipped inside the
+flask-openapi3-swagger / -redoc packages, so the docs work with no network.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from typing import Any
+
+from flask import Response, g, jsonify, render_template_string, request
+from flask_openapi3 import Info, OpenAPI
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from edge_agent.errors import (
+    EdgeAgentError,
+    EngineFailure,
+    ModelLoadFailed,
+    ModelNotFound,
+    NotReady,
+    Overloaded,
+)
+from edge_agent.http import admin, common, v1, v2
+from edge_agent.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+# Spec §1.3: routes that never need the API key.
+OPEN_PATHS = ("/", "/docs", "/redoc", "/openapi.json", "/info", "/healthz", "/readiness", "/metrics")
+OPEN_PREFIXES = ("/swagger/", "/redoc/")
+
+# Spec §5: the public message of each kind of server-side failure (our detail goes in "reason").
+PUBLIC_MESSAGES: dict[type[EdgeAgentError], str] = {
+    ModelNotFound: "Requested Roboflow resource not found. Make sure that workspace, project or model you "
+                   "referred in request exists.",
+    ModelLoadFailed: "Model package is broken.",
+    EngineFailure: "Internal error.",
+    NotReady: "Model is temporarily not ready - retry request.",
+    Overloaded: "Model is temporarily not ready - retry request.",
+}
+
+# Roboflow routes edge-agent does not implement (spec §6.2): a clear 501 instead of the legacy catch-all.
+UNSUPPORTED = ("/infer/workflows", "/infer/workflows/<path:rest>", "/workflows/run", "/workflows/<path:rest>",
+               "/<workspace>/workflows/<path:rest>", "/infer/lmm", "/clip/<path:rest>", "/sam/<path:rest>",
+               "/sam2/<path:rest>", "/doctr/<path:rest>", "/gaze/<path:rest>", "/cogvlm/<path:rest>",
+               "/infer/semantic_segmentation")
+
+
+def _error_body(exc: EdgeAgentError) -> dict[str, Any]:
+    for cls in type(exc).__mro__:
+        if cls in PUBLIC_MESSAGES:
+            return {"message": PUBLIC_MESSAGES[cls], "reason": exc.message, "error": exc.code}
+    return {"message": exc.message, "error": exc.code}
+
+
+def _validation_error(e: ValidationError) -> Response:
+    """Spec §5: 422 with pydantic v2's error list under ``detail`` (large inputs left out)."""
+    detail = []
+    for err in e.errors(include_url=False, include_context=False):
+        item = {"type": err["type"], "loc": ["body", *err["loc"]], "msg": err["msg"]}
+        inp = err.get("input")
+        if isinstance(inp, (int, float, bool)) or inp is None or (isinstance(inp, str) and len(inp) <= 200):
+            item["input"] = inp
+        detail.append(item)
+    response = jsonify({"detail": detail})
+    response.status_code = 422
+    return response
+
+
+def _docs_page() -> str:
+    from flask_openapi3_swagger.templates import swagger_html_string
+
+    # The template links its assets relative to the page (swagger/...), which /docs serves from /swagger/.
+    return render_template_string(swagger_html_string, doc_url="openapi.json", swagger_config=None,
+                                  oauth_config=None)
+
+
+def create_app(rt: Runtime) -> OpenAPI:
+    server = rt.settings.server
+    app = OpenAPI(
+        "edge_agent",
+        info=Info(title="edge-agent", version=rt.version,
+                  description="Roboflow-compatible inference API of an edge-agent device (port 9001)."),
+        doc_prefix="",
+        doc_url="/openapi.json",
+        validation_error_status=422,
+        validation_error_callback=_validation_error,
+    )
+    app.config["MAX_CONTENT_LENGTH"] = server.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json.compact = True  # type: ignore[attr-defined]
+    app.extensions["edge_agent"] = rt
+    app.register_api(admin.bp)
+    app.register_api(v2.bp)
+    app.register_api(v1.bp)
+
+    @app.get("/docs", doc_ui=False)
+    def docs() -> Any:
+        return _docs_page()
+
+    app.add_url_rule("/infer/<task>", "unknown_task", _unknown_task, methods=["POST"])
+    for i, rule in enumerate(UNSUPPORTED):
+        app.add_url_rule(rule, f"unsupported_{i}", _unsupported, methods=["GET", "POST"])
+
+    @app.before_request
+    def _start() -> Any:
+        g.t0 = time.perf_counter()
+        g.model_id = ""
+        if server.api_key and not _open(request.path) and request.method != "OPTIONS":
+            if not _key_ok(server.api_key):
+                return jsonify({"status": 401, "message": "Unauthorized api_key"}), 401
+        return None
+
+    @app.after_request
+    def _finish(response: Response) -> Response:
+        elapsed = time.perf_counter() - g.get("t0", time.perf_counter())
+        model_id = g.get("model_id", "")
+        h = response.headers
+        h["X-Processing-Time"] = f"{g.get('processing_time', elapsed):.6f}"
+        if model_id:
+            h["X-Model-Id"] = model_id
+            load_time = g.get("load_time")
+            h["X-Model-Cold-Start"] = "true" if load_time is not None else "false"
+            h["X-Model-Cold-Start-Count"] = str(rt.manager.cold_starts)
+            if load_time is not None:
+                h["X-Model-Load-Time"] = f"{load_time:.6f}"
+        if server.cors_origins:
+            h["Access-Control-Allow-Origin"] = server.cors_origins
+            h["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+            h["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+        rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        rt.metrics.observe_request(rule, model_id, response.status_code, elapsed)
+        return response
+
+    @app.errorhandler(Exception)
+    def _error(exc: Exception) -> Any:
+        if isinstance(exc, EdgeAgentError):
+            if exc.status >= 500:
+                log.warning("%s %s: %s", request.method, request.path, exc, exc_info=exc.status == 500)
+            response = jsonify(_error_body(exc))
+            response.status_code = exc.status
+            if isinstance(exc, (Overloaded, NotReady)):
+                response.headers["Retry-After"] = "1"
+            return response
+        if isinstance(exc, RequestEntityTooLarge):
+            return jsonify({"message": f"Request body too large. Limit: {server.max_body_bytes} bytes."}), 413
+        if isinstance(exc, HTTPException):
+            if exc.code in (404, 405):
+                return jsonify({"detail": exc.name}), exc.code
+            return jsonify({"message": exc.description or exc.name}), exc.code or 400
+        log.exception("%s %s failed", request.method, request.path)
+        return jsonify({"message": "Internal error."}), 500
+
+    return app
+
+
+def _unknown_task(task: str) -> Any:
+    known = ", ".join(f"/infer/{t}" for t in common.ROUTE_TASKS)
+    return jsonify({"message": f"Unknown task '{task}'. Routes: {known}."}), 404
+
+
+def _unsupported(**_: Any) -> Any:
+    return jsonify({"message": f"Not supported by edge-agent: {request.path}"}), 501
+
+
+def _open(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
+
+
+def _given_keys() -> list[str]:
+    """The request's keys, in spec §1.3 precedence: query, then Bearer header, then JSON body."""
+    keys = []
+    query_key = request.args.get("api_key")
+    if query_key and query_key != "None":
+        keys.append(query_key)
+    auth = request.headers.get("Authorization", "")
+    if auth.lower().startswith("bearer "):
+        keys.append(auth[7:].strip())
+    if request.is_json:
+        body = request.get_json(silent=True)
+        if isinstance(body, dict) and isinstance(body.get("api_key"), str):
+            keys.append(body["api_key"])
+    return keys
+
+
+def _key_ok(expected: str) -> bool:
+    given = _given_keys()
+    if not given:
+        return False
+    return hmac.compare_digest(given[0].encode(), expected.encode())

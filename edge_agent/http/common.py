@@ -1,0 +1,96 @@
+"""What the v1 and v2 routes share: loading the model for a request, decoding its images under the
+server's limits, running them and formatting the results (spec §4.6, §4.7)."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from flask import current_app, g
+
+from edge_agent.errors import InvalidInput
+from edge_agent.heads import InferenceParams
+from edge_agent.models.manager import LoadedModel
+from edge_agent.roboflow_json import to_roboflow
+from edge_agent.runtime import Runtime
+
+# Route task names (v2) <-> the model store's task names.
+ROUTE_TASKS = {
+    "object_detection": "object-detection",
+    "instance_segmentation": "instance-segmentation",
+    "classification": "classification",
+    "keypoints_detection": "keypoint-detection",
+}
+TASK_ROUTES = {task: route for route, task in ROUTE_TASKS.items()}
+
+
+def runtime() -> Runtime:
+    return current_app.extensions["edge_agent"]  # type: ignore[no-any-return]
+
+
+def load_model(model_id: str) -> LoadedModel:
+    """Load (or find) the model and note it for the response headers and metrics."""
+    loaded, cold = runtime().model(model_id)
+    g.model_id = loaded.model_id
+    if cold:
+        g.load_time = loaded.load_seconds
+    return loaded
+
+
+def decode_images(loaded: LoadedModel, loaders: Sequence[Callable[[bool], np.ndarray]],
+                  params: InferenceParams) -> list[np.ndarray]:
+    """Call each image loader with the auto-orient flag this model and request call for (spec §2.2)."""
+    orient = loaded.model.manifest.preprocess.auto_orient and not params.disable_preproc_auto_orient
+    return [load(orient) for load in loaders]
+
+
+def make_params(**fields: Any) -> InferenceParams:
+    if fields.get("class_filter") is not None:
+        fields["class_filter"] = tuple(fields["class_filter"])
+    return InferenceParams(**fields)
+
+
+def confidence_value(value: float | str, default: float = 0.4) -> float:
+    """``"best"``/``"default"`` mean the model's default threshold (spec §4.2)."""
+    if isinstance(value, str):
+        if value.lower() in ("best", "default"):
+            return default
+        try:
+            return float(value)
+        except ValueError:
+            raise InvalidInput(f'confidence must be a number or "best"/"default", got {value!r}') from None
+    return float(value)
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:  # pragma: no cover - OpenCV encodes any uint8 BGR image
+        raise RuntimeError("JPEG encoding failed")
+    return bytes(buf)
+
+
+def visualization(loaded: LoadedModel, image: np.ndarray, result: Any, labels: bool, stroke: int) -> bytes:
+    from edge_agent.visualize import draw
+
+    return encode_jpeg(draw(image, result, labels=labels, stroke=stroke, colours=loaded.model.manifest.colors))
+
+
+def run(loaded: LoadedModel, images: list[np.ndarray], params: InferenceParams, inference_id: str | None,
+        visualize: bool, labels: bool, stroke: int) -> list[dict[str, Any]]:
+    """Infer and format; every item of a batch carries the same ``inference_id`` (spec §4.6)."""
+    results = runtime().infer(loaded, images, params)
+    inference_id = inference_id or str(uuid.uuid4())
+    bodies = []
+    for image, result in zip(images, results):
+        body = to_roboflow(result, inference_id)
+        if visualize:
+            body["visualization"] = base64.b64encode(
+                visualization(loaded, image, result, labels, stroke)).decode("ascii")
+        bodies.append(body)
+    g.processing_time = max((r.time for r in results), default=0.0)
+    return bodies

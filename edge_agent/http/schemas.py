@@ -1,0 +1,225 @@
+"""Request and response schemas of the HTTP API, declared once (pydantic) for validation and OpenAPI.
+
+Field names, defaults and shapes follow ../shared/spec/http-api.md (§3, §4, §6). Unknown fields are
+ignored (the SDK sends several that only matter to Roboflow). Response models document the shapes;
+responses themselves are built by ``edge_agent.roboflow_json`` (null fields left out).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Confidence = Union[float, Literal["best", "default"]]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    @classmethod
+    @lru_cache(maxsize=None)
+    def _cached_schema(cls) -> dict[str, Any]:
+        return super().model_json_schema()
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+        # flask-openapi3 asks for the schema of query models on every request; build it once.
+        if args or kwargs:
+            return super().model_json_schema(*args, **kwargs)
+        return cls._cached_schema()
+
+
+# ---------------------------------------------------------------------------------------- v2 requests
+
+
+class ImageInput(_Model):
+    """One image. Over HTTP: ``base64`` (any format OpenCV decodes), ``url`` (https, checked per spec
+    §9.2) or, when the server enables it, ``numpy`` (base64 of a ``.npy`` file; pickles are refused)."""
+
+    type: str = Field(description="base64 | url | numpy (case-insensitive)", examples=["base64"])
+    value: Any = Field(None, description="base64 text (a data: URI prefix is allowed), or a URL")
+
+
+class InferenceRequest(_Model):
+    model_id: str = Field(description='"<project>/<version>", e.g. "shapes/1"', examples=["shapes/1"])
+    image: Union[ImageInput, list[ImageInput]] = Field(description="one image, or a list (a list gives a list)")
+    api_key: str | None = Field(None, description="only checked when the server is configured with a key")
+    id: str | None = Field(None, description="becomes inference_id (default: a fresh UUID4)")
+    confidence: Confidence = Field(0.4, description='0..1; "best"/"default" = the model default (0.4)')
+    visualize_predictions: bool = False
+    visualization_stroke_width: int = Field(1, ge=1, le=100)
+    visualization_labels: bool = False
+    disable_preproc_auto_orient: bool = False
+    disable_preproc_contrast: bool = False
+    disable_preproc_grayscale: bool = False
+    disable_preproc_static_crop: bool = False
+
+
+class ClassificationRequest(InferenceRequest):
+    pass
+
+
+class DetectionRequest(InferenceRequest):
+    iou_threshold: float = Field(0.3, description="NMS IoU threshold, 0..1")
+    class_agnostic_nms: bool = False
+    class_filter: list[str] | None = Field(None, description="keep only these class names")
+    max_detections: int = Field(300, ge=1)
+    max_candidates: int = Field(3000, ge=1, description="boxes fed into NMS (pre-NMS top-k)")
+    fix_batch_size: bool = False
+
+
+class SegmentationRequest(DetectionRequest):
+    mask_decode_mode: str = Field("accurate", description="accurate | fast | tradeoff")
+    tradeoff_factor: float = Field(0.0, description="0..1, for tradeoff mode")
+    response_mask_format: str = Field("polygon", description="polygon (rle is answered as polygon)")
+
+
+class KeypointsRequest(DetectionRequest):
+    keypoint_confidence: float = Field(0.0, description="omit keypoints below this visibility")
+
+
+# ---------------------------------------------------------------------------------------- v1 query
+
+
+class LegacyPath(_Model):
+    project: str
+    version: str
+
+
+class LegacyQuery(_Model):
+    api_key: str | None = None
+    confidence: Union[float, str] = Field(
+        0.4, description='0..1, or a percentage >= 1 (50 -> 0.5), or "best"/"default"')
+    overlap: float = Field(0.3, description="NMS IoU threshold; >= 1 is a percentage")
+    max_detections: int = Field(300, ge=1)
+    keypoint_confidence: float = 0.0
+    format: str = Field("json", description="json | image (JPEG bytes) | image_and_json")
+    labels: bool = False
+    stroke: int = Field(1, ge=1, le=100)
+    image: str | None = Field(None, description="URL of the image; the body is then ignored")
+    image_type: str = Field("base64", description="how to read a raw body: base64 | numpy")
+    mask_decode_mode: str = "accurate"
+    tradeoff_factor: float = 0.0
+    response_mask_format: str = "polygon"
+    disable_preproc_auto_orient: bool = False
+    disable_preproc_contrast: bool = False
+    disable_preproc_grayscale: bool = False
+    disable_preproc_static_crop: bool = False
+
+
+# ---------------------------------------------------------------------------------------- management
+
+
+class ModelAddRequest(_Model):
+    model_id: str = Field(examples=["shapes/1"])
+    api_key: str | None = None
+    model_type: str | None = None
+
+
+class ModelRemoveRequest(_Model):
+    model_id: str = Field(examples=["shapes/1"])
+
+
+class ModelDescription(BaseModel):
+    model_id: str
+    task_type: Literal["object-detection", "instance-segmentation", "classification", "keypoint-detection"]
+    batch_size: int | None = Field(description="static batch size; null when dynamic")
+    input_height: int | None
+    input_width: int | None
+    vram_bytes: int | None = None
+    request_aliases: list[str] = []
+    request_paths: list[str] = []
+
+
+class Registry(BaseModel):
+    models: list[ModelDescription]
+    total_vram_bytes: int | None = None
+    gpu_memory_used: int | None = None
+    gpu_memory_total: int | None = None
+    torch_cuda_allocated: int | None = None
+    torch_cuda_reserved: int | None = None
+    torch_cuda_allocator_cache: int | None = None
+    non_torch_gpu_memory: int | None = None
+
+
+class ServerInfo(BaseModel):
+    name: str = "edge-agent"
+    version: str
+    uuid: str
+
+
+class Status(BaseModel):
+    status: str
+    reason: str | None = None
+
+
+class ErrorMessage(BaseModel):
+    message: str
+    reason: str | None = Field(None, description="edge-agent's detail, when the spec's message is generic")
+
+
+# ---------------------------------------------------------------------------------------- responses
+
+
+class ImageSize(BaseModel):
+    width: int
+    height: int
+
+
+class Point(BaseModel):
+    x: float
+    y: float
+
+
+class Keypoint(BaseModel):
+    x: float
+    y: float
+    confidence: float
+    class_id: int
+    class_: str = Field(alias="class")
+
+
+class Prediction(BaseModel):
+    x: float
+    y: float
+    width: float
+    height: float
+    confidence: float
+    class_: str = Field(alias="class")
+    class_id: int
+    detection_id: str
+    points: list[Point] | None = Field(None, description="instance segmentation: the outline")
+    mask_format: str | None = Field(None, description='instance segmentation: "polygon"')
+    keypoints: list[Keypoint] | None = Field(None, description="keypoint detection")
+
+
+class _Response(BaseModel):
+    inference_id: str
+    time: float = Field(description="seconds of model work (decode, preprocess, forward, postprocess)")
+    image: ImageSize
+    visualization: str | None = Field(None, description="base64 JPEG, when visualize_predictions")
+
+
+class DetectionResponse(_Response):
+    predictions: list[Prediction]
+
+
+class ClassPrediction(BaseModel):
+    class_: str = Field(alias="class")
+    class_id: int
+    confidence: float
+
+
+class MultiLabelScore(BaseModel):
+    confidence: float
+    class_id: int
+
+
+class ClassificationResponse(_Response):
+    predictions: Union[list[ClassPrediction], dict[str, MultiLabelScore]] = Field(
+        description="single-label: classes above the threshold, best first; multi-label: every class by name")
+    top: str | None = Field(None, description="single-label only")
+    confidence: float | None = Field(None, description="single-label only")
+    predicted_classes: list[str] | None = Field(None, description="multi-label only")

@@ -1,0 +1,110 @@
+"""The v1 ("legacy") route ``POST|GET /{project}/{version}`` in every body form of spec §3.
+
+Body resolution, exactly in the spec's order: ``?image=<url>`` wins; else a Content-Type is
+required; multipart puts the image file in the part named ``file``; anything else is the raw body,
+read as base64 text (never JSON-parsed, whatever the Content-Type says) or, with
+``image_type=numpy`` and the server allowing it, as a ``.npy`` file. A raw JPEG/PNG body is also
+accepted (spec §12 #13). ``confidence``/``overlap`` of 1 or more are percentages.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, jsonify, request
+from flask_openapi3 import APIBlueprint, Tag
+
+from edge_agent.errors import ImageLoadError, InvalidInput
+from edge_agent.http import common
+from edge_agent.http.schemas import DetectionResponse, ErrorMessage, LegacyPath, LegacyQuery
+from edge_agent.images import decode_base64, from_bytes, from_npy, from_url
+
+tag = Tag(name="Inference (v1, legacy)", description="Roboflow's hosted-API route `/{project}/{version}`")
+bp = APIBlueprint("v1", __name__, abp_tags=[tag])
+
+_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
+
+
+def _percent(value: float, floor: float = 0.0) -> float:
+    value = value / 100.0 if value >= 1 else value
+    return max(value, floor)
+
+
+def _legacy_body(query: LegacyQuery) -> Any:
+    """A loader ``f(auto_orient) -> image`` for the request's image, per spec §3.3."""
+    rt = common.runtime()
+    limits = rt.limits
+    if query.image:
+        url = query.image
+        return lambda orient: from_url(url, limits, orient)
+    content_type = request.headers.get("Content-Type")
+    if not content_type:
+        raise InvalidInput("Content-Type header not provided with request.")
+    if "multipart/form-data" in content_type.lower():
+        part = request.files.get("file")
+        if part is None:
+            raise ImageLoadError("Expected image to be send in part named 'file' of multipart/form-data request")
+        data = part.read()
+        return lambda orient: from_bytes(data, limits, orient)
+    body = request.get_data(cache=False)
+    if query.image_type.lower() == "numpy":
+        if not rt.settings.server.allow_numpy:
+            raise ImageLoadError("NumPy image type is not supported in this configuration of `inference`.")
+        return lambda orient: from_npy(body, limits)
+    if body.startswith(_IMAGE_MAGIC):  # spec §12 #13: raw JPEG/PNG bytes are an image too
+        return lambda orient: from_bytes(body, limits, orient)
+    return lambda orient: from_bytes(decode_base64(body), limits, orient)
+
+
+def _legacy(path: LegacyPath, query: LegacyQuery) -> Any:
+    model_id = f"{path.project}/{path.version}"
+    confidence = query.confidence
+    if isinstance(confidence, str) and confidence.lower() not in ("best", "default"):
+        confidence = common.confidence_value(confidence)
+    if not isinstance(confidence, str):
+        confidence = _percent(float(confidence), floor=0.01)
+    fmt = query.format.lower()
+    visualize = fmt in ("image", "image_and_json")
+    loader = _legacy_body(query)
+    loaded = common.load_model(model_id)
+    task = loaded.model.task
+    fields: dict[str, Any] = {"confidence": common.confidence_value(confidence)}
+    if task != "classification":
+        fields.update(iou_threshold=_percent(query.overlap), max_detections=query.max_detections)
+    if task == "instance-segmentation":
+        fields.update(mask_decode_mode=query.mask_decode_mode, tradeoff_factor=query.tradeoff_factor)
+    if task == "keypoint-detection":
+        fields["keypoint_confidence"] = query.keypoint_confidence
+    params = common.make_params(
+        disable_preproc_auto_orient=query.disable_preproc_auto_orient,
+        disable_preproc_contrast=query.disable_preproc_contrast,
+        disable_preproc_grayscale=query.disable_preproc_grayscale,
+        disable_preproc_static_crop=query.disable_preproc_static_crop,
+        **fields,
+    )
+    images = common.decode_images(loaded, [loader], params)
+    if fmt == "image":
+        results = common.runtime().infer(loaded, images, params)
+        jpeg = common.visualization(loaded, images[0], results[0], query.labels, query.stroke)
+        return Response(jpeg, mimetype="image/jpeg")
+    body = common.run(loaded, images, params, None, visualize, query.labels, query.stroke)[0]
+    return jsonify(body)
+
+
+_DOC = {"responses": {200: DetectionResponse, 400: ErrorMessage, 404: ErrorMessage, 413: ErrorMessage}}
+
+
+@bp.post("/<project>/<version>", **_DOC)
+def legacy_post(path: LegacyPath, query: LegacyQuery) -> Any:
+    """Infer on the request body: base64 text, a multipart ``file`` part, or ``?image=<url>``.
+
+    The response shape follows the model's task (detection shown; classification, segmentation and
+    keypoints as on the v2 routes). ``format=image`` answers with the JPEG drawing instead.
+    """
+    return _legacy(path, query)
+
+
+@bp.get("/<project>/<version>", **_DOC)
+def legacy_get(path: LegacyPath, query: LegacyQuery) -> Any:
+    """Infer on the image at ``?image=<url>``."""
+    return _legacy(path, query)

@@ -1,0 +1,104 @@
+"""v2 routes: ``POST /infer/{task}`` (spec §4). One image in gives one object out; a list gives a list."""
+
+from __future__ import annotations
+
+from typing import Any, Union
+
+from flask import jsonify
+from flask_openapi3 import APIBlueprint, Tag
+from pydantic import BaseModel, RootModel
+
+from edge_agent.errors import InvalidInput
+from edge_agent.http import common
+from edge_agent.http.schemas import (
+    ClassificationRequest,
+    ClassificationResponse,
+    DetectionRequest,
+    DetectionResponse,
+    ErrorMessage,
+    ImageInput,
+    InferenceRequest,
+    KeypointsRequest,
+    SegmentationRequest,
+)
+from edge_agent.images import from_declaration
+
+tag = Tag(name="Inference (v2)", description="Roboflow's `/infer/{task}` routes, as InferenceHTTPClient calls them")
+bp = APIBlueprint("v2", __name__, abp_tags=[tag])
+
+ERRORS: dict[int, Any] = {400: ErrorMessage, 401: ErrorMessage, 404: ErrorMessage, 413: ErrorMessage,
+                          500: ErrorMessage, 503: ErrorMessage}
+
+
+def _many(model: type[BaseModel]) -> type[RootModel[Any]]:
+    return RootModel[Union[model, list[model]]]  # type: ignore[valid-type]
+
+
+def _infer(route_task: str, body: InferenceRequest, extra: dict[str, Any]) -> Any:
+    rt = common.runtime()
+    limit = rt.settings.server.max_batch_images
+    images: list[ImageInput] = body.image if isinstance(body.image, list) else [body.image]
+    if len(images) > limit:
+        raise InvalidInput(f"Batch too large: at most {limit} images per request.")
+    if not images:
+        raise InvalidInput("image: the list of images is empty.")
+    loaded = common.load_model(body.model_id)
+    want = common.ROUTE_TASKS[route_task]
+    if loaded.model.task != want:
+        raise InvalidInput(
+            f"Model {body.model_id} is a {loaded.model.task} model; send it to "
+            f"/infer/{common.TASK_ROUTES[loaded.model.task]} instead of /infer/{route_task}.")
+    params = common.make_params(
+        confidence=common.confidence_value(body.confidence),
+        disable_preproc_auto_orient=body.disable_preproc_auto_orient,
+        disable_preproc_contrast=body.disable_preproc_contrast,
+        disable_preproc_grayscale=body.disable_preproc_grayscale,
+        disable_preproc_static_crop=body.disable_preproc_static_crop,
+        **extra,
+    )
+    allow_numpy = rt.settings.server.allow_numpy
+    loaders = [
+        (lambda orient, im=im: from_declaration(im.type, im.value, rt.limits, orient, allow_numpy)) for im in images
+    ]
+    decoded = common.decode_images(loaded, loaders, params)
+    bodies = common.run(loaded, decoded, params, body.id, body.visualize_predictions,
+                        body.visualization_labels, body.visualization_stroke_width)
+    return jsonify(bodies if isinstance(body.image, list) else bodies[0])
+
+
+def _detection_fields(body: DetectionRequest) -> dict[str, Any]:
+    return {
+        "iou_threshold": body.iou_threshold,
+        "class_agnostic_nms": body.class_agnostic_nms,
+        "class_filter": body.class_filter,
+        "max_detections": body.max_detections,
+        "max_candidates": body.max_candidates,
+    }
+
+
+@bp.post("/infer/object_detection", responses={200: _many(DetectionResponse), **ERRORS})
+def object_detection(body: DetectionRequest) -> Any:
+    """Object detection on one image or a list of images."""
+    return _infer("object_detection", body, _detection_fields(body))
+
+
+@bp.post("/infer/instance_segmentation", responses={200: _many(DetectionResponse), **ERRORS})
+def instance_segmentation(body: SegmentationRequest) -> Any:
+    """Instance segmentation: detections with their outline in ``points``."""
+    fields = _detection_fields(body)
+    fields.update(mask_decode_mode=body.mask_decode_mode, tradeoff_factor=body.tradeoff_factor)
+    return _infer("instance_segmentation", body, fields)
+
+
+@bp.post("/infer/classification", responses={200: _many(ClassificationResponse), **ERRORS})
+def classification(body: ClassificationRequest) -> Any:
+    """Single- or multi-label classification."""
+    return _infer("classification", body, {})
+
+
+@bp.post("/infer/keypoints_detection", responses={200: _many(DetectionResponse), **ERRORS})
+def keypoints_detection(body: KeypointsRequest) -> Any:
+    """Keypoint detection: detections with their named ``keypoints``."""
+    fields = _detection_fields(body)
+    fields["keypoint_confidence"] = body.keypoint_confidence
+    return _infer("keypoints_detection", body, fields)

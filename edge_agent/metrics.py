@@ -1,0 +1,78 @@
+"""Prometheus metrics of one runtime, in a registry of its own (``prometheus-client``).
+
+Request counts and latencies per route and model, batch sizes and engine time per model, model
+load times, and the live queue depth and loaded-model count, read when ``/metrics`` is scraped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32)
+
+
+class _Live(Collector):
+    def __init__(self, depths: Callable[[], dict[str, int]], loaded: Callable[[], int]) -> None:
+        self._depths = depths
+        self._loaded = loaded
+
+    def collect(self) -> Iterator[Any]:
+        depth = GaugeMetricFamily("edge_agent_queue_depth", "Requests waiting for the engine, per model",
+                                  labels=["model"])
+        for model, n in sorted(self._depths().items()):
+            depth.add_metric([model], n)
+        yield depth
+        yield GaugeMetricFamily("edge_agent_models_loaded", "Models loaded in memory", value=self._loaded())
+
+
+class Metrics:
+    CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        disable_created_metrics()  # the *_created series only double the scrape size
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("edge_agent_http_requests", "HTTP requests by route, model and status",
+                                ["route", "model", "status"], registry=r)
+        self.latency = Histogram("edge_agent_http_request_duration_seconds", "HTTP request latency",
+                                 ["route", "model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("edge_agent_batch_size", "Images per engine run", ["model"],
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.engine_time = Histogram("edge_agent_engine_run_seconds", "Engine run time per batch", ["model"],
+                                     buckets=LATENCY_BUCKETS, registry=r)
+        self.images = Counter("edge_agent_images_inferred", "Images inferred", ["model"], registry=r)
+        self.load_seconds = Gauge("edge_agent_model_load_seconds", "Time the last load of a model took",
+                                  ["model"], registry=r)
+        self.loads = Counter("edge_agent_model_loads", "Model loads", ["model"], registry=r)
+
+    def watch(self, depths: Callable[[], dict[str, int]], loaded: Callable[[], int]) -> None:
+        self.registry.register(_Live(depths, loaded))
+
+    def on_load(self, model_id: str, seconds: float) -> None:
+        self.load_seconds.labels(model_id).set(seconds)
+        self.loads.labels(model_id).inc()
+
+    def on_batch(self, model_id: str, size: int, seconds: float) -> None:
+        self.batch_size.labels(model_id).observe(size)
+        self.engine_time.labels(model_id).observe(seconds)
+
+    def observe_request(self, route: str, model: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, model, str(status)).inc()
+        self.latency.labels(route, model).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

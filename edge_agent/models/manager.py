@@ -1,0 +1,177 @@
+"""ModelManager: the loaded models, shared by every caller (HTTP, pipelines, MQTT commands).
+
+``get(model_id)`` loads from the model store on first use (one load per id even when many callers
+ask at once), keeps at most ``max_loaded`` models (least recently used unloaded first) and gives a
+``LoadedModel`` whose ``infer`` runs through the model's dynamic batcher.
+
+Unloading never pulls an engine from under a running request: the batcher finishes what is queued,
+and the engine is freed when the last request holding the model lets go of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edge_agent.batching import DynamicBatcher
+from edge_agent.heads import InferenceParams
+from edge_agent.models.manifest import parse_model_id
+from edge_agent.models.model import Model
+from edge_agent.models.store import ModelStore
+from edge_agent.results import Result
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchingPrefs:
+    enabled: bool = True
+    max_batch: int = 8  # also capped by the engine's own maximum
+    max_delay_ms: float = 0.0
+    max_queue: int = 64
+
+
+@dataclass
+class LoadedModel:
+    model: Model
+    batcher: DynamicBatcher | None
+    load_seconds: float
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def model_id(self) -> str:
+        return self.model.model_id
+
+    def infer(self, images: Sequence[np.ndarray], params: InferenceParams) -> list[Result]:
+        """Decoded BGR images to results, each image prepared and decoded in the calling thread."""
+        t0 = time.perf_counter()
+        prepared = [self.model.prepare(image, params) for image in images]
+        if self.batcher is None:
+            outputs = []
+            step = self.model.engine.max_batch
+            for start in range(0, len(prepared), step):
+                outputs.extend(self.model.forward([p.tensor for p in prepared[start:start + step]]))
+        else:
+            futures = [self.batcher.submit(p.tensor) for p in prepared]
+            outputs = [f.result() for f in futures]
+        results = [self.model.decode(out, p, params) for out, p in zip(outputs, prepared)]
+        elapsed = time.perf_counter() - t0
+        for r in results:
+            r.time = elapsed
+        return results
+
+
+class ModelManager:
+    def __init__(
+        self,
+        store: ModelStore,
+        engine_prefs: Any = None,
+        batching: BatchingPrefs = BatchingPrefs(),
+        max_loaded: int = 8,
+        aliases: Mapping[str, str] | None = None,
+        on_load: Callable[[str, float], None] | None = None,
+        on_batch: Callable[[str, int, float], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.engine_prefs = engine_prefs
+        self.batching = batching
+        self.max_loaded = max(1, max_loaded)
+        self.aliases = dict(aliases or {})
+        self._on_load = on_load
+        self._on_batch = on_batch
+        self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}
+        self.cold_starts = 0
+
+    def resolve(self, model_id: str) -> str:
+        return self.aliases.get(model_id, model_id)
+
+    def loaded(self) -> list[LoadedModel]:
+        with self._lock:
+            return list(self._loaded.values())
+
+    def peek(self, model_id: str) -> LoadedModel | None:
+        with self._lock:
+            return self._loaded.get(self.resolve(model_id))
+
+    def get(self, model_id: str) -> tuple[LoadedModel, bool]:
+        """The loaded model and whether this call loaded it (a cold start)."""
+        model_id = self.resolve(model_id)
+        with self._lock:
+            hit = self._loaded.get(model_id)
+            if hit is not None:
+                self._loaded.move_to_end(model_id)
+                return hit, False
+            id_lock = self._loading.setdefault(model_id, threading.Lock())
+        with id_lock:  # one load per id; the others wait for it and then find it loaded
+            with self._lock:
+                hit = self._loaded.get(model_id)
+                if hit is not None:
+                    return hit, False
+            parse_model_id(model_id)
+            loaded = self._load(model_id)
+            with self._lock:
+                self._loaded[model_id] = loaded
+                self._loading.pop(model_id, None)
+                evicted = []
+                while len(self._loaded) > self.max_loaded:
+                    evicted.append(self._loaded.popitem(last=False)[1])
+                self.cold_starts += 1
+        for old in evicted:
+            log.info("unloading %s (least recently used; at most %d models loaded)", old.model_id, self.max_loaded)
+            self._retire(old)
+        return loaded, True
+
+    def _load(self, model_id: str) -> LoadedModel:
+        t0 = time.perf_counter()
+        model: Model = self.store.load(model_id, self.engine_prefs)
+        batcher = None
+        b = self.batching
+        if b.enabled:
+            on_batch = None
+            if self._on_batch is not None:
+                hook = self._on_batch
+
+                def on_batch(n: int, seconds: float) -> None:
+                    hook(model_id, n, seconds)
+
+            batcher = DynamicBatcher(
+                model_id, model.forward, max_batch=min(b.max_batch, model.engine.max_batch),
+                max_delay_s=b.max_delay_ms / 1000.0, max_queue=b.max_queue, on_batch=on_batch)
+        seconds = time.perf_counter() - t0
+        log.info("loaded %s (%s, engine %s) in %.2f s", model_id, model.task, model.engine.name, seconds)
+        if self._on_load is not None:
+            self._on_load(model_id, seconds)
+        return LoadedModel(model, batcher, seconds)
+
+    @staticmethod
+    def _retire(loaded: LoadedModel) -> None:
+        if loaded.batcher is not None:
+            loaded.batcher.close()
+
+    def unload(self, model_id: str) -> bool:
+        with self._lock:
+            loaded = self._loaded.pop(self.resolve(model_id), None)
+        if loaded is None:
+            return False
+        self._retire(loaded)
+        log.info("unloaded %s", loaded.model_id)
+        return True
+
+    def clear(self) -> None:
+        with self._lock:
+            everything = list(self._loaded.values())
+            self._loaded.clear()
+        for loaded in everything:
+            self._retire(loaded)
+
+    def queue_depths(self) -> dict[str, int]:
+        return {m.model_id: m.batcher.depth for m in self.loaded() if m.batcher is not None}
