@@ -6,7 +6,7 @@ worker thread per model takes what is queued (up to ``max_batch``) and runs the 
 through, and requests that arrive while the engine is busy are gathered into the next run. A
 positive delay lets the worker wait up to that long for a fuller batch.
 
-The queue is bounded; when it is full ``submit`` raises ``Overloaded`` at once (HTTP 503 with
+The queue is bounded (in images); when it is full ``submit`` raises ``Overloaded`` at once (HTTP 503 with
 Retry-After) instead of letting memory grow.
 """
 
@@ -58,7 +58,9 @@ class DynamicBatcher:
         self.max_delay_s = max(0.0, max_delay_s)
         self._run_batch = run_batch
         self._on_batch = on_batch
-        self._queue: queue.Queue[tuple[np.ndarray, Future[Any]] | None] = queue.Queue(maxsize=max_queue)
+        self.max_queue = max(1, max_queue)
+        self._queue: queue.Queue[tuple[np.ndarray, Future[Any]] | None] = queue.Queue()
+        self._submit_lock = threading.Lock()
         self._closed = False
         self.stats = BatchStats()
         self._thread = threading.Thread(target=self._work, name=f"batcher:{name}", daemon=True)
@@ -71,15 +73,24 @@ class DynamicBatcher:
 
     def submit(self, tensor: np.ndarray) -> Future[Any]:
         """Queue one (1, 3, H, W) tensor; the future resolves to ``run_batch``'s item for it."""
-        if self._closed:
-            raise NotReady(f"model {self.name} is being unloaded - retry request.")
-        fut: Future[Any] = Future()
-        try:
-            self._queue.put_nowait((tensor, fut))
-        except queue.Full:
-            raise Overloaded(
-                f"Model {self.name} has {self._queue.maxsize} requests waiting - retry request.") from None
-        return fut
+        return self.submit_many([tensor])[0]
+
+    def submit_many(self, tensors: Sequence[np.ndarray]) -> list[Future[Any]]:
+        """Queue one caller's tensors together: all are taken, or none (``Overloaded``).
+
+        The bound counts queued images; a caller is refused when its images would take the queue past
+        ``max_queue``, except into an empty queue (so one large request is never refused alone).
+        """
+        futures: list[Future[Any]] = [Future() for _ in tensors]
+        with self._submit_lock:
+            if self._closed:
+                raise NotReady(f"model {self.name} is being unloaded - retry request.")
+            depth = self._queue.qsize()
+            if depth and depth + len(tensors) > self.max_queue:
+                raise Overloaded(f"Model {self.name} has {depth} images waiting - retry request.")
+            for tensor, fut in zip(tensors, futures):
+                self._queue.put_nowait((tensor, fut))
+        return futures
 
     def __call__(self, tensor: np.ndarray, timeout: float | None = None) -> Any:
         return self.submit(tensor).result(timeout)
@@ -145,13 +156,9 @@ class DynamicBatcher:
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop taking work, finish what is queued, stop the worker."""
-        if self._closed:
-            return
-        self._closed = True
-        while True:
-            try:
-                self._queue.put(None, timeout=timeout)
-                break
-            except queue.Full:  # pragma: no cover - only when the worker is wedged
-                log.warning("batcher %s: queue still full after %.0f s", self.name, timeout)
+        with self._submit_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put_nowait(None)
         self._thread.join(timeout)

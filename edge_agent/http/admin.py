@@ -113,14 +113,3 @@ def metrics() -> Any:
     """Prometheus text format: requests, latencies, batch sizes, queue depth, model load times."""
     rt = common.runtime()
     return Response(rt.metrics.render(), content_type=rt.metrics.CONTENT_TYPE)
-
-
-@bp.get("/", tags=[service_tag])
-def index() -> Any:
-    """A small status document with links to the docs."""
-    rt = common.runtime()
-    return jsonify({
-        "name": "edge-agent", "version": rt.version, "status": rt.readiness_detail,
-        "models": [m.model_id for m in rt.manager.loaded()],
-        "docs": "/docs", "redoc": "/redoc", "openapi": "/openapi.json",
-    })

@@ -59,7 +59,7 @@ class LoadedModel:
             for start in range(0, len(prepared), step):
                 outputs.extend(self.model.forward([p.tensor for p in prepared[start:start + step]]))
         else:
-            futures = [self.batcher.submit(p.tensor) for p in prepared]
+            futures = self.batcher.submit_many([p.tensor for p in prepared])
             outputs = [f.result() for f in futures]
         results = [self.model.decode(out, p, params) for out, p in zip(outputs, prepared)]
         elapsed = time.perf_counter() - t0
