@@ -43,7 +43,7 @@ class Metrics:
     CONTENT_TYPE = CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:
-        disable_created_metrics()  # the *_created series only double the scrape size
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # the *_created series only double the scrape size
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter("edge_agent_http_requests", "HTTP requests by route, model and status",

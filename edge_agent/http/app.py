@@ -63,7 +63,7 @@ def _validation_error(e: ValidationError) -> Response:
     """Spec §5: 422 with pydantic v2's error list under ``detail`` (large inputs left out)."""
     detail = []
     for err in e.errors(include_url=False, include_context=False):
-        item = {"type": err["type"], "loc": ["body", *err["loc"]], "msg": err["msg"]}
+        item: dict[str, Any] = {"type": err["type"], "loc": ["body", *err["loc"]], "msg": err["msg"]}
         inp = err.get("input")
         if isinstance(inp, (int, float, bool)) or inp is None or (isinstance(inp, str) and len(inp) <= 200):
             item["input"] = inp

@@ -7,24 +7,24 @@ responses themselves are built by ``edge_agent.roboflow_json`` (null fields left
 
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Any, Literal, Union
+from functools import cache
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Confidence = Union[float, Literal["best", "default"]]
+Confidence = float | Literal["best", "default"]
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     @classmethod
-    @lru_cache(maxsize=None)
+    @cache
     def _cached_schema(cls) -> dict[str, Any]:
         return super().model_json_schema()
 
     @classmethod
-    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
         # flask-openapi3 asks for the schema of query models on every request; build it once.
         if args or kwargs:
             return super().model_json_schema(*args, **kwargs)
@@ -44,7 +44,7 @@ class ImageInput(_Model):
 
 class InferenceRequest(_Model):
     model_id: str = Field(description='"<project>/<version>", e.g. "shapes/1"', examples=["shapes/1"])
-    image: Union[ImageInput, list[ImageInput]] = Field(description="one image, or a list (a list gives a list)")
+    image: ImageInput | list[ImageInput] = Field(description="one image, or a list (a list gives a list)")
     api_key: str | None = Field(None, description="only checked when the server is configured with a key")
     id: str | None = Field(None, description="becomes inference_id (default: a fresh UUID4)")
     confidence: Confidence = Field(0.4, description='0..1; "best"/"default" = the model default (0.4)')
@@ -90,7 +90,7 @@ class LegacyPath(_Model):
 
 class LegacyQuery(_Model):
     api_key: str | None = None
-    confidence: Union[float, str] = Field(
+    confidence: float | str = Field(
         0.4, description='0..1, or a percentage >= 1 (50 -> 0.5), or "best"/"default"')
     overlap: float = Field(0.3, description="NMS IoU threshold; >= 1 is a percentage")
     max_detections: int = Field(300, ge=1)
@@ -218,7 +218,7 @@ class MultiLabelScore(BaseModel):
 
 
 class ClassificationResponse(_Response):
-    predictions: Union[list[ClassPrediction], dict[str, MultiLabelScore]] = Field(
+    predictions: list[ClassPrediction] | dict[str, MultiLabelScore] = Field(
         description="single-label: classes above the threshold, best first; multi-label: every class by name")
     top: str | None = Field(None, description="single-label only")
     confidence: float | None = Field(None, description="single-label only")

@@ -91,10 +91,10 @@ def _legacy(path: LegacyPath, query: LegacyQuery) -> Any:
     return jsonify(body)
 
 
-_DOC = {"responses": {200: DetectionResponse, 400: ErrorMessage, 404: ErrorMessage, 413: ErrorMessage}}
+_RESPONSES: dict[Any, Any] = {200: DetectionResponse, 400: ErrorMessage, 404: ErrorMessage, 413: ErrorMessage}
 
 
-@bp.post("/<project>/<version>", **_DOC)
+@bp.post("/<project>/<version>", responses=_RESPONSES)
 def legacy_post(path: LegacyPath, query: LegacyQuery) -> Any:
     """Infer on the request body: base64 text, a multipart ``file`` part, or ``?image=<url>``.
 
@@ -104,7 +104,7 @@ def legacy_post(path: LegacyPath, query: LegacyQuery) -> Any:
     return _legacy(path, query)
 
 
-@bp.get("/<project>/<version>", **_DOC)
+@bp.get("/<project>/<version>", responses=_RESPONSES)
 def legacy_get(path: LegacyPath, query: LegacyQuery) -> Any:
     """Infer on the image at ``?image=<url>``."""
     return _legacy(path, query)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 from flask import jsonify
 from flask_openapi3 import APIBlueprint, Tag
@@ -26,12 +26,12 @@ from edge_agent.images import from_declaration
 tag = Tag(name="Inference (v2)", description="Roboflow's `/infer/{task}` routes, as InferenceHTTPClient calls them")
 bp = APIBlueprint("v2", __name__, abp_tags=[tag])
 
-ERRORS: dict[int, Any] = {400: ErrorMessage, 401: ErrorMessage, 404: ErrorMessage, 413: ErrorMessage,
+ERRORS: dict[str | int, Any] = {400: ErrorMessage, 401: ErrorMessage, 404: ErrorMessage, 413: ErrorMessage,
                           500: ErrorMessage, 503: ErrorMessage}
 
 
 def _many(model: type[BaseModel]) -> type[RootModel[Any]]:
-    return RootModel[Union[model, list[model]]]  # type: ignore[valid-type]
+    return RootModel[model | list[model]]  # type: ignore[valid-type]
 
 
 def _infer(route_task: str, body: InferenceRequest, extra: dict[str, Any]) -> Any:
