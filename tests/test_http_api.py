@@ -232,6 +232,11 @@ def test_v2_errors(http_server: Server, b64: str) -> None:
         r = _v2(http_server, task, body)
         assert r.status_code == status, (body, r.text)
         assert message in _message(r), (body, r.text)
+    deep = "[" * 100_000 + "]" * 100_000
+    for path, text in (("/infer/object_detection", deep), ("/model/add", deep),
+                       ("/infer/object_detection", '{"model_id": "shapes/1", "image": ' + deep + "}")):
+        r = requests.post(http_server.url + path, data=text, headers={"Content-Type": "application/json"}, timeout=30)
+        assert r.status_code == 400 and "nested too deeply" in _message(r)
     r = requests.get(f"{http_server.url}/no/such/route/here", timeout=30)
     assert r.status_code == 404 and r.json() == {"detail": "Not Found"}
 

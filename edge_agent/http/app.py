@@ -148,6 +148,8 @@ def create_app(rt: Runtime) -> OpenAPI:
             if isinstance(exc, (Overloaded, NotReady)):
                 response.headers["Retry-After"] = "1"
             return response
+        if isinstance(exc, RecursionError):  # json.loads of deeply nested input
+            return jsonify({"message": "Request body could not be parsed: it is nested too deeply."}), 400
         if isinstance(exc, RequestEntityTooLarge):
             return jsonify({"message": f"Request body too large. Limit: {server.max_body_bytes} bytes."}), 413
         if isinstance(exc, HTTPException):
