@@ -1,5 +1,5 @@
 """Model management and service routes (spec §6): registry, add, remove, clear, info, health,
-readiness, Prometheus metrics, and the legacy ``/clear_cache`` and ``/start/...`` routes."""
+readiness, Prometheus metrics, and the legacy `/clear_cache` and `/start/...` routes."""
 
 from __future__ import annotations
 
@@ -17,12 +17,13 @@ from edge_agent.http.schemas import (
     Registry,
     ServerInfo,
     Status,
+    ValidationErrorBody,
 )
 from edge_agent.models.manager import LoadedModel
 
 models_tag = Tag(name="Models", description="Loading and unloading models (the model store is never touched)")
 service_tag = Tag(name="Service", description="Identity, health, readiness and metrics")
-bp = APIBlueprint("admin", __name__)
+bp = APIBlueprint("admin", __name__, abp_responses={422: ValidationErrorBody})
 
 
 def _description(loaded: LoadedModel) -> dict[str, Any]:
@@ -72,14 +73,20 @@ def model_clear() -> Any:
     return _registry()
 
 
-@bp.get("/clear_cache", tags=[models_tag])
+_TEXT = {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}
+_CLEARED = {"description": 'the JSON string "Cache Cleared"',
+            "content": {"application/json": {"schema": {"type": "string"}}}}
+
+
+@bp.get("/clear_cache", tags=[models_tag], responses={200: _CLEARED})
 def clear_cache() -> Any:
     """Legacy: unload every model; answers the JSON string "Cache Cleared"."""
     common.runtime().manager.clear()
     return jsonify("Cache Cleared")
 
 
-@bp.get("/start/<project>/<version>", tags=[models_tag], responses={200: Status, 404: ErrorMessage})
+@bp.get("/start/<project>/<version>", tags=[models_tag],
+        responses={200: Status, 400: ErrorMessage, 404: ErrorMessage, 500: ErrorMessage})
 def start(path: LegacyPath) -> Any:
     """Legacy: load a model."""
     common.load_model(f"{path.project}/{path.version}")
@@ -108,7 +115,7 @@ def readiness() -> Any:
     return jsonify({"status": "not ready", "reason": rt.readiness_detail}), 503
 
 
-@bp.get("/metrics", tags=[service_tag])
+@bp.get("/metrics", tags=[service_tag], responses={200: _TEXT})
 def metrics() -> Any:
     """Prometheus text format: requests, latencies, batch sizes, queue depth, model load times."""
     rt = common.runtime()

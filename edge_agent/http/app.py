@@ -16,7 +16,7 @@ from typing import Any
 from flask import Response, g, jsonify, render_template_string, request
 from flask_openapi3 import Info, OpenAPI
 from pydantic import ValidationError
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 from edge_agent.errors import (
     EdgeAgentError,
@@ -52,6 +52,14 @@ UNSUPPORTED = ("/infer/workflows", "/infer/workflows/<path:rest>", "/workflows/r
                "/infer/semantic_segmentation")
 
 
+# Swagger UI's validator badge would send the device's address to validator.swagger.io.
+SWAGGER_CONFIG = {"validatorUrl": None}
+# The docs pages load nothing from outside the device (the bundled ReDoc links a logo on a CDN).
+DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'")
+DOCS_PAGES = ("/", "/docs", "/redoc", "/swagger")
+
+
 def _error_body(exc: EdgeAgentError) -> dict[str, Any]:
     for cls in type(exc).__mro__:
         if cls in PUBLIC_MESSAGES:
@@ -59,11 +67,15 @@ def _error_body(exc: EdgeAgentError) -> dict[str, Any]:
     return {"message": exc.message, "error": exc.code}
 
 
+_LOCATIONS = {"LegacyQuery": "query", "LegacyPath": "path"}
+
+
 def _validation_error(e: ValidationError) -> Response:
     """Spec §5: 422 with pydantic v2's error list under ``detail`` (large inputs left out)."""
     detail = []
+    where = _LOCATIONS.get(e.title, "body")
     for err in e.errors(include_url=False, include_context=False):
-        item: dict[str, Any] = {"type": err["type"], "loc": ["body", *err["loc"]], "msg": err["msg"]}
+        item: dict[str, Any] = {"type": err["type"], "loc": [where, *err["loc"]], "msg": err["msg"]}
         inp = err.get("input")
         if isinstance(inp, (int, float, bool)) or inp is None or (isinstance(inp, str) and len(inp) <= 200):
             item["input"] = inp
@@ -77,7 +89,7 @@ def _docs_page() -> str:
     from flask_openapi3_swagger.templates import swagger_html_string
 
     # The template links its assets relative to the page (swagger/...), which /docs serves from /swagger/.
-    return render_template_string(swagger_html_string, doc_url="openapi.json", swagger_config=None,
+    return render_template_string(swagger_html_string, doc_url="openapi.json", swagger_config=SWAGGER_CONFIG,
                                   oauth_config=None)
 
 
@@ -89,10 +101,12 @@ def create_app(rt: Runtime) -> OpenAPI:
                   description="Roboflow-compatible inference API of an edge-agent device (port 9001)."),
         doc_prefix="",
         doc_url="/openapi.json",
+        security_schemes={},
         validation_error_status=422,
         validation_error_callback=_validation_error,
     )
     app.config["MAX_CONTENT_LENGTH"] = server.max_body_bytes
+    app.config["SWAGGER_CONFIG"] = SWAGGER_CONFIG
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.compact = True  # type: ignore[attr-defined]
     app.extensions["edge_agent"] = rt
@@ -134,6 +148,8 @@ def create_app(rt: Runtime) -> OpenAPI:
             h["Access-Control-Allow-Origin"] = server.cors_origins
             h["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
             h["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+        if request.path in DOCS_PAGES:
+            h["Content-Security-Policy"] = DOCS_CSP
         rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
         rt.metrics.observe_request(rule, model_id, response.status_code, elapsed)
         return response
@@ -153,8 +169,10 @@ def create_app(rt: Runtime) -> OpenAPI:
         if isinstance(exc, RequestEntityTooLarge):
             return jsonify({"message": f"Request body too large. Limit: {server.max_body_bytes} bytes."}), 413
         if isinstance(exc, HTTPException):
-            if exc.code in (404, 405):
-                return jsonify({"detail": exc.name}), exc.code
+            if isinstance(exc, MethodNotAllowed):
+                return jsonify({"detail": exc.name}), 405, {"Allow": ", ".join(sorted(exc.valid_methods or ()))}
+            if exc.code == 404:
+                return jsonify({"detail": exc.name}), 404
             return jsonify({"message": exc.description or exc.name}), exc.code or 400
         log.exception("%s %s failed", request.method, request.path)
         return jsonify({"message": "Internal error."}), 500

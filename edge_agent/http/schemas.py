@@ -155,6 +155,19 @@ class Status(BaseModel):
     reason: str | None = None
 
 
+class ValidationErrorItem(BaseModel):
+    type: str
+    loc: list[str | int] = Field(description='where: "body", "query" or "path", then the field path')
+    msg: str
+    input: Any = Field(None, description="the offending value, left out when large")
+
+
+class ValidationErrorBody(BaseModel):
+    """Spec §5: request validation errors (pydantic v2's list, FastAPI's envelope)."""
+
+    detail: list[ValidationErrorItem]
+
+
 class ErrorMessage(BaseModel):
     message: str
     reason: str | None = Field(None, description="edge-agent's detail, when the spec's message is generic")

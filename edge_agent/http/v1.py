@@ -16,11 +16,11 @@ from flask_openapi3 import APIBlueprint, Tag
 
 from edge_agent.errors import ImageLoadError, InvalidInput
 from edge_agent.http import common
-from edge_agent.http.schemas import DetectionResponse, ErrorMessage, LegacyPath, LegacyQuery
+from edge_agent.http.schemas import DetectionResponse, ErrorMessage, LegacyPath, LegacyQuery, ValidationErrorBody
 from edge_agent.images import decode_base64, from_bytes, from_npy, from_url
 
 tag = Tag(name="Inference (v1, legacy)", description="Roboflow's hosted-API route `/{project}/{version}`")
-bp = APIBlueprint("v1", __name__, abp_tags=[tag])
+bp = APIBlueprint("v1", __name__, abp_tags=[tag], abp_responses={422: ValidationErrorBody})
 
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
 
@@ -31,7 +31,7 @@ def _percent(value: float, floor: float = 0.0) -> float:
 
 
 def _legacy_body(query: LegacyQuery) -> Any:
-    """A loader ``f(auto_orient) -> image`` for the request's image, per spec §3.3."""
+    """A loader `f(auto_orient) -> image` for the request's image, per spec §3.3."""
     rt = common.runtime()
     limits = rt.limits
     if query.image:
@@ -96,15 +96,15 @@ _RESPONSES: dict[Any, Any] = {200: DetectionResponse, 400: ErrorMessage, 404: Er
 
 @bp.post("/<project>/<version>", responses=_RESPONSES)
 def legacy_post(path: LegacyPath, query: LegacyQuery) -> Any:
-    """Infer on the request body: base64 text, a multipart ``file`` part, or ``?image=<url>``.
+    """Infer on the request body: base64 text, a multipart `file` part, or `?image=<url>`.
 
     The response shape follows the model's task (detection shown; classification, segmentation and
-    keypoints as on the v2 routes). ``format=image`` answers with the JPEG drawing instead.
+    keypoints as on the v2 routes). `format=image` answers with the JPEG drawing instead.
     """
     return _legacy(path, query)
 
 
 @bp.get("/<project>/<version>", responses=_RESPONSES)
 def legacy_get(path: LegacyPath, query: LegacyQuery) -> Any:
-    """Infer on the image at ``?image=<url>``."""
+    """Infer on the image at `?image=<url>`."""
     return _legacy(path, query)

@@ -1,4 +1,4 @@
-"""v2 routes: ``POST /infer/{task}`` (spec §4). One image in gives one object out; a list gives a list."""
+"""v2 routes: `POST /infer/{task}` (spec §4). One image in gives one object out; a list gives a list."""
 
 from __future__ import annotations
 
@@ -20,11 +20,12 @@ from edge_agent.http.schemas import (
     InferenceRequest,
     KeypointsRequest,
     SegmentationRequest,
+    ValidationErrorBody,
 )
 from edge_agent.images import from_declaration
 
 tag = Tag(name="Inference (v2)", description="Roboflow's `/infer/{task}` routes, as InferenceHTTPClient calls them")
-bp = APIBlueprint("v2", __name__, abp_tags=[tag])
+bp = APIBlueprint("v2", __name__, abp_tags=[tag], abp_responses={422: ValidationErrorBody})
 
 ERRORS: dict[str | int, Any] = {400: ErrorMessage, 401: ErrorMessage, 404: ErrorMessage, 413: ErrorMessage,
                           500: ErrorMessage, 503: ErrorMessage}
@@ -46,7 +47,7 @@ def _infer(route_task: str, body: InferenceRequest, extra: dict[str, Any]) -> An
     want = common.ROUTE_TASKS[route_task]
     if loaded.model.task != want:
         raise InvalidInput(
-            f"Model {body.model_id} is a {loaded.model.task} model; send it to "
+            f"Model {body.model_id} has task '{loaded.model.task}': send it to "
             f"/infer/{common.TASK_ROUTES[loaded.model.task]} instead of /infer/{route_task}.")
     params = common.make_params(
         confidence=common.confidence_value(body.confidence),
@@ -84,7 +85,7 @@ def object_detection(body: DetectionRequest) -> Any:
 
 @bp.post("/infer/instance_segmentation", responses={200: _many(DetectionResponse), **ERRORS})
 def instance_segmentation(body: SegmentationRequest) -> Any:
-    """Instance segmentation: detections with their outline in ``points``."""
+    """Instance segmentation: detections with their outline in `points`."""
     fields = _detection_fields(body)
     fields.update(mask_decode_mode=body.mask_decode_mode, tradeoff_factor=body.tradeoff_factor)
     return _infer("instance_segmentation", body, fields)
@@ -98,7 +99,7 @@ def classification(body: ClassificationRequest) -> Any:
 
 @bp.post("/infer/keypoints_detection", responses={200: _many(DetectionResponse), **ERRORS})
 def keypoints_detection(body: KeypointsRequest) -> Any:
-    """Keypoint detection: detections with their named ``keypoints``."""
+    """Keypoint detection: detections with their named `keypoints`."""
     fields = _detection_fields(body)
     fields["keypoint_confidence"] = body.keypoint_confidence
     return _infer("keypoints_detection", body, fields)
