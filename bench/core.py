@@ -8,7 +8,16 @@ Printed: medians, the ratio core/bare and the per-stage split of the core's extr
     python bench/core.py [--model shapes/1] [--runs 200] [--size 480x640]
 """
 
+# ruff: noqa: E402
 from __future__ import annotations
+
+import os
+import sys
+
+# bench/http.py sits beside this file: keep this folder off the import path, or ``import http.client``
+# (used by edge_agent.url_fetch) would find that script instead of the standard library.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 import argparse
 import statistics

@@ -10,12 +10,16 @@ folder in a temporary directory (removed at the end):
   server = POST /infer/object_detection (v2) with the same JPEG as base64 JSON, requests.Session
            keep-alive, the request body encoded once up front.
 
-  (a) sequential latency: p50 / mean / p90 over --requests requests after warm-up, bare and server
-      measured in alternating blocks; ratio server/bare (goal <= 1.15) and the added milliseconds.
+  (a) sequential latency: p50 / mean / p90 over --requests requests after warm-up, the bare pipeline
+      and both servers in alternating blocks of 25; ratio server/bare (goal <= 1.15) and the added
+      milliseconds. Also printed, to split the difference: the server's own X-Processing-Time
+      (prepare + engine + decode, no image decode) and a GET /healthz round trip (the HTTP floor).
   (b) throughput (images/s) with 1, 4 and 8 concurrent clients (threads, each with its own
-      requests.Session), for --duration seconds each, batching on (the default) and off
-      (--no-batching); the reference is the best of the bare pipeline in a loop on 1 thread and on as
-      many threads as clients (one shared session, as the server shares one).
+      requests.Session), batching on (the default) and off (--no-batching): --duration seconds per
+      figure, split into --rounds rounds in which the bare pipeline and both servers take turns (the
+      median round is reported, so that a burst of load elsewhere spoils one round, not a figure).
+      The reference is the best of the bare pipeline in a loop on 1 thread and on as many threads as
+      clients (one shared session, as the server shares one); the table says which.
   (c) peak RSS (VmHWM from /proc) of the gunicorn worker (the child of the process started) and of
       the master, after the load tests; reference: a bare subprocess that imported the same libraries,
       created the session and ran the pipeline at batch 1 and once at batch 8 (the server's max batch).
@@ -27,11 +31,15 @@ ONNX Runtime threads: the server runs with ORT's defaults (EDGE_AGENT_* variable
 environment, so intra_op_num_threads = inter_op_num_threads = 0: ORT picks), and the bare session uses
 the same SessionOptions as the server's engine (engines/ort.py: ORT_ENABLE_ALL, 0/0 threads).
 Client, server and bare pipeline share this machine's cores: the clients' own CPU time (requests, JSON)
-is part of the server figures, as it would be for a client on the device itself.
+is part of the server figures, as it would be for a client on the device itself. Both servers stay up
+(idle) while the other is measured. The "other" column is the share of the machine's CPU that processes
+other than this bench and its servers used during a figure (from /proc/stat): on a shared machine,
+figures with much of it are not to be trusted. Ratios are steadier than absolute figures on a VM.
 
-    python bench/http.py [--quick] [--requests N] [--duration S] [--cold-starts K]
+    python bench/http.py [--quick] [--requests N] [--duration S] [--rounds R] [--cold-starts K]
 """
 
+# ruff: noqa: E402
 from __future__ import annotations
 
 import os
@@ -42,23 +50,25 @@ import sys
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
-import argparse  # noqa: E402
+import argparse
 import base64
-import json  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
+import contextlib
+import json
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_ID = "shapes/1"
@@ -66,12 +76,13 @@ ONNX = ROOT / "edge_agent" / "demo" / "store" / "shapes" / "1" / "model.onnx"
 SAMPLE = ROOT / "edge_agent" / "demo" / "sample.jpg"
 ROUTE = "/infer/object_detection"
 CLIENTS = (1, 4, 8)
+MODES = (("batching on", ()), ("batching off", ("--no-batching",)))
 
 
 # -- the bare pipeline ------------------------------------------------------------------------------
 
 
-def _session_options():  # type: ignore[no-untyped-def]
+def _session_options() -> Any:
     """The server engine's options (engines/ort.py), ORT's default thread counts."""
     import onnxruntime as ort
 
@@ -107,6 +118,7 @@ class Bare:
 
         m = self.manifest
         image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+        assert image is not None
         tensor = np.empty((1, 3, m.input.height, m.input.width), np.float32)
         transform = preprocess_into(image, m.preprocess, tensor[0], self.params)
         raw = self.session.run(None, {self.input_name: tensor})
@@ -271,7 +283,7 @@ def vm_kb(pid: int, field: str) -> int:
 
 class Stats:
     def __init__(self, samples: list[float]) -> None:
-        s = sorted(samples)
+        s = sorted(x for x in samples if x == x)
         self.n = len(s)
         self.p50 = statistics.median(s) * 1000
         self.mean = statistics.fmean(s) * 1000
@@ -303,11 +315,13 @@ class Client:
         self.url = url + ROUTE
         self.body = body
         self.headers = {"Content-Type": "application/json"}
+        self.processing: list[float] = []  # the server's X-Processing-Time of each answer
 
     def __call__(self) -> int:
         r = self.session.post(self.url, data=self.body, headers=self.headers, timeout=60)
         if r.status_code != 200:
             raise HttpError(r.status_code, r.text)
+        self.processing.append(float(r.headers.get("X-Processing-Time", "nan")))
         return len(r.json()["predictions"])
 
     def close(self) -> None:
@@ -320,29 +334,38 @@ class HttpError(Exception):
         self.status = status
 
 
-def latency_pair(bare: Callable[[], object], http: Callable[[], object], n: int,
-                 warmup: int = 20, block: int = 25) -> tuple[Stats, Stats]:
-    """Sequential timings of both, in alternating blocks so that drift hits both alike."""
-    for _ in range(warmup):
-        bare()
-        http()
-    a: list[float] = []
-    b: list[float] = []
-    while len(a) < n:
-        for fn, out in ((bare, a), (http, b)):
-            for _ in range(min(block, n - len(out))):
+def latencies(targets: dict[str, Callable[[], object]], n: int, warmup: int = 20,
+              block: int = 25) -> dict[str, list[float]]:
+    """Sequential timings of each target, in alternating blocks so that drift and other load hit all alike."""
+    for fn in targets.values():
+        for _ in range(warmup):
+            fn()
+    out: dict[str, list[float]] = {k: [] for k in targets}
+    while any(len(v) < n for v in out.values()):
+        for name, fn in targets.items():
+            samples = out[name]
+            for _ in range(min(block, n - len(samples))):
                 t0 = time.perf_counter()
                 fn()
-                out.append(time.perf_counter() - t0)
-    return Stats(a), Stats(b)
+                samples.append(time.perf_counter() - t0)
+    return out
 
 
 def throughput(make_worker: Callable[[], Callable[[], object]], threads: int, duration: float,
                failures: Failures, where: str, warmup: int = 3) -> float:
-    """Completed calls per second with ``threads`` threads calling in a loop for ``duration`` seconds."""
-    barrier = threading.Barrier(threads + 1)
-    counts = [0] * threads
+    """Completed calls per second with ``threads`` threads calling in a loop for ``duration`` seconds.
+
+    Each thread builds its worker (a client: its own connection) and warms up first; the window opens
+    when every thread is ready, and only calls completed inside it count.
+    """
     window: list[float] = [0.0, 0.0]
+
+    def open_window() -> None:
+        window[0] = time.perf_counter()
+        window[1] = window[0] + duration
+
+    barrier = threading.Barrier(threads, action=open_window)
+    counts = [0] * threads
 
     def run(i: int) -> None:
         work = make_worker()
@@ -353,7 +376,7 @@ def throughput(make_worker: Callable[[], Callable[[], object]], threads: int, du
                 except Exception:
                     pass
             barrier.wait()
-            start, end = window
+            end = window[1]
             while True:
                 try:
                     work()
@@ -374,12 +397,44 @@ def throughput(make_worker: Callable[[], Callable[[], object]], threads: int, du
     pool = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(threads)]
     for t in pool:
         t.start()
-    window[0] = time.perf_counter() + 0.0
-    window[1] = window[0] + duration
-    barrier.wait()  # the threads read ``window`` after this
     for t in pool:
         t.join(duration + 120)
     return sum(counts) / duration
+
+
+# -- other processes' CPU use (the machine may be shared) -------------------------------------------
+
+
+class CpuMeter:
+    """How much of the machine's CPU went to processes other than this bench and its servers."""
+
+    def __init__(self) -> None:
+        self.hz = os.sysconf("SC_CLK_TCK")
+        self.cpus = os.cpu_count() or 1
+
+    def _machine_busy(self) -> float:
+        f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = f
+        return (user + nice + system + irq + softirq + steal) / self.hz
+
+    def _own(self, pids: tuple[int, ...]) -> float:
+        t = os.times()
+        own = t.user + t.system + t.children_user + t.children_system
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            own += sum(int(x) for x in fields[11:15]) / self.hz  # utime stime cutime cstime
+        return own
+
+    def sample(self, pids: tuple[int, ...] = ()) -> tuple[float, float, float]:
+        return time.perf_counter(), self._machine_busy(), self._own(pids)
+
+    def other(self, a: tuple[float, float, float], b: tuple[float, float, float]) -> float:
+        """Share of the machine (0..1) used by others between two samples (taken with the same pids)."""
+        wall = b[0] - a[0]
+        return max(0.0, (b[1] - a[1]) - (b[2] - a[2])) / (wall * self.cpus) if wall > 0 else 0.0
 
 
 # -- main -------------------------------------------------------------------------------------------
@@ -389,15 +444,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: few requests, short load tests")
     ap.add_argument("--requests", type=int, help="sequential requests per latency figure (default 300)")
-    ap.add_argument("--duration", type=float, help="seconds per throughput figure (default 8)")
+    ap.add_argument("--duration", type=float, help="seconds per throughput figure, over all rounds (default 8)")
+    ap.add_argument("--rounds", type=int, help="throughput rounds, bare and servers alternating (default 4)")
     ap.add_argument("--cold-starts", type=int, help="cold starts to time, median reported (default 3)")
     args = ap.parse_args()
     n_req = args.requests or (40 if args.quick else 300)
     duration = args.duration or (2.0 if args.quick else 8.0)
+    rounds = args.rounds or (2 if args.quick else 4)
     cold_runs = args.cold_starts or (1 if args.quick else 3)
+    slot = duration / rounds
 
     sys.path.insert(0, str(ROOT))
-    import onnxruntime as ort
+    import requests
 
     jpeg = SAMPLE.read_bytes()
     body = json.dumps({"model_id": MODEL_ID,
@@ -405,107 +463,170 @@ def main() -> None:
     bare = Bare()
     expected = bare(jpeg)
     failures = Failures()
+    meter = CpuMeter()
+    other: dict[str, list[float]] = {}  # figure -> [others' CPU seconds, machine CPU seconds]
+    notes: list[str] = []
+    modes = [mode for mode, _ in MODES]
     t_begin = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="edge-agent-bench-"))
-    rows: list[tuple[str, str, str, str]] = []  # label, value, reference, ratio
-    notes: list[str] = []
+
+    def account(key: str, a: tuple[float, float, float], b: tuple[float, float, float]) -> None:
+        acc = other.setdefault(key, [0.0, 0.0])
+        acc[0] += meter.other(a, b) * (b[0] - a[0]) * meter.cpus
+        acc[1] += (b[0] - a[0]) * meter.cpus
+
     try:
-        # (d) cold start, first: nothing else running; bare reference in its own processes too.
-        bare_cold, bare_hwm = [], []
-        for _ in range(cold_runs):
+        # (d) cold start first, while nothing else of ours runs: bare process and server alternating.
+        bare_cold, bare_hwm, server_cold = [], [], []
+        m0 = meter.sample()
+        for i in range(cold_runs):
             sec, hwm = bare_cold_start(SAMPLE)
             bare_cold.append(sec)
             bare_hwm.append(hwm)
-        server_cold = []
-        for i in range(cold_runs):
             with running_server(tmp / f"cold-{i}") as server:
                 server_cold.append(first_answer(server, body))
-        b_cold, s_cold = statistics.median(bare_cold), statistics.median(server_cold)
+        account("cold", m0, meter.sample())
 
-        # (b) bare throughput, before any server runs.
-        bare_tp = {c: throughput(lambda: (lambda: bare(jpeg)), c, duration, failures, f"bare x{c}")
-                   for c in CLIENTS}
-
-        lat: dict[str, tuple[Stats, Stats]] = {}
-        srv_tp: dict[str, dict[int, float]] = {}
-        rss: dict[str, tuple[int, int, int]] = {}
-        batch_info: dict[str, str] = {}
-        for mode, flags in (("batching on", ()), ("batching off", ("--no-batching",))):
-            with running_server(tmp / mode.replace(" ", "-"), ("--preload", MODEL_ID, *flags)) as server:
+        with contextlib.ExitStack() as stack:
+            servers = {mode: stack.enter_context(running_server(tmp / mode.replace(" ", "-"),
+                                                                ("--preload", MODEL_ID, *flags)))
+                       for mode, flags in MODES}
+            workers: dict[str, int] = {}
+            for mode, server in servers.items():
                 wait_ready(server)
-                client = Client(server.url, body)
-                got = client()
-                if got != expected:
-                    notes.append(f"{mode}: server found {got} detections, bare {expected}")
-                # (a) sequential latency
-                lat[mode] = latency_pair(lambda: bare(jpeg), client, n_req)
-                client.close()
-                # (b) throughput
-                srv_tp[mode] = {c: throughput(lambda: Client(server.url, body), c, duration, failures,
-                                              f"{mode} x{c}") for c in CLIENTS}
-                # (c) memory after the load tests
-                if server.process.poll() is not None:
-                    raise RuntimeError(f"{mode}: server died:\n{server.output()}")
                 kids = proc_children(server.process.pid)
                 if len(kids) != 1:
-                    notes.append(f"{mode}: master has {len(kids)} children: {kids}")
-                worker = kids[0]
-                rss[mode] = (vm_kb(worker, "VmHWM"), vm_kb(worker, "VmRSS"), vm_kb(server.process.pid, "VmHWM"))
-                import requests
+                    raise RuntimeError(f"{mode}: expected one gunicorn worker, the master has children {kids}")
+                workers[mode] = kids[0]
+            pids = tuple(p for mode, server in servers.items() for p in (server.process.pid, workers[mode]))
 
-                metrics = requests.get(server.url + "/metrics", timeout=10).text
-                batch_info[mode] = _batch_summary(metrics)
-                log = server.output()
-                bad = [line for line in log.splitlines()
-                       if any(w in line for w in ("ERROR", "WARNING", "Traceback", "CRITICAL"))]
+            # (a) sequential latency: bare and both servers in alternating blocks.
+            clients = {mode: Client(servers[mode].url, body) for mode in modes}
+            for mode, client in clients.items():
+                got = client()
+                if got != expected:
+                    notes.append(f"{mode}: the server found {got} detections, the bare pipeline {expected}")
+                client.processing.clear()
+            m0 = meter.sample(pids)
+            lat = latencies({"bare": lambda: bare(jpeg), **clients}, n_req)
+            account("lat", m0, meter.sample(pids))
+            processing = {mode: Stats(cl.processing[-n_req:]) for mode, cl in clients.items()}
+            for client in clients.values():
+                client.close()
+            # the HTTP floor: GET /healthz round trips on a keep-alive session
+            floor: dict[str, Stats] = {}
+            for mode, server in servers.items():
+                with requests.Session() as sess:
+                    url = server.url + "/healthz"
+                    for _ in range(20):
+                        sess.get(url, timeout=10)
+                    samples = []
+                    for _ in range(min(n_req, 200)):
+                        t0 = time.perf_counter()
+                        sess.get(url, timeout=10)
+                        samples.append(time.perf_counter() - t0)
+                    floor[mode] = Stats(samples)
+
+            # (b) throughput: rounds of (clients x {bare, servers}), the order rotating each round.
+            tp: dict[tuple[str, int], list[float]] = {}
+            targets: list[tuple[str, Callable[[], Callable[[], object]]]] = [("bare", lambda: (lambda: bare(jpeg)))]
+            for mode in modes:
+                targets.append((mode, lambda url=servers[mode].url: Client(url, body)))  # type: ignore[misc]
+            for r in range(rounds):
+                for c in CLIENTS:
+                    for name, make in targets[r % len(targets):] + targets[:r % len(targets)]:
+                        m0 = meter.sample(pids)
+                        tp.setdefault((name, c), []).append(
+                            throughput(make, c, slot, failures, f"{name} x{c}"))
+                        account(f"{name} x{c}", m0, meter.sample(pids))
+
+            # (c) memory after the load tests
+            rss: dict[str, tuple[int, int, int]] = {}
+            batch_info: dict[str, str] = {}
+            for mode, server in servers.items():
+                if server.process.poll() is not None:
+                    raise RuntimeError(f"{mode}: the server died:\n{server.output()}")
+                if proc_children(server.process.pid) != [workers[mode]]:
+                    notes.append(f"{mode}: the gunicorn worker changed during the run (restarted?)")
+                w = workers[mode]
+                rss[mode] = (vm_kb(w, "VmHWM"), vm_kb(w, "VmRSS"), vm_kb(server.process.pid, "VmHWM"))
+                batch_info[mode] = _batch_summary(requests.get(server.url + "/metrics", timeout=10).text)
+                bad = [line for line in server.output().splitlines()
+                       if any(k in line for k in ("ERROR", "WARNING", "Traceback", "CRITICAL"))]
                 if bad:
                     notes.append(f"{mode}: {len(bad)} error/warning lines in the server log, first: {bad[0][:300]}")
 
-        # -- the table --------------------------------------------------------------------------------
-        print(f"edge-agent HTTP bench: model {MODEL_ID}, image {SAMPLE.name} ({len(jpeg)} B JPEG, "
-              f"{len(body)} B JSON body), {expected} detections; onnxruntime {bare.ort_version} "
-              f"(ORT default threads, both sides), {os.cpu_count()} CPUs")
-        print(f"latency: {n_req} sequential requests per figure; throughput: {duration:g} s per figure; "
+        # -- the table ------------------------------------------------------------------------------------
+        def pct(key: str) -> str:
+            used, total = other[key]
+            return f"{100 * used / total:4.0f}%"
+
+        def med(name: str, c: int) -> float:
+            return statistics.median(tp[name, c])
+
+        print(f"edge-agent HTTP bench: model {MODEL_ID}, image {SAMPLE.name} ({len(jpeg)} B JPEG, {len(body)} B "
+              f"JSON body), {expected} detections; onnxruntime {bare.ort_version}, ORT default threads on both "
+              f"sides; {os.cpu_count()} CPUs shared by clients, servers and the bare pipeline")
+        print(f"latency: {n_req} sequential requests per figure after 20 warm-up, bare and servers in alternating "
+              f"blocks of 25; throughput: median of {rounds} rounds of {slot:g} s, bare and servers alternating; "
               f"cold start: median of {cold_runs}")
+        print("'other' = share of the machine's CPU used by unrelated processes during that figure "
+              "(figures with much of it are unreliable)")
         print()
-        w = 44
-        print(f"{'figure':<{w}}{'server':>14}{'bare':>14}{'ratio':>9}  note")
-        print("-" * (w + 14 + 14 + 9 + 30))
-        for mode in ("batching on", "batching off"):
-            b, s = lat[mode]
-            print(f"{'(a) latency p50, ' + mode:<{w}}{s.p50:11.2f} ms{b.p50:11.2f} ms{s.p50 / b.p50:8.3f}x"
-                  f"  +{s.p50 - b.p50:.2f} ms, goal <= 1.15 {'ok' if s.p50 / b.p50 <= 1.15 else 'MISSED'}")
-            print(f"{'(a) latency mean, ' + mode:<{w}}{s.mean:11.2f} ms{b.mean:11.2f} ms{s.mean / b.mean:8.3f}x"
-                  f"  +{s.mean - b.mean:.2f} ms")
-            print(f"{'(a) latency p90, ' + mode:<{w}}{s.p90:11.2f} ms{b.p90:11.2f} ms{s.p90 / b.p90:8.3f}x")
-        for mode in ("batching on", "batching off"):
+        w = 42
+        print(f"{'figure':<{w}}{'server':>15}{'bare':>15}{'ratio':>9}{'other':>7}  note")
+        print("-" * (w + 15 + 15 + 9 + 7 + 40))
+        b = Stats(lat["bare"])
+        for mode in modes:
+            s_ = Stats(lat[mode])
+            verdict = "ok" if s_.p50 / b.p50 <= 1.15 else "MISSED"
+            print(f"{'(a) latency p50, ' + mode:<{w}}{s_.p50:12.2f} ms{b.p50:12.2f} ms{s_.p50 / b.p50:8.3f}x"
+                  f"{pct('lat'):>7}  +{s_.p50 - b.p50:.2f} ms; goal <= 1.15: {verdict}")
+            print(f"{'(a) latency mean, ' + mode:<{w}}{s_.mean:12.2f} ms{b.mean:12.2f} ms{s_.mean / b.mean:8.3f}x"
+                  f"{'':>7}  +{s_.mean - b.mean:.2f} ms")
+            print(f"{'(a) latency p90, ' + mode:<{w}}{s_.p90:12.2f} ms{b.p90:12.2f} ms{s_.p90 / b.p90:8.3f}x")
+            print(f"{'    server-side X-Processing-Time p50':<{w}}{processing[mode].p50:12.2f} ms{'':>15}{'':>9}"
+                  f"{'':>7}  inference in the server (prepare+engine+decode)")
+            print(f"{'    GET /healthz round trip p50':<{w}}{floor[mode].p50:12.2f} ms{'':>15}{'':>9}"
+                  f"{'':>7}  the HTTP floor (requests + gunicorn + Flask)")
+        for mode in modes:
             for c in CLIENTS:
-                ref_threads = 1 if bare_tp[1] >= bare_tp[c] else c
-                ref = bare_tp[ref_threads]
-                s = srv_tp[mode][c]
-                print(f"{f'(b) throughput, {c} client(s), ' + mode:<{w}}{s:9.1f} img/s{ref:9.1f} img/s"
-                      f"{s / ref:8.3f}x  bare on {ref_threads} thread(s)")
+                ref_threads = 1 if med("bare", 1) >= med("bare", c) else c
+                ref = med("bare", ref_threads)
+                v = med(mode, c)
+                spread = f"{min(tp[mode, c]):.0f}-{max(tp[mode, c]):.0f}"
+                print(f"{f'(b) throughput, {c} client(s), ' + mode:<{w}}{v:9.1f} img/s{ref:9.1f} img/s"
+                      f"{v / ref:8.3f}x{pct(f'{mode} x{c}'):>7}  ref: bare on {ref_threads} thread(s); "
+                      f"rounds {spread}")
         for c in CLIENTS:
-            print(f"{f'    bare pipeline on {c} thread(s)':<{w}}{'':>14}{bare_tp[c]:9.1f} img/s")
+            spread = f"{min(tp['bare', c]):.0f}-{max(tp['bare', c]):.0f}"
+            print(f"{f'    bare pipeline on {c} thread(s)':<{w}}{'':>15}{med('bare', c):9.1f} img/s{'':>9}"
+                  f"{pct(f'bare x{c}'):>7}  rounds {spread}")
         b_hwm = statistics.median(bare_hwm)
-        for mode in ("batching on", "batching off"):
+        for mode in modes:
             hwm, now, master = rss[mode]
-            print(f"{'(c) peak RSS worker (VmHWM), ' + mode:<{w}}{hwm / 1024:11.1f} MB{b_hwm / 1024:11.1f} MB"
-                  f"{hwm / b_hwm:8.3f}x  now {now / 1024:.1f} MB; bare ran batch 1 + batch 8")
-            print(f"{'    + master (VmHWM), ' + mode:<{w}}{(hwm + master) / 1024:11.1f} MB{'':>14}{'':>9}"
-                  f"  master alone {master / 1024:.1f} MB")
-        print(f"{'(d) Popen -> first 200 (no preload)':<{w}}{s_cold * 1000:11.0f} ms{b_cold * 1000:11.0f} ms"
-              f"{s_cold / b_cold:8.3f}x  server runs: {', '.join(f'{x * 1000:.0f}' for x in server_cold)} ms;"
-              f" bare: {', '.join(f'{x * 1000:.0f}' for x in bare_cold)} ms")
+            print(f"{'(c) peak RSS worker (VmHWM), ' + mode:<{w}}{hwm / 1024:12.1f} MB{b_hwm / 1024:12.1f} MB"
+                  f"{hwm / b_hwm:8.3f}x{'':>7}  worker VmRSS now {now / 1024:.1f} MB")
+            print(f"{'    worker + master, ' + mode:<{w}}{(hwm + master) / 1024:12.1f} MB{b_hwm / 1024:12.1f} MB"
+                  f"{(hwm + master) / b_hwm:8.3f}x{'':>7}  master alone {master / 1024:.1f} MB")
+        b_cold, s_cold = statistics.median(bare_cold), statistics.median(server_cold)
+        runs = "server " + ", ".join(f"{x * 1000:.0f}" for x in server_cold)
+        runs += "; bare " + ", ".join(f"{x * 1000:.0f}" for x in bare_cold)
+        print(f"{'(d) Popen -> first 200, no preload':<{w}}{s_cold * 1000:12.0f} ms{b_cold * 1000:12.0f} ms"
+              f"{s_cold / b_cold:8.3f}x{pct('cold'):>7}  runs (ms): {runs}")
         print()
-        for mode in ("batching on", "batching off"):
-            print(f"engine batches, {mode}: {batch_info[mode]}")
+        print("references: (a) the bare pipeline timed in this process; (b) the best of the bare pipeline on 1 "
+              "thread and on as many threads as clients (one shared session); (c) a bare process after one "
+              "batch-1 and one batch-8 run (the server's max batch); (d) Popen of a bare python process (same "
+              "imports, session, one pipeline run) to its first result")
+        for mode in modes:
+            print(f"engine runs, {mode}: {batch_info[mode]}")
         if failures.items:
             print("FAILED REQUESTS:")
             for k, v in failures.items.items():
                 print(f"  {k}: {v} x, e.g. {failures.examples[k]}")
         else:
-            print("failed requests: none")
+            print("failed requests: none (every request answered 200 with a JSON body)")
         for note in notes:
             print("note:", note)
         print(f"bench wall time {time.perf_counter() - t_begin:.0f} s")
@@ -523,8 +644,8 @@ def _batch_summary(metrics: str) -> str:
         elif line.startswith("edge_agent_batch_size_sum"):
             total = float(line.rsplit(" ", 1)[1])
         elif line.startswith("edge_agent_batch_size_bucket"):
-            le = line.split('le="', 1)[1].split('"', 1)[0]
-            buckets.append((float(le), float(line.rsplit(" ", 1)[1])))
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float(bound), float(line.rsplit(" ", 1)[1])))
     if not count:
         return "no engine batches counted (the batcher reports them; none with --no-batching)"
     dist, prev = [], 0.0

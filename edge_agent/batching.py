@@ -1,23 +1,28 @@
 """Dynamic batching: concurrent callers of one model share one engine run.
 
-Each caller decodes and preprocesses its image in its own thread, then ``submit``s the tensor; one
-worker thread per model takes what is queued (up to ``max_batch``) and runs the engine once. With
-``max_delay_s = 0`` (the default) the worker never waits for company: a lone request goes straight
-through, and requests that arrive while the engine is busy are gathered into the next run. A
-positive delay lets the worker wait up to that long for a fuller batch.
+Each caller decodes and preprocesses its image in its own thread and calls ``run_many``. There is no
+batching thread: a caller that finds the engine free runs it itself, on whatever is queued (its own
+tensors first in line, up to ``max_batch``), then hands every other caller in that batch its result.
+Callers that find the engine busy queue their tensors and wait; when the run ends, one of them takes
+the engine for everything queued meanwhile. So a lone request runs at once in its own thread, with no
+hand-off to another thread and no waiting for company, and requests that arrive while the engine is
+busy share the next run. With ``max_delay_s > 0`` the runner waits up to that long for a fuller batch.
 
-The queue is bounded (in images); when it is full ``submit`` raises ``Overloaded`` at once (HTTP 503 with
-Retry-After) instead of letting memory grow.
+The queue is bounded (in images); a caller whose images would overflow it gets ``Overloaded`` at once
+(HTTP 503 with Retry-After) instead of letting memory grow.
+
+(A first version ran the engine in a dedicated thread per model. On a 2-core CPU the wake-up of the
+waiting request thread after each run cost 2-3 ms per request, as much as the model's own compute
+for small models: see bench/serve_http.py.)
 """
 
 from __future__ import annotations
 
+import collections
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,15 +37,26 @@ RunBatch = Callable[[Sequence[np.ndarray]], list[Any]]
 
 @dataclass
 class BatchStats:
-    """Counters read by the metrics collector (plain ints: updated by the worker thread only)."""
+    """Counters read by metrics and tests (updated under the engine lock)."""
 
     batches: int = 0
     items: int = 0
     sizes: dict[int, int] = field(default_factory=dict)  # batch size -> how many runs had it
 
 
+class _Item:
+    __slots__ = ("tensor", "done", "result", "error")
+
+    def __init__(self, tensor: np.ndarray) -> None:
+        self.tensor = tensor
+        self.done = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
 class DynamicBatcher:
-    """Gathers submitted tensors into engine batches. ``run_batch(tensors)`` returns one item per tensor."""
+    """Gathers concurrent callers' tensors into engine batches. ``run_batch(tensors)`` returns one
+    item per tensor; ``run_many(tensors)`` returns the caller's items, in order."""
 
     def __init__(
         self,
@@ -56,109 +72,95 @@ class DynamicBatcher:
         self.name = name
         self.max_batch = max_batch
         self.max_delay_s = max(0.0, max_delay_s)
+        self.max_queue = max(1, max_queue)
         self._run_batch = run_batch
         self._on_batch = on_batch
-        self.max_queue = max(1, max_queue)
-        self._queue: queue.Queue[tuple[np.ndarray, Future[Any]] | None] = queue.Queue()
-        self._submit_lock = threading.Lock()
+        self._queue: collections.deque[_Item] = collections.deque()
+        self._cond = threading.Condition()  # guards the queue and the done flags
+        self._engine = threading.Lock()  # held by the caller that runs the engine
         self._closed = False
         self.stats = BatchStats()
-        self._thread = threading.Thread(target=self._work, name=f"batcher:{name}", daemon=True)
-        self._thread.start()
 
     @property
     def depth(self) -> int:
-        """Requests waiting for the engine (not counting the batch being run)."""
-        return self._queue.qsize()
+        """Images waiting for the engine (not counting the batch being run)."""
+        return len(self._queue)
 
-    def submit(self, tensor: np.ndarray) -> Future[Any]:
-        """Queue one (1, 3, H, W) tensor; the future resolves to ``run_batch``'s item for it."""
-        return self.submit_many([tensor])[0]
-
-    def submit_many(self, tensors: Sequence[np.ndarray]) -> list[Future[Any]]:
-        """Queue one caller's tensors together: all are taken, or none (``Overloaded``).
-
-        The bound counts queued images; a caller is refused when its images would take the queue past
-        ``max_queue``, except into an empty queue (so one large request is never refused alone).
-        """
-        futures: list[Future[Any]] = [Future() for _ in tensors]
-        with self._submit_lock:
+    def run_many(self, tensors: Sequence[np.ndarray]) -> list[Any]:
+        """Run one caller's (1, 3, H, W) tensors, batched with whatever else is waiting."""
+        items = [_Item(t) for t in tensors]
+        with self._cond:
             if self._closed:
                 raise NotReady(f"model {self.name} is being unloaded - retry request.")
-            depth = self._queue.qsize()
-            if depth and depth + len(tensors) > self.max_queue:
+            depth = len(self._queue)
+            if depth and depth + len(items) > self.max_queue:
                 raise Overloaded(f"Model {self.name} has {depth} images waiting - retry request.")
-            for tensor, fut in zip(tensors, futures):
-                self._queue.put_nowait((tensor, fut))
-        return futures
+            self._queue.extend(items)
+            if self.max_delay_s:
+                self._cond.notify_all()  # a runner waiting for a fuller batch
+        for item in items:
+            self._wait_or_run(item)
+        for item in items:
+            if item.error is not None:
+                raise item.error
+        return [item.result for item in items]
 
-    def __call__(self, tensor: np.ndarray, timeout: float | None = None) -> Any:
-        return self.submit(tensor).result(timeout)
+    def _wait_or_run(self, item: _Item) -> None:
+        while not item.done:
+            if self._engine.acquire(blocking=False):
+                try:
+                    if not item.done:
+                        self._run_once()
+                finally:
+                    self._engine.release()
+                with self._cond:
+                    self._cond.notify_all()  # the engine is free: a waiter with queued work takes it
+            else:
+                with self._cond:
+                    if not item.done:
+                        self._cond.wait(0.05)
 
-    def _gather(self, first: tuple[np.ndarray, Future[Any]]) -> list[tuple[np.ndarray, Future[Any]]]:
-        items = [first]
+    def _take(self) -> list[_Item]:
         deadline = time.monotonic() + self.max_delay_s
-        while len(items) < self.max_batch:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
+        with self._cond:
+            while True:
+                if len(self._queue) >= self.max_batch:
+                    break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                try:
-                    item = self._queue.get(timeout=remaining)
-                except queue.Empty:
-                    break
-            if item is None:  # close(): finish this batch, then stop
-                self._queue.put_nowait(None)
-                break
-            items.append(item)
-        return items
+                self._cond.wait(remaining)
+            n = min(self.max_batch, len(self._queue))
+            return [self._queue.popleft() for _ in range(n)]
 
-    def _work(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                self._fail_leftovers()
-                return
-            items = self._gather(first)
-            live = [(t, f) for t, f in items if f.set_running_or_notify_cancel()]
-            if not live:
-                continue
-            t0 = time.perf_counter()
+    def _run_once(self) -> None:
+        batch = self._take()
+        if not batch:
+            return
+        t0 = time.perf_counter()
+        try:
+            outputs = self._run_batch([item.tensor for item in batch])
+            error: BaseException | None = None
+        except BaseException as exc:  # handed to every caller of this batch; the next batch still runs
+            outputs, error = [None] * len(batch), exc
+        elapsed = time.perf_counter() - t0
+        with self._cond:
+            for item, out in zip(batch, outputs):
+                item.result, item.error, item.done = out, error, True
+            self._cond.notify_all()
+        if error is not None:
+            return
+        n = len(batch)
+        self.stats.batches += 1
+        self.stats.items += n
+        self.stats.sizes[n] = self.stats.sizes.get(n, 0) + 1
+        if self._on_batch is not None:
             try:
-                outputs = self._run_batch([t for t, _ in live])
-            except BaseException as exc:  # handed to every caller; the worker keeps going
-                for _, fut in live:
-                    fut.set_exception(exc)
-                continue
-            elapsed = time.perf_counter() - t0
-            for (_, fut), out in zip(live, outputs):
-                fut.set_result(out)
-            n = len(live)
-            self.stats.batches += 1
-            self.stats.items += n
-            self.stats.sizes[n] = self.stats.sizes.get(n, 0) + 1
-            if self._on_batch is not None:
-                try:
-                    self._on_batch(n, elapsed)
-                except Exception:  # metrics must never break inference
-                    log.exception("batch callback failed")
+                self._on_batch(n, elapsed)
+            except Exception:  # metrics must never break inference
+                log.exception("batch callback failed")
 
-    def _fail_leftovers(self) -> None:
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if item is not None and item[1].set_running_or_notify_cancel():
-                item[1].set_exception(NotReady(f"model {self.name} was unloaded - retry request."))
-
-    def close(self, timeout: float = 30.0) -> None:
-        """Stop taking work, finish what is queued, stop the worker."""
-        with self._submit_lock:
-            if self._closed:
-                return
+    def close(self) -> None:
+        """Refuse new work; callers already queued still get their results."""
+        with self._cond:
             self._closed = True
-            self._queue.put_nowait(None)
-        self._thread.join(timeout)

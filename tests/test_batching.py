@@ -15,10 +15,11 @@ from edge_agent.errors import ModelNotFound, NotReady, Overloaded
 
 
 class Gate:
-    """A run function that blocks until released, recording the batch sizes it was given."""
+    """A run function that blocks until released, recording batch sizes and the threads it ran on."""
 
     def __init__(self) -> None:
         self.sizes: list[int] = []
+        self.threads: list[str] = []
         self.release = threading.Event()
         self.entered = threading.Event()
 
@@ -26,6 +27,7 @@ class Gate:
         self.entered.set()
         self.release.wait(10)
         self.sizes.append(len(tensors))
+        self.threads.append(threading.current_thread().name)
         return [float(t.sum()) for t in tensors]
 
 
@@ -33,18 +35,49 @@ def _t(v: float) -> np.ndarray:
     return np.full((1, 3, 2, 2), v, np.float32)
 
 
-def test_lone_request_runs_at_once_and_busy_time_gathers_a_batch() -> None:
+def _in_thread(fn: Any, *args: Any) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+
+    def target() -> None:
+        try:
+            out.append(fn(*args))
+        except BaseException as exc:  # handed to the test
+            out.append(exc)
+
+    t = threading.Thread(target=target)
+    t.start()
+    return t, out
+
+
+def _wait_for(cond: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_a_lone_request_runs_in_its_own_thread_at_once() -> None:
+    gate = Gate()
+    gate.release.set()
+    b = DynamicBatcher("m", gate, max_batch=4)
+    assert b.run_many([_t(1)]) == [12.0]
+    assert gate.threads == [threading.current_thread().name] and gate.sizes == [1]
+
+
+def test_requests_arriving_while_the_engine_is_busy_share_the_next_run() -> None:
     gate = Gate()
     b = DynamicBatcher("m", gate, max_batch=4, max_queue=16)
-    first = b.submit(_t(1))
+    first, first_out = _in_thread(b.run_many, [_t(1)])
     assert gate.entered.wait(5)
-    queued = [b.submit(_t(v)) for v in (2, 3, 4, 5, 6)]  # arrive while the engine is busy
+    others = [_in_thread(b.run_many, [_t(v)]) for v in (2, 3, 4, 5, 6)]
+    _wait_for(lambda: b.depth == 5)
     gate.release.set()
-    assert first.result(5) == 12.0
-    assert [f.result(5) for f in queued] == [24.0, 36.0, 48.0, 60.0, 72.0]
-    assert gate.sizes == [1, 4, 1]  # no waiting for company; then at most max_batch
-    assert b.stats.items == 6
-    b.close()
+    for t, _ in [(first, first_out), *others]:
+        t.join(10)
+    assert first_out == [[12.0]]
+    assert [out for _, out in others] == [[[24.0]], [[36.0]], [[48.0]], [[60.0]], [[72.0]]]
+    assert gate.sizes == [1, 4, 1]  # no waiting for company; then at most max_batch per run
+    assert b.stats.items == 6 and b.stats.batches == 3
 
 
 def test_max_delay_waits_for_a_fuller_batch() -> None:
@@ -54,60 +87,74 @@ def test_max_delay_waits_for_a_fuller_batch() -> None:
         calls.append(len(tensors))
         return [0] * len(tensors)
 
-    b = DynamicBatcher("m", run, max_batch=8, max_delay_s=0.3)
-    futures = []
+    b = DynamicBatcher("m", run, max_batch=3, max_delay_s=2.0)
+    threads = []
     for v in range(3):
-        futures.append(b.submit(_t(v)))
+        threads.append(_in_thread(b.run_many, [_t(v)])[0])
         time.sleep(0.02)
-    for f in futures:
-        f.result(5)
+    t0 = time.monotonic()
+    for t in threads:
+        t.join(10)
     assert calls == [3]
-    b.close()
+    assert time.monotonic() - t0 < 1.5  # a full batch does not wait out the delay
 
 
 def test_full_queue_refuses_with_overloaded() -> None:
     gate = Gate()
     b = DynamicBatcher("m", gate, max_batch=1, max_queue=2)
-    running = b.submit(_t(1))
+    running, _ = _in_thread(b.run_many, [_t(1)])
     assert gate.entered.wait(5)
-    waiting = [b.submit(_t(2)), b.submit(_t(3))]
+    waiting = [_in_thread(b.run_many, [_t(2)]), _in_thread(b.run_many, [_t(3)])]
+    _wait_for(lambda: b.depth == 2)
     with pytest.raises(Overloaded) as err:
-        b.submit(_t(4))
+        b.run_many([_t(4)])
     assert err.value.status == 503
     gate.release.set()
-    assert running.result(5) == 12.0 and [f.result(5) for f in waiting] == [24.0, 36.0]
-    b.close()
+    for t, _ in waiting:
+        t.join(10)
+    running.join(10)
+    assert [out for _, out in waiting] == [[[24.0]], [[36.0]]]
 
 
-def test_engine_failure_reaches_every_caller_and_the_worker_survives() -> None:
+def test_a_large_request_into_an_empty_queue_is_taken_whole() -> None:
+    gate = Gate()
+    gate.release.set()
+    b = DynamicBatcher("m", gate, max_batch=2, max_queue=2)
+    assert b.run_many([_t(v) for v in (1, 2, 3, 4, 5)]) == [12.0, 24.0, 36.0, 48.0, 60.0]
+    assert gate.sizes == [2, 2, 1]
+
+
+def test_engine_failure_reaches_every_caller_of_the_batch_and_the_next_run_works() -> None:
+    gate = Gate()
     fail = threading.Event()
-    fail.set()
 
     def run(tensors: Any) -> list[Any]:
+        out = gate(tensors)
         if fail.is_set():
             raise RuntimeError("engine exploded")
-        return [1] * len(tensors)
+        return out
 
     b = DynamicBatcher("m", run, max_batch=4)
-    with pytest.raises(RuntimeError, match="exploded"):
-        b.submit(_t(1)).result(5)
-    fail.clear()
-    assert b.submit(_t(1)).result(5) == 1
-    b.close()
-
-
-def test_close_finishes_queued_work_then_refuses() -> None:
-    gate = Gate()
-    b = DynamicBatcher("m", gate, max_batch=1, max_queue=8)
-    futures = [b.submit(_t(v)) for v in (1, 2, 3)]
+    first, first_out = _in_thread(b.run_many, [_t(1)])
     assert gate.entered.wait(5)
-    closer = threading.Thread(target=b.close)
-    closer.start()
+    fail.set()
+    others = [_in_thread(b.run_many, [_t(v)]) for v in (2, 3)]
+    _wait_for(lambda: b.depth == 2)
     gate.release.set()
-    closer.join(10)
-    assert [f.result(5) for f in futures] == [12.0, 24.0, 36.0]
+    for t, _ in [(first, first_out), *others]:
+        t.join(10)
+    assert all(isinstance(out[0], RuntimeError) for out in [first_out] + [o for _, o in others])
+    fail.clear()
+    assert b.run_many([_t(1)]) == [12.0]
+
+
+def test_close_refuses_new_work() -> None:
+    gate = Gate()
+    gate.release.set()
+    b = DynamicBatcher("m", gate, max_batch=1)
+    b.close()
     with pytest.raises(NotReady):
-        b.submit(_t(1))
+        b.run_many([_t(1)])
 
 
 def test_manager_loads_once_under_concurrent_first_requests(store: Any) -> None:

@@ -50,7 +50,8 @@ class LoadedModel:
         return self.model.model_id
 
     def infer(self, images: Sequence[np.ndarray], params: InferenceParams) -> list[Result]:
-        """Decoded BGR images to results, each image prepared and decoded in the calling thread."""
+        """Decoded BGR images to results, each image prepared and decoded in the calling thread (and the
+        engine run there too, unless another caller's run takes these images along)."""
         t0 = time.perf_counter()
         prepared = [self.model.prepare(image, params) for image in images]
         if self.batcher is None:
@@ -59,8 +60,7 @@ class LoadedModel:
             for start in range(0, len(prepared), step):
                 outputs.extend(self.model.forward([p.tensor for p in prepared[start:start + step]]))
         else:
-            futures = self.batcher.submit_many([p.tensor for p in prepared])
-            outputs = [f.result() for f in futures]
+            outputs = self.batcher.run_many([p.tensor for p in prepared])
         results = [self.model.decode(out, p, params) for out, p in zip(outputs, prepared)]
         elapsed = time.perf_counter() - t0
         for r in results:
