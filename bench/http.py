@@ -15,7 +15,7 @@ folder in a temporary directory (removed at the end):
       milliseconds. Also printed, to split the difference: the server's own X-Processing-Time
       (prepare + engine + decode, no image decode) and a GET /healthz round trip (the HTTP floor).
   (b) throughput (images/s) with 1, 4 and 8 concurrent clients (threads, each with its own
-      requests.Session), batching on (the default) and off (--no-batching): --duration seconds per
+      requests.Session), batching on (--batching on) and off (--batching off, the CPU default): --duration seconds per
       figure, split into --rounds rounds in which the bare pipeline and both servers take turns (the
       median round is reported, so that a burst of load elsewhere spoils one round, not a figure).
       The reference is the best of the bare pipeline in a loop on 1 thread and on as many threads as
@@ -76,7 +76,7 @@ ONNX = ROOT / "edge_agent" / "demo" / "store" / "shapes" / "1" / "model.onnx"
 SAMPLE = ROOT / "edge_agent" / "demo" / "sample.jpg"
 ROUTE = "/infer/object_detection"
 CLIENTS = (1, 4, 8)
-MODES = (("batching on", ()), ("batching off", ("--no-batching",)))
+MODES = (("batching on", ("--batching", "on")), ("batching off", ("--batching", "off")))
 
 
 # -- the bare pipeline ------------------------------------------------------------------------------
@@ -647,7 +647,7 @@ def _batch_summary(metrics: str) -> str:
             bound = line.split('le="', 1)[1].split('"', 1)[0]
             buckets.append((float(bound), float(line.rsplit(" ", 1)[1])))
     if not count:
-        return "no engine batches counted (the batcher reports them; none with --no-batching)"
+        return "no engine batches counted (the batcher reports them; none with --batching off)"
     dist, prev = [], 0.0
     for le, cum in buckets:
         if cum > prev:

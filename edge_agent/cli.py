@@ -1,6 +1,6 @@
 """The ``edge-agent`` command: parse flags, build Settings, call into the library. No logic of its own.
 
-    edge-agent serve [--host H] [--port P] [--threads N] [--preload ID ...] [--no-batching]
+    edge-agent serve [--host H] [--port P] [--threads N] [--preload ID ...] [--batching auto|on|off]
     edge-agent infer IMAGE [--model ID] [--confidence C] [--visualize OUT.jpg]
     edge-agent models add SOURCE [--id PROJECT/VERSION] [--task TASK] [--classes a,b] [--replace]
     edge-agent models list | show ID | remove ID
@@ -34,7 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="TCP port (default 9001)")
     serve.add_argument("--threads", type=int, help="request threads (default 8)")
     serve.add_argument("--preload", action="append", metavar="ID", help="load this model at start (repeatable)")
-    serve.add_argument("--no-batching", action="store_true", help="run each request on its own")
+    serve.add_argument("--batching", choices=["auto", "on", "off"],
+                       help="gather concurrent requests into one engine run (auto: on for GPU engines)")
+    serve.add_argument("--no-batching", dest="batching", action="store_const", const="off",
+                       help="same as --batching off")
     serve.add_argument("--max-queue-delay-ms", type=float, help="wait up to this long to fill a batch (default 0)")
 
     infer = sub.add_parser("infer", help="run a model on image files and print Roboflow JSON")
@@ -146,7 +149,7 @@ def _serve(args: argparse.Namespace) -> int:
     flags = {
         "host": args.host, "port": args.port, "threads": args.threads, "max_queue_delay_ms": args.max_queue_delay_ms,
         "preload_models": tuple(args.preload) if args.preload else None,
-        "batching": False if args.no_batching else None,
+        "batching": args.batching,
     }
     server = replace(settings.server, **{k: v for k, v in flags.items() if v is not None})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -58,7 +58,8 @@ class Runtime:
         self.manager = ModelManager(
             self.store,
             settings.engine,
-            BatchingPrefs(s.batching, s.max_batch, s.max_queue_delay_ms, s.max_queue),
+            BatchingPrefs({"on": True, "off": False}.get(s.batching), s.max_batch, s.max_queue_delay_ms,
+                          s.max_queue),
             max_loaded=s.max_loaded_models,
             aliases=s.aliases,
             on_load=self.metrics.on_load,

@@ -91,7 +91,7 @@ class ServerSettings:
     allow_non_global_urls: bool = False
     url_allowed_hosts: tuple[str, ...] = ()
     url_blocked_hosts: tuple[str, ...] = ()
-    batching: bool = True
+    batching: str = "auto"  # auto (on for GPU engines, off on the CPU: measured in bench/http.py) | on | off
     max_batch: int = 8
     max_queue_delay_ms: float = 0.0
     max_queue: int = 64
@@ -126,4 +126,6 @@ class Settings:
             max_batch=_int(env, "ENGINE__MAX_BATCH", 8),
         )
         server = _section_from_env(ServerSettings(), "server", env)
+        if server.batching not in ("auto", "on", "off"):
+            raise InvalidInput(f"{PREFIX}SERVER__BATCHING={server.batching!r}: expected auto, on or off")
         return cls(state_dir=Path(state) if state else _default_state_dir(env), engine=prefs, server=server)

@@ -186,7 +186,7 @@ def test_batched_results_equal_unbatched(store: Any) -> None:
     images = [generate_scene(s, size=(240, 320)).image for s in range(6)]
     params = InferenceParams()
     plain, _ = ModelManager(store, batching=BatchingPrefs(enabled=False)).get("shapes-seg/1")
-    batched, _ = ModelManager(store, batching=BatchingPrefs(max_delay_ms=50)).get("shapes-seg/1")
+    batched, _ = ModelManager(store, batching=BatchingPrefs(enabled=True, max_delay_ms=50)).get("shapes-seg/1")
     expected = plain.infer(images, params)
     with ThreadPoolExecutor(6) as pool:
         got = list(pool.map(lambda im: batched.infer([im], params)[0], images))
@@ -195,3 +195,18 @@ def test_batched_results_equal_unbatched(store: Any) -> None:
         np.testing.assert_allclose(g.xyxy, e.xyxy, atol=1e-3)
         assert g.class_id.tolist() == e.class_id.tolist()
         assert [len(p) for p in g.polygons] == [len(p) for p in e.polygons]
+
+
+def test_auto_batching_is_off_for_cpu_engines(store: Any) -> None:
+    from edge_agent.models.manager import BatchingPrefs, ModelManager
+
+    runs: list[tuple[str, int]] = []
+    auto, _ = ModelManager(store, on_batch=lambda mid, n, s: runs.append((mid, n))).get("shapes/1")
+    assert "CPUExecutionProvider" in auto.model.engine.name and auto.batcher is None
+    from edge_agent.demo.shapes import generate_scene
+    from edge_agent.heads import InferenceParams
+
+    auto.infer([generate_scene(s, size=(120, 160)).image for s in range(3)], InferenceParams())
+    assert runs == [("shapes/1", 3)]  # engine runs are still counted for /metrics
+    forced, _ = ModelManager(store, batching=BatchingPrefs(enabled=True)).get("shapes/1")
+    assert forced.batcher is not None

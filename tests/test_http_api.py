@@ -272,7 +272,7 @@ def test_service_routes_and_metrics(http_server: Server, b64: str) -> None:
     text = requests.get(f"{http_server.url}/metrics", timeout=10).text
     for needle in ('edge_agent_http_requests_total{model="shapes/1",route="/infer/object_detection",status="200"}',
                    'edge_agent_http_request_duration_seconds_bucket{le="0.5",model="shapes/1"',
-                   'edge_agent_batch_size_count{model="shapes/1"}', 'edge_agent_queue_depth{model="shapes/1"} 0.0',
+                   'edge_agent_batch_size_count{model="shapes/1"}',
                    'edge_agent_model_load_seconds{model="shapes/1"}', "edge_agent_models_loaded "):
         assert needle in text, needle
 
@@ -418,7 +418,7 @@ def test_image_urls_over_tls(tmp_path: Path, tls_files: Path, https_url: str) ->
 
 
 def test_concurrent_requests_are_batched_and_overload_is_a_503(tmp_path: Path, b64: str) -> None:
-    settings = {"max_queue_delay_ms": "30", "preload_models": DET}
+    settings = {"batching": "on", "max_queue_delay_ms": "30", "preload_models": DET}
     with running_server(tmp_path / "state", settings) as server:
         body = {"model_id": DET, "image": _image(b64)}
         with ThreadPoolExecutor(6) as pool:
@@ -428,7 +428,8 @@ def test_concurrent_requests_are_batched_and_overload_is_a_503(tmp_path: Path, b
         count = _metric(text, 'edge_agent_batch_size_count{model="shapes/1"}')
         total = _metric(text, 'edge_agent_batch_size_sum{model="shapes/1"}')
         assert total == 12 and count < 12  # some engine runs served several requests
-    settings = {"max_queue": "1", "max_batch": "1", "preload_models": DET, "threads": "16"}
+        assert 'edge_agent_queue_depth{model="shapes/1"} 0.0' in text
+    settings = {"batching": "on", "max_queue": "1", "max_batch": "1", "preload_models": DET, "threads": "16"}
     with running_server(tmp_path / "state3", settings) as server:
         body = {"model_id": DET, "image": [_image(b64)] * 4}
         with ThreadPoolExecutor(12) as pool:

@@ -32,7 +32,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BatchingPrefs:
-    enabled: bool = True
+    """``enabled=None`` (auto): batch on GPU engines, not on the CPU.
+
+    On the CPU, ONNX Runtime already spreads one image over every core, a batch costs about the same
+    per image as single runs, and the arena grows to the largest batch: bench/http.py measured lower
+    throughput (0.64x vs 0.72x of bare ORT with 4 clients) and ~70 MB more peak RSS with batching on.
+    """
+
+    enabled: bool | None = None
     max_batch: int = 8  # also capped by the engine's own maximum
     max_delay_ms: float = 0.0
     max_queue: int = 64
@@ -44,6 +51,7 @@ class LoadedModel:
     batcher: DynamicBatcher | None
     load_seconds: float
     loaded_at: float = field(default_factory=time.time)
+    on_batch: Callable[[int, float], None] | None = None  # (images, seconds) per engine run, unbatched path
 
     @property
     def model_id(self) -> str:
@@ -58,7 +66,11 @@ class LoadedModel:
             outputs = []
             step = self.model.engine.max_batch
             for start in range(0, len(prepared), step):
-                outputs.extend(self.model.forward([p.tensor for p in prepared[start:start + step]]))
+                chunk = [p.tensor for p in prepared[start:start + step]]
+                t_run = time.perf_counter()
+                outputs.extend(self.model.forward(chunk))
+                if self.on_batch is not None:
+                    self.on_batch(len(chunk), time.perf_counter() - t_run)
         else:
             outputs = self.batcher.run_many([p.tensor for p in prepared])
         results = [self.model.decode(out, p, params) for out, p in zip(outputs, prepared)]
@@ -134,15 +146,16 @@ class ModelManager:
         t0 = time.perf_counter()
         model: Model = self.store.load(model_id, self.engine_prefs)
         batcher = None
+        on_batch = None
+        if self._on_batch is not None:
+            hook = self._on_batch
+
+            def on_batch(n: int, seconds: float) -> None:
+                hook(model_id, n, seconds)
+
         b = self.batching
-        if b.enabled:
-            on_batch = None
-            if self._on_batch is not None:
-                hook = self._on_batch
-
-                def on_batch(n: int, seconds: float) -> None:
-                    hook(model_id, n, seconds)
-
+        enabled = b.enabled if b.enabled is not None else "CPUExecutionProvider" not in model.engine.name
+        if enabled:
             batcher = DynamicBatcher(
                 model_id, model.forward, max_batch=min(b.max_batch, model.engine.max_batch),
                 max_delay_s=b.max_delay_ms / 1000.0, max_queue=b.max_queue, on_batch=on_batch)
@@ -150,7 +163,7 @@ class ModelManager:
         log.info("loaded %s (%s, engine %s) in %.2f s", model_id, model.task, model.engine.name, seconds)
         if self._on_load is not None:
             self._on_load(model_id, seconds)
-        return LoadedModel(model, batcher, seconds)
+        return LoadedModel(model, batcher, seconds, on_batch=None if batcher else on_batch)
 
     @staticmethod
     def _retire(loaded: LoadedModel) -> None:
