@@ -16,9 +16,10 @@ This module imports nothing outside the standard library.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-import numpy as np
+if TYPE_CHECKING:  # numpy only in annotations: the gunicorn master imports this and stays small
+    import numpy as np
 
 
 class EngineError(Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from flask import jsonify
@@ -31,6 +32,7 @@ ERRORS: dict[str | int, Any] = {400: ErrorMessage, 401: ErrorMessage, 404: Error
                           500: ErrorMessage, 503: ErrorMessage}
 
 
+@functools.cache
 def _many(model: type[BaseModel]) -> type[RootModel[Any]]:
     return RootModel[model | list[model]]  # type: ignore[valid-type]
 
