@@ -172,8 +172,10 @@ def test_manager_loads_once_under_concurrent_first_requests(store: Any) -> None:
     manager.get("shapes/1")
     manager.get("shapes-seg/1")
     assert [m.model_id for m in manager.loaded()] == ["shapes/1", "shapes-seg/1"]
-    with pytest.raises(ModelNotFound):
-        manager.get("nope/1")
+    for i in range(3):
+        with pytest.raises(ModelNotFound):
+            manager.get(f"nope/{i}")
+    assert manager._loading == {}  # failed loads leave nothing behind
     manager.clear()
     assert manager.loaded() == []
 

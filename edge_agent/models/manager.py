@@ -128,11 +128,14 @@ class ModelManager:
                 hit = self._loaded.get(model_id)
                 if hit is not None:
                     return hit, False
-            parse_model_id(model_id)
-            loaded = self._load(model_id)
+            try:
+                parse_model_id(model_id)
+                loaded = self._load(model_id)
+            finally:  # also after a failure: unknown ids must not pile up here
+                with self._lock:
+                    self._loading.pop(model_id, None)
             with self._lock:
                 self._loaded[model_id] = loaded
-                self._loading.pop(model_id, None)
                 evicted = []
                 while len(self._loaded) > self.max_loaded:
                     evicted.append(self._loaded.popitem(last=False)[1])
