@@ -73,10 +73,68 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_ID = "shapes/1"
 ONNX = ROOT / "edge_agent" / "demo" / "store" / "shapes" / "1" / "model.onnx"
+MODELS_DIR: Path | None = None  # --model heavy: a store folder copied into every server's state folder
 SAMPLE = ROOT / "edge_agent" / "demo" / "sample.jpg"
 ROUTE = "/infer/object_detection"
 CLIENTS = (1, 4, 8)
 MODES = (("batching on", ("--batching", "on")), ("batching off", ("--batching", "off")))
+
+
+# -- a YOLOv8n-sized synthetic detector (--model heavy) ----------------------------------------------
+
+
+def build_heavy(path: Path) -> Path:
+    """A 640x640 detector with random weights and ~6 G multiply-adds (YOLOv8n: 4.4 G), so that the
+    model's own compute resembles the DESIGN.md reference (86 ms on 2 cores) rather than the 10 ms demo
+    detector. Output (1, 84, 6400) in the yolov8 layout; class scores are biased low, so it finds nothing
+    and both sides time the same (empty) NMS. Needs the ``onnx`` package (a test extra)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, inits = [], []
+    layers = [(3, 16, 2), (16, 32, 2), (32, 32, 1), (32, 64, 2)] + [(64, 64, 1)] * 24
+    x = "images"
+    for i, (cin, cout, stride) in enumerate(layers):
+        w = (rng.standard_normal((cout, cin, 3, 3)) * (2.0 / (cin * 9)) ** 0.5).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(np.zeros(cout, np.float32), f"b{i}")]
+        nodes += [helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [f"c{i}"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                                   strides=[stride, stride]),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
+        x = f"r{i}"
+    head = (rng.standard_normal((84, 64, 1, 1)) * 0.01).astype(np.float32)
+    bias = np.concatenate([np.full(4, 100.0), np.full(80, -8.0)]).astype(np.float32)
+    inits += [numpy_helper.from_array(head, "wh"), numpy_helper.from_array(bias, "bh"),
+              numpy_helper.from_array(np.array([0, 84, 6400], np.int64), "shape")]
+    nodes += [helper.make_node("Conv", [x, "wh", "bh"], ["h"], kernel_shape=[1, 1]),
+              helper.make_node("Reshape", ["h", "shape"], ["flat"]),
+              helper.make_node("Sigmoid", ["flat"], ["sig"]),
+              helper.make_node("Concat", ["flat", "sig"], ["both"], axis=1),
+              # boxes from the raw rows 0..3, class scores from the sigmoid of rows 4..83
+              helper.make_node("Gather", ["both", "idx"], ["output0"], axis=1)]
+    both_index = np.concatenate([np.arange(4), 84 + np.arange(4, 84)])
+    inits.append(numpy_helper.from_array(both_index.astype(np.int64), "idx"))
+    graph = helper.make_graph(
+        nodes, "heavy",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, 640, 640])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["batch", 84, 6400])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    names = {i: f"class{i}" for i in range(80)}
+    for key, value in {"task": "detect", "names": str(names), "imgsz": "[640, 640]", "stride": "32",
+                       "batch": "1", "end2end": "False"}.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, path)
+    return path
+
+
+def install_heavy(tmp: Path) -> None:
+    global MODEL_ID, ONNX, MODELS_DIR
+    from edge_agent.models.store import ModelStore
+
+    models = tmp / "heavy-store" / "models"
+    ModelStore(models, builtin_root=None).install(build_heavy(tmp / "heavy.onnx"), "heavy/1")
+    MODEL_ID, ONNX, MODELS_DIR = "heavy/1", models / "heavy" / "1" / "model.onnx", models
 
 
 # -- the bare pipeline ------------------------------------------------------------------------------
@@ -204,6 +262,8 @@ def running_server(state_dir: Path, args: tuple[str, ...] = ()) -> Iterator[Serv
     """``edge-agent serve`` on a free port, not waited for; stopped with SIGTERM (then SIGKILL)."""
     port = free_port()
     state_dir.mkdir(parents=True, exist_ok=True)
+    if MODELS_DIR is not None and not (state_dir / "models").exists():
+        shutil.copytree(MODELS_DIR, state_dir / "models")
     log = state_dir / f"server-{port}.log"
     cmd = [sys.executable, "-m", "edge_agent", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
     with open(log, "wb") as out:
@@ -447,6 +507,8 @@ def main() -> None:
     ap.add_argument("--duration", type=float, help="seconds per throughput figure, over all rounds (default 8)")
     ap.add_argument("--rounds", type=int, help="throughput rounds, bare and servers alternating (default 4)")
     ap.add_argument("--cold-starts", type=int, help="cold starts to time, median reported (default 3)")
+    ap.add_argument("--model", choices=["demo", "heavy"], default="demo",
+                    help="demo: shapes/1 (320x320, ~10 ms); heavy: a synthetic 640x640 detector of YOLOv8n's size")
     args = ap.parse_args()
     n_req = args.requests or (40 if args.quick else 300)
     duration = args.duration or (2.0 if args.quick else 8.0)
@@ -456,6 +518,10 @@ def main() -> None:
 
     sys.path.insert(0, str(ROOT))
     import requests
+
+    tmp = Path(tempfile.mkdtemp(prefix="edge-agent-bench-"))
+    if args.model == "heavy":
+        install_heavy(tmp)
 
     jpeg = SAMPLE.read_bytes()
     body = json.dumps({"model_id": MODEL_ID,
@@ -468,7 +534,6 @@ def main() -> None:
     notes: list[str] = []
     modes = [mode for mode, _ in MODES]
     t_begin = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix="edge-agent-bench-"))
 
     def account(key: str, a: tuple[float, float, float], b: tuple[float, float, float]) -> None:
         acc = other.setdefault(key, [0.0, 0.0])
