@@ -254,6 +254,7 @@ class Server:
 def _env(state_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
     env["EDGE_AGENT_STATE_DIR"] = str(state_dir)
+    env["EDGE_AGENT_CONFIG"] = ""  # defaults only, whatever /etc/edge-agent holds
     return env
 
 

@@ -39,4 +39,4 @@ def get_model(model_id: str, settings: Settings | None = None) -> Model:
     from edge_agent.settings import Settings
 
     settings = settings or Settings.from_env()
-    return open_store(settings).load(model_id, settings.engine)  # type: ignore[no-any-return]
+    return open_store(settings).load(model_id, settings.engine_prefs)  # type: ignore[no-any-return]

@@ -1,5 +1,6 @@
 """The ``edge-agent`` command: parse flags, build Settings, call into the library. No logic of its own.
 
+    edge-agent [--config FILE] config check | show
     edge-agent serve [--host H] [--port P] [--threads N] [--preload ID ...] [--batching auto|on|off]
     edge-agent infer IMAGE [--model ID] [--confidence C] [--visualize OUT.jpg]
     edge-agent models add SOURCE [--id PROJECT/VERSION] [--task TASK] [--classes a,b] [--replace]
@@ -26,8 +27,15 @@ SAMPLE_IMAGE = Path(__file__).resolve().parent / "demo" / "sample.jpg"
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-agent", description="Computer-vision appliance daemon and tools.")
     p.add_argument("--version", action="version", version=f"edge-agent {__version__}")
-    p.add_argument("--state-dir", type=Path, help="model store and state folder (default: EDGE_AGENT_STATE_DIR)")
+    p.add_argument("--config", type=Path, help="configuration file (default: EDGE_AGENT_CONFIG, else "
+                                               "/etc/edge-agent/config.toml when it exists)")
+    p.add_argument("--state-dir", type=Path, help="model store and state folder (overrides paths.state_dir)")
     sub = p.add_subparsers(dest="command", required=True)
+
+    config = sub.add_parser("config", help="check or show the effective configuration")
+    csub = config.add_subparsers(dest="action", required=True)
+    csub.add_parser("check", help="validate the file, environment and flags; exit 2 naming the bad key")
+    csub.add_parser("show", help="print the effective settings as JSON (secrets masked)")
 
     serve = sub.add_parser("serve", help="run the HTTP server (Roboflow-compatible API on port 9001)")
     serve.add_argument("--host", help="address to listen on (default 0.0.0.0)")
@@ -70,13 +78,24 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _settings(args: argparse.Namespace) -> Any:
-    from dataclasses import replace
+def _settings(args: argparse.Namespace, **flags: Any) -> Any:
+    """File, then environment, then these flags (``section.key`` -> value; None = not given)."""
+    from edge_agent.settings import load_settings
 
-    from edge_agent.settings import Settings
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    if args.state_dir:
+        overrides["paths.state_dir"] = args.state_dir
+    return load_settings(args.config, overrides=overrides)
 
-    settings = Settings.from_env()
-    return replace(settings, state_dir=args.state_dir) if args.state_dir else settings
+
+def _config(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.action == "check":
+        source = settings.config_file or "no file (defaults and environment)"
+        sys.stdout.write(f"configuration ok: {source}\n")
+    else:
+        _print(settings.public())
+    return 0
 
 
 def _print(obj: Any) -> None:
@@ -141,19 +160,15 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from edge_agent.server import serve
 
-    settings = _settings(args)
-    flags = {
-        "host": args.host, "port": args.port, "threads": args.threads, "max_queue_delay_ms": args.max_queue_delay_ms,
-        "preload_models": tuple(args.preload) if args.preload else None,
-        "batching": args.batching,
-    }
-    server = replace(settings.server, **{k: v for k, v in flags.items() if v is not None})
+    settings = _settings(
+        args, **{"server.host": args.host, "server.port": args.port, "server.threads": args.threads,
+                 "server.max_queue_delay_ms": args.max_queue_delay_ms,
+                 "server.preload_models": tuple(args.preload) if args.preload else None,
+                 "server.batching": args.batching})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve(replace(settings, server=server))
+    serve(settings)
     return 0
 
 
@@ -162,6 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "config":
+            return _config(args)
         if args.command == "infer":
             return _infer(args)
         return _models(args)

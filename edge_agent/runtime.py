@@ -57,7 +57,7 @@ class Runtime:
         self.store = ModelStore(settings.models_dir)
         self.manager = ModelManager(
             self.store,
-            settings.engine,
+            settings.engine_prefs,
             BatchingPrefs({"on": True, "off": False}.get(s.batching), s.max_batch, s.max_queue_delay_ms,
                           s.max_queue),
             max_loaded=s.max_loaded_models,

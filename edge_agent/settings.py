@@ -1,131 +1,268 @@
-"""Settings: the one place that reads the environment.
+"""Settings: one typed, validated tree, read once at start. The only reader of ``os.environ``.
 
-Today this holds what the inference core and the HTTP server need; section fields are read from
-``EDGE_AGENT_<SECTION>__<FIELD>`` variables (``EDGE_AGENT_SERVER__PORT=9002``). The daemon's full
-typed tree (TOML, then ``EDGE_AGENT_*`` variables, then flags) grows here.
+Sources, each overriding the one before:
+
+1. the TOML file: ``--config PATH``, else ``EDGE_AGENT_CONFIG``, else ``/etc/edge-agent/config.toml``
+   (a missing default file is fine: the defaults apply; a missing named file is an error;
+   ``EDGE_AGENT_CONFIG=`` empty reads no file);
+2. environment variables ``EDGE_AGENT_<SECTION>__<FIELD>`` (``EDGE_AGENT_SERVER__PORT=9002``; lists
+   comma-separated, tables as ``key=value,key=value``), and ``EDGE_AGENT_STATE_DIR`` as a shorthand
+   for ``EDGE_AGENT_PATHS__STATE_DIR``;
+3. command-line flags (``overrides`` of ``load_settings``).
+
+An unknown key (in the file or an ``EDGE_AGENT_*`` variable) or a bad value raises ``ConfigError``
+with one line naming the key and where it came from (file and line, variable, or flag).
+Sections: ``[paths]``, ``[engine]``, ``[server]`` (listening, limits, URL policy, batching, preloaded
+models). The MQTT, pipeline and active-learning sections arrive with those subsystems.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal
 
-from edge_agent.errors import InvalidInput
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from edge_agent.errors import EdgeAgentError
 from engines import EnginePrefs
 
 PREFIX = "EDGE_AGENT_"
+DEFAULT_CONFIG = Path("/etc/edge-agent/config.toml")
 
 
-def _default_state_dir(env: Mapping[str, str]) -> Path:
-    if os.geteuid() == 0:
-        return Path("/var/lib/edge-agent")
-    base = env.get("XDG_DATA_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".local" / "share")
+class ConfigError(EdgeAgentError):
+    """The configuration cannot be used; the message names the key and its source."""
+
+    code = "config_error"
+
+
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def _user_dir(env: Mapping[str, str], xdg: str, fallback: str) -> Path:
+    base = env.get(xdg) or str(Path(env.get("HOME", "~")).expanduser() / fallback)
     return Path(base) / "edge-agent"
 
 
-def _int(env: Mapping[str, str], key: str, default: int) -> int:
-    raw = env.get(PREFIX + key)
-    if raw is None:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise InvalidInput(f"environment variable {PREFIX + key}={raw!r}: expected an integer") from None
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-T = TypeVar("T")
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
+class PathsSettings(_Section):
+    """Where state lives. Defaults: system folders as root, the user's XDG folders otherwise."""
+
+    state_dir: Path = Field(description="models, queues, install id (/var/lib/edge-agent)")
+    cache_dir: Path = Field(description="rebuildable caches such as TensorRT engines (/var/cache/edge-agent)")
 
 
-def _convert(key: str, raw: str, default: Any) -> Any:
-    try:
-        if isinstance(default, bool):
-            low = raw.strip().lower()
-            if low not in _TRUE | _FALSE:
-                raise ValueError
-            return low in _TRUE
-        if isinstance(default, int):
-            return int(raw)
-        if isinstance(default, float):
-            return float(raw)
-        if isinstance(default, tuple):
-            return tuple(p.strip() for p in raw.split(",") if p.strip())
-        if isinstance(default, dict):
-            pairs = [p.split("=", 1) for p in raw.split(",") if p.strip()]
-            return {k.strip(): v.strip() for k, v in pairs}
-    except ValueError:
-        kind = "true or false" if isinstance(default, bool) else type(default).__name__
-        raise InvalidInput(f"environment variable {key}={raw!r}: expected {kind}") from None
-    return raw or None if default is None else raw
+class EngineSettings(_Section):
+    backend: str = Field("auto", description="auto, or a back-end name (ort)")
+    providers: tuple[str, ...] = Field((), description="ONNX Runtime providers to try before the CPU: cuda, tensorrt")
+    intra_op_threads: int = Field(0, ge=0, description="0: all cores")
+    inter_op_threads: int = Field(0, ge=0)
+    max_batch: int = Field(8, ge=1, le=256, description="batch cap for models with a dynamic batch axis")
+
+    def prefs(self) -> EnginePrefs:
+        return EnginePrefs(self.backend, self.providers, self.intra_op_threads, self.inter_op_threads,
+                           self.max_batch)
 
 
-def _section_from_env(section: T, name: str, env: Mapping[str, str]) -> T:
-    changes = {}
-    for f in fields(section):  # type: ignore[arg-type]
-        key = f"{PREFIX}{name.upper()}__{f.name.upper()}"
-        if key in env:
-            changes[f.name] = _convert(key, env[key], getattr(section, f.name))
-    return replace(section, **changes) if changes else section  # type: ignore[type-var]
-
-
-@dataclass(frozen=True)
-class ServerSettings:
-    """The HTTP server (spec ../shared/spec/http-api.md): listening, limits, security, batching."""
+class ServerSettings(_Section):
+    """The HTTP server (docs/http.md): listening, limits, URL policy, batching, preloaded models."""
 
     host: str = "0.0.0.0"
-    port: int = 9001
-    threads: int = 8  # gunicorn threads of the one worker
-    api_key: str | None = None  # when set, every route but the open ones needs it (spec §1.3)
+    port: int = Field(9001, ge=1, le=65535)
+    threads: int = Field(8, ge=1, le=256, description="request threads of the one gunicorn worker")
+    api_key: SecretStr | None = Field(None, description="when set, every route but the open ones needs it")
     cors_origins: str = "*"
-    max_body_bytes: int = 32 * 1024 * 1024
-    max_image_pixels: int = 50_000_000
-    max_batch_images: int = 16  # images in one request
-    allow_numpy: bool = False  # .npy bodies (never pickle)
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(50_000_000, ge=1)
+    max_batch_images: int = Field(16, ge=1, description="images in one request")
+    allow_numpy: bool = Field(False, description=".npy bodies (never pickle)")
     allow_url_input: bool = True
     allow_http_urls: bool = False
     allow_urls_without_fqdn: bool = False
     allow_non_global_urls: bool = False
     url_allowed_hosts: tuple[str, ...] = ()
     url_blocked_hosts: tuple[str, ...] = ()
-    batching: str = "auto"  # auto (on for GPU engines, off on the CPU: measured in bench/http.py) | on | off
-    max_batch: int = 8
-    max_queue_delay_ms: float = 0.0
-    max_queue: int = 64
-    max_loaded_models: int = 8
+    batching: Literal["auto", "on", "off"] = Field("auto", description="auto: on for GPU engines, off on the CPU")
+    max_batch: int = Field(8, ge=1, le=256)
+    max_queue_delay_ms: float = Field(0.0, ge=0, le=1000)
+    max_queue: int = Field(64, ge=1)
+    max_loaded_models: int = Field(8, ge=1)
     preload_models: tuple[str, ...] = ()
-    aliases: dict[str, str] = field(default_factory=dict)  # "yolov8n-640" -> "coco/3"
-    graceful_timeout_s: int = 20
+    aliases: dict[str, str] = Field(default_factory=dict, description='"yolov8n-640" = "coco/3"')
+    graceful_timeout_s: int = Field(20, ge=1, le=600)
 
 
-@dataclass(frozen=True)
-class Settings:
-    state_dir: Path
-    engine: EnginePrefs = field(default_factory=EnginePrefs)
-    server: ServerSettings = field(default_factory=ServerSettings)
+class Settings(_Section):
+    paths: PathsSettings
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    config_file: Path | None = Field(None, description="the file these settings were read from, if any")
+
+    @property
+    def state_dir(self) -> Path:
+        return self.paths.state_dir
 
     @property
     def models_dir(self) -> Path:
-        return self.state_dir / "models"
+        return self.paths.state_dir / "models"
+
+    @property
+    def engine_prefs(self) -> EnginePrefs:
+        return self.engine.prefs()
+
+    @classmethod
+    def defaults(cls, state_dir: Path, cache_dir: Path | None = None) -> Settings:
+        return cls(paths=PathsSettings(state_dir=state_dir, cache_dir=cache_dir or state_dir / "cache"))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """EDGE_AGENT_STATE_DIR, EDGE_AGENT_ENGINE__BACKEND, EDGE_AGENT_ENGINE__PROVIDERS (comma list),
-        EDGE_AGENT_ENGINE__INTRA_OP_THREADS, EDGE_AGENT_ENGINE__INTER_OP_THREADS, EDGE_AGENT_ENGINE__MAX_BATCH."""
-        env = os.environ if environ is None else environ
-        state = env.get(PREFIX + "STATE_DIR")
-        providers = tuple(p.strip() for p in env.get(PREFIX + "ENGINE__PROVIDERS", "").split(",") if p.strip())
-        prefs = EnginePrefs(
-            backend=env.get(PREFIX + "ENGINE__BACKEND", "auto"),
-            providers=providers,
-            intra_op_threads=_int(env, "ENGINE__INTRA_OP_THREADS", 0),
-            inter_op_threads=_int(env, "ENGINE__INTER_OP_THREADS", 0),
-            max_batch=_int(env, "ENGINE__MAX_BATCH", 8),
-        )
-        server = _section_from_env(ServerSettings(), "server", env)
-        if server.batching not in ("auto", "on", "off"):
-            raise InvalidInput(f"{PREFIX}SERVER__BATCHING={server.batching!r}: expected auto, on or off")
-        return cls(state_dir=Path(state) if state else _default_state_dir(env), engine=prefs, server=server)
+        """The settings of this process: config file, then environment (no flags)."""
+        return load_settings(environ=environ)
+
+    def public(self) -> dict[str, Any]:
+        """Effective values as plain data, secrets masked (``config show``)."""
+        data: dict[str, Any] = self.model_dump(mode="json")
+        key = self.server.api_key
+        data["server"]["api_key"] = None if key is None else "***"
+        return data
+
+
+SECTIONS: dict[str, type[_Section]] = {"paths": PathsSettings, "engine": EngineSettings, "server": ServerSettings}
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def _default_paths(env: Mapping[str, str]) -> dict[str, str]:
+    if _is_root():
+        return {"state_dir": "/var/lib/edge-agent", "cache_dir": "/var/cache/edge-agent"}
+    return {"state_dir": str(_user_dir(env, "XDG_DATA_HOME", ".local/share")),
+            "cache_dir": str(_user_dir(env, "XDG_CACHE_HOME", ".cache"))}
+
+
+def _read_toml(path: Path) -> tuple[dict[str, Any], str]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10 (JetPack 6)
+        import tomli as tomllib
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration file: {exc.strerror}") from None
+    try:
+        return tomllib.loads(text), text
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def _line_of(text: str, section: str, key: str) -> int | None:
+    """The line where ``key`` is set inside ``[section]`` (1-based), for error messages."""
+    current = ""
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        header = re.match(r"^\[([^\[\]]+)\]", stripped)
+        if header:
+            current = header.group(1).strip()
+            continue
+        if current == section and re.match(rf"^{re.escape(key)}\s*=", stripped):
+            return number
+        if not section and current == "" and re.match(rf"^{re.escape(key)}\s*=", stripped):
+            return number
+    return None
+
+
+def _env_value(field_type: Any, raw: str) -> Any:
+    """An environment string in the shape pydantic validates for the field (lists, tables)."""
+    text = str(field_type)
+    if "tuple" in text or "list" in text:
+        return [p.strip() for p in raw.split(",") if p.strip()]
+    if text.startswith("dict"):
+        pairs = [p.split("=", 1) for p in raw.split(",") if p.strip()]
+        if any(len(p) != 2 for p in pairs):
+            return raw  # pydantic names the problem
+        return {k.strip(): v.strip() for k, v in pairs}
+    if raw == "" and "None" in text:
+        return None
+    return raw
+
+
+def load_settings(config_file: Path | str | None = None, environ: Mapping[str, str] | None = None,
+                  overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Read and validate the settings (file, then environment, then ``overrides`` such as
+    ``{"server.port": 9002}`` from flags). Raises ``ConfigError`` naming the key and its source."""
+    env = os.environ if environ is None else environ
+    data: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    origin: dict[tuple[str, str], str] = {}
+
+    named = str(config_file) if config_file is not None else env.get(PREFIX + "CONFIG")
+    path = Path(named) if named else DEFAULT_CONFIG
+    used_file: Path | None = None
+    if named == "":  # EDGE_AGENT_CONFIG= (empty): no file at all, not even the default
+        pass
+    elif named is not None or path.exists():
+        raw, text = _read_toml(path)
+        used_file = path
+        for section, values in raw.items():
+            if section not in SECTIONS or not isinstance(values, dict):
+                line = _line_of(text, "", section) or _section_line(text, section)
+                raise ConfigError(f"{path}{_at(line)}: unknown section or key '{section}' "
+                                  f"(sections: {', '.join(SECTIONS)})")
+            for key, value in values.items():
+                data[section][key] = value
+                origin[(section, key)] = f"{path}{_at(_line_of(text, section, key))}"
+
+    for var, raw_value in env.items():
+        if not var.startswith(PREFIX) or var == PREFIX + "CONFIG":
+            continue
+        if var == PREFIX + "STATE_DIR":
+            section, key = "paths", "state_dir"
+        else:
+            name = var[len(PREFIX):].lower()
+            section, sep, key = name.partition("__")
+            if not sep or section not in SECTIONS or key not in SECTIONS[section].model_fields:
+                raise ConfigError(f"environment variable {var}: unknown setting (expected "
+                                  f"{PREFIX}<SECTION>__<FIELD>, sections: {', '.join(SECTIONS)})")
+        field_type = SECTIONS[section].model_fields[key].annotation
+        data[section][key] = _env_value(field_type, raw_value)
+        origin[(section, key)] = f"environment variable {var}"
+
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        data[section][key] = value
+        origin[(section, key)] = f"command-line flag for {dotted}"
+
+    defaults = _default_paths(env)
+    for key, value in defaults.items():
+        data["paths"].setdefault(key, value)
+    try:
+        return Settings.model_validate({**data, "config_file": used_file})
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        loc = [str(p) for p in err["loc"]]
+        section, key = (loc + ["", ""])[:2]
+        where = origin.get((section, key), "default")
+        dotted = ".".join(loc)
+        if err["type"] == "extra_forbidden":
+            fields = ", ".join(SECTIONS[section].model_fields) if section in SECTIONS else ""
+            raise ConfigError(f"{where}: unknown key '{dotted}' (known in [{section}]: {fields})") from None
+        got = "***" if key == "api_key" else repr(err.get("input"))
+        raise ConfigError(f"{where}: {dotted}: {err['msg']} (got {got})") from None
+
+
+def _section_line(text: str, section: str) -> int | None:
+    for number, line in enumerate(text.splitlines(), 1):
+        if re.match(rf"^\s*\[{re.escape(section)}[\].]", line):
+            return number
+    return None
+
+
+def _at(line: int | None) -> str:
+    return f" line {line}" if line else ""

@@ -23,6 +23,7 @@ def clean_environ(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[N
         if key.startswith("EDGE_AGENT_"):
             monkeypatch.delenv(key)
     monkeypatch.setenv("EDGE_AGENT_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("EDGE_AGENT_CONFIG", "")  # never the machine's /etc/edge-agent/config.toml
     yield
 
 

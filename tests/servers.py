@@ -36,6 +36,7 @@ class Server:
 def _env(state_dir: Path, settings: Mapping[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
     env["EDGE_AGENT_STATE_DIR"] = str(state_dir)
+    env["EDGE_AGENT_CONFIG"] = ""  # no configuration file: only what the test sets
     env["EDGE_AGENT_ENGINE__INTRA_OP_THREADS"] = "1"  # several servers may run side by side in a test run
     for key, value in settings.items():
         env[f"EDGE_AGENT_SERVER__{key.upper()}"] = value

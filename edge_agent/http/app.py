@@ -95,6 +95,7 @@ def _docs_page() -> str:
 
 def create_app(rt: Runtime) -> OpenAPI:
     server = rt.settings.server
+    api_key = server.api_key.get_secret_value() if server.api_key is not None else ""
     app = OpenAPI(
         "edge_agent",
         info=Info(title="edge-agent", version=rt.version,
@@ -126,8 +127,8 @@ def create_app(rt: Runtime) -> OpenAPI:
     def _start() -> Any:
         g.t0 = time.perf_counter()
         g.model_id = ""
-        if server.api_key and not _open(request.path) and request.method != "OPTIONS":
-            if not _key_ok(server.api_key):
+        if api_key and not _open(request.path) and request.method != "OPTIONS":
+            if not _key_ok(api_key):
                 return jsonify({"status": 401, "message": "Unauthorized api_key"}), 401
         return None
 
