@@ -46,7 +46,8 @@ def test_no_file_means_defaults(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("[server]\nport = 9001\nprot = 1\n", r"config\.toml line 3: unknown key 'server\.prot' \(known in \[server\]: host"),
+    ("[server]\nport = 9001\nprot = 1\n",
+     r"config\.toml line 3: unknown key 'server\.prot' \(known in \[server\]: host"),
     ("[sever]\nport = 1\n", r"config\.toml line 1: unknown section or key 'sever'"),
     ("\n[server]\nport = 70000\n", r"config\.toml line 3: server\.port: Input should be less than or equal to 65535"),
     ("[server]\nbatching = \"sometimes\"\n", r"line 2: server\.batching: Input should be 'auto', 'on' or 'off'"),
