@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -161,14 +160,17 @@ def _models(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from edge_agent.server import serve
+    from edge_agent.settings import systemd_environment
+    from edge_agent.systemd import setup_logging
 
+    sd_env = systemd_environment(consume=True)
+    setup_logging(under_journal=sd_env.journal_stream is not None)
     settings = _settings(
         args, **{"server.host": args.host, "server.port": args.port, "server.threads": args.threads,
                  "server.max_queue_delay_ms": args.max_queue_delay_ms,
                  "server.preload_models": tuple(args.preload) if args.preload else None,
                  "server.batching": args.batching})
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve(settings)
+    serve(settings, sd_env)
     return 0
 
 

@@ -9,28 +9,48 @@ worker's threads; the engine itself runs outside the GIL.
 from __future__ import annotations
 
 import logging
+import signal
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from edge_agent.settings import Settings
+from edge_agent.settings import Settings, SystemdEnv
 
 log = logging.getLogger(__name__)
 
 
 class EdgeAgentServer(BaseApplication):  # type: ignore[misc]
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, sd_env: SystemdEnv = SystemdEnv()) -> None:
+        from edge_agent.systemd import Notifier
+
         self.settings = settings
+        self.sd_env = sd_env
+        self.notifier = Notifier(sd_env.notify_socket)
         self.runtime: Any = None
+        self.monitor: Any = None
         super().__init__()
 
     def load_config(self) -> None:
         s = self.settings.server
         runtime_holder = self
 
+        def post_worker_init(worker: Any) -> None:
+            # gunicorn's SIGTERM handler only stops the accept loop; say so to systemd first.
+            graceful = signal.getsignal(signal.SIGTERM)
+
+            def on_term(signum: int, frame: Any) -> None:
+                runtime_holder.notifier.notify("STOPPING=1", "STATUS=stopping: finishing in-flight requests")
+                if callable(graceful):
+                    graceful(signum, frame)
+
+            signal.signal(signal.SIGTERM, on_term)
+
         def worker_exit(server: Any, worker: Any) -> None:
+            if runtime_holder.monitor is not None:
+                runtime_holder.monitor.stop()
             if runtime_holder.runtime is not None:
                 runtime_holder.runtime.stop()
+            log.info("worker stopped: in-flight requests finished, models unloaded")
 
         options = {
             "bind": [f"[{s.host}]:{s.port}" if ":" in s.host else f"{s.host}:{s.port}"],
@@ -45,6 +65,7 @@ class EdgeAgentServer(BaseApplication):  # type: ignore[misc]
             "loglevel": "info",
             "proc_name": "edge-agent",
             "worker_exit": worker_exit,
+            "post_worker_init": post_worker_init,
             "limit_request_line": 8190,
             "control_socket_disable": True,  # no control socket in the home folder of the service user
         }
@@ -55,14 +76,18 @@ class EdgeAgentServer(BaseApplication):  # type: ignore[misc]
         """Called in the worker: build the runtime there, so that it owns the models."""
         from edge_agent.http.app import create_app
         from edge_agent.runtime import Runtime
+        from edge_agent.systemd import Monitor
 
         self.runtime = Runtime(self.settings)
         app = create_app(self.runtime)
         self.runtime.start()
+        self.monitor = Monitor(self.runtime, self.notifier, self.sd_env.watchdog_usec)
+        self.monitor.start()
         return app
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, sd_env: SystemdEnv = SystemdEnv()) -> None:
     s = settings.server
-    log.info("edge-agent serving on %s:%d (%d threads)", s.host, s.port, s.threads)
-    EdgeAgentServer(settings).run()
+    log.info("edge-agent serving on %s:%d (%d threads)%s", s.host, s.port, s.threads,
+             "; notifying systemd" if sd_env.notify_socket else "")
+    EdgeAgentServer(settings, sd_env).run()

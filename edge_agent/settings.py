@@ -22,6 +22,7 @@ import os
 import re
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -266,3 +267,28 @@ def _section_line(text: str, section: str) -> int | None:
 
 def _at(line: int | None) -> str:
     return f" line {line}" if line else ""
+
+
+@dataclass(frozen=True)
+class SystemdEnv:
+    """What systemd tells a service through its environment (sd_notify(3), sd_watchdog_enabled(3))."""
+
+    notify_socket: str | None = None
+    watchdog_usec: int | None = None
+    journal_stream: str | None = None
+
+
+def systemd_environment(environ: Mapping[str, str] | None = None, consume: bool = False) -> SystemdEnv:
+    """Read systemd's variables. ``consume`` takes NOTIFY_SOCKET out of this process's environment so
+    that nothing else (gunicorn's master announces READY=1 as soon as it has booted) speaks for us."""
+    env = os.environ if environ is None else environ
+    usec = env.get("WATCHDOG_USEC", "")
+    if consume and environ is None:
+        sock = os.environ.pop("NOTIFY_SOCKET", None)
+        return SystemdEnv(sock or None, int(usec) if usec.isdigit() and int(usec) > 0 else None,
+                          env.get("JOURNAL_STREAM") or None)
+    return SystemdEnv(
+        notify_socket=env.get("NOTIFY_SOCKET") or None,
+        watchdog_usec=int(usec) if usec.isdigit() and int(usec) > 0 else None,
+        journal_stream=env.get("JOURNAL_STREAM") or None,
+    )
