@@ -22,7 +22,7 @@ def _root(tmp_path: Path) -> Path:
         if units.is_dir():
             shutil.copytree(units, root / "usr/lib/systemd/system", dirs_exist_ok=True, symlinks=True)
             break
-    exe = root / "opt/edge-agent/bin/edge-agent"
+    exe = root / "opt/edge-agent/venv/bin/edge-agent"
     exe.parent.mkdir(parents=True)
     exe.write_text("#!/bin/sh\nexit 0\n")
     exe.chmod(0o755)
