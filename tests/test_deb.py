@@ -90,7 +90,7 @@ def _overlay_works(tmp: Path) -> bool:
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         return False
     for d in ("u", "w", "m"):
-        (tmp / d).mkdir()
+        (tmp / d).mkdir(parents=True)
     probe = f"mount -t overlay overlay -o lowerdir=/,upperdir={tmp}/u,workdir={tmp}/w {tmp}/m && test -x {tmp}/m/bin/sh"
     return subprocess.run(["unshare", "-m", "sh", "-c", probe], capture_output=True).returncode == 0
 
