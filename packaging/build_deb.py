@@ -81,7 +81,43 @@ def build_wheelhouse(arch: str, python: str, dest: Path) -> Path:
     if constraints is not None:
         cmd += ["-c", str(constraints)]
     _run([*cmd, str(project)])
+    # pip evaluates environment markers with the running interpreter, not --python-version: fetch what
+    # the target's markers ask for (tomli on 3.10, ...) until nothing is missing.
+    for _ in range(5):
+        missing = _marker_requirements(dest, arch, python)
+        if not missing:
+            break
+        _run([*cmd, *missing])
+    else:
+        raise RuntimeError(f"wheelhouse still misses {missing}")
     return project
+
+
+def _marker_requirements(wheelhouse: Path, arch: str, python: str) -> list[str]:
+    """Requirements of the wheels in ``wheelhouse`` whose markers hold on the target but that no
+    wheel there provides."""
+    import zipfile
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    target = {"python_version": python, "python_full_version": f"{python}.0", "sys_platform": "linux",
+              "platform_system": "Linux", "os_name": "posix", "implementation_name": "cpython",
+              "platform_python_implementation": "CPython",
+              "platform_machine": {"amd64": "x86_64", "arm64": "aarch64"}[arch], "extra": ""}
+    have = {canonicalize_name(w.name.split("-")[0]) for w in wheelhouse.glob("*.whl")}
+    wanted: set[str] = set()
+    for wheel in wheelhouse.glob("*.whl"):
+        with zipfile.ZipFile(wheel) as z:
+            meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+            for line in z.read(meta).decode("utf-8", "replace").splitlines():
+                if not line.startswith("Requires-Dist:"):
+                    continue
+                req = Requirement(line.split(":", 1)[1].strip())
+                if req.marker is not None and req.marker.evaluate(target) \
+                        and canonicalize_name(req.name) not in have:
+                    wanted.add(str(req).split(";")[0].strip())
+    return sorted(wanted)
 
 
 def _du_kb(path: Path) -> int:

@@ -118,3 +118,51 @@ def test_install_remove_purge_in_a_throwaway_root(deb: Path, tmp_path: Path) -> 
     venv_mb, wheels_mb = (int(v) for v in lines["SIZE"].split())
     print(f"installed: venv {venv_mb} MB, wheels {wheels_mb} MB")
     assert "PURGED" in lines and "REMOVED" in lines
+
+
+def test_jetson_rootfs_staging(deb: Path, tmp_path: Path) -> None:
+    """stage_rootfs.sh unpacks into a root file system (no maintainer scripts on the host) and enables
+    the first-boot unit that configures the package on the device. A stand-in root with an empty dpkg
+    database here; the real L4T rootfs is documented in docs/jetson.md (not run without one)."""
+    if os.geteuid() != 0:
+        pytest.skip("dpkg --root unpacks as root")
+    rootfs = tmp_path / "rootfs"
+    for d in ("etc/systemd/system", "var/lib/dpkg/info", "var/lib/dpkg/updates", "usr/bin", "lib/systemd/system"):
+        (rootfs / d).mkdir(parents=True)
+    (rootfs / "etc/os-release").write_text('NAME="Ubuntu"\nVERSION_ID="22.04"\n')
+    (rootfs / "var/lib/dpkg/status").write_text("")
+    (rootfs / "usr/bin/python3").symlink_to("python3.10")
+    proc = subprocess.run(["sh", str(ROOT / "packaging/jetson/stage_rootfs.sh"), str(rootfs), str(deb)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (rootfs / "opt/edge-agent/wheels" / f"edge_agent-{VERSION}-py3-none-any.whl").is_file()
+    assert (rootfs / "lib/systemd/system/edge-agent.service").is_file()
+    assert (rootfs / "etc/edge-agent/config.toml").read_text() == (ROOT / "packaging/config.toml").read_text()
+    assert not (rootfs / "opt/edge-agent/venv").exists()  # built on the device, by its own Python
+    assert (rootfs / "opt/edge-agent/.configure-on-first-boot").exists()
+    wants = rootfs / "etc/systemd/system/multi-user.target.wants"
+    assert os.readlink(wants / "edge-agent-firstboot.service") == "/etc/systemd/system/edge-agent-firstboot.service"
+    assert os.readlink(wants / "edge-agent.service") == "/lib/systemd/system/edge-agent.service"
+    status = subprocess.run(["dpkg", f"--root={rootfs}", "-s", "edge-agent"], capture_output=True, text=True).stdout
+    assert "Status: install ok unpacked" in status
+    firstboot = (rootfs / "etc/systemd/system/edge-agent-firstboot.service").read_text()
+    assert "ExecStart=/usr/bin/dpkg --force-confdef --force-confold --configure edge-agent" in firstboot and "Before=edge-agent.service" in firstboot
+
+
+def test_wheelhouse_follows_the_targets_markers(tmp_path: Path) -> None:
+    """pip download evaluates markers with the running Python; the build adds what the target needs."""
+    import zipfile
+
+    sys.path.insert(0, str(ROOT / "packaging"))
+    from build_deb import _marker_requirements
+
+    meta = ("Metadata-Version: 2.1\nName: demo\nVersion: 1\nRequires-Dist: numpy\n"
+            'Requires-Dist: tomli>=2.0; python_version < "3.11"\n'
+            'Requires-Dist: jetson-only; platform_machine == "aarch64"\n'
+            'Requires-Dist: win-only; sys_platform == "win32"\n')
+    with zipfile.ZipFile(tmp_path / "demo-1-py3-none-any.whl", "w") as z:
+        z.writestr("demo-1.dist-info/METADATA", meta)
+    with zipfile.ZipFile(tmp_path / "numpy-2.2.6-cp310-cp310-manylinux2014_aarch64.whl", "w") as z:
+        z.writestr("numpy-2.2.6.dist-info/METADATA", "Metadata-Version: 2.1\nName: numpy\nVersion: 2.2.6\n")
+    assert _marker_requirements(tmp_path, "arm64", "3.10") == ["jetson-only", "tomli>=2.0"]
+    assert _marker_requirements(tmp_path, "amd64", "3.11") == []
