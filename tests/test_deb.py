@@ -146,7 +146,8 @@ def test_jetson_rootfs_staging(deb: Path, tmp_path: Path) -> None:
     status = subprocess.run(["dpkg", f"--root={rootfs}", "-s", "edge-agent"], capture_output=True, text=True).stdout
     assert "Status: install ok unpacked" in status
     firstboot = (rootfs / "etc/systemd/system/edge-agent-firstboot.service").read_text()
-    assert "ExecStart=/usr/bin/dpkg --force-confdef --force-confold --configure edge-agent" in firstboot and "Before=edge-agent.service" in firstboot
+    assert "ExecStart=/usr/bin/dpkg --force-confdef --force-confold --configure edge-agent" in firstboot
+    assert "Before=edge-agent.service" in firstboot
 
 
 def test_wheelhouse_follows_the_targets_markers(tmp_path: Path) -> None:
