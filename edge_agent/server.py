@@ -21,11 +21,9 @@ log = logging.getLogger(__name__)
 
 class EdgeAgentServer(BaseApplication):  # type: ignore[misc]
     def __init__(self, settings: Settings, sd_env: SystemdEnv = SystemdEnv()) -> None:
-        from edge_agent.systemd import Notifier
-
         self.settings = settings
         self.sd_env = sd_env
-        self.notifier = Notifier(sd_env.notify_socket)
+        self.notifier: Any = None  # made in the worker (load), which speaks to systemd
         self.runtime: Any = None
         self.monitor: Any = None
         super().__init__()
@@ -39,7 +37,8 @@ class EdgeAgentServer(BaseApplication):  # type: ignore[misc]
             graceful = signal.getsignal(signal.SIGTERM)
 
             def on_term(signum: int, frame: Any) -> None:
-                runtime_holder.notifier.notify("STOPPING=1", "STATUS=stopping: finishing in-flight requests")
+                if runtime_holder.notifier is not None:
+                    runtime_holder.notifier.notify("STOPPING=1", "STATUS=stopping: finishing in-flight requests")
                 if callable(graceful):
                     graceful(signum, frame)
 
@@ -76,8 +75,9 @@ class EdgeAgentServer(BaseApplication):  # type: ignore[misc]
         """Called in the worker: build the runtime there, so that it owns the models."""
         from edge_agent.http.app import create_app
         from edge_agent.runtime import Runtime
-        from edge_agent.systemd import Monitor
+        from edge_agent.systemd import Monitor, Notifier
 
+        self.notifier = Notifier(self.sd_env.notify_socket)
         self.runtime = Runtime(self.settings)
         app = create_app(self.runtime)
         self.runtime.start()

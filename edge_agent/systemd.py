@@ -13,6 +13,7 @@ runtime works (the port answers and a loaded model runs an inference) and only t
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import sys
 import threading
@@ -25,17 +26,30 @@ log = logging.getLogger(__name__)
 
 
 class Notifier:
+    """Create it in the process that notifies (the worker): with systemd-python it puts the socket
+    back into this process's environment, where ``systemd.daemon.notify`` looks for it."""
+
     def __init__(self, notify_socket: str | None) -> None:
         self.socket_path = notify_socket or None
         self._send: Callable[[str], Any] | None = None
+        self.via = "none"
         if self.socket_path is None:
             return
         try:
             from systemd import daemon  # type: ignore[import-not-found,attr-defined,unused-ignore]
-
-            self._send = daemon.notify
         except ImportError:
-            self._send = self._datagram
+            self._send, self.via = self._datagram, "socket"
+            return
+        os.environ["NOTIFY_SOCKET"] = self.socket_path
+        self._send, self.via = self._systemd_python(daemon.notify), "systemd-python"
+
+    @staticmethod
+    def _systemd_python(notify: Callable[[str], bool]) -> Callable[[str], Any]:
+        def send(message: str) -> None:
+            if not notify(message):
+                raise OSError("systemd.daemon.notify could not send")
+
+        return send
 
     @property
     def enabled(self) -> bool:

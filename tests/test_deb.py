@@ -76,6 +76,13 @@ echo "SIZE: $(du -sm /opt/edge-agent/venv | cut -f1) $(du -sm /opt/edge-agent/wh
 /opt/edge-agent/venv/bin/python -c "import cv2, onnxruntime, numpy; print('IMPORTS: ok')"
 env -u EDGE_AGENT_CONFIG EDGE_AGENT_STATE_DIR=/var/lib/edge-agent edge-agent infer > /tmp/infer.json
 python3 -c "import json; print('INFER:', len(json.load(open('/tmp/infer.json'))['predictions']))"
+/opt/edge-agent/venv/bin/python -c "
+import socket
+from edge_agent.systemd import Notifier
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind('/tmp/notify.sock')
+n = Notifier('/tmp/notify.sock')
+print('NOTIFY:', n.via, n.notify('READY=1'), s.recv(64).decode())"
 touch /var/lib/edge-agent/kept
 dpkg -r edge-agent
 test -f /var/lib/edge-agent/kept && test -f /etc/edge-agent/config.toml && test ! -e /opt/edge-agent/venv
@@ -118,6 +125,9 @@ def test_install_remove_purge_in_a_throwaway_root(deb: Path, tmp_path: Path) -> 
     venv_mb, wheels_mb = (int(v) for v in lines["SIZE"].split())
     print(f"installed: venv {venv_mb} MB, wheels {wheels_mb} MB")
     assert "PURGED" in lines and "REMOVED" in lines
+    # with Debian's python3-systemd on the machine (.ci/run installs it), the venv uses it
+    have_module = subprocess.run(["/usr/bin/python3", "-c", "import systemd.daemon"]).returncode == 0
+    assert lines["NOTIFY"] == f"{'systemd-python' if have_module else 'socket'} True READY=1"
 
 
 def test_jetson_rootfs_staging(deb: Path, tmp_path: Path) -> None:
