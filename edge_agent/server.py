@@ -32,17 +32,23 @@ class EdgeAgentServer(BaseApplication):  # type: ignore[misc]
         s = self.settings.server
         runtime_holder = self
 
-        def post_worker_init(worker: Any) -> None:
-            # gunicorn's SIGTERM handler only stops the accept loop; say so to systemd first.
-            graceful = signal.getsignal(signal.SIGTERM)
+        def when_ready(arbiter: Any) -> None:
+            # STOPPING=1 comes from the master, on the signals that stop it: on SIGHUP gunicorn
+            # replaces its worker (the new one sends READY=1 again) and systemd must not see a stop.
+            if runtime_holder.sd_env.notify_socket is None:
+                return
+            from edge_agent.systemd import Notifier
 
-            def on_term(signum: int, frame: Any) -> None:
-                if runtime_holder.notifier is not None:
-                    runtime_holder.notifier.notify("STOPPING=1", "STATUS=stopping: finishing in-flight requests")
-                if callable(graceful):
-                    graceful(signum, frame)
+            master = Notifier(runtime_holder.sd_env.notify_socket)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+                queued = signal.getsignal(sig)
 
-            signal.signal(signal.SIGTERM, on_term)
+                def on_stop(signum: int, frame: Any, queued: Any = queued) -> None:
+                    master.notify("STOPPING=1", "STATUS=stopping: finishing in-flight requests")
+                    if callable(queued):
+                        queued(signum, frame)
+
+                signal.signal(sig, on_stop)
 
         def worker_exit(server: Any, worker: Any) -> None:
             if runtime_holder.monitor is not None:
@@ -64,7 +70,7 @@ class EdgeAgentServer(BaseApplication):  # type: ignore[misc]
             "loglevel": "info",
             "proc_name": "edge-agent",
             "worker_exit": worker_exit,
-            "post_worker_init": post_worker_init,
+            "when_ready": when_ready,
             "limit_request_line": 8190,
             "control_socket_disable": True,  # no control socket in the home folder of the service user
         }

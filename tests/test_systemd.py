@@ -85,6 +85,16 @@ def test_ready_watchdog_status_and_a_clean_stop(tmp_path: Path, notify_socket: N
             assert time.monotonic() - t_ready < 10, notify_socket.messages
             time.sleep(0.05)
 
+        # SIGHUP: gunicorn replaces the worker; no STOPPING, a new READY=1, and it keeps serving
+        readies = notify_socket.count("READY")
+        os.kill(server.process.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while notify_socket.count("READY") == readies:
+            assert time.monotonic() < deadline, notify_socket.messages
+            time.sleep(0.05)
+        assert notify_socket.count("STOPPING") == 0
+        assert requests.get(f"{server.url}/readiness", timeout=10).status_code == 200
+
         # a request still running when SIGTERM arrives is answered, then the daemon exits 0
         image = generate_scene(5, size=(480, 640)).image
         b64 = base64.b64encode(cv2.imencode(".jpg", image)[1].tobytes()).decode()
