@@ -25,9 +25,11 @@ class EdgeAgentError(Exception):
     status: int = 500
     code: str = "internal_error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, public: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        # What a network caller may see, where the message holds local detail (paths on disk).
+        self.public = public if public is not None else message
 
 
 class InvalidInput(EdgeAgentError):

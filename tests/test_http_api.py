@@ -254,6 +254,7 @@ def test_unknown_fields_and_api_key_none_are_ignored(http_server: Server, b64: s
 def test_model_management_errors(http_server: Server) -> None:
     r = requests.post(f"{http_server.url}/model/add", json={"model_id": "nope/3"}, timeout=30)
     assert r.status_code == 404 and _message(r) == NO_MODEL
+    assert r.json()["reason"] == "Model 'nope/3' is not in this device's model store."  # no paths
     r = requests.post(f"{http_server.url}/model/remove", json={"model_id": "never/1"}, timeout=30)
     assert r.status_code == 200
     r = requests.post(f"{http_server.url}/model/clear", timeout=30)

@@ -63,8 +63,8 @@ DOCS_PAGES = ("/", "/docs", "/redoc", "/swagger")
 def _error_body(exc: EdgeAgentError) -> dict[str, Any]:
     for cls in type(exc).__mro__:
         if cls in PUBLIC_MESSAGES:
-            return {"message": PUBLIC_MESSAGES[cls], "reason": exc.message, "error": exc.code}
-    return {"message": exc.message, "error": exc.code}
+            return {"message": PUBLIC_MESSAGES[cls], "reason": exc.public, "error": exc.code}
+    return {"message": exc.public, "error": exc.code}
 
 
 _LOCATIONS = {"LegacyQuery": "query", "LegacyPath": "path"}

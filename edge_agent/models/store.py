@@ -73,7 +73,8 @@ class ModelStore:
             return path, False
         raise ModelNotFound(
             f"Model {model_id!r} is not in the model store ({self.root}). "
-            "Add it with 'edge-agent models add', or list the installed ones with 'edge-agent models list'.")
+            "Add it with 'edge-agent models add', or list the installed ones with 'edge-agent models list'.",
+            public=f"Model {model_id!r} is not in this device's model store.")
 
     def get(self, model_id: str) -> StoredModel:
         path, builtin = self._locate(model_id)
