@@ -72,6 +72,10 @@ echo "VERSION: $(edge-agent --version)"
 echo "CHECK: $(env -u EDGE_AGENT_STATE_DIR -u EDGE_AGENT_CONFIG edge-agent config check)"
 echo "USER: $(id edge-agent)"
 test -L /etc/systemd/system/multi-user.target.wants/edge-agent.service && echo "ENABLED: yes"
+if command -v systemd-analyze >/dev/null; then
+    systemd-analyze verify edge-agent.service 2>/tmp/verify.txt && test ! -s /tmp/verify.txt \
+        && echo "VERIFY: ok" || echo "VERIFY: $(tr '\n' ' ' < /tmp/verify.txt)"
+fi
 echo "SIZE: $(du -sm /opt/edge-agent/venv | cut -f1) $(du -sm /opt/edge-agent/wheels | cut -f1)"
 /opt/edge-agent/venv/bin/python -c "import cv2, onnxruntime, numpy; print('IMPORTS: ok')"
 env -u EDGE_AGENT_CONFIG EDGE_AGENT_STATE_DIR=/var/lib/edge-agent edge-agent infer > /tmp/infer.json
@@ -121,6 +125,8 @@ def test_install_remove_purge_in_a_throwaway_root(deb: Path, tmp_path: Path) -> 
     assert lines["CHECK"] == "configuration ok: /etc/edge-agent/config.toml"
     assert "edge-agent" in lines["USER"]
     assert lines["ENABLED"] == "yes" and lines["IMPORTS"] == "ok"
+    if shutil.which("systemd-analyze"):  # the installed unit, with its real ExecStart, verifies
+        assert lines["VERIFY"] == "ok"
     assert int(lines["INFER"]) >= 3  # the bundled demo detector on the bundled sample image
     venv_mb, wheels_mb = (int(v) for v in lines["SIZE"].split())
     print(f"installed: venv {venv_mb} MB, wheels {wheels_mb} MB")
