@@ -165,12 +165,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     sd_env = systemd_environment(consume=True)
     setup_logging(under_journal=sd_env.journal_stream is not None)
-    settings = _settings(
-        args, **{"server.host": args.host, "server.port": args.port, "server.threads": args.threads,
-                 "server.max_queue_delay_ms": args.max_queue_delay_ms,
-                 "server.preload_models": tuple(args.preload) if args.preload else None,
-                 "server.batching": args.batching})
-    serve(settings, sd_env)
+    flags = {"server.host": args.host, "server.port": args.port, "server.threads": args.threads,
+             "server.max_queue_delay_ms": args.max_queue_delay_ms,
+             "server.preload_models": tuple(args.preload) if args.preload else None,
+             "server.batching": args.batching}
+    serve(_settings(args, **flags), sd_env, reread=lambda: _settings(args, **flags))
     return 0
 
 

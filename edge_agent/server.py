@@ -10,23 +10,44 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
+from collections.abc import Callable
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from edge_agent.errors import EdgeAgentError
 from edge_agent.settings import Settings, SystemdEnv
 
 log = logging.getLogger(__name__)
 
 
 class EdgeAgentServer(BaseApplication):  # type: ignore[misc]
-    def __init__(self, settings: Settings, sd_env: SystemdEnv = SystemdEnv()) -> None:
+    def __init__(self, settings: Settings, sd_env: SystemdEnv = SystemdEnv(),
+                 reread: Callable[[], Settings] | None = None) -> None:
         self.settings = settings
         self.sd_env = sd_env
+        self.reread = reread  # SIGHUP: read the configuration again (file, environment, flags)
         self.notifier: Any = None  # made in the worker (load), which speaks to systemd
+        self.master_notifier: Any = None  # made in the master (when_ready): RELOADING, STOPPING
         self.runtime: Any = None
         self.monitor: Any = None
         super().__init__()
+
+    def reload(self) -> None:
+        """SIGHUP (``systemctl reload``): re-read the configuration; gunicorn then replaces the worker,
+        whose READY=1 ends the reload. A configuration that does not validate is refused (logged) and
+        the running one stays in force."""
+        if self.reread is not None:
+            try:
+                self.settings = self.reread()
+                log.info("reload: configuration read again")
+            except EdgeAgentError as exc:
+                log.error("reload: configuration refused, keeping the running one: %s", exc.message)
+        if self.master_notifier is not None:
+            usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+            self.master_notifier.notify("RELOADING=1", f"MONOTONIC_USEC={usec}", "STATUS=reloading")
+        super().reload()
 
     def load_config(self) -> None:
         s = self.settings.server
@@ -39,7 +60,7 @@ class EdgeAgentServer(BaseApplication):  # type: ignore[misc]
                 return
             from edge_agent.systemd import Notifier
 
-            master = Notifier(runtime_holder.sd_env.notify_socket)
+            master = runtime_holder.master_notifier = Notifier(runtime_holder.sd_env.notify_socket)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
                 queued = signal.getsignal(sig)
 
@@ -92,8 +113,9 @@ class EdgeAgentServer(BaseApplication):  # type: ignore[misc]
         return app
 
 
-def serve(settings: Settings, sd_env: SystemdEnv = SystemdEnv()) -> None:
+def serve(settings: Settings, sd_env: SystemdEnv = SystemdEnv(),
+          reread: Callable[[], Settings] | None = None) -> None:
     s = settings.server
     log.info("edge-agent serving on %s:%d (%d threads)%s", s.host, s.port, s.threads,
              "; notifying systemd" if sd_env.notify_socket else "")
-    EdgeAgentServer(settings, sd_env).run()
+    EdgeAgentServer(settings, sd_env, reread).run()

@@ -73,7 +73,9 @@ def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
 
 
 def test_ready_watchdog_status_and_a_clean_stop(tmp_path: Path, notify_socket: NotifySocket) -> None:
-    env = {"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "1000000"}
+    config = tmp_path / "config.toml"
+    config.write_text("[server]\nmax_batch_images = 16\n")
+    env = {"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "1000000", "EDGE_AGENT_CONFIG": str(config)}
     settings = {"preload_models": "shapes-seg/1"}
     with running_server(tmp_path / "state", settings, env_extra=env, wait_ready=False) as server:
         _, ready = notify_socket.wait_for("READY", "1")
@@ -85,19 +87,33 @@ def test_ready_watchdog_status_and_a_clean_stop(tmp_path: Path, notify_socket: N
             assert time.monotonic() - t_ready < 10, notify_socket.messages
             time.sleep(0.05)
 
-        # SIGHUP: gunicorn replaces the worker; no STOPPING, a new READY=1, and it keeps serving
-        readies = notify_socket.count("READY")
-        os.kill(server.process.pid, signal.SIGHUP)
-        deadline = time.monotonic() + 60
-        while notify_socket.count("READY") == readies:
-            assert time.monotonic() < deadline, notify_socket.messages
-            time.sleep(0.05)
-        assert notify_socket.count("STOPPING") == 0
+        # SIGHUP (systemctl reload): the file is read again, RELOADING=1, a new worker, READY=1
+        image = generate_scene(5, size=(480, 640)).image
+        b64 = base64.b64encode(cv2.imencode(".jpg", image)[1].tobytes()).decode()
+        two = {"model_id": "shapes-seg/1", "image": [{"type": "base64", "value": b64}] * 2}
+
+        def reload_and_wait() -> None:
+            readies = notify_socket.count("READY")
+            os.kill(server.process.pid, signal.SIGHUP)
+            deadline = time.monotonic() + 60
+            while notify_socket.count("READY") == readies:
+                assert time.monotonic() < deadline, notify_socket.messages
+                time.sleep(0.05)
+
+        config.write_text("[server]\nmax_batch_images = 1\n")
+        reload_and_wait()
+        assert notify_socket.count("RELOADING") == 1 and notify_socket.count("STOPPING") == 0
+        r = requests.post(f"{server.url}/infer/instance_segmentation", json=two, timeout=60)
+        assert r.status_code == 400 and "at most 1 images" in r.json()["message"]
+        config.write_text("[server]\nmax_batch_images = 0\n")  # refused; the running one stays
+        reload_and_wait()
+        assert "configuration refused" in server.output() and "server.max_batch_images" in server.output()
+        assert requests.post(f"{server.url}/infer/instance_segmentation", json=two, timeout=60).status_code == 400
+        config.write_text("[server]\nmax_batch_images = 16\n")
+        reload_and_wait()
         assert requests.get(f"{server.url}/readiness", timeout=10).status_code == 200
 
         # a request still running when SIGTERM arrives is answered, then the daemon exits 0
-        image = generate_scene(5, size=(480, 640)).image
-        b64 = base64.b64encode(cv2.imencode(".jpg", image)[1].tobytes()).decode()
         body = {"model_id": "shapes-seg/1", "image": [{"type": "base64", "value": b64}] * 16}
         result: dict[str, Any] = {}
 
