@@ -16,7 +16,8 @@ pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
 
 
 def _root(tmp_path: Path) -> Path:
-    """A root with the system's units and an executable at ExecStart (the package is not installed here)."""
+    """A root with the system's units, a stand-in at ExecStart (the package is not installed here; the
+    installed unit is verified with its real ExecStart in tests/test_deb.py) and kill for ExecReload."""
     root = tmp_path / "root"
     for units in (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system")):
         if units.is_dir():
@@ -26,6 +27,9 @@ def _root(tmp_path: Path) -> Path:
     exe.parent.mkdir(parents=True)
     exe.write_text("#!/bin/sh\nexit 0\n")
     exe.chmod(0o755)
+    kill = root / "bin/kill"  # ExecReload
+    kill.parent.mkdir(parents=True)
+    shutil.copy(shutil.which("kill") or "/bin/kill", kill)
     (root / "etc/systemd/system").mkdir(parents=True)
     shutil.copy(UNIT, root / "etc/systemd/system" / UNIT.name)
     return root
