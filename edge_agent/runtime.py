@@ -98,14 +98,17 @@ class Runtime:
         self._preloader.start()
 
     def _preload(self, model_ids: tuple[str, ...]) -> None:
+        failed = []
         for model_id in model_ids:
             try:
                 self.manager.get(model_id)
             except Exception as exc:  # reported, and the rest still load; readiness says so
                 log.error("cannot preload %s: %s", model_id, exc)
-                self.readiness_detail = f"preloading {model_id} failed: {exc}"
-                return
-        self._set_ready()
+                failed.append(f"preloading {model_id} failed: {exc}")
+        if failed:
+            self.readiness_detail = "; ".join(failed)
+        else:
+            self._set_ready()
 
     def _set_ready(self) -> None:
         self.readiness_detail = "ready"

@@ -31,6 +31,8 @@ class InferenceParams:
     disable_preproc_static_crop: bool = False
 
     def __post_init__(self) -> None:
+        if self.class_filter is not None and not isinstance(self.class_filter, tuple):
+            object.__setattr__(self, "class_filter", tuple(self.class_filter))  # a list from JSON or a caller
         if self.mask_decode_mode not in MASK_DECODE_MODES or not 0.0 <= self.tradeoff_factor <= 1.0:
             raise InvalidInput(
                 "Invalid mask decode argument sent. tradeoff_factor must be in [0.0, 1.0], "

@@ -47,12 +47,6 @@ def decode_images(loaded: LoadedModel, loaders: Sequence[Callable[[bool], np.nda
     return [load(orient) for load in loaders]
 
 
-def make_params(**fields: Any) -> InferenceParams:
-    if fields.get("class_filter") is not None:
-        fields["class_filter"] = tuple(fields["class_filter"])
-    return InferenceParams(**fields)
-
-
 def confidence_value(value: float | str, default: float = 0.4) -> float:
     """``"best"``/``"default"`` mean the model's default threshold (spec §4.2)."""
     if isinstance(value, str):

@@ -15,6 +15,7 @@ from flask import Response, jsonify, request
 from flask_openapi3 import APIBlueprint, Tag
 
 from edge_agent.errors import ImageLoadError, InvalidInput
+from edge_agent.heads import InferenceParams
 from edge_agent.http import common
 from edge_agent.http.schemas import DetectionResponse, ErrorMessage, LegacyPath, LegacyQuery, ValidationErrorBody
 from edge_agent.images import decode_base64, from_bytes, from_npy, from_url
@@ -58,24 +59,22 @@ def _legacy_body(query: LegacyQuery) -> Any:
 
 def _legacy(path: LegacyPath, query: LegacyQuery) -> Any:
     model_id = f"{path.project}/{path.version}"
-    confidence = query.confidence
-    if isinstance(confidence, str) and confidence.lower() not in ("best", "default"):
-        confidence = common.confidence_value(confidence)
-    if not isinstance(confidence, str):
-        confidence = _percent(float(confidence), floor=0.01)
+    raw = query.confidence
+    best = isinstance(raw, str) and raw.lower() in ("best", "default")
+    confidence = common.confidence_value(raw) if best else _percent(common.confidence_value(raw), floor=0.01)
     fmt = query.format.lower()
     visualize = fmt in ("image", "image_and_json")
     loader = _legacy_body(query)
     loaded = common.load_model(model_id)
     task = loaded.model.task
-    fields: dict[str, Any] = {"confidence": common.confidence_value(confidence)}
+    fields: dict[str, Any] = {"confidence": confidence}
     if task != "classification":
         fields.update(iou_threshold=_percent(query.overlap), max_detections=query.max_detections)
     if task == "instance-segmentation":
         fields.update(mask_decode_mode=query.mask_decode_mode, tradeoff_factor=query.tradeoff_factor)
     if task == "keypoint-detection":
         fields["keypoint_confidence"] = query.keypoint_confidence
-    params = common.make_params(
+    params = InferenceParams(
         disable_preproc_auto_orient=query.disable_preproc_auto_orient,
         disable_preproc_contrast=query.disable_preproc_contrast,
         disable_preproc_grayscale=query.disable_preproc_grayscale,

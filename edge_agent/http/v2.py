@@ -10,6 +10,7 @@ from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, RootModel
 
 from edge_agent.errors import InvalidInput
+from edge_agent.heads import InferenceParams
 from edge_agent.http import common
 from edge_agent.http.schemas import (
     ClassificationRequest,
@@ -51,7 +52,7 @@ def _infer(route_task: str, body: InferenceRequest, extra: dict[str, Any]) -> An
         raise InvalidInput(
             f"Model {body.model_id} has task '{loaded.model.task}': send it to "
             f"/infer/{common.TASK_ROUTES[loaded.model.task]} instead of /infer/{route_task}.")
-    params = common.make_params(
+    params = InferenceParams(
         confidence=common.confidence_value(body.confidence),
         disable_preproc_auto_orient=body.disable_preproc_auto_orient,
         disable_preproc_contrast=body.disable_preproc_contrast,

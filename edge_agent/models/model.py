@@ -57,8 +57,6 @@ class Model:
         A list in gives a list out; one image gives one result.
         """
         if params is None:
-            if "class_filter" in options and options["class_filter"] is not None:
-                options["class_filter"] = tuple(options["class_filter"])
             try:
                 params = InferenceParams(**options)
             except TypeError as exc:
