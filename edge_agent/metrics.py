@@ -18,7 +18,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -37,6 +37,29 @@ class _Live(Collector):
             depth.add_metric([model], n)
         yield depth
         yield GaugeMetricFamily("edge_agent_models_loaded", "Models loaded in memory", value=self._loaded())
+
+
+class _Mqtt(Collector):
+    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Any]:
+        s = self._snapshot()
+        yield GaugeMetricFamily("edge_agent_mqtt_connected", "1 while connected to the broker",
+                                value=int(s["connected"]))
+        yield GaugeMetricFamily("edge_agent_mqtt_outbox_messages", "Messages in the outbox on disk",
+                                value=s["outbox_depth"])
+        yield GaugeMetricFamily("edge_agent_mqtt_outbox_bytes", "Bytes in the outbox on disk",
+                                value=s["outbox_bytes"])
+        yield CounterMetricFamily("edge_agent_mqtt_published", "Messages sent to the broker",
+                                  value=s["published"])
+        yield CounterMetricFamily("edge_agent_mqtt_connects", "Connections made to the broker",
+                                  value=s["connects"])
+        dropped = CounterMetricFamily("edge_agent_mqtt_dropped", "Messages dropped: outbox full (oldest "
+                                      "predictions first) or hand-off to the bridge full", labels=["reason"])
+        for reason, n in sorted(s["dropped"].items()):
+            dropped.add_metric([reason], n)
+        yield dropped
 
 
 class Metrics:
@@ -58,6 +81,9 @@ class Metrics:
         self.load_seconds = Gauge("edge_agent_model_load_seconds", "Time the last load of a model took",
                                   ["model"], registry=r)
         self.loads = Counter("edge_agent_model_loads", "Model loads", ["model"], registry=r)
+
+    def watch_mqtt(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        self.registry.register(_Mqtt(snapshot))
 
     def watch(self, depths: Callable[[], dict[str, int]], loaded: Callable[[], int]) -> None:
         self.registry.register(_Live(depths, loaded))

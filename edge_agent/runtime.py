@@ -1,8 +1,9 @@
 """Runtime: the composition root of the daemon. It builds the parts in order and stops them in reverse.
 
-Today: the model store, the model manager (with its batchers), metrics, the image-input limits of
-network callers, the per-install id and the readiness state. The HTTP app, and later pipelines and
-the MQTT bridge, take a ``Runtime`` and share its model manager.
+The model store, the model manager (with its batchers), metrics, the image-input limits of network
+callers, the per-install id, the readiness state, the event bus that results are announced on, and
+the MQTT bridge when enabled. The HTTP app (and later pipelines) take a ``Runtime`` and share its
+model manager.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edge_agent import __version__
 from edge_agent.atomic_files import write_text
+from edge_agent.events import EventBus, PredictionEvent
 from edge_agent.heads import InferenceParams
 from edge_agent.images import ImageLimits
 from edge_agent.metrics import Metrics
@@ -24,6 +27,7 @@ from edge_agent.models.manager import BatchingPrefs, LoadedModel, ModelManager
 from edge_agent.models.store import ModelStore
 from edge_agent.results import Result
 from edge_agent.settings import Settings
+from edge_agent.telemetry import RuntimeStats, SystemStats
 from edge_agent.url_fetch import UrlPolicy
 
 log = logging.getLogger(__name__)
@@ -54,6 +58,9 @@ class Runtime:
         self.version = __version__
         self.started_at = time.time()
         self.metrics = Metrics()
+        self.stats = RuntimeStats()
+        self.events = EventBus()
+        self.events.subscribe(lambda event: self.stats.on_frame(event.source_id))
         self.store = ModelStore(settings.models_dir)
         self.manager = ModelManager(
             self.store,
@@ -63,7 +70,7 @@ class Runtime:
             max_loaded=s.max_loaded_models,
             aliases=s.aliases,
             on_load=self.metrics.on_load,
-            on_batch=self.metrics.on_batch,
+            on_batch=self._on_batch,
         )
         self.metrics.watch(self.manager.queue_depths, lambda: len(self.manager.loaded()))
         self.limits = ImageLimits(
@@ -82,13 +89,45 @@ class Runtime:
         self.ready = threading.Event()
         self.readiness_detail = "starting"
         self._preloader: threading.Thread | None = None
+        mqtt = settings.mqtt
+        # HTTP results are announced (source "http") only when asked for: nobody else listens to them.
+        self.http_source = "http" if mqtt.enabled and mqtt.publish_http_predictions else None
+        self.bridge: Any = None
+        self._system: SystemStats | None = None
+        if mqtt.enabled:
+            self._build_bridge()
+
+    def _on_batch(self, model_id: str, size: int, seconds: float) -> None:
+        self.metrics.on_batch(model_id, size, seconds)
+        self.stats.on_batch(model_id, size, seconds)
+
+    def _build_bridge(self) -> None:
+        from edge_agent.mqtt import ha_discovery
+        from edge_agent.mqtt.bridge import Bridge
+        from edge_agent.mqtt.commands import runtime_commands
+
+        mqtt = self.settings.mqtt
+        self.commands = runtime_commands(self, lambda: bridge.snapshot())
+        discovery = None
+        if mqtt.home_assistant:
+            def discovery(source_id: str, class_names: tuple[str, ...]) -> list[tuple[str, bytes]]:
+                return ha_discovery.configs(bridge.topics, mqtt.home_assistant_prefix, self.version, source_id,
+                                            class_names)
+        bridge = Bridge(mqtt, self.settings.state_dir, client_id=f"edge-agent-{self.install_id}",
+                        commands=self.commands, telemetry=self.telemetry, discovery=discovery)
+        self.bridge = bridge
+        self.events.subscribe(bridge.submit)
+        self.metrics.watch_mqtt(bridge.snapshot)
 
     def start(self) -> None:
-        """Clean up after interrupted installs, then load the preloaded models in the background."""
+        """Clean up after interrupted installs, start the MQTT bridge, then load the preloaded models
+        in the background."""
         try:
             self.store.clean()
         except OSError as exc:
             log.warning("cannot clean the model store: %s", exc)
+        if self.bridge is not None:
+            self.bridge.start()
         preload = self.settings.server.preload_models
         if not preload:
             self._set_ready()
@@ -120,12 +159,43 @@ class Runtime:
     def model(self, model_id: str) -> tuple[LoadedModel, bool]:
         return self.manager.get(model_id)
 
-    def infer(self, loaded: LoadedModel, images: list[np.ndarray], params: InferenceParams) -> list[Result]:
+    def infer(self, loaded: LoadedModel, images: list[np.ndarray], params: InferenceParams,
+              source: str | None = None, captured_at: float | None = None,
+              inference_id: str | None = None) -> list[Result]:
+        """Run ``images``; with a ``source``, announce each result on the event bus."""
         results = loaded.infer(images, params)
         self.metrics.images.labels(loaded.model_id).inc(len(images))
+        if source is not None and self.events.active:
+            now = time.time()
+            for result in results:
+                self.events.publish(PredictionEvent(source, loaded.model_id, self.events.next_frame_id(source),
+                                                    captured_at or now, now, result, inference_id))
         return results
 
+    def status(self) -> dict[str, Any]:
+        """What the device is doing, for the MQTT ``status`` command."""
+        return {"version": self.version, "uptime_s": round(time.time() - self.started_at, 3),
+                "ready": self.ready.is_set(), "readiness": self.readiness_detail,
+                "models_loaded": [m.model_id for m in self.manager.loaded()]}
+
+    def telemetry(self) -> dict[str, Any]:
+        """The body of a telemetry message: the system's figures and what ran since the last one."""
+        if self._system is None:
+            self._system = SystemStats()
+        return {"uptime_s": round(time.time() - self.started_at, 3), "version": self.version,
+                "system": self._system.snapshot(), **self.stats.take()}
+
+    def healthy(self) -> str | None:
+        """Why the runtime is not healthy (for the watchdog), or None."""
+        if self.bridge is not None and not self.bridge.alive():
+            return "the MQTT bridge thread has stopped"
+        return None
+
     def stop(self) -> None:
+        """Stop in reverse order of start: the bridge flushes what it holds, then the models go."""
         self.ready.clear()
         self.readiness_detail = "stopping"
+        if self.bridge is not None:
+            self.bridge.stop()
+            self.commands.close()
         self.manager.clear()

@@ -13,20 +13,22 @@ Sources, each overriding the one before:
 An unknown key (in the file or an ``EDGE_AGENT_*`` variable) or a bad value raises ``ConfigError``
 with one line naming the key and where it came from (file and line, variable, or flag).
 Sections: ``[paths]``, ``[engine]``, ``[server]`` (listening, limits, URL policy, batching, preloaded
-models). The MQTT, pipeline and active-learning sections arrive with those subsystems.
+models), ``[mqtt]`` (the bridge: broker, TLS, topics, outbox bounds, telemetry, Home Assistant). The
+pipeline and active-learning sections arrive with those subsystems.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import socket
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, FilePath, SecretStr, ValidationError, model_validator
 
 from edge_agent.errors import EdgeAgentError
 from engines import EnginePrefs
@@ -101,10 +103,71 @@ class ServerSettings(_Section):
     graceful_timeout_s: int = Field(20, ge=1, le=600)
 
 
+# A topic level we build names from: no wildcards, no separators, not empty.
+TOPIC_LEVEL = r"^[^/#+\x00]+$"
+
+
+def _hostname() -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname().split(".")[0]).strip("-")
+    return name or "edge-agent"
+
+
+class MqttSettings(_Section):
+    """The MQTT bridge (docs/mqtt.md): broker, credentials, topics, outbox bounds, telemetry."""
+
+    enabled: bool = Field(False, description="run the bridge")
+    host: str = Field("localhost", min_length=1, description="broker host name or address")
+    port: int = Field(1883, ge=1, le=65535, description="1883, or 8883 with TLS by convention")
+    protocol: Literal["auto", "5", "3.1.1"] = Field(
+        "auto", description="auto: MQTT 5, falling back to 3.1.1 when the broker refuses 5")
+    client_id: str = Field("", description="empty: edge-agent-<install id>, unique per device")
+    username: str | None = None
+    password: SecretStr | None = None
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    tls: bool = Field(False, description="TLS with the system's CAs (implied by tls_ca_file)")
+    tls_ca_file: FilePath | None = Field(None, description="CA bundle that signed the broker's certificate")
+    tls_cert_file: FilePath | None = Field(None, description="client certificate (with tls_key_file)")
+    tls_key_file: FilePath | None = None
+    tls_insecure: bool = Field(False, description="skip the broker host name check (test brokers only)")
+    topic_prefix: str = Field("edge-agent", pattern=TOPIC_LEVEL)
+    device_id: str = Field(default_factory=_hostname, pattern=TOPIC_LEVEL,
+                           description="the device's topic level (default: the host name)")
+    qos: Literal[0, 1] = Field(1, description="QoS of predictions; QoS 1 goes through the outbox on disk")
+    publish_http_predictions: bool = Field(False, description="also publish HTTP inference results (source 'http')")
+    state_topics: bool = Field(True, description="retained per-class counts per source")
+    telemetry_interval_s: float = Field(30.0, ge=0, description="0: no telemetry")
+    reconnect_min_s: float = Field(1.0, gt=0)
+    reconnect_max_s: float = Field(60.0, gt=0)
+    max_inflight: int = Field(32, ge=1, le=65535, description="QoS 1 messages awaiting PUBACK at once")
+    handoff_size: int = Field(10_000, ge=1, description="messages waiting for the bridge thread (in memory)")
+    outbox_max_messages: int = Field(100_000, ge=10)
+    outbox_max_bytes: int = Field(256 * 1024 * 1024, ge=64 * 1024)
+    outbox_sync: Literal["full", "normal"] = Field(
+        "full", description="full: each write survives a power cut; normal: faster, may lose the last second")
+    stop_flush_s: float = Field(5.0, ge=0, le=60, description="on stop, time given to empty the outbox")
+    home_assistant: bool = Field(False, description="Home Assistant MQTT discovery for per-class counts")
+    home_assistant_prefix: str = Field("homeassistant", pattern=TOPIC_LEVEL)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MqttSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+        if self.password is not None and self.username is None:
+            raise ValueError("password needs a username")
+        return self
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls or self.tls_ca_file is not None or self.tls_cert_file is not None
+
+
 class Settings(_Section):
     paths: PathsSettings
     engine: EngineSettings = Field(default_factory=EngineSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
     config_file: Path | None = Field(None, description="the file these settings were read from, if any")
 
     @property
@@ -133,10 +196,12 @@ class Settings(_Section):
         data: dict[str, Any] = self.model_dump(mode="json")
         key = self.server.api_key
         data["server"]["api_key"] = None if key is None else "***"
+        data["mqtt"]["password"] = None if self.mqtt.password is None else "***"
         return data
 
 
-SECTIONS: dict[str, type[_Section]] = {"paths": PathsSettings, "engine": EngineSettings, "server": ServerSettings}
+SECTIONS: dict[str, type[_Section]] = {"paths": PathsSettings, "engine": EngineSettings, "server": ServerSettings,
+                                       "mqtt": MqttSettings}
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -254,7 +319,9 @@ def load_settings(config_file: Path | str | None = None, environ: Mapping[str, s
         if err["type"] == "extra_forbidden":
             fields = ", ".join(SECTIONS[section].model_fields) if section in SECTIONS else ""
             raise ConfigError(f"{where}: unknown key '{dotted}' (known in [{section}]: {fields})") from None
-        got = "***" if key == "api_key" else repr(err.get("input"))
+        if not key:  # a rule across keys of a section (e.g. TLS certificate and key go together)
+            raise ConfigError(f"[{section}]: {err['msg'].removeprefix('Value error, ')}") from None
+        got = "***" if key in ("api_key", "password") else repr(err.get("input"))
         raise ConfigError(f"{where}: {dotted}: {err['msg']} (got {got})") from None
 
 

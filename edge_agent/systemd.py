@@ -107,8 +107,19 @@ class Monitor:
         models = [m.model_id for m in self.runtime.manager.loaded()]
         server = self.runtime.settings.server
         state = self.runtime.readiness_detail
-        return (f"STATUS={state}; HTTP on {server.host}:{server.port}; "
+        text = (f"STATUS={state}; HTTP on {server.host}:{server.port}; "
                 f"models loaded: {', '.join(models) if models else 'none'}")
+        bridge = getattr(self.runtime, "bridge", None)
+        if bridge is not None:
+            snap = bridge.snapshot()
+            text += f"; MQTT {'connected' if snap['connected'] else 'disconnected'}, outbox {snap['outbox_depth']}"
+        return text
+
+    def _runtime_ok(self) -> bool:
+        why = self.runtime.healthy()
+        if why is not None:
+            log.error("watchdog: %s", why)
+        return why is None
 
     def _http_ok(self) -> bool:
         try:
@@ -148,7 +159,7 @@ class Monitor:
             status = self.status()
             if self.interval is not None:
                 t0 = time.monotonic()
-                if self._http_ok() and self._inference_ok():
+                if self._runtime_ok() and self._http_ok() and self._inference_ok():
                     self.notifier.notify("WATCHDOG=1")
                 else:
                     log.error("watchdog: the runtime does not answer; not pinging systemd")

@@ -4,6 +4,7 @@ server's limits, running them and formatting the results (spec §4.6, §4.7)."""
 from __future__ import annotations
 
 import base64
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -77,8 +78,10 @@ def visualization(loaded: LoadedModel, image: np.ndarray, result: Any, labels: b
 def run(loaded: LoadedModel, images: list[np.ndarray], params: InferenceParams, inference_id: str | None,
         visualize: bool, labels: bool, stroke: int) -> list[dict[str, Any]]:
     """Infer and format; every item of a batch carries the same ``inference_id`` (spec §4.6)."""
-    results = runtime().infer(loaded, images, params)
+    rt = runtime()
     inference_id = inference_id or str(uuid.uuid4())
+    arrived = time.time() - (time.perf_counter() - g.t0) if "t0" in g else None
+    results = rt.infer(loaded, images, params, source=rt.http_source, captured_at=arrived, inference_id=inference_id)
     bodies = []
     for image, result in zip(images, results):
         body = to_roboflow(result, inference_id)

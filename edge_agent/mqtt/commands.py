@@ -1,0 +1,156 @@
+"""MQTT commands: a table of handlers keyed by name, each with a pydantic model of its arguments.
+
+A request is a JSON object on ``<prefix>/<device>/commands/<name>``; the reply goes to the MQTT 5
+response topic with the request's correlation data when given, else to
+``<prefix>/<device>/responses/<name>``, and always carries the request's ``correlation_id`` field (for
+MQTT 3.1.1 clients). Every request gets exactly one reply: ``ok: true`` with a ``result``, or
+``ok: false`` with an ``error`` naming the problem. Handlers run one at a time on a thread of their
+own, so a slow one (loading a model) never holds up the MQTT connection.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edge_agent.errors import EdgeAgentError
+from edge_agent.mqtt.topics import envelope
+
+log = logging.getLogger(__name__)
+
+MAX_COMMAND_BYTES = 64 * 1024
+Respond = Callable[[dict[str, Any]], None]
+
+
+class Args(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NoArgs(Args):
+    pass
+
+
+class ModelArgs(Args):
+    model_id: str = Field(min_length=1, max_length=256, description="project/version, or an alias")
+
+
+class CommandError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+Handler = Callable[[Any], dict[str, Any]]
+
+
+class Commands:
+    """``commands(name, payload, respond)`` is what the bridge calls for each request."""
+
+    def __init__(self, device_id: str) -> None:
+        self.device_id = device_id
+        self._table: dict[str, tuple[type[Args], Handler]] = {}
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="mqtt-command")
+
+    def register(self, name: str, args: type[Args], handler: Handler) -> None:
+        self._table[name] = (args, handler)
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._table)
+
+    def __call__(self, name: str, payload: bytes, respond: Respond) -> None:
+        try:
+            self._executor.submit(self.handle, name, payload, respond)
+        except RuntimeError:  # shut down: stopping
+            pass
+
+    def handle(self, name: str, payload: bytes, respond: Respond) -> None:
+        correlation_id: Any = None
+        reply: dict[str, Any] = {**envelope(self.device_id), "command": name}
+        try:
+            data = self._parse(payload)
+            correlation_id = data.pop("correlation_id", None)
+            if correlation_id is not None and not isinstance(correlation_id, (str, int)):
+                correlation_id = None
+                raise CommandError("invalid_command", "correlation_id must be a string or an integer")
+            if name not in self._table:
+                raise CommandError("unknown_command", f"unknown command '{name}' (commands: {', '.join(self.names)})")
+            model, handler = self._table[name]
+            try:
+                args = model.model_validate(data)
+            except ValidationError as exc:
+                raise CommandError("invalid_command", _validation_message(exc)) from None
+            reply.update(ok=True, result=handler(args))
+        except CommandError as exc:
+            reply.update(ok=False, error={"type": exc.code, "message": str(exc)})
+        except EdgeAgentError as exc:
+            reply.update(ok=False, error={"type": exc.code, "message": exc.public})
+        except Exception as exc:  # a bug in a handler: reported, and the bridge goes on
+            log.exception("MQTT command %s failed", name)
+            reply.update(ok=False, error={"type": "internal_error", "message": f"{type(exc).__name__}"})
+        reply["correlation_id"] = correlation_id
+        respond(reply)
+
+    @staticmethod
+    def _parse(payload: bytes) -> dict[str, Any]:
+        if len(payload) > MAX_COMMAND_BYTES:
+            raise CommandError("too_large", f"a command payload is at most {MAX_COMMAND_BYTES} bytes, "
+                                            f"got {len(payload)}")
+        if not payload.strip():
+            return {}
+        try:
+            data = json.loads(payload)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CommandError("invalid_json", f"the payload is not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise CommandError("invalid_json", f"the payload must be a JSON object, got {type(data).__name__}")
+        return data
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in err["loc"]) or "payload"
+        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+        parts.append(f"{where}: {msg}")
+    return "; ".join(parts)
+
+
+def runtime_commands(runtime: Any, bridge_snapshot: Callable[[], dict[str, Any]]) -> Commands:
+    """The commands of a runtime: models and status (pipelines add theirs when they exist)."""
+    commands = Commands(runtime.settings.mqtt.device_id)
+
+    def describe(loaded: Any) -> dict[str, Any]:
+        m = loaded.model.manifest
+        return {"model_id": loaded.model_id, "task": m.task, "classes": list(m.class_names),
+                "load_seconds": round(loaded.load_seconds, 3)}
+
+    def load_model(args: ModelArgs) -> dict[str, Any]:
+        loaded, cold = runtime.model(args.model_id)
+        return {**describe(loaded), "was_loaded": not cold}
+
+    def unload_model(args: ModelArgs) -> dict[str, Any]:
+        return {"model_id": args.model_id, "unloaded": runtime.manager.unload(args.model_id)}
+
+    def list_models(args: NoArgs) -> dict[str, Any]:
+        loaded = {m.model_id for m in runtime.manager.loaded()}
+        return {"models": [{"model_id": s.manifest.model_id, "task": s.manifest.task,
+                            "loaded": s.manifest.model_id in loaded, "builtin": s.builtin}
+                           for s in runtime.store.list()]}
+
+    def status(args: NoArgs) -> dict[str, Any]:
+        return {**runtime.status(), "mqtt": bridge_snapshot(), "commands": commands.names}
+
+    commands.register("load_model", ModelArgs, load_model)
+    commands.register("unload_model", ModelArgs, unload_model)
+    commands.register("list_models", NoArgs, list_models)
+    commands.register("status", NoArgs, status)
+    return commands
