@@ -4,6 +4,8 @@ it receives, for the bridge's tests."""
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import shutil
 import signal
 import socket
@@ -40,7 +42,9 @@ class Mosquitto:
         self.log = folder / "mosquitto.log"
 
     def config(self) -> str:
-        return (f"listener {self.port} 127.0.0.1\n"
+        # As root, mosquitto would switch to the 'mosquitto' user, who cannot write the test's folder.
+        user = f"user {pwd.getpwuid(os.geteuid()).pw_name}\n" if os.geteuid() == 0 else ""
+        return (f"{user}listener {self.port} 127.0.0.1\n"
                 f"persistence true\npersistence_location {self.folder}/\n"
                 "autosave_interval 0\n"  # save on shutdown only
                 f"allow_anonymous true\nlog_dest stderr\nlog_type error\nlog_type warning\n{self.extra}")

@@ -112,3 +112,396 @@ def test_availability_predictions_and_state_follow_the_schemas(tmp_path: Path, b
     assert {(m.topic, m.retain) for m in got} == {(f"{BASE}/status", True), (f"{BASE}/state/cam1", True)}
     assert next(m for m in got if m.topic.endswith("status")).payload == b"stopped"
     late.close()
+
+
+def _first_occurrences(messages: list[Any]) -> list[dict[str, Any]]:
+    """Bodies in arrival order, a message sent twice (after a reconnect) counted once."""
+    seen: set[str] = set()
+    out = []
+    for m in messages:
+        body = m.json()
+        if body["message_id"] not in seen:
+            seen.add(body["message_id"])
+            out.append(body)
+    return out
+
+
+def test_a_broker_outage_loses_nothing_and_keeps_the_order(tmp_path: Path, broker: Mosquitto,
+                                                            sample: np.ndarray) -> None:
+    sub = Subscriber(broker.port, [f"{BASE}/predictions/#"], client_id="outage-subscriber")
+    runtime = make_runtime(tmp_path, broker.port)
+    runtime.start()
+    try:
+        wait_connected(runtime)
+        stop_producing = threading.Event()
+        produced = [0]
+
+        def produce() -> None:  # a steady stream, as a pipeline would make, across the outage
+            while not stop_producing.is_set():
+                infer(runtime, sample)
+                produced[0] += 1
+                time.sleep(0.01)
+
+        producer = threading.Thread(target=produce)
+        producer.start()
+        sub.wait_count(f"{BASE}/predictions/cam1", 10)
+        broker.stop()
+        at_stop = produced[0]
+        deadline = time.monotonic() + 10
+        while runtime.bridge.snapshot()["outbox_depth"] < 20:  # stored on disk while the broker is away
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert not runtime.bridge.snapshot()["connected"] and produced[0] > at_stop
+        broker.start()
+        time.sleep(0.5)
+        stop_producing.set()
+        producer.join()
+        total = produced[0]
+        messages = sub.wait_count(f"{BASE}/predictions/cam1", total, timeout=30)
+        bodies = _first_occurrences(messages)
+        assert [b["frame_id"] for b in bodies] == list(range(1, total + 1))
+        deadline = time.monotonic() + 10
+        while runtime.bridge.snapshot()["outbox_depth"]:  # every PUBACK deleted its row
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert runtime.bridge.snapshot()["connects"] == 2
+    finally:
+        runtime.stop()
+        sub.close()
+
+
+def test_a_full_outbox_drops_the_oldest_predictions_and_counts_them(tmp_path: Path, broker: Mosquitto,
+                                                                     sample: np.ndarray) -> None:
+    from edge_agent.mqtt.outbox import Message
+
+    Subscriber(broker.port, [f"{BASE}/#"], client_id="bounds-subscriber").close()  # its session waits
+    broker.stop()  # the broker is away from the start
+    runtime = make_runtime(tmp_path, broker.port, outbox_max_messages=10, telemetry_interval_s=0.2)
+    runtime.start()
+    try:
+        runtime.bridge.submit(Message(f"{BASE}/custom", b'{"keep": true}', qos=1))  # not a prediction
+        infer(runtime, sample, n=25)
+        deadline = time.monotonic() + 10
+        while runtime.bridge.snapshot()["dropped"]["outbox_full"] < 16:
+            assert time.monotonic() < deadline, runtime.bridge.snapshot()
+            time.sleep(0.02)
+        assert runtime.bridge.snapshot()["outbox_depth"] == 10
+        broker.start()
+        sub = Subscriber(broker.port, [f"{BASE}/#"], client_id="bounds-subscriber")
+        got = sub.wait_for(lambda ms: sum("/predictions/" in m.topic for m in ms) >= 9
+                           and any(m.topic.endswith("/telemetry") for m in ms))
+        body = next(m for m in got if m.topic.endswith("/telemetry")).json()
+        validator("telemetry").validate(body)
+        assert body["mqtt"]["dropped"] == {"outbox_full": 16, "handoff_full": 0}
+        from prometheus_client.parser import text_string_to_metric_families
+
+        samples = {(s.name, s.labels.get("reason")): s.value
+                   for f in text_string_to_metric_families(runtime.metrics.render().decode()) for s in f.samples}
+        assert samples[("edge_agent_mqtt_dropped_total", "outbox_full")] == 16
+        sub.close()
+    finally:
+        runtime.stop()
+    # what was kept went out: the custom message and the newest nine predictions, in order
+    kept = [m for m in got if m.topic in (f"{BASE}/custom", f"{BASE}/predictions/cam1")]
+    assert kept[0].topic == f"{BASE}/custom"
+    assert [b["frame_id"] for b in _first_occurrences(kept[1:])] == list(range(17, 26))
+
+
+def test_telemetry_reports_models_sources_and_the_system(tmp_path: Path, broker: Mosquitto,
+                                                         sample: np.ndarray) -> None:
+    sub = Subscriber(broker.port, [f"{BASE}/telemetry"])
+    runtime = make_runtime(tmp_path, broker.port, telemetry_interval_s=0.3)
+    runtime.start()
+    try:
+        wait_connected(runtime)
+        infer(runtime, sample, n=4)
+        check = validator("telemetry")
+
+        def has_activity(ms: list[Any]) -> bool:
+            bodies = [m.json() for m in ms]
+            return any("cam1" in b["sources"] for b in bodies) and any("shapes/1" in b["models"] for b in bodies)
+
+        bodies = [m.json() for m in sub.wait_for(has_activity)]
+        for body in bodies:
+            check.validate(body)
+        assert sum(b["sources"].get("cam1", {}).get("frames", 0) for b in bodies) == 4
+        models = [b["models"]["shapes/1"] for b in bodies if "shapes/1" in b["models"]]
+        assert sum(m["images"] for m in models) >= 4 and all(m["engine_ms_mean"] > 0 for m in models)
+        system = bodies[-1]["system"]
+        assert 0 < system["memory"]["available_bytes"] <= system["memory"]["total_bytes"]
+        assert system["process_rss_bytes"] > 10 * 2**20
+        assert bodies[-1]["mqtt"]["connected"] is True
+    finally:
+        runtime.stop()
+        sub.close()
+
+
+def test_jetson_gpu_and_thermal_zones_are_read_from_sysfs(tmp_path: Path) -> None:
+    """No Jetson here: the same reader on a copy of an Orin's sysfs layout (JetPack 6)."""
+    from edge_agent.telemetry import SystemStats
+
+    sys_root = tmp_path / "sys"
+    gpu = sys_root / "devices/platform/bus@0/17000000.gpu"
+    gpu.mkdir(parents=True)
+    (gpu / "load").write_text("437\n")
+    freq = sys_root / "class/devfreq/17000000.gpu"
+    freq.mkdir(parents=True)
+    (freq / "cur_freq").write_text("624750000\n")
+    for i, (kind, milli) in enumerate([("cpu-thermal", "48500"), ("gpu-thermal", "46000"), ("cpu-thermal", "47000")]):
+        zone = sys_root / f"class/thermal/thermal_zone{i}"
+        zone.mkdir(parents=True)
+        (zone / "type").write_text(kind + "\n")
+        (zone / "temp").write_text(milli + "\n")
+    stats = SystemStats(sys=sys_root)
+    snap = stats.snapshot()
+    assert snap["gpu"] == {"load_percent": 43.7, "frequency_hz": 624750000, "memory_shared_with_system": True}
+    assert snap["temperatures_c"] == {"cpu-thermal": 48.5, "gpu-thermal": 46.0, "cpu-thermal.2": 47.0}
+    schema = json.loads((Path(__file__).resolve().parents[1] / "edge_agent/mqtt/schemas/telemetry.schema.json")
+                        .read_text())
+    import jsonschema
+
+    jsonschema.validate(snap, schema["properties"]["system"])
+    assert "gpu" not in SystemStats(sys=tmp_path / "elsewhere").snapshot()  # not a Jetson: left out
+
+
+def test_home_assistant_discovery_gives_a_sensor_per_class(tmp_path: Path, broker: Mosquitto,
+                                                           sample: np.ndarray) -> None:
+    import jinja2
+
+    sub = Subscriber(broker.port, ["homeassistant/#", f"{BASE}/state/#"])
+    runtime = make_runtime(tmp_path, broker.port, home_assistant=True)
+    runtime.start()
+    try:
+        wait_connected(runtime)
+        infer(runtime, sample)
+        classes = runtime.model("shapes/1")[0].model.manifest.class_names
+        sub.wait_count("homeassistant/sensor/", len(classes) + 1)
+        state = sub.wait_count(f"{BASE}/state/cam1", 1)[-1].json()
+    finally:
+        runtime.stop()
+        sub.close()
+    # retained: what Home Assistant finds when it starts after the device
+    late = Subscriber(broker.port, ["homeassistant/#"], client_id="home-assistant", persistent=False)
+    configs = late.wait_count("homeassistant/sensor/", len(classes) + 1)
+    late.close()
+    env = jinja2.Environment()
+    seen = {}
+    for m in configs:
+        assert m.retain and m.topic.startswith(f"homeassistant/sensor/{DEVICE}/") and m.topic.endswith("/config")
+        config = m.json()
+        assert config["state_topic"] == f"{BASE}/state/cam1"
+        assert config["availability"][0]["topic"] == f"{BASE}/status"
+        assert config["device"]["identifiers"] == [f"edge-agent_{DEVICE}"]
+        value = env.from_string(config["value_template"]).render(value_json=state)
+        seen[config["name"]] = int(value)
+    expected = {f"cam1 {c}": state["counts"].get(c, 0) for c in classes}
+    expected["cam1 total"] = state["total"]
+    assert seen == expected and state["total"] > 0
+
+
+def _v5_request(sub: Subscriber, name: str, payload: bytes | str, correlation: bytes) -> None:
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    props = Properties(PacketTypes.PUBLISH)
+    props.ResponseTopic = "client/replies"
+    props.CorrelationData = correlation
+    sub.publish(f"{BASE}/commands/{name}", payload, properties=props)
+
+
+def test_commands_are_answered_with_their_correlation_and_bad_ones_with_errors(running: Any,
+                                                                              broker: Mosquitto) -> None:
+    wait_connected(running)
+    check = validator("response")
+    request_check = validator("command")
+    # MQTT 5: response topic and correlation data
+    client = Subscriber(broker.port, ["client/replies"], client_id="v5-client")
+    request = {"model_id": "shapes/1"}
+    request_check.validate(request)
+    _v5_request(client, "load_model", json.dumps(request), b"corr-1")
+    reply = client.wait_count("client/replies", 1, timeout=30)[0]
+    body = reply.json()
+    check.validate(body)
+    assert reply.properties.CorrelationData == b"corr-1"
+    assert body["ok"] is True and body["command"] == "load_model" and body["result"]["model_id"] == "shapes/1"
+    assert "shapes/1" in [m.model_id for m in running.manager.loaded()]  # it happened
+    _v5_request(client, "unload_model", b'{"model_id": "shapes/1"}', b"corr-2")
+    body = client.wait_count("client/replies", 2)[1].json()
+    assert body["ok"] and body["result"]["unloaded"] is True and not running.manager.loaded()
+    client.close()
+
+    # MQTT 3.1.1: the default response topic and a correlation_id in the payload
+    old = Subscriber(broker.port, [f"{BASE}/responses/#"], client_id="v311-client", protocol=4)
+    cases = [
+        ("status", b'{"correlation_id": 7}', None),
+        ("list_models", b"", None),
+        ("status", b"not json", "invalid_json"),
+        ("status", b"[1, 2]", "invalid_json"),
+        ("load_model", b'{"correlation_id": "a"}', "invalid_command"),  # model_id missing
+        ("load_model", b'{"model_id": "shapes/1", "colour": 1}', "invalid_command"),  # unknown field
+        ("load_model", b'{"model_id": "nope/9"}', "model_not_found"),
+        ("reboot", b"{}", "unknown_command"),
+        ("status", b"x" * (70 * 1024), "too_large"),
+        ("status", b'{"correlation_id": {"a": 1}}', "invalid_command"),
+    ]
+    for name, payload, _ in cases:
+        old.publish(f"{BASE}/commands/{name}", payload)
+    replies = old.wait_count(f"{BASE}/responses/", len(cases), timeout=30)
+    for (name, payload, error), reply in zip(cases, replies):  # one at a time, in order
+        body = reply.json()
+        check.validate(body)
+        assert reply.topic == f"{BASE}/responses/{name}" and body["command"] == name
+        if error is None:
+            assert body["ok"] is True, body
+        else:
+            assert body["ok"] is False and body["error"]["type"] == error, (payload[:40], body)
+    assert replies[0].json()["correlation_id"] == 7
+    assert replies[0].json()["result"]["ready"] is True
+    assert {m["model_id"] for m in replies[1].json()["result"]["models"]} >= {"shapes/1", "shapes-cls/1"}
+    assert replies[4].json()["correlation_id"] == "a"
+    assert "model_id" in replies[4].json()["error"]["message"]
+    assert "colour" in replies[5].json()["error"]["message"]
+    assert "load_model" in replies[7].json()["error"]["message"]  # lists the commands there are
+    old.close()
+    assert running.bridge.alive() and running.bridge.snapshot()["connected"]
+
+
+def test_mqtt_3_1_1_only(tmp_path: Path, broker: Mosquitto, sample: np.ndarray) -> None:
+    sub = Subscriber(broker.port, [f"{BASE}/#"], protocol=4)
+    runtime = make_runtime(tmp_path, broker.port, protocol="3.1.1")
+    runtime.start()
+    try:
+        wait_connected(runtime)
+        assert runtime.bridge.snapshot()["protocol"] == "3.1.1"
+        infer(runtime, sample)
+        validator("prediction").validate(sub.wait_count(f"{BASE}/predictions/cam1", 1)[0].json())
+    finally:
+        runtime.stop()
+        sub.close()
+
+
+class RefuseMqtt5:
+    """A loopback TCP proxy to the broker that answers an MQTT 5 CONNECT as a 3.1.1-only broker does
+    (CONNACK, return code 1: unacceptable protocol version) and passes everything else through."""
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream = upstream
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.refused = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        first = conn.recv(65536)
+        # CONNECT: fixed header, remaining length, then "\0\4MQTT" and the protocol level byte
+        level = first[first.index(b"MQTT") + 4] if b"MQTT" in first else None
+        if level == 5:
+            self.refused += 1
+            conn.sendall(b"\x20\x02\x00\x01")
+            conn.close()
+            return
+        up = socket.create_connection(("127.0.0.1", self.upstream))
+        up.sendall(first)
+
+        def pipe(a: socket.socket, b: socket.socket) -> None:
+            try:
+                while data := a.recv(65536):
+                    b.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for s in (a, b):
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+        threading.Thread(target=pipe, args=(conn, up), daemon=True).start()
+        threading.Thread(target=pipe, args=(up, conn), daemon=True).start()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_auto_falls_back_to_3_1_1_when_the_broker_refuses_mqtt_5(tmp_path: Path, broker: Mosquitto,
+                                                                 sample: np.ndarray) -> None:
+    proxy = RefuseMqtt5(broker.port)
+    sub = Subscriber(broker.port, [f"{BASE}/#"])
+    runtime = make_runtime(tmp_path, proxy.port)  # protocol = "auto"
+    runtime.start()
+    try:
+        wait_connected(runtime)
+        assert proxy.refused == 1 and runtime.bridge.snapshot()["protocol"] == "3.1.1"
+        infer(runtime, sample)
+        sub.wait_count(f"{BASE}/predictions/cam1", 1)
+        assert any(m.payload == b"online" for m in sub.on(f"{BASE}/status"))
+    finally:
+        runtime.stop()
+        sub.close()
+        proxy.close()
+
+
+def _make_certificates(folder: Path) -> dict[str, Path]:
+    """A CA, a broker certificate for 127.0.0.1 and a client certificate, made with openssl."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed for the TLS test (.ci/run installs it)")
+    folder.mkdir(parents=True, exist_ok=True)
+    p = {n: folder / n for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem", "client.key",
+                                 "client.csr", "client.pem", "san.cnf")}
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test CA",
+        "-keyout", str(p["ca.key"]), "-out", str(p["ca.pem"]))
+    p["san.cnf"].write_text("subjectAltName=IP:127.0.0.1\n")
+    for who, cn in (("server", "127.0.0.1"), ("client", "edge-device")):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}", "-keyout", str(p[f"{who}.key"]),
+            "-out", str(p[f"{who}.csr"]))
+        extra = ["-extfile", str(p["san.cnf"])] if who == "server" else []
+        run("x509", "-req", "-in", str(p[f"{who}.csr"]), "-CA", str(p["ca.pem"]), "-CAkey", str(p["ca.key"]),
+            "-CAcreateserial", "-days", "2", "-out", str(p[f"{who}.pem"]), *extra)
+    return p
+
+
+def test_tls_with_a_client_certificate_and_a_password(tmp_path: Path, sample: np.ndarray) -> None:
+    import subprocess
+
+    certs = _make_certificates(tmp_path / "certs")
+    passwords = tmp_path / "broker" / "passwords"
+    passwords.parent.mkdir(parents=True)
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "edge-device", "s3cret"], check=True)
+    passwords.chmod(0o600)
+    tls_port = __import__("servers").free_port()
+    broker = Mosquitto(tmp_path / "broker", extra=(
+        f"listener {tls_port} 127.0.0.1\ncafile {certs['ca.pem']}\ncertfile {certs['server.pem']}\n"
+        f"keyfile {certs['server.key']}\nrequire_certificate true\npassword_file {passwords}\n"
+        "per_listener_settings false\n")).start()
+    sub = Subscriber(broker.port, [f"{BASE}/#"])  # the plain listener of the same broker
+    tls = {"tls_ca_file": certs["ca.pem"], "tls_cert_file": certs["client.pem"], "tls_key_file": certs["client.key"]}
+    wrong = make_runtime(tmp_path / "wrong", tls_port, username="edge-device", password="wrong", **tls)
+    runtime = make_runtime(tmp_path, tls_port, username="edge-device", password="s3cret", **tls)
+    wrong.start()
+    runtime.start()
+    try:
+        wait_connected(runtime)
+        infer(runtime, sample)
+        validator("prediction").validate(sub.wait_count(f"{BASE}/predictions/cam1", 1)[0].json())
+        assert not wrong.bridge.snapshot()["connected"]
+        assert "refused" in wrong.bridge.stats.last_error or "Not authorized" in wrong.bridge.stats.last_error
+    finally:
+        runtime.stop()
+        wrong.stop()
+        sub.close()
+        broker.stop()

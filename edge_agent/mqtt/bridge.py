@@ -110,6 +110,7 @@ class Bridge:
         self._last_counts: dict[str, dict[str, int]] = {}
         self._discovered: dict[str, list[tuple[str, bytes]]] = {}
         self._next_telemetry = time.monotonic() + settings.telemetry_interval_s
+        self._next_drop_warning = 0.0
 
     # ------------------------------------------------------------------ producers' side (any thread)
 
@@ -382,7 +383,11 @@ class Bridge:
             dropped = self._outbox.put(durable)
             if dropped:
                 self.stats.dropped_outbox += dropped
-                log.warning("MQTT outbox full: dropped %d old message(s)", dropped)
+                if time.monotonic() >= self._next_drop_warning:  # once a minute, not per message
+                    self._next_drop_warning = time.monotonic() + 60
+                    log.warning("MQTT outbox full (%d messages, %d bytes): dropping the oldest predictions; "
+                                "%d dropped so far", self._outbox.depth, self._outbox.bytes,
+                                self.stats.dropped_outbox)
         self._update_outbox_stats()
 
     def _event_messages(self, event: PredictionEvent) -> list[Message]:
