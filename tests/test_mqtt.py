@@ -505,3 +505,30 @@ def test_tls_with_a_client_certificate_and_a_password(tmp_path: Path, sample: np
         wrong.stop()
         sub.close()
         broker.stop()
+
+
+def test_a_full_hand_off_drops_instead_of_blocking_and_a_failing_subscriber_is_isolated(tmp_path: Path) -> None:
+    from edge_agent.events import EventBus
+    from edge_agent.mqtt.bridge import Bridge
+    from edge_agent.mqtt.outbox import Message
+    from edge_agent.settings import MqttSettings
+
+    bridge = Bridge(MqttSettings(enabled=True, handoff_size=2, device_id=DEVICE), tmp_path, "cid")  # not started
+    assert bridge.submit(Message("a", b"1")) and bridge.submit(Message("a", b"2"))
+    assert bridge.submit(Message("a", b"3")) is False  # the producer goes on at once
+    assert bridge.snapshot()["dropped"]["handoff_full"] == 1
+
+    bus = EventBus()
+    got: list[Any] = []
+
+    def broken(event: Any) -> None:
+        raise RuntimeError("subscriber bug")
+
+    bus.subscribe(broken)
+    unsubscribe = bus.subscribe(got.append)
+    bus.publish("event")  # type: ignore[arg-type]
+    assert got == ["event"]
+    unsubscribe()
+    bus.publish("again")  # type: ignore[arg-type]
+    assert got == ["event"] and bus.active
+    assert [bus.next_frame_id("http") for _ in range(3)] == [1, 2, 3] and bus.next_frame_id("cam") == 1

@@ -53,6 +53,13 @@ def test_no_file_means_defaults(tmp_path: Path) -> None:
     ("[server]\nbatching = \"sometimes\"\n", r"line 2: server\.batching: Input should be 'auto', 'on' or 'off'"),
     ("[server]\nport = \n", r"not valid TOML"),
     ("[server]\napi_key = 12\n", r"server\.api_key: Input should be a valid string \(got \*\*\*\)"),
+    ("[mqtt]\ntls_ca_file = \"/nonexistent/ca.pem\"\n", r"line 2: mqtt\.tls_ca_file: Path does not point to a file"),
+    ("[mqtt]\ntls_cert_file = \"/etc/hostname\"\n", r"\[mqtt\]: tls_cert_file and tls_key_file go together"),
+    ("[mqtt]\npassword = \"pw\"\n", r"\[mqtt\]: password needs a username"),
+    ("[mqtt]\ndevice_id = \"line/3\"\n", r"line 2: mqtt\.device_id: String should match pattern"),
+    ("[mqtt]\ntopic_prefix = \"a/#\"\n", r"mqtt\.topic_prefix: String should match pattern"),
+    ("[mqtt]\nprotocol = \"4\"\n", r"mqtt\.protocol: Input should be 'auto', '5' or '3\.1\.1'"),
+    ("[mqtt]\npassword = 5\nusername = \"u\"\n", r"mqtt\.password: Input should be a valid string \(got \*\*\*\)"),
 ])
 def test_bad_file_names_the_key_and_line(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -73,10 +80,13 @@ def test_bad_environment_names_the_variable(env: dict[str, str], message: str) -
 
 
 def test_secrets_are_masked(tmp_path: Path) -> None:
-    s = load_settings(_write(tmp_path, '[server]\napi_key = "hunter2"\n'), {})
+    s = load_settings(_write(tmp_path, '[server]\napi_key = "hunter2"\n[mqtt]\nusername = "u"\npassword = "pw42"\n'),
+                      {})
     assert s.server.api_key is not None and s.server.api_key.get_secret_value() == "hunter2"
-    assert s.public()["server"]["api_key"] == "***"
-    assert "hunter2" not in repr(s) and "hunter2" not in str(s.public())
+    assert s.mqtt.password is not None and s.mqtt.password.get_secret_value() == "pw42"
+    assert s.public()["server"]["api_key"] == "***" and s.public()["mqtt"]["password"] == "***"
+    for secret in ("hunter2", "pw42"):
+        assert secret not in repr(s) and secret not in str(s.public())
 
 
 def test_example_config_is_complete_and_shows_the_defaults(tmp_path: Path) -> None:
