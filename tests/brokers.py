@@ -147,7 +147,8 @@ class Subscriber:
             while not predicate(self.messages):
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(f"timed out; received {[(m.topic, m.payload[:80]) for m in self.messages]}")
+                    last = [(m.topic, m.payload[:80]) for m in self.messages[-5:]]
+                    raise AssertionError(f"timed out; received {len(self.messages)}, the last: {last}")
                 self._cond.wait(left)
             return list(self.messages)
 

@@ -46,6 +46,7 @@ from edge_agent.settings import MqttSettings
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5.0
+ACK_DELAY_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,7 @@ class Bridge:
         self._handed = 0  # highest outbox seq handed to paho
         self._inflight: dict[int, int] = {}  # paho mid -> outbox seq
         self._acked: list[int] = []
+        self._acked_since = 0.0
         self._state: dict[str, Direct] = {}  # source -> its latest retained counts
         self._last_counts: dict[str, dict[str, int]] = {}
         self._discovered: dict[str, list[tuple[str, bytes]]] = {}
@@ -212,6 +214,8 @@ class Bridge:
 
     def _timeout(self, now: float) -> float:
         deadlines = [now + 1.0]
+        if self._acked:
+            deadlines.append(self._acked_since + ACK_DELAY_S)
         if self._phase == "idle":
             deadlines.append(self._next_attempt)
         elif self._phase == "connecting":
@@ -341,6 +345,8 @@ class Bridge:
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
         seq = self._inflight.pop(mid, None)
         if seq is not None:
+            if not self._acked:
+                self._acked_since = time.monotonic()
             self._acked.append(seq)
         self.stats.published += 1
 
@@ -359,7 +365,7 @@ class Bridge:
 
     # ------------------------------------------------------------------ messages
 
-    def _drain(self) -> None:
+    def _drain(self, force: bool = False) -> None:
         """Move everything handed off into the outbox (one transaction) or out to the broker."""
         durable: list[Message] = []
         while True:
@@ -376,11 +382,13 @@ class Bridge:
             else:
                 self._send(Direct(item))
         assert self._outbox is not None
-        if self._acked:
-            self._outbox.ack(self._acked)
+        # Deleting acknowledged rows can wait a little (a crash meanwhile only sends them again, and
+        # consumers de-duplicate): they go with the next write, or after ACK_DELAY_S, in one transaction.
+        acks_due = bool(self._acked) and (len(self._acked) >= self.settings.max_inflight or force
+                                          or time.monotonic() - self._acked_since >= ACK_DELAY_S)
+        if durable or acks_due:
+            dropped = self._outbox.put(durable, self._acked)
             self._acked = []
-        if durable:
-            dropped = self._outbox.put(durable)
             if dropped:
                 self.stats.dropped_outbox += dropped
                 if time.monotonic() >= self._next_drop_warning:  # once a minute, not per message
@@ -487,7 +495,7 @@ class Bridge:
             end = time.monotonic() + 1.0
             while client.socket() is not None and time.monotonic() < end:
                 self._io(0.05)
-        self._drain()  # the last acknowledgements
+        self._drain(force=True)  # the last acknowledgements
 
     def _outbox_waiting(self) -> bool:
-        return self._outbox is not None and self._outbox.depth > len(self._inflight)
+        return self._outbox is not None and self._outbox.depth > len(self._inflight) + len(self._acked)

@@ -16,7 +16,7 @@ Used from one thread (the bridge's); SQLite objects are not shared between threa
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,23 +73,25 @@ class Outbox:
 
     # ------------------------------------------------------------------ writing
 
-    def put(self, messages: Sequence[Message]) -> int:
-        """Store ``messages`` in order, dropping old ones past the bounds. Returns how many were dropped."""
-        if not messages:
+    def put(self, messages: Sequence[Message], acked: Sequence[int] = ()) -> int:
+        """Delete the ``acked`` sequence numbers and store ``messages`` in order, in one transaction,
+        dropping old messages past the bounds. Returns how many were dropped."""
+        if not messages and not acked:
             return 0
         rows = [(m.topic, m.payload, m.qos, int(m.retain), int(m.droppable), m.size) for m in messages]
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
+            gone, freed = self._delete(list(acked))
             db.executemany("INSERT INTO messages (topic, payload, qos, retain, droppable, size) "
                            "VALUES (?, ?, ?, ?, ?, ?)", rows)
-            depth = self.depth + len(rows)
-            size = self.bytes + sum(r[5] for r in rows)
+            depth = self.depth - gone + len(rows)
+            size = self.bytes - freed + sum(r[5] for r in rows)
             dropped = 0
             if depth > self.max_messages or size > self.max_bytes:
                 for droppable in (1, 0):
-                    n, freed = self._drop_oldest(droppable, depth - self.max_messages, size - self.max_bytes)
-                    dropped, depth, size = dropped + n, depth - n, size - freed
+                    n, less = self._drop_oldest(droppable, depth - self.max_messages, size - self.max_bytes)
+                    dropped, depth, size = dropped + n, depth - n, size - less
                     if depth <= self.max_messages and size <= self.max_bytes:
                         break
                 db.execute("INSERT INTO counters VALUES ('dropped', ?) "
@@ -100,6 +102,22 @@ class Outbox:
             raise
         self.depth, self.bytes = depth, size
         return dropped
+
+    def ack(self, seqs: Sequence[int]) -> None:
+        """Delete acknowledged messages (one transaction)."""
+        self.put((), seqs)
+
+    def _delete(self, keys: list[int]) -> tuple[int, int]:
+        """Delete rows by sequence number; a message dropped while in flight is simply not there."""
+        gone = freed = 0
+        for i in range(0, len(keys), 500):  # under SQLite's limit of bound variables
+            chunk = keys[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            n, size = self._db.execute(
+                f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages WHERE seq IN ({marks})", chunk).fetchone()
+            self._db.execute(f"DELETE FROM messages WHERE seq IN ({marks})", chunk)
+            gone, freed = gone + n, freed + size
+        return gone, freed
 
     def _drop_oldest(self, droppable: int, excess_count: int, excess_bytes: int) -> tuple[int, int]:
         """Delete the fewest oldest rows of one kind that bring both bounds back within limits."""
@@ -114,30 +132,6 @@ class Outbox:
         if last is not None:
             self._db.execute("DELETE FROM messages WHERE droppable = ? AND seq <= ?", (droppable, last))
         return n, freed
-
-    def ack(self, seqs: Iterable[int]) -> None:
-        """Delete acknowledged messages (one transaction). A message dropped while in flight is
-        simply not there any more."""
-        keys = list(seqs)
-        if not keys:
-            return
-        db = self._db
-        gone = freed = 0
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            for i in range(0, len(keys), 500):  # under SQLite's limit of bound variables
-                chunk = keys[i:i + 500]
-                marks = ",".join("?" * len(chunk))
-                n, size = db.execute(f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages WHERE seq IN ({marks})",
-                                     chunk).fetchone()
-                db.execute(f"DELETE FROM messages WHERE seq IN ({marks})", chunk)
-                gone, freed = gone + n, freed + size
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        self.depth -= gone
-        self.bytes -= freed
 
     # ------------------------------------------------------------------ reading
 
