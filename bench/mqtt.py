@@ -46,6 +46,13 @@ class Counter:
         return self.sub.messages[n - 1].at
 
 
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """User + system CPU time of a process, or of one of its threads (``/proc``)."""
+    path = f"/proc/{pid}/task/{tid}/stat" if tid else f"/proc/{pid}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def runtime_for(state: Path, port: int, enabled: bool, sync: str = "full") -> Any:
     from edge_agent.runtime import Runtime
     from edge_agent.settings import EngineSettings, MqttSettings, Settings
@@ -171,19 +178,32 @@ def main() -> None:
             return done / (time.perf_counter() - t0)
 
         rates: dict[str, list[float]] = {"off": [], "on": []}
+        cpu = {"bridge": 0.0, "broker": 0.0, "messages": 0}
         for _ in range(args.rounds):  # alternated, so drift in the machine's speed hits both sides
             for mode in ("off", "on"):
                 # no subscriber in this process: its paho thread would compete for the GIL and count
                 # against the bridge; the broker still receives every message and acknowledges it
                 runtime = runtime_for(tmp / f"inf-{mode}-{len(rates[mode])}", broker.port, enabled=mode == "on")
+                if mode == "on":
+                    tid = runtime.bridge._thread.native_id
+                    before = (cpu_seconds(os.getpid(), tid), cpu_seconds(broker.proc.pid),
+                              runtime.bridge.snapshot()["published"])
                 rates[mode].append(images_per_s(runtime))
                 if mode == "on":
                     snap = runtime.bridge.snapshot()
                     assert snap["dropped"]["handoff_full"] == 0 and snap["published"] > 0, snap
+                    sent = snap["published"] - before[2]
+                    cpu["bridge"] += cpu_seconds(os.getpid(), tid) - before[0]
+                    cpu["broker"] += cpu_seconds(broker.proc.pid) - before[1]
+                    cpu["messages"] += sent
                 runtime.stop()
         off, on = statistics.mean(rates["off"]), statistics.mean(rates["on"])
         print(f"inference   bridge off             {off:8.1f} img/s (1.00)")
-        print(f"inference   bridge on, publishing  {on:8.1f} img/s ({on / off:.3f}x)")
+        print(f"inference   bridge on, publishing  {on:8.1f} img/s ({on / off:.3f}x)"
+              f"  per round: off {[round(r, 1) for r in rates['off']]} on {[round(r, 1) for r in rates['on']]}")
+        n = max(cpu["messages"], 1)
+        print(f"cpu         bridge thread {1e6 * cpu['bridge'] / n:.0f} us/message, mosquitto "
+              f"{1e6 * cpu['broker'] / n:.0f} us/message (state topics included)")
     finally:
         broker.stop()
 
