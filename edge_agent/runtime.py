@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,9 @@ class Runtime:
         self.http_source = "http" if mqtt.enabled and mqtt.publish_http_predictions else None
         self.bridge: Any = None
         self._system: SystemStats | None = None
+        from edge_agent.pipelines.manager import StreamManager
+
+        self.streams = StreamManager(self, settings.state_dir / "pipelines")
         if mqtt.enabled:
             self._build_bridge()
 
@@ -161,29 +165,33 @@ class Runtime:
 
     def infer(self, loaded: LoadedModel, images: list[np.ndarray], params: InferenceParams,
               source: str | None = None, captured_at: float | None = None,
-              inference_id: str | None = None) -> list[Result]:
-        """Run ``images``; with a ``source``, announce each result on the event bus."""
+              inference_id: str | None = None, frame_ids: Sequence[int] | None = None) -> list[Result]:
+        """Run ``images``; with a ``source``, announce each result on the event bus (numbered by
+        ``frame_ids``, else 1, 2, ... per source)."""
         results = loaded.infer(images, params)
         self.metrics.images.labels(loaded.model_id).inc(len(images))
         if source is not None and self.events.active:
             now = time.time()
-            for result in results:
-                self.events.publish(PredictionEvent(source, loaded.model_id, self.events.next_frame_id(source),
-                                                    captured_at or now, now, result, inference_id))
+            for i, result in enumerate(results):
+                frame_id = frame_ids[i] if frame_ids is not None else self.events.next_frame_id(source)
+                self.events.publish(PredictionEvent(source, loaded.model_id, frame_id, captured_at or now, now,
+                                                    result, inference_id))
         return results
 
     def status(self) -> dict[str, Any]:
         """What the device is doing, for the MQTT ``status`` command."""
         return {"version": self.version, "uptime_s": round(time.time() - self.started_at, 3),
                 "ready": self.ready.is_set(), "readiness": self.readiness_detail,
-                "models_loaded": [m.model_id for m in self.manager.loaded()]}
+                "models_loaded": [m.model_id for m in self.manager.loaded()],
+                "pipelines": {p.pipeline_id: p.state for p in self.streams.list()}}
 
     def telemetry(self) -> dict[str, Any]:
         """The body of a telemetry message: the system's figures and what ran since the last one."""
         if self._system is None:
             self._system = SystemStats()
         return {"uptime_s": round(time.time() - self.started_at, 3), "version": self.version,
-                "system": self._system.snapshot(), **self.stats.take()}
+                "system": self._system.snapshot(), **self.stats.take(),
+                "pipelines": {p.pipeline_id: _pipeline_figures(p.status()) for p in self.streams.list()}}
 
     def healthy(self) -> str | None:
         """Why the runtime is not healthy (for the watchdog), or None."""
@@ -195,7 +203,16 @@ class Runtime:
         """Stop in reverse order of start: the bridge flushes what it holds, then the models go."""
         self.ready.clear()
         self.readiness_detail = "stopping"
+        self.streams.stop_all()  # producers first: their last results still reach the bridge
         if self.bridge is not None:
             self.bridge.stop()
             self.commands.close()
         self.manager.clear()
+
+
+def _pipeline_figures(status: dict[str, Any]) -> dict[str, Any]:
+    """The telemetry figures of a pipeline (the full status is the ``pipeline_status`` command's)."""
+    source = status["source"]
+    return {"state": status["state"], "source_fps": source["source_fps"], "inference_fps": status["inference_fps"],
+            "dropped": source["dropped"], "reconnects": source["reconnects"], "latency_s": status["latency_s"],
+            "frames_inferred": status["frames_inferred"]}

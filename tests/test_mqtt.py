@@ -532,3 +532,37 @@ def test_a_full_hand_off_drops_instead_of_blocking_and_a_failing_subscriber_is_i
     bus.publish("again")  # type: ignore[arg-type]
     assert got == ["event"] and bus.active
     assert [bus.next_frame_id("http") for _ in range(3)] == [1, 2, 3] and bus.next_frame_id("cam") == 1
+
+
+def test_a_pipeline_started_over_mqtt_publishes_every_frame(running: Any, broker: Mosquitto,
+                                                            tmp_path: Path) -> None:
+    from test_pipelines import circle_video
+
+    wait_connected(running)
+    video = tmp_path / "moving.mp4"
+    circle_video(video, frames=12)
+    client = Subscriber(broker.port, [f"{BASE}/responses/#", f"{BASE}/predictions/#"], client_id="pipe-client")
+    request = {"model_id": "shapes/1", "video_reference": str(video), "pipeline_id": "cam-door",
+               "confidence": 0.5, "correlation_id": "p1"}
+    validator("command").validate(request)
+    client.publish(f"{BASE}/commands/start_pipeline", json.dumps(request))
+    reply = client.wait_count(f"{BASE}/responses/start_pipeline", 1)[0].json()
+    validator("response").validate(reply)
+    assert reply["ok"] and reply["result"]["pipeline_id"] == "cam-door" and reply["correlation_id"] == "p1"
+    predictions = client.wait_count(f"{BASE}/predictions/cam-door", 12, timeout=60)
+    bodies = [m.json() for m in predictions]
+    assert [b["frame_id"] for b in bodies] == list(range(1, 13))
+    assert all(b["source_id"] == "cam-door" and b["captured_at"] <= b["inferred_at"] for b in bodies)
+    client.publish(f"{BASE}/commands/list_pipelines", b"{}")
+    client.publish(f"{BASE}/commands/start_pipeline", b'{"model_id": "shapes/1"}')  # no video_reference
+    client.publish(f"{BASE}/commands/stop_pipeline", b'{"pipeline_id": "cam-door"}')
+    client.publish(f"{BASE}/commands/stop_pipeline", b'{"pipeline_id": "cam-door"}')  # gone now
+    listed = client.wait_count(f"{BASE}/responses/list_pipelines", 1)[0].json()
+    assert [p["pipeline_id"] for p in listed["result"]["pipelines"]] == ["cam-door"]
+    assert listed["result"]["pipelines"][0]["state"] == "finished"
+    starts = client.wait_count(f"{BASE}/responses/start_pipeline", 2)
+    assert starts[1].json()["error"]["type"] == "invalid_command"
+    assert "video_reference" in starts[1].json()["error"]["message"]
+    stops = client.wait_count(f"{BASE}/responses/stop_pipeline", 2)
+    assert stops[0].json()["ok"] and stops[1].json()["error"]["type"] == "pipeline_not_found"
+    client.close()

@@ -53,10 +53,10 @@ class Commands:
 
     def __init__(self, device_id: str) -> None:
         self.device_id = device_id
-        self._table: dict[str, tuple[type[Args], Handler]] = {}
+        self._table: dict[str, tuple[type[BaseModel], Handler]] = {}
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="mqtt-command")
 
-    def register(self, name: str, args: type[Args], handler: Handler) -> None:
+    def register(self, name: str, args: type[BaseModel], handler: Handler) -> None:
         self._table[name] = (args, handler)
 
     @property
@@ -125,7 +125,7 @@ def _validation_message(exc: ValidationError) -> str:
 
 
 def runtime_commands(runtime: Any, bridge_snapshot: Callable[[], dict[str, Any]]) -> Commands:
-    """The commands of a runtime: models and status (pipelines add theirs when they exist)."""
+    """The commands of a runtime: models, pipelines and status."""
     commands = Commands(runtime.settings.mqtt.device_id)
 
     def describe(loaded: Any) -> dict[str, Any]:
@@ -149,6 +149,37 @@ def runtime_commands(runtime: Any, bridge_snapshot: Callable[[], dict[str, Any]]
     def status(args: NoArgs) -> dict[str, Any]:
         return {**runtime.status(), "mqtt": bridge_snapshot(), "commands": commands.names}
 
+    from edge_agent.pipelines.manager import PIPELINE_ID, PipelineSpec
+
+    class PipelineArgs(Args):
+        pipeline_id: str = Field(pattern=PIPELINE_ID)
+
+    streams = runtime.streams
+
+    def start_pipeline(args: PipelineSpec) -> dict[str, Any]:
+        return streams.start(args).status()  # type: ignore[no-any-return]
+
+    def stop_pipeline(args: PipelineArgs) -> dict[str, Any]:
+        return streams.terminate(args.pipeline_id).status()  # type: ignore[no-any-return]
+
+    def pause_pipeline(args: PipelineArgs) -> dict[str, Any]:
+        return streams.pause(args.pipeline_id).status()  # type: ignore[no-any-return]
+
+    def resume_pipeline(args: PipelineArgs) -> dict[str, Any]:
+        return streams.resume(args.pipeline_id).status()  # type: ignore[no-any-return]
+
+    def pipeline_status(args: PipelineArgs) -> dict[str, Any]:
+        return streams.get(args.pipeline_id).status()  # type: ignore[no-any-return]
+
+    def list_pipelines(args: NoArgs) -> dict[str, Any]:
+        return {"pipelines": [p.status() for p in streams.list()]}
+
+    commands.register("start_pipeline", PipelineSpec, start_pipeline)
+    commands.register("stop_pipeline", PipelineArgs, stop_pipeline)
+    commands.register("pause_pipeline", PipelineArgs, pause_pipeline)
+    commands.register("resume_pipeline", PipelineArgs, resume_pipeline)
+    commands.register("pipeline_status", PipelineArgs, pipeline_status)
+    commands.register("list_pipelines", NoArgs, list_pipelines)
     commands.register("load_model", ModelArgs, load_model)
     commands.register("unload_model", ModelArgs, unload_model)
     commands.register("list_models", NoArgs, list_models)

@@ -1,0 +1,158 @@
+"""Video pipelines on real video files written by the test (moving shapes with known positions), run by
+the daemon's own runtime and the demo detector."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from servers import free_port
+
+FRAMES = 40
+SIZE = (240, 320)  # h, w
+
+
+def circle_video(path: Path, frames: int = FRAMES, fps: float = 10.0) -> list[tuple[float, float]]:
+    """A white circle (r=28) moving left to right on grey; returns its centre in each frame."""
+    import cv2
+
+    h, w = SIZE
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, (w, h))
+    centres = []
+    for i in range(frames):
+        image = np.full((h, w, 3), 90, np.uint8)
+        cx, cy = 50.0 + i * (w - 100) / (frames - 1), 120.0
+        cv2.circle(image, (round(cx), round(cy)), 28, (240, 240, 240), -1, cv2.LINE_AA)
+        writer.write(image)
+        centres.append((cx, cy))
+    writer.release()
+    assert path.stat().st_size > 0
+    return centres
+
+
+@pytest.fixture
+def runtime(tmp_path: Path) -> Any:
+    from edge_agent.runtime import Runtime
+    from edge_agent.settings import EngineSettings, Settings
+
+    rt = Runtime(Settings.defaults(tmp_path / "state").model_copy(
+        update={"engine": EngineSettings(intra_op_threads=1)}))
+    rt.start()
+    yield rt
+    rt.stop()
+
+
+def wait(predicate: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_every_frame_of_a_file_is_inferred_and_follows_the_ground_truth(tmp_path: Path, runtime: Any) -> None:
+    from edge_agent.pipelines.pipeline import InferencePipeline
+
+    centres = circle_video(tmp_path / "moving.mp4")
+    got: list[tuple[dict[str, Any], np.ndarray]] = []
+    pipeline = InferencePipeline(runtime, "shapes/1", str(tmp_path / "moving.mp4"),
+                                 on_prediction=lambda body, image: got.append((body, image)))
+    pipeline.start()
+    pipeline.join(60)
+    assert pipeline.state == "finished", pipeline.status()
+    assert [body["frame_id"] for body, _ in got] == list(range(1, FRAMES + 1))  # none dropped, in order
+    assert all(image.shape[:2] == SIZE for _, image in got)
+    errors = []
+    for (body, _), (cx, cy) in zip(got, centres):
+        circles = [p for p in body["predictions"] if p["class"] == "circle"]
+        assert circles, f"frame {body['frame_id']}: no circle in {body['predictions']}"
+        best = max(circles, key=lambda p: p["confidence"])
+        errors.append(float(np.hypot(best["x"] - cx, best["y"] - cy)))
+    assert np.median(errors) < 3.0 and max(errors) < 8.0, errors
+    status = pipeline.status()
+    assert status["frames_inferred"] == FRAMES and status["source"]["dropped"] == 0
+    assert status["source"]["declared_fps"] == pytest.approx(10.0)
+
+
+def test_outputs_and_image_folders(tmp_path: Path, runtime: Any) -> None:
+    import cv2
+
+    from edge_agent.pipelines.manager import PipelineSpec
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(5):
+        image = np.full((*SIZE, 3), 90, np.uint8)
+        cv2.rectangle(image, (60 + 20 * i, 80), (120 + 20 * i, 140), (240, 240, 240), -1)
+        cv2.imwrite(str(folder / f"{i:03d}.png"), image)
+    (folder / "notes.txt").write_text("not an image")
+    pipeline = runtime.streams.start(PipelineSpec(model_id="shapes/1", video_reference=str(folder),
+                                                  pipeline_id="folder1", outputs=["jsonl", "video"]))
+    pipeline.join(60)
+    assert pipeline.state == "finished"
+    out = runtime.settings.state_dir / "pipelines" / "folder1"
+    lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [line["frame_id"] for line in lines] == [1, 2, 3, 4, 5]
+    assert all(any(p["class"] == "square" for p in line["predictions"]) for line in lines)
+    video = cv2.VideoCapture(str(out / "annotated.mp4"))
+    assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
+    video.release()
+
+
+def test_terminate_returns_at_once_on_a_dead_stream_and_it_keeps_reconnecting(runtime: Any) -> None:
+    from edge_agent.pipelines.manager import PipelineSpec
+
+    dead = f"rtsp://127.0.0.1:{free_port()}/nothing"  # nobody listens there
+    pipeline = runtime.streams.start(PipelineSpec(model_id="shapes/1", video_reference=dead, pipeline_id="dead"))
+    wait(lambda: pipeline.source.reconnects >= 2)  # retried with backoff, not given up
+    status = pipeline.status()
+    assert status["state"] == "running" and status["source"]["state"] in ("reconnecting", "connecting")
+    assert status["source"]["last_error"]
+    t0 = time.monotonic()
+    runtime.streams.terminate("dead")
+    assert time.monotonic() - t0 < 2.0 and pipeline.state == "terminated"
+    assert [p.pipeline_id for p in runtime.streams.list()] == []
+
+
+def test_a_missing_model_or_file_fails_the_pipeline_with_the_reason(tmp_path: Path, runtime: Any) -> None:
+    from edge_agent.pipelines.manager import PipelineSpec
+
+    video = tmp_path / "v.mp4"
+    circle_video(video, frames=3)
+    bad_model = runtime.streams.start(PipelineSpec(model_id="nope/1", video_reference=str(video)))
+    bad_file = runtime.streams.start(PipelineSpec(model_id="shapes/1", video_reference=str(tmp_path / "no.mp4")))
+    bad_model.join(30)
+    bad_file.join(30)
+    assert bad_model.state == "failed" and "nope/1" in bad_model.status()["error"]
+    assert bad_file.state == "failed" and "no such video file" in bad_file.status()["error"]
+
+
+def test_pause_resume_and_max_fps(tmp_path: Path, runtime: Any) -> None:
+    from edge_agent.pipelines.manager import PipelineSpec
+
+    video = tmp_path / "v.mp4"
+    circle_video(video, frames=60, fps=30.0)
+    # paced at 30 fps, inferred at most 5 times a second: about 2 s of video gives ~10 results
+    pipeline = runtime.streams.start(PipelineSpec(model_id="shapes/1", video_reference=str(video), realtime=True,
+                                                  max_fps=5, pipeline_id="paced"))
+    pipeline.join(30)
+    status = pipeline.status()
+    assert status["state"] == "finished"
+    assert 6 <= status["frames_inferred"] <= 14 and status["frames_skipped"] > 30, status
+    video2 = tmp_path / "v2.mp4"
+    circle_video(video2, frames=200, fps=30.0)
+    pipeline = runtime.streams.start(PipelineSpec(model_id="shapes/1", video_reference=str(video2), realtime=True,
+                                                  pipeline_id="pausable"))
+    wait(lambda: pipeline.frames_inferred > 3)
+    runtime.streams.pause("pausable")
+    time.sleep(0.3)
+    frozen = pipeline.frames_inferred
+    time.sleep(0.7)
+    assert pipeline.frames_inferred <= frozen + 1 and pipeline.state == "paused"
+    runtime.streams.resume("pausable")
+    wait(lambda: pipeline.frames_inferred > frozen + 3)
+    runtime.streams.terminate("pausable")
