@@ -5,6 +5,9 @@
     result = model.infer("image.jpg", confidence=0.5)
     print(result.to_json())                           # Roboflow's JSON (spec §4.6)
 
+    pipeline = edge_agent.InferencePipeline.init("shapes/1", "video.mp4", on_prediction=print)
+    pipeline.start(); pipeline.join()                 # every frame's result to the callback
+
 Importing this package does no work: heavy modules load when first used.
 """
 
@@ -17,9 +20,18 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from edge_agent.models.model import Model
     from edge_agent.models.store import ModelStore
+    from edge_agent.pipelines.pipeline import InferencePipeline
     from edge_agent.settings import Settings
 
-__all__ = ["__version__", "get_model", "open_store"]
+__all__ = ["InferencePipeline", "__version__", "get_model", "open_store"]
+
+
+def __getattr__(name: str) -> object:
+    if name == "InferencePipeline":  # loaded on first use: it brings OpenCV and the runtime
+        from edge_agent.pipelines.pipeline import InferencePipeline
+
+        return InferencePipeline
+    raise AttributeError(f"module 'edge_agent' has no attribute {name!r}")
 
 
 def open_store(settings: Settings | None = None) -> ModelStore:

@@ -62,6 +62,40 @@ class _Mqtt(Collector):
         yield dropped
 
 
+class _Pipelines(Collector):
+    def __init__(self, statuses: Callable[[], list[dict[str, Any]]]) -> None:
+        self._statuses = statuses
+
+    def collect(self) -> Iterator[Any]:
+        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
+            "source_fps": GaugeMetricFamily("edge_agent_pipeline_source_fps", "Frames per second the source "
+                                            "delivers (measured)", labels=["pipeline"]),
+            "inference_fps": GaugeMetricFamily("edge_agent_pipeline_inference_fps", "Frames inferred per second",
+                                               labels=["pipeline"]),
+            "latency_s": GaugeMetricFamily("edge_agent_pipeline_latency_seconds", "Capture to result, last frame",
+                                           labels=["pipeline"]),
+            "frames_inferred": CounterMetricFamily("edge_agent_pipeline_frames_inferred", "Frames inferred",
+                                                   labels=["pipeline"]),
+            "dropped": CounterMetricFamily("edge_agent_pipeline_frames_dropped", "Frames a live source replaced "
+                                           "before they were inferred", labels=["pipeline"]),
+            "reconnects": CounterMetricFamily("edge_agent_pipeline_reconnects", "Times the source was opened "
+                                              "again", labels=["pipeline"]),
+        }
+        running = GaugeMetricFamily("edge_agent_pipeline_running", "1 while the pipeline runs (not paused, "
+                                    "finished, failed)", labels=["pipeline"])
+        for status in self._statuses():
+            pid, source = status["pipeline_id"], status["source"]
+            values = {"source_fps": source["source_fps"], "inference_fps": status["inference_fps"],
+                      "latency_s": status["latency_s"], "frames_inferred": status["frames_inferred"],
+                      "dropped": source["dropped"], "reconnects": source["reconnects"]}
+            for key, family in families.items():
+                if values[key] is not None:
+                    family.add_metric([pid], values[key])
+            running.add_metric([pid], int(status["state"] == "running"))
+        yield from families.values()
+        yield running
+
+
 class Metrics:
     CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -81,6 +115,9 @@ class Metrics:
         self.load_seconds = Gauge("edge_agent_model_load_seconds", "Time the last load of a model took",
                                   ["model"], registry=r)
         self.loads = Counter("edge_agent_model_loads", "Model loads", ["model"], registry=r)
+
+    def watch_pipelines(self, statuses: Callable[[], list[dict[str, Any]]]) -> None:
+        self.registry.register(_Pipelines(statuses))
 
     def watch_mqtt(self, snapshot: Callable[[], dict[str, Any]]) -> None:
         self.registry.register(_Mqtt(snapshot))

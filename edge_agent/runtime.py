@@ -98,6 +98,7 @@ class Runtime:
         from edge_agent.pipelines.manager import StreamManager
 
         self.streams = StreamManager(self, settings.state_dir / "pipelines")
+        self.metrics.watch_pipelines(lambda: [p.status() for p in self.streams.list()])
         if mqtt.enabled:
             self._build_bridge()
 

@@ -156,3 +156,119 @@ def test_pause_resume_and_max_fps(tmp_path: Path, runtime: Any) -> None:
     runtime.streams.resume("pausable")
     wait(lambda: pipeline.frames_inferred > frozen + 3)
     runtime.streams.terminate("pausable")
+
+
+def test_stream_management_over_http_with_the_live_preview(tmp_path: Path, http_server: Any) -> None:
+    import requests
+
+    video = tmp_path / "long.mp4"
+    circle_video(video, frames=300, fps=30.0)
+    base = http_server.url
+    r = requests.post(f"{base}/inference_pipelines/initialise", timeout=10,
+                      json={"model_id": "shapes/1", "video_reference": str(video), "realtime": True,
+                            "pipeline_id": "http-cam"})
+    assert r.status_code == 200 and r.json()["status"] == "success"
+    assert r.json()["context"]["pipeline_id"] == "http-cam"
+    assert "http-cam" in requests.get(f"{base}/inference_pipelines/list", timeout=10).json()["pipelines"]
+
+    def report() -> dict[str, Any]:
+        return requests.get(f"{base}/inference_pipelines/http-cam/status", timeout=10).json()["report"]
+
+    wait(lambda: report()["frames_inferred"] >= 3)
+    rep = report()
+    assert rep["state"] == "running" and rep["source"]["kind"] == "file" and rep["source"]["live"] is True
+    with requests.get(f"{base}/pipelines/http-cam/preview.mjpg", stream=True, timeout=10) as preview:
+        assert preview.status_code == 200
+        assert preview.headers["Content-Type"].startswith("multipart/x-mixed-replace; boundary=frame")
+        data = b""
+        for chunk in preview.iter_content(4096):
+            data += chunk
+            if data.count(b"--frame") >= 2:
+                break
+    part = data.split(b"--frame")[1]
+    header, _, body = part.partition(b"\r\n\r\n")
+    assert b"Content-Type: image/jpeg" in header and body.startswith(b"\xff\xd8")
+    import cv2
+
+    jpeg = np.frombuffer(body[: int(header.split(b"Content-Length: ")[1].split(b"\r\n")[0])], np.uint8)
+    assert cv2.imdecode(jpeg, cv2.IMREAD_COLOR).shape[:2] == SIZE
+    assert requests.post(f"{base}/inference_pipelines/http-cam/pause", timeout=10).status_code == 200
+    assert report()["state"] == "paused"
+    assert requests.post(f"{base}/inference_pipelines/http-cam/resume", timeout=10).status_code == 200
+    assert requests.post(f"{base}/inference_pipelines/http-cam/terminate", timeout=10).status_code == 200
+    missing = requests.get(f"{base}/inference_pipelines/http-cam/status", timeout=10)
+    assert missing.status_code == 404 and missing.json()["error"] == "pipeline_not_found"
+    bad = requests.post(f"{base}/inference_pipelines/initialise", json={"model_id": "shapes/1"}, timeout=10)
+    assert bad.status_code == 422 and "video_reference" in bad.text
+    bad_id = requests.post(f"{base}/inference_pipelines/initialise", timeout=10,
+                           json={"model_id": "shapes/1", "video_reference": 0, "pipeline_id": "../x"})
+    assert bad_id.status_code == 422
+
+
+RTSP_SERVER = Path(__file__).resolve().parent / "rtsp_server.py"
+
+
+def _rtsp_available() -> bool:
+    import subprocess
+
+    probe = "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer"
+    return Path("/usr/bin/python3").exists() and subprocess.run(
+        ["/usr/bin/python3", "-c", probe], capture_output=True).returncode == 0
+
+
+class RtspServer:
+    def __init__(self, port: int) -> None:
+        import subprocess
+
+        self.proc = subprocess.Popen(["/usr/bin/python3", str(RTSP_SERVER), str(port)], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line.strip() == b"ready", (line, self.proc.stderr.read() if self.proc.stderr else b"")
+
+    def kill(self) -> None:
+        self.proc.kill()  # a camera that loses power: no RTSP TEARDOWN, packets just stop
+        self.proc.wait(10)
+
+
+@pytest.mark.skipif(not _rtsp_available(), reason="GStreamer's RTSP server is not installed (.ci/run installs it)")
+def test_an_rtsp_camera_that_dies_and_comes_back_is_reconnected(runtime: Any) -> None:
+    from edge_agent.pipelines.manager import PipelineSpec
+
+    port = free_port()
+    server = RtspServer(port)
+    try:
+        pipeline = runtime.streams.start(PipelineSpec(model_id="shapes/1", pipeline_id="rtsp-cam",
+                                                      video_reference=f"rtsp://127.0.0.1:{port}/test"))
+        wait(lambda: pipeline.frames_inferred >= 40, timeout=60)
+        source = pipeline.status()["source"]
+        assert source["kind"] == "stream" and source["live"] and source["resolution"] == [320, 240]
+        assert 8 < source["source_fps"] < 25  # served at 15 fps, measured on the stream
+        assert source["stall_timeout_s"] == 2.0  # ten frame intervals, at least 2 s
+        server.kill()
+        wait(lambda: pipeline.source.state in ("reconnecting", "connecting"), timeout=40)
+        stalled_at = pipeline.frames_inferred
+        server = RtspServer(port)  # the camera is back, same address
+        wait(lambda: pipeline.frames_inferred >= stalled_at + 10, timeout=90)
+        status = pipeline.status()
+        assert status["state"] == "running" and status["source"]["state"] == "streaming"
+        assert status["source"]["reconnects"] >= 1
+        t0 = time.monotonic()
+        runtime.streams.terminate("rtsp-cam")
+        assert time.monotonic() - t0 < 2.0
+    finally:
+        server.kill()
+
+
+def test_the_python_api(tmp_path: Path) -> None:
+    import edge_agent
+
+    video = tmp_path / "v.mp4"
+    circle_video(video, frames=5)
+    got: list[int] = []
+    pipeline = edge_agent.InferencePipeline.init("shapes/1", str(video), confidence=0.5,
+                                                 on_prediction=lambda body, image: got.append(body["frame_id"]))
+    pipeline.start()
+    pipeline.join(60)
+    assert got == [1, 2, 3, 4, 5] and pipeline.state == "finished"
+    assert pipeline.params.confidence == 0.5

@@ -26,7 +26,7 @@ from edge_agent.errors import (
     NotReady,
     Overloaded,
 )
-from edge_agent.http import admin, common, v1, v2
+from edge_agent.http import admin, common, streams, v1, v2
 from edge_agent.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,7 @@ def create_app(rt: Runtime) -> OpenAPI:
     app.register_api(admin.bp)
     app.register_api(v2.bp)
     app.register_api(v1.bp)
+    app.register_api(streams.bp)
 
     @app.get("/docs", doc_ui=False)
     def docs() -> Any:

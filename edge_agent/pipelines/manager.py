@@ -30,7 +30,7 @@ class PipelineSpec(BaseModel):
     """What a pipeline runs: the body of ``POST /inference_pipelines/initialise`` and of the MQTT
     ``start_pipeline`` command."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # no "yes" for true, no "5" for 5
 
     model_id: str = Field(min_length=1, max_length=256, description="project/version or an alias")
     video_reference: str | int = Field(description="file path, image folder, rtsp:// or http(s):// URL, "

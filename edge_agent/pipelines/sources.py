@@ -120,7 +120,8 @@ class VideoSource:
         self.source_fps: float | None = None  # measured
         self.declared_fps: float | None = None  # what the container or camera says
         self._last_frame_at: float | None = None
-        self._interval: float | None = None  # EWMA of the time between frames
+        self._interval: float | None = None  # mean time between the last frames
+        self._times: deque[float] = deque(maxlen=32)
         self.resolution: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------ consumer side
@@ -167,6 +168,7 @@ class VideoSource:
         self.state = "reconnecting"
         self.reconnects += 1
         self._last_frame_at = None
+        self._times.clear()
         self._spawn()  # the old reader sees its generation is stale and leaves
 
     def _current(self, generation: int) -> bool:
@@ -239,10 +241,11 @@ class VideoSource:
 
     def _emit(self, image: np.ndarray) -> None:
         now = time.monotonic()
-        if self._last_frame_at is not None:
-            gap = now - self._last_frame_at
-            self._interval = gap if self._interval is None else 0.9 * self._interval + 0.1 * gap
-            self.source_fps = 1.0 / self._interval if self._interval > 0 else None
+        times = self._times
+        times.append(now)  # the last 32 frames: a burst after connecting does not skew the rate for long
+        if len(times) >= 2 and times[-1] > times[0]:
+            self._interval = (times[-1] - times[0]) / (len(times) - 1)
+            self.source_fps = 1.0 / self._interval
         self._last_frame_at = now
         self.resolution = (image.shape[1], image.shape[0])
         frame = Frame(image, self._next_id, time.time(), now)
