@@ -133,6 +133,11 @@ class Runtime:
             log.warning("cannot clean the model store: %s", exc)
         if self.bridge is not None:
             self.bridge.start()
+        for spec in self.settings.pipelines.streams:  # declared in the configuration
+            try:
+                self.streams.start(spec)
+            except Exception as exc:  # one bad declaration does not stop the others
+                log.error("cannot start pipeline %s: %s", spec.pipeline_id, exc)
         preload = self.settings.server.preload_models
         if not preload:
             self._set_ready()

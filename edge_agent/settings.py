@@ -13,8 +13,9 @@ Sources, each overriding the one before:
 An unknown key (in the file or an ``EDGE_AGENT_*`` variable) or a bad value raises ``ConfigError``
 with one line naming the key and where it came from (file and line, variable, or flag).
 Sections: ``[paths]``, ``[engine]``, ``[server]`` (listening, limits, URL policy, batching, preloaded
-models), ``[mqtt]`` (the bridge: broker, TLS, topics, outbox bounds, telemetry, Home Assistant). The
-pipeline and active-learning sections arrive with those subsystems.
+models), ``[mqtt]`` (the bridge: broker, TLS, topics, outbox bounds, telemetry, Home Assistant),
+``[pipelines]`` (``[[pipelines.streams]]``: video pipelines started with the daemon). The
+active-learning section arrives with that subsystem.
 """
 
 from __future__ import annotations
@@ -163,11 +164,39 @@ class MqttSettings(_Section):
         return self.tls or self.tls_ca_file is not None or self.tls_cert_file is not None
 
 
+class PipelinesSettings(_Section):
+    """Pipelines the daemon starts itself (``[[pipelines.streams]]`` tables, docs/http.md#pipelines)."""
+
+    streams: tuple[Any, ...] = Field((), description="each: model_id, video_reference, pipeline_id, ...")
+
+    @model_validator(mode="after")
+    def _specs(self) -> PipelinesSettings:
+        from edge_agent.pipelines.manager import PipelineSpec
+
+        specs = []
+        for i, item in enumerate(self.streams):
+            try:
+                spec = item if isinstance(item, PipelineSpec) else PipelineSpec.model_validate(item)
+            except ValidationError as exc:
+                err = exc.errors(include_url=False)[0]
+                where = ".".join(str(p) for p in err["loc"]) or "stream"
+                raise ValueError(f"streams[{i}].{where}: {err['msg']}") from None
+            if spec.pipeline_id is None:
+                raise ValueError(f"streams[{i}]: a declared pipeline needs a pipeline_id")
+            specs.append(spec)
+        ids = [s.pipeline_id for s in specs]
+        if len(set(ids)) != len(ids):
+            raise ValueError("streams: pipeline_id values must differ")
+        object.__setattr__(self, "streams", tuple(specs))
+        return self
+
+
 class Settings(_Section):
     paths: PathsSettings
     engine: EngineSettings = Field(default_factory=EngineSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    pipelines: PipelinesSettings = Field(default_factory=PipelinesSettings)
     config_file: Path | None = Field(None, description="the file these settings were read from, if any")
 
     @property
@@ -197,11 +226,12 @@ class Settings(_Section):
         key = self.server.api_key
         data["server"]["api_key"] = None if key is None else "***"
         data["mqtt"]["password"] = None if self.mqtt.password is None else "***"
+        data["pipelines"]["streams"] = [s.model_dump(mode="json") for s in self.pipelines.streams]
         return data
 
 
 SECTIONS: dict[str, type[_Section]] = {"paths": PathsSettings, "engine": EngineSettings, "server": ServerSettings,
-                                       "mqtt": MqttSettings}
+                                       "mqtt": MqttSettings, "pipelines": PipelinesSettings}
 
 
 # --------------------------------------------------------------------------------------------- loading

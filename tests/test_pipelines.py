@@ -272,3 +272,29 @@ def test_the_python_api(tmp_path: Path) -> None:
     pipeline.join(60)
     assert got == [1, 2, 3, 4, 5] and pipeline.state == "finished"
     assert pipeline.params.confidence == 0.5
+
+
+def test_pipelines_declared_in_the_configuration_start_with_the_runtime(tmp_path: Path) -> None:
+    from edge_agent.runtime import Runtime
+    from edge_agent.settings import load_settings
+
+    video = tmp_path / "v.mp4"
+    circle_video(video, frames=6)
+    config = tmp_path / "config.toml"
+    config.write_text(f'[paths]\nstate_dir = "{tmp_path / "state"}"\n\n'
+                      '[[pipelines.streams]]\npipeline_id = "declared"\n'
+                      f'model_id = "shapes/1"\nvideo_reference = "{video}"\noutputs = ["jsonl"]\n\n'
+                      '[[pipelines.streams]]\npipeline_id = "broken"\nmodel_id = "nope/1"\nvideo_reference = 0\n')
+    runtime = Runtime(load_settings(config, {}))
+    runtime.start()
+    try:
+        declared = runtime.streams.get("declared")
+        declared.join(60)
+        assert declared.state == "finished" and declared.frames_inferred == 6
+        broken = runtime.streams.get("broken")
+        broken.join(30)
+        assert broken.state == "failed"  # and the other one ran regardless
+        lines = (tmp_path / "state/pipelines/declared/predictions.jsonl").read_text().splitlines()
+        assert len(lines) == 6
+    finally:
+        runtime.stop()

@@ -99,10 +99,11 @@ def test_example_config_is_complete_and_shows_the_defaults(tmp_path: Path) -> No
     defaults = load_settings(None, {"EDGE_AGENT_CONFIG": ""})
     examples_only = {("server", "api_key"), ("server", "preload_models"), ("server", "aliases"),
                      ("paths", "state_dir"), ("paths", "cache_dir"), ("mqtt", "username"), ("mqtt", "password"),
-                     ("mqtt", "device_id")}
+                     ("mqtt", "device_id"), ("pipelines", "streams")}
     for section, model in SECTIONS.items():
         for key in model.model_fields:
-            shown = re.search(rf"^# {key} = ", text, re.M) or re.search(rf"^# \[{section}\.{key}\]$", text, re.M)
+            shown = (re.search(rf"^# {key} = ", text, re.M) or re.search(rf"^# \[{section}\.{key}\]$", text, re.M)
+                     or re.search(rf"^# \[\[{section}\.{key}\]\]$", text, re.M))
             assert shown, f"{section}.{key} is missing from {EXAMPLE.name}"
             if (section, key) not in examples_only:
                 assert getattr(getattr(s, section), key) == getattr(getattr(defaults, section), key), key
