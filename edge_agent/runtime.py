@@ -203,6 +203,9 @@ class Runtime:
         """Why the runtime is not healthy (for the watchdog), or None."""
         if self.bridge is not None and not self.bridge.alive():
             return "the MQTT bridge thread has stopped"
+        stuck = [p.pipeline_id for p in self.streams.list() if p.stuck()]
+        if stuck:
+            return f"the thread of pipeline(s) {', '.join(stuck)} has stopped"
         return None
 
     def stop(self) -> None:

@@ -566,3 +566,15 @@ def test_a_pipeline_started_over_mqtt_publishes_every_frame(running: Any, broker
     stops = client.wait_count(f"{BASE}/responses/stop_pipeline", 2)
     assert stops[0].json()["ok"] and stops[1].json()["error"]["type"] == "pipeline_not_found"
     client.close()
+
+
+def test_the_watchdog_question_names_a_dead_bridge(tmp_path: Path, broker: Mosquitto) -> None:
+    runtime = make_runtime(tmp_path, broker.port)
+    assert runtime.healthy() == "the MQTT bridge thread has stopped"  # built, never started
+    runtime.start()
+    try:
+        wait_connected(runtime)
+        assert runtime.healthy() is None
+    finally:
+        runtime.stop()
+    assert runtime.healthy() == "the MQTT bridge thread has stopped"

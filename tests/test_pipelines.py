@@ -298,3 +298,83 @@ def test_pipelines_declared_in_the_configuration_start_with_the_runtime(tmp_path
         assert len(lines) == 6
     finally:
         runtime.stop()
+
+
+def test_the_preview_shows_in_a_browser(tmp_path: Path, http_server: Any) -> None:
+    """Headless Chromium (network closed) opens the MJPEG preview: the frame with its boxes drawn."""
+    import subprocess
+
+    import cv2
+    import requests
+    from test_http_docs import CHROMIUM
+
+    if CHROMIUM is None:
+        pytest.skip("Chromium is not installed (CI installs it: apt-get install chromium)")
+    video = tmp_path / "long.mp4"
+    circle_video(video, frames=600, fps=30.0)
+    base = http_server.url
+    r = requests.post(f"{base}/inference_pipelines/initialise", timeout=10,
+                      json={"model_id": "shapes/1", "video_reference": str(video), "realtime": True,
+                            "pipeline_id": "browser-cam"})
+    assert r.status_code == 200
+    try:
+        wait(lambda: requests.get(f"{base}/inference_pipelines/browser-cam/status",
+                                  timeout=10).json()["report"]["frames_inferred"] >= 3)
+        shot = tmp_path / "preview.png"
+        subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                        f"--user-data-dir={tmp_path / 'profile'}", "--window-size=400,300",
+                        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", "--virtual-time-budget=3000",
+                        f"--screenshot={shot}", f"{base}/pipelines/browser-cam/preview.mjpg"],
+                       capture_output=True, timeout=60, check=True)
+        image = cv2.imread(str(shot))
+        assert image is not None
+        hsv = cv2.cvtColor(image, cv2.COLOR_BGR2HSV)
+        # the video is only greys and white: saturated pixels are the drawn box and label
+        assert int(((hsv[..., 1] > 100) & (hsv[..., 2] > 80)).sum()) > 200
+        assert int((image.min(axis=2) > 220).sum()) > 500  # the white circle itself
+    finally:
+        requests.post(f"{base}/inference_pipelines/browser-cam/terminate", timeout=10)
+
+
+def test_the_watchdog_question_names_a_dead_pipeline_or_bridge_thread(tmp_path: Path, runtime: Any) -> None:
+    import threading
+
+    from edge_agent.pipelines.manager import PipelineSpec
+
+    assert runtime.healthy() is None
+    video = tmp_path / "v.mp4"
+    circle_video(video, frames=3)
+    pipeline = runtime.streams.start(PipelineSpec(model_id="shapes/1", video_reference=str(video), pipeline_id="w"))
+    pipeline.join(30)
+    assert pipeline.state == "finished" and runtime.healthy() is None  # finished is not stuck
+    dead = threading.Thread(target=lambda: None)
+    dead.start()
+    dead.join()
+    pipeline._thread, pipeline.state = dead, "running"  # what a bug that killed the thread would leave
+    assert runtime.healthy() == "the thread of pipeline(s) w has stopped"
+
+
+def test_memory_stays_flat_on_a_live_stream(tmp_path: Path, runtime: Any) -> None:
+    """A short soak (the 10-minute one is bench/pipeline.py --soak-minutes 10): 20 s of a 30 fps stream."""
+    from edge_agent.pipelines.manager import PipelineSpec
+
+    def rss_mb() -> float:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no VmRSS")
+
+    video = tmp_path / "long.mp4"
+    circle_video(video, frames=750, fps=30.0)
+    pipeline = runtime.streams.start(PipelineSpec(model_id="shapes/1", video_reference=str(video), realtime=True,
+                                                  pipeline_id="soak"))
+    wait(lambda: pipeline.frames_inferred >= 100)  # warmed up: model, buffers, arenas
+    samples = []
+    while not pipeline.done and len(samples) < 20:
+        samples.append(rss_mb())
+        time.sleep(1.0)
+    frames = pipeline.frames_inferred
+    runtime.streams.terminate("soak")
+    assert len(samples) >= 15 and frames > 400
+    assert samples[-1] - min(samples) < 15, samples  # MB; noise is a few MB

@@ -202,6 +202,11 @@ class InferencePipeline:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def stuck(self) -> bool:
+        """Says it runs, but its thread is gone (a bug): the watchdog's question."""
+        return (self.state in ("starting", "loading", "running", "paused") and self._thread is not None
+                and not self._thread.is_alive())
+
     @property
     def done(self) -> bool:
         return self.state in ("finished", "failed", "terminated")
