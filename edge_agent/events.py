@@ -13,6 +13,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from edge_agent.results import Result
 
@@ -30,6 +31,7 @@ class PredictionEvent:
     inferred_at: float  # epoch seconds: when its result was ready
     result: Result
     inference_id: str | None = None
+    image: Any = None  # the BGR frame (numpy), for outlets that keep frames (active learning); not copied
 
 
 Subscriber = Callable[[PredictionEvent], object]

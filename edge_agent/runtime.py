@@ -90,10 +90,12 @@ class Runtime:
         self.ready = threading.Event()
         self.readiness_detail = "starting"
         self._preloader: threading.Thread | None = None
-        mqtt = settings.mqtt
-        # HTTP results are announced (source "http") only when asked for: nobody else listens to them.
-        self.http_source = "http" if mqtt.enabled and mqtt.publish_http_predictions else None
+        mqtt, al = settings.mqtt, settings.active_learning
+        # HTTP results are announced (source "http") only when an outlet asked for them.
+        wanted = (mqtt.enabled and mqtt.publish_http_predictions) or (al.enabled and al.sample_http_requests)
+        self.http_source = "http" if wanted else None
         self.bridge: Any = None
+        self.active_learning: Any = None
         self._system: SystemStats | None = None
         from edge_agent.pipelines.manager import StreamManager
 
@@ -101,6 +103,11 @@ class Runtime:
         self.metrics.watch_pipelines(lambda: [p.status() for p in self.streams.list()])
         if mqtt.enabled:
             self._build_bridge()
+        if al.enabled:
+            from edge_agent.active_learning import ActiveLearning
+
+            self.active_learning = ActiveLearning(al, settings.state_dir, self.bridge)
+            self.events.subscribe(self.active_learning.sampler)
 
     def _on_batch(self, model_id: str, size: int, seconds: float) -> None:
         self.metrics.on_batch(model_id, size, seconds)
@@ -121,7 +128,8 @@ class Runtime:
         bridge = Bridge(mqtt, self.settings.state_dir, client_id=f"edge-agent-{self.install_id}",
                         commands=self.commands, telemetry=self.telemetry, discovery=discovery)
         self.bridge = bridge
-        self.events.subscribe(bridge.submit)
+        publish_http = mqtt.publish_http_predictions
+        self.events.subscribe(lambda event: (publish_http or event.source_id != "http") and bridge.submit(event))
         self.metrics.watch_mqtt(bridge.snapshot)
 
     def start(self) -> None:
@@ -133,6 +141,8 @@ class Runtime:
             log.warning("cannot clean the model store: %s", exc)
         if self.bridge is not None:
             self.bridge.start()
+        if self.active_learning is not None:
+            self.active_learning.start()
         for spec in self.settings.pipelines.streams:  # declared in the configuration
             try:
                 self.streams.start(spec)
@@ -181,7 +191,7 @@ class Runtime:
             for i, result in enumerate(results):
                 frame_id = frame_ids[i] if frame_ids is not None else self.events.next_frame_id(source)
                 self.events.publish(PredictionEvent(source, loaded.model_id, frame_id, captured_at or now, now,
-                                                    result, inference_id))
+                                                    result, inference_id, images[i]))
         return results
 
     def status(self) -> dict[str, Any]:
@@ -189,7 +199,8 @@ class Runtime:
         return {"version": self.version, "uptime_s": round(time.time() - self.started_at, 3),
                 "ready": self.ready.is_set(), "readiness": self.readiness_detail,
                 "models_loaded": [m.model_id for m in self.manager.loaded()],
-                "pipelines": {p.pipeline_id: p.state for p in self.streams.list()}}
+                "pipelines": {p.pipeline_id: p.state for p in self.streams.list()},
+                "active_learning": self.active_learning.status() if self.active_learning is not None else None}
 
     def telemetry(self) -> dict[str, Any]:
         """The body of a telemetry message: the system's figures and what ran since the last one."""
@@ -213,6 +224,8 @@ class Runtime:
         self.ready.clear()
         self.readiness_detail = "stopping"
         self.streams.stop_all()  # producers first: their last results still reach the bridge
+        if self.active_learning is not None:
+            self.active_learning.stop()  # before the bridge: its MQTT uploads go through it
         if self.bridge is not None:
             self.bridge.stop()
             self.commands.close()

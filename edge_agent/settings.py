@@ -14,8 +14,8 @@ An unknown key (in the file or an ``EDGE_AGENT_*`` variable) or a bad value rais
 with one line naming the key and where it came from (file and line, variable, or flag).
 Sections: ``[paths]``, ``[engine]``, ``[server]`` (listening, limits, URL policy, batching, preloaded
 models), ``[mqtt]`` (the bridge: broker, TLS, topics, outbox bounds, telemetry, Home Assistant),
-``[pipelines]`` (``[[pipelines.streams]]``: video pipelines started with the daemon). The
-active-learning section arrives with that subsystem.
+``[pipelines]`` (``[[pipelines.streams]]``: video pipelines started with the daemon),
+``[active_learning]`` (sampling strategies, the spool, upload targets).
 """
 
 from __future__ import annotations
@@ -191,12 +191,75 @@ class PipelinesSettings(_Section):
         return self
 
 
+class ActiveLearningSettings(_Section):
+    """Sampling frames for labelling and uploading them (docs/active-learning.md)."""
+
+    enabled: bool = False
+    strategies: tuple[Any, ...] = Field((), description="[[active_learning.strategies]] tables (Roboflow's types)")
+    sample_http_requests: bool = Field(False, description="also sample the images of HTTP inference requests")
+    targets: tuple[Literal["folder", "http", "mqtt"], ...] = Field(("folder",), description="where samples go")
+    folder: Path | None = Field(None, description="YOLO data set (default <state>/dataset)")
+    http_base_url: str | None = Field(None, description="Roboflow-style upload API base URL")
+    http_project: str | None = Field(None, description="the dataset (project) to upload to")
+    http_api_key: SecretStr | None = None
+    http_batch_name: str = "edge-agent"
+    http_split: Literal["train", "valid", "test"] = "train"
+    jpeg_quality: int = Field(75, ge=1, le=100)
+    max_image_size: int = Field(1280, ge=0, description="longest side of the stored JPEG; 0: as captured")
+    dedup_distance: int = Field(6, ge=0, le=64, description="skip frames within this Hamming distance "
+                                                             "(64-bit dHash) of a recent sample; 0: off")
+    queue_size: int = Field(64, ge=1, description="sampled frames waiting to be encoded (in memory)")
+    spool_max_items: int = Field(10_000, ge=1)
+    spool_max_bytes: int = Field(1024 * 1024 * 1024, ge=1024 * 1024)
+    spool_sync: Literal["full", "normal"] = "full"
+    bandwidth_kbps: float = Field(0.0, ge=0, description="upload cap per target in kB/s; 0: none")
+    retry_min_s: float = Field(5.0, gt=0)
+    retry_max_s: float = Field(600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> ActiveLearningSettings:
+        if self.strategies:
+            from pydantic import TypeAdapter
+
+            from edge_agent.active_learning.sampling import Strategy
+
+            adapter: TypeAdapter[Any] = TypeAdapter(Strategy)
+            specs = []
+            for i, item in enumerate(self.strategies):
+                try:
+                    specs.append(adapter.validate_python(item))
+                except ValidationError as exc:
+                    err = exc.errors(include_url=False)[0]
+                    where = ".".join(str(p) for p in err["loc"]) or "strategy"
+                    raise ValueError(f"strategies[{i}].{where}: {err['msg']}") from None
+            names = [s.name for s in specs]
+            if len(set(names)) != len(names):
+                raise ValueError("strategies: names must differ (limits are counted per name)")
+            object.__setattr__(self, "strategies", tuple(specs))
+        if self.enabled and not self.strategies:
+            raise ValueError("enabled without strategies: add [[active_learning.strategies]]")
+        if self.enabled and not self.targets:
+            raise ValueError("enabled without targets")
+        if "http" in self.targets and (not self.http_base_url or not self.http_project):
+            raise ValueError("the http target needs http_base_url and http_project")
+        if self.retry_max_s < self.retry_min_s:
+            raise ValueError("retry_max_s must be >= retry_min_s")
+        return self
+
+
 class Settings(_Section):
     paths: PathsSettings
     engine: EngineSettings = Field(default_factory=EngineSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     pipelines: PipelinesSettings = Field(default_factory=PipelinesSettings)
+    active_learning: ActiveLearningSettings = Field(default_factory=ActiveLearningSettings)
+
+    @model_validator(mode="after")
+    def _across(self) -> Settings:
+        if self.active_learning.enabled and "mqtt" in self.active_learning.targets and not self.mqtt.enabled:
+            raise ValueError("active_learning.targets has mqtt but [mqtt] is not enabled")
+        return self
     config_file: Path | None = Field(None, description="the file these settings were read from, if any")
 
     @property
@@ -227,11 +290,14 @@ class Settings(_Section):
         data["server"]["api_key"] = None if key is None else "***"
         data["mqtt"]["password"] = None if self.mqtt.password is None else "***"
         data["pipelines"]["streams"] = [s.model_dump(mode="json") for s in self.pipelines.streams]
+        data["active_learning"]["strategies"] = [s.model_dump(mode="json") for s in self.active_learning.strategies]
+        data["active_learning"]["http_api_key"] = None if self.active_learning.http_api_key is None else "***"
         return data
 
 
 SECTIONS: dict[str, type[_Section]] = {"paths": PathsSettings, "engine": EngineSettings, "server": ServerSettings,
-                                       "mqtt": MqttSettings, "pipelines": PipelinesSettings}
+                                       "mqtt": MqttSettings, "pipelines": PipelinesSettings,
+                                       "active_learning": ActiveLearningSettings}
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -350,8 +416,9 @@ def load_settings(config_file: Path | str | None = None, environ: Mapping[str, s
             fields = ", ".join(SECTIONS[section].model_fields) if section in SECTIONS else ""
             raise ConfigError(f"{where}: unknown key '{dotted}' (known in [{section}]: {fields})") from None
         if not key:  # a rule across keys of a section (e.g. TLS certificate and key go together)
-            raise ConfigError(f"[{section}]: {err['msg'].removeprefix('Value error, ')}") from None
-        got = "***" if key in ("api_key", "password") else repr(err.get("input"))
+            where = f"[{section}]: " if section else ""
+            raise ConfigError(f"{where}{err['msg'].removeprefix('Value error, ')}") from None
+        got = "***" if key in ("api_key", "password", "http_api_key") else repr(err.get("input"))
         raise ConfigError(f"{where}: {dotted}: {err['msg']} (got {got})") from None
 
 

@@ -60,6 +60,14 @@ def test_no_file_means_defaults(tmp_path: Path) -> None:
     ("[mqtt]\ntopic_prefix = \"a/#\"\n", r"mqtt\.topic_prefix: String should match pattern"),
     ("[mqtt]\nprotocol = \"4\"\n", r"mqtt\.protocol: Input should be 'auto', '5' or '3\.1\.1'"),
     ("[mqtt]\npassword = 5\nusername = \"u\"\n", r"mqtt\.password: Input should be a valid string \(got \*\*\*\)"),
+    ("[active_learning]\nenabled = true\n", r"\[active_learning\]: enabled without strategies"),
+    ("[active_learning]\ntargets = [\"http\"]\n", r"the http target needs http_base_url and http_project"),
+    ("[[active_learning.strategies]]\nname = \"a\"\ntype = \"sometimes\"\n",
+     r"strategies\[0\]\.strategy: Input tag 'sometimes' found using 'type' does not match any of the expected tags"),
+    ("[[active_learning.strategies]]\nname = \"a\"\ntype = \"random\"\ntraffic_percentage = 2\n",
+     r"strategies\[0\]\.random\.traffic_percentage: Input should be less than or equal to 1"),
+    ("[active_learning]\nenabled = true\ntargets = [\"mqtt\"]\n[[active_learning.strategies]]\nname = \"a\"\n"
+     "type = \"random\"\ntraffic_percentage = 1\n", r"^active_learning\.targets has mqtt but \[mqtt\] is not enabled"),
 ])
 def test_bad_file_names_the_key_and_line(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -99,7 +107,9 @@ def test_example_config_is_complete_and_shows_the_defaults(tmp_path: Path) -> No
     defaults = load_settings(None, {"EDGE_AGENT_CONFIG": ""})
     examples_only = {("server", "api_key"), ("server", "preload_models"), ("server", "aliases"),
                      ("paths", "state_dir"), ("paths", "cache_dir"), ("mqtt", "username"), ("mqtt", "password"),
-                     ("mqtt", "device_id"), ("pipelines", "streams")}
+                     ("mqtt", "device_id"), ("pipelines", "streams"), ("active_learning", "folder"),
+                     ("active_learning", "http_base_url"), ("active_learning", "http_project"),
+                     ("active_learning", "http_api_key"), ("active_learning", "strategies")}
     for section, model in SECTIONS.items():
         for key in model.model_fields:
             shown = (re.search(rf"^# {key} = ", text, re.M) or re.search(rf"^# \[{section}\.{key}\]$", text, re.M)

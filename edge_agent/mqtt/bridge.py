@@ -25,6 +25,7 @@ publishing the same rows until the first has stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import logging
 import queue
@@ -55,6 +56,14 @@ class Direct:
 
     message: Message
     correlation_data: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Tracked:
+    """A QoS 1 message whose PUBACK someone waits for (``on_ack`` runs in the bridge's thread)."""
+
+    message: Message
+    on_ack: Callable[[], None]
 
 
 @dataclass
@@ -88,7 +97,7 @@ class Bridge:
         self._telemetry = telemetry
         self._discovery = discovery
         self.stats = BridgeStats()
-        self._handoff: queue.Queue[PredictionEvent | Direct | Message] = queue.Queue(settings.handoff_size)
+        self._handoff: queue.Queue[PredictionEvent | Direct | Message | Tracked] = queue.Queue(settings.handoff_size)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -108,6 +117,7 @@ class Bridge:
         self._inflight: dict[int, int] = {}  # paho mid -> outbox seq
         self._acked: list[int] = []
         self._acked_since = 0.0
+        self._ack_callbacks: dict[int, Callable[[], None]] = {}
         self._state: dict[str, Direct] = {}  # source -> its latest retained counts
         self._last_counts: dict[str, dict[str, int]] = {}
         self._discovered: dict[str, list[tuple[str, bytes]]] = {}
@@ -116,11 +126,15 @@ class Bridge:
 
     # ------------------------------------------------------------------ producers' side (any thread)
 
-    def submit(self, item: PredictionEvent | Message) -> bool:
+    def submit(self, item: PredictionEvent | Message, on_ack: Callable[[], None] | None = None) -> bool:
         """Hand an event or a message to the bridge without waiting. False: the hand-off was full and
-        the item was dropped (counted)."""
+        the item was dropped (counted). ``on_ack``: called when the broker acknowledged the (QoS 1)
+        message; never, if the outbox had to drop it or the daemon stopped first."""
+        if isinstance(item, PredictionEvent) and item.image is not None:
+            item = dataclasses.replace(item, image=None)  # the bridge never needs the frame: do not hold it
         try:
-            self._handoff.put_nowait(item)
+            self._handoff.put_nowait(Tracked(item, on_ack) if on_ack is not None and isinstance(item, Message)
+                                     else item)
         except queue.Full:
             self.stats.dropped_handoff += 1
             return False
@@ -345,6 +359,9 @@ class Bridge:
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
         seq = self._inflight.pop(mid, None)
         if seq is not None:
+            callback = self._ack_callbacks.pop(seq, None)
+            if callback is not None:
+                callback()
             if not self._acked:
                 self._acked_since = time.monotonic()
             self._acked.append(seq)
@@ -368,6 +385,7 @@ class Bridge:
     def _drain(self, force: bool = False) -> None:
         """Move everything handed off into the outbox (one transaction) or out to the broker."""
         durable: list[Message] = []
+        callbacks: list[tuple[int, Callable[[], None]]] = []  # (index in durable, on_ack)
         while True:
             try:
                 item = self._handoff.get_nowait()
@@ -377,6 +395,9 @@ class Bridge:
                 durable.extend(self._event_messages(item))
             elif isinstance(item, Direct):
                 self._send(item)
+            elif isinstance(item, Tracked):
+                callbacks.append((len(durable), item.on_ack))
+                durable.append(item.message)
             elif item.qos >= 1:
                 durable.append(item)
             else:
@@ -389,6 +410,12 @@ class Bridge:
         if durable or acks_due:
             dropped = self._outbox.put(durable, self._acked)
             self._acked = []
+            first = self._outbox.last_seq - len(durable) + 1
+            for index, callback in callbacks:
+                self._ack_callbacks[first + index] = callback
+            if len(self._ack_callbacks) > 100_000:  # callbacks of messages the outbox dropped: forget the oldest
+                for seq in sorted(self._ack_callbacks)[:50_000]:
+                    del self._ack_callbacks[seq]
             if dropped:
                 self.stats.dropped_outbox += dropped
                 if time.monotonic() >= self._next_drop_warning:  # once a minute, not per message

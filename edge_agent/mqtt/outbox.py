@@ -70,6 +70,7 @@ class Outbox:
         count, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages").fetchone()
         self.depth: int = count
         self.bytes: int = size
+        self.last_seq = 0  # of the last message put
 
     # ------------------------------------------------------------------ writing
 
@@ -85,6 +86,8 @@ class Outbox:
             gone, freed = self._delete(list(acked))
             db.executemany("INSERT INTO messages (topic, payload, qos, retain, droppable, size) "
                            "VALUES (?, ?, ?, ?, ?, ?)", rows)
+            if rows:  # one writer, one transaction: the batch's sequence numbers are consecutive
+                self.last_seq = db.execute("SELECT last_insert_rowid()").fetchone()[0]
             depth = self.depth - gone + len(rows)
             size = self.bytes - freed + sum(r[5] for r in rows)
             dropped = 0

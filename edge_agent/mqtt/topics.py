@@ -20,7 +20,7 @@ from edge_agent.events import PredictionEvent
 from edge_agent.results import Classification
 
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
-KINDS = ("prediction", "state", "telemetry", "command", "response")
+KINDS = ("prediction", "state", "telemetry", "command", "response", "active_learning")
 
 ONLINE, OFFLINE, STOPPED = b"online", b"offline", b"stopped"
 
@@ -60,6 +60,9 @@ class Topics:
 
     def state(self, source_id: str) -> str:
         return f"{self.base}/state/{source_id}"
+
+    def active_learning(self, source_id: str) -> str:
+        return f"{self.base}/active_learning/{source_id}"
 
     @property
     def commands(self) -> str:

@@ -1,0 +1,181 @@
+"""The sampler: an event-bus subscriber that decides, in the producer's thread and cheaply, whether a
+frame is kept (strategy, limits, near-duplicates); a writer thread of its own then encodes the JPEG and
+writes the item to the spool, off the inference path.
+
+Limits are counted in memory (seeded from the spool at start) and written to the spool with the item
+that used them, so counts and items never disagree after a crash. A frame the writer has no room for
+(``queue_size`` frames waiting) is dropped and counted, and its limit counts are given back.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from edge_agent.active_learning.sampling import WINDOWS, dhash, hamming
+from edge_agent.active_learning.spool import Item, Spool
+from edge_agent.events import PredictionEvent
+
+log = logging.getLogger(__name__)
+
+RECENT_HASHES = 16  # per source: a frame this close to any of the last kept ones is a near-duplicate
+
+
+class Sampler:
+    def __init__(self, strategies: Sequence[Any], spool: Spool, targets: tuple[str, ...], *,
+                 jpeg_quality: int = 75, max_image_size: int = 1280, dedup_distance: int = 6,
+                 queue_size: int = 64, sources: Callable[[str], bool] = lambda s: True,
+                 on_stored: Callable[[], None] = lambda: None, seed: int | None = None) -> None:
+        self.strategies = list(strategies)
+        self.spool = spool
+        self.targets = targets
+        self.jpeg_quality, self.max_image_size, self.dedup_distance = jpeg_quality, max_image_size, dedup_distance
+        self._accepts_source = sources
+        self._on_stored = on_stored
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._counts = spool.limit_counts()  # (strategy, window) -> (bucket, count)
+        self._recent: dict[str, deque[int]] = {}
+        self._queue: queue.Queue[tuple[PredictionEvent, Any, dict[tuple[str, str], tuple[str, int]]] | None] = \
+            queue.Queue(queue_size)
+        self._thread: threading.Thread | None = None
+        self.stats = {"considered": 0, "sampled": 0, "skipped_limit": 0, "skipped_duplicate": 0,
+                      "dropped_queue_full": 0, "stored": 0, "evicted": 0, "write_errors": 0}
+
+    # ------------------------------------------------------------------ the producer's thread
+
+    def __call__(self, event: PredictionEvent) -> None:
+        if event.image is None or not self._accepts_source(event.source_id):
+            return
+        self.stats["considered"] += 1
+        for strategy in self.strategies:
+            if not strategy.applies(event.source_id, event.model_id) or not strategy.wants(event.result, self._rng):
+                continue
+            now = time.gmtime()
+            with self._lock:
+                used = self._take_limits(strategy, now)
+            if used is None:
+                self.stats["skipped_limit"] += 1
+                continue
+            if self.dedup_distance and self._duplicate(event):
+                self._give_back(used)
+                self.stats["skipped_duplicate"] += 1
+                return
+            try:
+                self._queue.put_nowait((event, strategy, used))
+            except queue.Full:
+                self._give_back(used)
+                self.stats["dropped_queue_full"] += 1
+                return
+            self.stats["sampled"] += 1
+            return  # a frame is sampled once, by the first strategy that wants it
+
+    def _take_limits(self, strategy: Any, now: time.struct_time) -> dict[tuple[str, str], tuple[str, int]] | None:
+        """Count the frame against the strategy's limits; None (and nothing counted) if one is reached."""
+        updated = {}
+        for limit in strategy.limits:
+            key = (strategy.name, limit.type)
+            bucket = time.strftime(WINDOWS[limit.type], now)
+            old_bucket, count = self._counts.get(key, (bucket, 0))
+            count = count if old_bucket == bucket else 0
+            if count >= limit.value:
+                return None
+            updated[key] = (bucket, count + 1)
+        self._counts.update(updated)
+        return updated
+
+    def _give_back(self, used: dict[tuple[str, str], tuple[str, int]]) -> None:
+        with self._lock:
+            for key, (bucket, _count) in used.items():
+                if self._counts.get(key, (None, 0))[0] == bucket:
+                    current = self._counts[key][1]
+                    self._counts[key] = (bucket, max(0, current - 1))
+
+    def _duplicate(self, event: PredictionEvent) -> bool:
+        digest = dhash(event.image)
+        recent = self._recent.setdefault(event.source_id, deque(maxlen=RECENT_HASHES))
+        if any(hamming(digest, seen) <= self.dedup_distance for seen in recent):
+            return True
+        recent.append(digest)
+        return False
+
+    # ------------------------------------------------------------------ the writer thread
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._write_loop, name="al-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Write what is queued, then stop."""
+        if self._thread is None:
+            return
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _write_loop(self) -> None:
+        while True:
+            entry = self._queue.get()
+            if entry is None:
+                return
+            event, strategy, used = entry
+            try:
+                item = self._item(event, strategy)
+                evicted = self.spool.add(item, self.targets, used)
+                self.stats["stored"] += 1
+                if evicted:
+                    self.stats["evicted"] += evicted
+                    log.warning("active-learning spool full: evicted %d oldest item(s)", evicted)
+                self._on_stored()
+            except Exception:  # a full disk or a broken frame: counted, and the next frame is tried
+                self.stats["write_errors"] += 1
+                log.exception("cannot store a sampled frame")
+
+    def _item(self, event: PredictionEvent, strategy: Any) -> Item:
+        import cv2
+
+        from edge_agent.roboflow_json import to_roboflow
+
+        image = event.image
+        h, w = image.shape[:2]
+        scale = min(1.0, self.max_image_size / max(h, w)) if self.max_image_size else 1.0
+        body = to_roboflow(event.result, event.inference_id)
+        if scale < 1.0:
+            image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
+                               interpolation=cv2.INTER_AREA)
+            body = _scaled(body, scale)
+        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
+        if not ok:  # pragma: no cover - OpenCV encodes any uint8 BGR image
+            raise RuntimeError("JPEG encoding failed")
+        return Item(id=str(uuid.uuid4()), created=event.captured_at, source_id=event.source_id,
+                    model_id=event.model_id, strategy=strategy.name, width=image.shape[1], height=image.shape[0],
+                    jpeg=jpeg.tobytes(), predictions=body, class_names=tuple(event.result.class_names),
+                    tags=tuple(strategy.tags))
+
+
+def _scaled(body: dict[str, Any], scale: float) -> dict[str, Any]:
+    """The Roboflow response object of a resized image: pixel values scaled with it."""
+    out = dict(body)
+    out["image"] = {"width": max(1, round(body["image"]["width"] * scale)),
+                    "height": max(1, round(body["image"]["height"] * scale))}
+    if isinstance(body.get("predictions"), list):
+        preds = []
+        for p in body["predictions"]:
+            q = dict(p)
+            for key in ("x", "y", "width", "height"):
+                if key in q:
+                    q[key] = round(q[key] * scale, 1)
+            if "points" in q:
+                q["points"] = [{"x": round(pt["x"] * scale, 1), "y": round(pt["y"] * scale, 1)} for pt in q["points"]]
+            if "keypoints" in q:
+                q["keypoints"] = [{**k, "x": round(k["x"] * scale, 1), "y": round(k["y"] * scale, 1)}
+                                  for k in q["keypoints"]]
+            preds.append(q)
+        out["predictions"] = preds
+    return out

@@ -1,0 +1,192 @@
+"""The active-learning spool: sampled frames (JPEG) with their predictions, in one SQLite database (WAL),
+until every upload target acknowledged them. Also the strategies' limit counters, so quotas hold across
+restarts.
+
+An item and its pending deliveries (one row per target) are written in one transaction with the limit
+counts it used; an item goes when its last delivery is acknowledged. Bounded by count and bytes: the
+oldest items are evicted first and counted (``evicted``). Each thread opens its own connection.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    id          TEXT    NOT NULL UNIQUE,
+    created     REAL    NOT NULL,
+    source_id   TEXT    NOT NULL,
+    model_id    TEXT    NOT NULL,
+    strategy    TEXT    NOT NULL,
+    width       INTEGER NOT NULL,
+    height      INTEGER NOT NULL,
+    jpeg        BLOB    NOT NULL,
+    predictions TEXT    NOT NULL,
+    class_names TEXT    NOT NULL,
+    tags        TEXT    NOT NULL,
+    size        INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pending (
+    item_id      TEXT    NOT NULL REFERENCES items (id) ON DELETE CASCADE,
+    target       TEXT    NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL    NOT NULL DEFAULT 0,
+    state        TEXT    NOT NULL DEFAULT '{}',
+    PRIMARY KEY (item_id, target)
+);
+CREATE INDEX IF NOT EXISTS pending_due ON pending (target, next_attempt);
+CREATE TABLE IF NOT EXISTS limits (strategy TEXT, window TEXT, bucket TEXT NOT NULL, count INTEGER NOT NULL,
+                                   PRIMARY KEY (strategy, window));
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    created: float
+    source_id: str
+    model_id: str
+    strategy: str
+    width: int
+    height: int
+    jpeg: bytes
+    predictions: dict[str, Any]  # the Roboflow response object
+    class_names: tuple[str, ...]
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Delivery:
+    item: Item
+    target: str
+    attempts: int
+    state: dict[str, Any]  # what a target keeps between attempts (e.g. the remote image id)
+
+
+class Spool:
+    def __init__(self, path: Path, max_items: int, max_bytes: int, sync: str = "full") -> None:
+        self.path = path
+        self.max_items, self.max_bytes = max_items, max_bytes
+        self.sync = sync
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._db().executescript(SCHEMA)
+
+    def _db(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={'FULL' if self.sync == 'full' else 'NORMAL'}")
+            db.execute("PRAGMA foreign_keys=ON")
+            self._local.db = db
+        return db
+
+    class _write:  # noqa: N801 - a small context manager: BEGIN IMMEDIATE ... COMMIT / ROLLBACK
+        def __init__(self, db: sqlite3.Connection) -> None:
+            self.db = db
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.db.execute("BEGIN IMMEDIATE")
+            return self.db
+
+        def __exit__(self, kind: Any, *rest: Any) -> None:
+            self.db.execute("ROLLBACK" if kind else "COMMIT")
+
+    # ------------------------------------------------------------------ limits
+
+    def limit_counts(self) -> dict[tuple[str, str], tuple[str, int]]:
+        """(strategy, window) -> (bucket, count), as kept on disk."""
+        rows = self._db().execute("SELECT strategy, window, bucket, count FROM limits").fetchall()
+        return {(s, w): (b, c) for s, w, b, c in rows}
+
+    # ------------------------------------------------------------------ writing
+
+    def add(self, item: Item, targets: tuple[str, ...], limits: dict[tuple[str, str], tuple[str, int]]) -> int:
+        """Store an item with a pending delivery per target and the limit counts it used, in one
+        transaction; evict the oldest items past the bounds. Returns how many were evicted."""
+        size = len(item.jpeg) + len(json.dumps(item.predictions))
+        with self._write(self._db()) as db:
+            db.execute("INSERT INTO items (id, created, source_id, model_id, strategy, width, height, jpeg, "
+                       "predictions, class_names, tags, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (item.id, item.created, item.source_id, item.model_id, item.strategy, item.width,
+                        item.height, item.jpeg, json.dumps(item.predictions), json.dumps(item.class_names),
+                        json.dumps(item.tags), size))
+            db.executemany("INSERT INTO pending (item_id, target) VALUES (?, ?)", [(item.id, t) for t in targets])
+            db.executemany("INSERT INTO limits VALUES (?, ?, ?, ?) ON CONFLICT (strategy, window) "
+                           "DO UPDATE SET bucket = excluded.bucket, count = excluded.count",
+                           [(s, w, b, c) for (s, w), (b, c) in limits.items()])
+            return self._evict(db)
+
+    def _evict(self, db: sqlite3.Connection) -> int:
+        count, size = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM items").fetchone()
+        if count <= self.max_items and size <= self.max_bytes:
+            return 0
+        gone, last = 0, None
+        for seq, item_size in db.execute("SELECT seq, size FROM items ORDER BY seq"):
+            if count - gone <= self.max_items and size <= self.max_bytes:
+                break
+            gone, size, last = gone + 1, size - item_size, seq
+        db.execute("DELETE FROM items WHERE seq <= ?", (last,))
+        db.execute("INSERT INTO counters VALUES ('evicted', ?) ON CONFLICT (name) DO UPDATE SET "
+                   "value = value + excluded.value", (gone,))
+        return gone
+
+    # ------------------------------------------------------------------ delivering
+
+    def due(self, target: str, limit: int = 16, now: float | None = None) -> list[Delivery]:
+        """Pending deliveries to ``target`` whose time has come, oldest item first."""
+        rows = self._db().execute(
+            "SELECT i.id, i.created, i.source_id, i.model_id, i.strategy, i.width, i.height, i.jpeg, "
+            "i.predictions, i.class_names, i.tags, p.attempts, p.state FROM pending p JOIN items i ON i.id = p.item_id "
+            "WHERE p.target = ? AND p.next_attempt <= ? ORDER BY i.seq LIMIT ?",
+            (target, time.time() if now is None else now, limit)).fetchall()
+        return [Delivery(Item(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bytes(r[7]), json.loads(r[8]),
+                              tuple(json.loads(r[9])), tuple(json.loads(r[10]))), target, r[11], json.loads(r[12]))
+                for r in rows]
+
+    def delivered(self, item_id: str, target: str) -> None:
+        """The target acknowledged the item; the item goes when no target still waits for it."""
+        with self._write(self._db()) as db:
+            db.execute("DELETE FROM pending WHERE item_id = ? AND target = ?", (item_id, target))
+            db.execute("DELETE FROM items WHERE id = ? AND NOT EXISTS (SELECT 1 FROM pending WHERE item_id = ?)",
+                       (item_id, item_id))
+
+    def failed(self, item_id: str, target: str, retry_at: float, state: dict[str, Any] | None = None) -> None:
+        with self._write(self._db()) as db:
+            if state is None:
+                db.execute("UPDATE pending SET attempts = attempts + 1, next_attempt = ? WHERE item_id = ? AND "
+                           "target = ?", (retry_at, item_id, target))
+            else:
+                db.execute("UPDATE pending SET attempts = attempts + 1, next_attempt = ?, state = ? WHERE "
+                           "item_id = ? AND target = ?", (retry_at, json.dumps(state), item_id, target))
+
+    def save_state(self, item_id: str, target: str, state: dict[str, Any]) -> None:
+        """Progress of a multi-step upload (image sent, annotation not yet), kept across restarts."""
+        with self._write(self._db()) as db:
+            db.execute("UPDATE pending SET state = ? WHERE item_id = ? AND target = ?",
+                       (json.dumps(state), item_id, target))
+
+    # ------------------------------------------------------------------ figures
+
+    def stats(self) -> dict[str, int]:
+        db = self._db()
+        count, size = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM items").fetchone()
+        pending = dict(db.execute("SELECT target, COUNT(*) FROM pending GROUP BY target").fetchall())
+        evicted = db.execute("SELECT value FROM counters WHERE name = 'evicted'").fetchone()
+        return {"items": count, "bytes": size, "evicted": int(evicted[0]) if evicted else 0,
+                **{f"pending_{t}": n for t, n in pending.items()}}
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None

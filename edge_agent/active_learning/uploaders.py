@@ -1,0 +1,241 @@
+"""Upload targets of the active-learning spool, each drained by a thread of its own with retries
+(exponential backoff, full jitter) and an optional bandwidth cap. A delivery leaves the spool only when
+its target acknowledged it:
+
+- ``folder``: a YOLO data set on the device (``<model>/images``, ``<model>/labels``, ``data.yaml``),
+  written atomically; acknowledged when the files are on disk.
+- ``http``: Roboflow's dataset upload API shape: ``POST {base}/dataset/{project}/upload`` (multipart
+  image, ``name``, ``batch``, ``tag``, ``split``), then ``POST {base}/dataset/{project}/annotate/{id}``
+  with the predictions as a pre-label; the remote image id is kept in the spool between the two steps,
+  so a retry does not upload the image twice.
+- ``mqtt``: frame and predictions on ``<prefix>/<device>/active_learning/<source>`` through the MQTT
+  bridge's outbox; acknowledged by the broker's PUBACK.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import random
+import re
+import threading
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any, Protocol
+
+from edge_agent.active_learning.spool import Delivery, Spool
+from edge_agent.atomic_files import write_bytes, write_text
+
+log = logging.getLogger(__name__)
+
+
+class UploadError(Exception):
+    pass
+
+
+class Target(Protocol):
+    name: str
+
+    def send(self, delivery: Delivery, spool: Spool) -> None:
+        """Deliver, or raise; ``spool.save_state`` keeps progress of a multi-step upload."""
+
+
+# ------------------------------------------------------------------------------------------- folder
+
+
+def yolo_lines(predictions: dict[str, Any], class_names: tuple[str, ...]) -> list[str]:
+    """Roboflow predictions as YOLO label lines (boxes; polygons for segmentation; box + keypoints)."""
+    w, h = predictions["image"]["width"], predictions["image"]["height"]
+    index = {name: i for i, name in enumerate(class_names)}
+    lines = []
+    for p in predictions.get("predictions", []) if isinstance(predictions.get("predictions"), list) else []:
+        if "x" not in p or p.get("class") not in index:
+            continue
+        cls = index[p["class"]]
+        if p.get("points"):
+            coords = " ".join(f"{pt['x'] / w:.6f} {pt['y'] / h:.6f}" for pt in p["points"])
+            lines.append(f"{cls} {coords}")
+            continue
+        line = f"{cls} {p['x'] / w:.6f} {p['y'] / h:.6f} {p['width'] / w:.6f} {p['height'] / h:.6f}"
+        if p.get("keypoints"):
+            line += "".join(f" {k['x'] / w:.6f} {k['y'] / h:.6f} 2" for k in p["keypoints"])
+        lines.append(line)
+    return lines
+
+
+class FolderTarget:
+    name = "folder"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def send(self, delivery: Delivery, spool: Spool) -> None:
+        item = delivery.item
+        base = self.root / re.sub(r"[^A-Za-z0-9_.-]+", "-", item.model_id)
+        stem = f"{item.source_id}-{item.id}"
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem)
+        if "top" in item.predictions or isinstance(item.predictions.get("predictions"), dict):  # classification
+            top = item.predictions.get("top") or "unlabelled"
+            write_bytes(base / "classify" / re.sub(r"[^A-Za-z0-9_.-]+", "-", top) / f"{stem}.jpg", item.jpeg)
+            return
+        write_bytes(base / "images" / f"{stem}.jpg", item.jpeg)
+        write_text(base / "labels" / f"{stem}.txt", "".join(line + "\n" for line in
+                                                             yolo_lines(item.predictions, item.class_names)))
+        data = base / "data.yaml"
+        names = "".join(f"  {i}: {json.dumps(n)}\n" for i, n in enumerate(item.class_names))
+        text = f"path: .\ntrain: images\nval: images\nnames:\n{names}"
+        if not data.exists() or data.read_text() != text:
+            write_text(data, text)
+
+
+# --------------------------------------------------------------------------------------------- http
+
+
+def _multipart(field: str, filename: str, content: bytes, content_type: str) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
+            f"Content-Type: {content_type}\r\n\r\n").encode() + content + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+class HttpTarget:
+    name = "http"
+
+    def __init__(self, base_url: str, project: str, api_key: str | None, batch_name: str, split: str = "train",
+                 timeout: float = 30.0) -> None:
+        self.base_url, self.project, self.api_key = base_url.rstrip("/"), project, api_key
+        self.batch_name, self.split, self.timeout = batch_name, split, timeout
+
+    def _post(self, path: str, query: list[tuple[str, str]], body: bytes, content_type: str) -> dict[str, Any]:
+        if self.api_key:
+            query = [("api_key", self.api_key), *query]
+        url = f"{self.base_url}{path}?{urllib.parse.urlencode(query)}"
+        request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": content_type})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - configured URL
+                answer: dict[str, Any] = json.loads(response.read() or b"{}")
+        except (OSError, ValueError) as exc:  # HTTPError is an OSError; the key stays out of the message
+            raise UploadError(f"{path}: {getattr(exc, 'code', '')} {getattr(exc, 'reason', exc)}") from None
+        return answer
+
+    def send(self, delivery: Delivery, spool: Spool) -> None:
+        item, state = delivery.item, dict(delivery.state)
+        project = urllib.parse.quote(self.project, safe="")
+        if "image_id" not in state:
+            body, ctype = _multipart("file", f"{item.id}.jpg", item.jpeg, "image/jpeg")
+            tags = [("tag", t) for t in item.tags] + [("tag", f"source:{item.source_id}")]
+            answer = self._post(f"/dataset/{project}/upload",
+                                [("name", f"{item.id}.jpg"), ("split", self.split), ("batch", self.batch_name),
+                                 *tags], body, ctype)
+            image_id = answer.get("id")
+            if not image_id or not (answer.get("success") or answer.get("duplicate")):
+                raise UploadError(f"image upload not accepted: {str(answer)[:200]}")
+            state["image_id"] = str(image_id)
+            spool.save_state(item.id, self.name, state)
+        annotation = json.dumps({**item.predictions, "model_id": item.model_id, "class_names": list(item.class_names)})
+        answer = self._post(f"/dataset/{project}/annotate/{urllib.parse.quote(state['image_id'], safe='')}",
+                            [("name", f"{item.id}.json"), ("prediction", "true")], annotation.encode(),
+                            "application/json")
+        if not answer.get("success"):
+            raise UploadError(f"annotation not accepted: {str(answer)[:200]}")
+
+
+# --------------------------------------------------------------------------------------------- mqtt
+
+
+class MqttTarget:
+    name = "mqtt"
+
+    def __init__(self, bridge: Any, timeout: float = 30.0) -> None:
+        self.bridge = bridge
+        self.timeout = timeout
+
+    def send(self, delivery: Delivery, spool: Spool) -> None:
+        from edge_agent.mqtt import topics as t
+        from edge_agent.mqtt.outbox import Message
+
+        item = delivery.item
+        body = {**t.envelope(self.bridge.settings.device_id), "item_id": item.id, "source_id": item.source_id,
+                "model_id": item.model_id, "strategy": item.strategy, "captured_at": t.timestamp(item.created),
+                "tags": list(item.tags), "image": {"width": item.width, "height": item.height, "format": "jpeg",
+                                                   "base64": base64.b64encode(item.jpeg).decode("ascii")},
+                "predictions": item.predictions}
+        acked = threading.Event()
+        message = Message(self.bridge.topics.active_learning(item.source_id), t.dumps(body), qos=1)
+        if not self.bridge.submit(message, on_ack=acked.set):
+            raise UploadError("the MQTT bridge's hand-off is full")
+        if not acked.wait(self.timeout):
+            raise UploadError("no PUBACK from the broker yet")
+
+
+# ------------------------------------------------------------------------------------------ uploader
+
+
+class Uploader:
+    """Drains one target's deliveries from the spool, oldest first."""
+
+    def __init__(self, spool: Spool, target: Target, retry_min_s: float = 5.0, retry_max_s: float = 600.0,
+                 bandwidth_bytes_s: float = 0.0) -> None:
+        self.spool, self.target = spool, target
+        self.retry_min_s, self.retry_max_s = retry_min_s, retry_max_s
+        self.bandwidth = bandwidth_bytes_s
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.stats = {"uploaded": 0, "failures": 0, "bytes": 0}
+        self.last_error = ""
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"al-upload-{self.target.name}", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                batch = self.spool.due(self.target.name)
+            except Exception:
+                log.exception("active-learning spool unreadable")
+                batch = []
+            if not batch:
+                self._wake.wait(1.0)
+                self._wake.clear()
+                continue
+            for delivery in batch:
+                if self._stop.is_set():
+                    return
+                self._deliver(delivery)
+
+    def _deliver(self, delivery: Delivery) -> None:
+        started = time.monotonic()
+        try:
+            self.target.send(delivery, self.spool)
+        except Exception as exc:
+            self.stats["failures"] += 1
+            self.last_error = str(exc)
+            delay = random.uniform(self.retry_min_s, min(self.retry_max_s,
+                                                         self.retry_min_s * 2 ** min(delivery.attempts, 16)))
+            log.warning("active learning: %s upload of %s failed (%s); retry in %.0f s", self.target.name,
+                        delivery.item.id, exc, delay)
+            self.spool.failed(delivery.item.id, self.target.name, time.time() + delay)
+            return
+        self.spool.delivered(delivery.item.id, self.target.name)
+        size = len(delivery.item.jpeg)
+        self.stats["uploaded"] += 1
+        self.stats["bytes"] += size
+        if self.bandwidth:  # stay under the cap on average
+            pause = size / self.bandwidth - (time.monotonic() - started)
+            if pause > 0:
+                self._stop.wait(pause)

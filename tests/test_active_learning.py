@@ -1,0 +1,395 @@
+"""Active learning: strategies on real model outputs, limits across restarts, near-duplicates, the spool
+under kill -9, and the folder (YOLO), HTTP (a real loopback server speaking the upload API) and MQTT
+(a real mosquitto) targets."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+import pytest
+from pydantic import TypeAdapter
+
+from servers import free_port
+
+
+@pytest.fixture(scope="module")
+def detector() -> Any:
+    import edge_agent
+
+    return edge_agent.get_model("shapes/1")
+
+
+@pytest.fixture(scope="module")
+def scenes() -> list[np.ndarray]:
+    from edge_agent.demo.shapes import generate_scene
+
+    return [generate_scene(seed, size=(240, 320)).image for seed in range(12)]
+
+
+def strategy(**spec: Any) -> Any:
+    from edge_agent.active_learning.sampling import Strategy
+
+    return TypeAdapter(Strategy).validate_python({"name": spec.pop("name", "s"), **spec})
+
+
+def event(image: np.ndarray, result: Any, source: str = "cam", frame: int = 1) -> Any:
+    from edge_agent.events import PredictionEvent
+
+    now = time.time()
+    return PredictionEvent(source, "shapes/1", frame, now, now, result, None, image)
+
+
+def wait(predicate: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_strategies_on_real_detections(detector: Any, scenes: list[np.ndarray]) -> None:
+    rng = random.Random(1)
+    results = [detector.infer(image, confidence=0.3) for image in scenes]
+    result = next(r for r in results if len(r) >= 2)
+    n = len(result)
+    assert strategy(type="random", traffic_percentage=1.0).wants(result, rng)
+    assert not strategy(type="random", traffic_percentage=0.0).wants(result, rng)
+    kept = sum(strategy(type="random", traffic_percentage=0.3).wants(result, rng) for _ in range(2000))
+    assert 500 < kept < 700
+    conf = float(result.confidence[0])
+    near = strategy(type="close_to_threshold", threshold=conf, epsilon=0.001)
+    assert near.wants(result, rng)
+    assert not strategy(type="close_to_threshold", threshold=conf, epsilon=0.001,
+                        minimum_objects_close_to_threshold=n + 1).wants(result, rng)
+    far = [c for c in (0.05, 0.15) if not ((result.confidence >= c - 0.02) & (result.confidence <= c + 0.02)).any()]
+    assert not strategy(type="close_to_threshold", threshold=far[0], epsilon=0.02).wants(result, rng)
+    other = next(name for name in result.class_names if name not in result.class_name)
+    assert not strategy(type="close_to_threshold", threshold=conf, epsilon=0.001,
+                        selected_class_names=[other]).wants(result, rng)
+    assert strategy(type="detections_number_based", more_than=n - 1).wants(result, rng)
+    assert not strategy(type="detections_number_based", more_than=n).wants(result, rng)
+    assert strategy(type="detections_number_based", less_than=n + 1).wants(result, rng)
+    assert not strategy(type="detections_number_based", less_than=n).wants(result, rng)
+    first = result.class_name[0]
+    count_first = result.class_name.count(first)
+    assert strategy(type="detections_number_based", more_than=count_first - 1,
+                    selected_class_names=[first]).wants(result, rng)
+    assert not strategy(type="detections_number_based", more_than=count_first,
+                        selected_class_names=[first]).wants(result, rng)
+    assert not strategy(type="classes_based", selected_class_names=["circle"]).wants(result, rng)  # not a classifier
+
+
+def test_classes_based_and_close_to_threshold_on_a_real_classifier() -> None:
+    import edge_agent
+    from edge_agent.demo.shapes import generate_classification
+
+    model = edge_agent.get_model("shapes-cls/1")
+    image, _ = generate_classification(3)
+    result = model.infer(image)
+    top_name, top_conf = result.class_names[result.top[0]], result.top[1]
+    rng = random.Random(0)
+    assert strategy(type="classes_based", selected_class_names=[top_name]).wants(result, rng)
+    others = [n for n in result.class_names if n != top_name]
+    assert not strategy(type="classes_based", selected_class_names=others).wants(result, rng)
+    assert strategy(type="close_to_threshold", threshold=top_conf, epsilon=0.001).wants(result, rng)
+    second = float(np.sort(result.confidence)[-2])
+    assert not strategy(type="close_to_threshold", threshold=second, epsilon=0.0001).wants(result, rng)
+    assert strategy(type="close_to_threshold", threshold=second, epsilon=0.0001, only_top_classes=False).wants(
+        result, rng)
+
+
+def _sampler(tmp_path: Path, strategies: list[Any], targets: tuple[str, ...] = ("folder",), **options: Any) -> Any:
+    from edge_agent.active_learning.sampler import Sampler
+    from edge_agent.active_learning.spool import Spool
+
+    spool = Spool(tmp_path / "spool.sqlite3", 1000, 1 << 30)
+    sampler = Sampler(strategies, spool, targets, seed=0, **options)
+    sampler.start()
+    return sampler
+
+
+def test_limits_hold_across_a_restart_and_near_duplicates_are_skipped(tmp_path: Path, detector: Any,
+                                                                      scenes: list[np.ndarray]) -> None:
+    every = strategy(type="random", traffic_percentage=1.0, name="every",
+                     limits=[{"type": "daily", "value": 3}, {"type": "hourly", "value": 100}])
+    sampler = _sampler(tmp_path, [every])
+    for image in scenes[:5]:
+        sampler(event(image, detector.infer(image)))
+    sampler.stop()
+    assert sampler.stats["stored"] == 3 and sampler.stats["skipped_limit"] == 2
+    again = _sampler(tmp_path, [every])  # the daemon restarted: the day's count was kept
+    for image in scenes[5:7]:
+        again(event(image, detector.infer(image)))
+    again.stop()
+    assert again.stats["stored"] == 0 and again.stats["skipped_limit"] == 2
+    assert again.spool.stats()["items"] == 3
+    counts = again.spool.limit_counts()
+    assert counts[("every", "daily")][1] == 3 and counts[("every", "hourly")][1] == 3
+
+    dedup = _sampler(tmp_path / "dedup", [strategy(type="random", traffic_percentage=1.0)], dedup_distance=6)
+    still = scenes[0]
+    noisy = np.clip(still.astype(np.int16) + np.random.default_rng(0).integers(-3, 4, still.shape), 0, 255)
+    for image in (still, noisy.astype(np.uint8), still, scenes[1]):  # a static camera, then a new scene
+        dedup(event(image, detector.infer(image)))
+    dedup.stop()
+    assert dedup.stats["stored"] == 2 and dedup.stats["skipped_duplicate"] == 2
+
+
+def test_the_yolo_folder_loads_back_with_the_right_boxes(tmp_path: Path, detector: Any,
+                                                         scenes: list[np.ndarray]) -> None:
+    import cv2
+
+    from edge_agent.active_learning.uploaders import FolderTarget, Uploader
+
+    sampler = _sampler(tmp_path, [strategy(type="random", traffic_percentage=1.0)], max_image_size=160)
+    results = {}
+    for i, image in enumerate(scenes[:4]):
+        result = detector.infer(image)
+        results[i] = result
+        sampler(event(image, result, frame=i))
+    sampler.stop()
+    uploader = Uploader(sampler.spool, FolderTarget(tmp_path / "dataset"), retry_min_s=0.1, retry_max_s=0.5)
+    uploader.start()
+    wait(lambda: sampler.spool.stats()["items"] == 0)
+    uploader.stop()
+    base = tmp_path / "dataset" / "shapes-1"
+    names = [line.split(": ", 1)[1].strip('"') for line in (base / "data.yaml").read_text().splitlines()
+             if line.startswith("  ")]
+    assert names == list(detector.manifest.class_names)
+    images = sorted((base / "images").glob("*.jpg"))
+    assert len(images) == 4
+    loaded = []
+    for path in images:
+        image = cv2.imread(str(path))
+        assert image.shape[:2] == (120, 160)  # stored at max_image_size (longest side 160)
+        rows = [line.split() for line in (base / "labels" / f"{path.stem}.txt").read_text().splitlines()]
+        boxes = sorted((names[int(r[0])], float(r[1]) * 320, float(r[2]) * 240, float(r[3]) * 320,
+                        float(r[4]) * 240) for r in rows)  # back in the original image's pixels
+        loaded.append(boxes)
+    expected = []
+    for result in results.values():
+        xyxy = result.xyxy
+        expected.append(sorted((result.class_names[c], (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0)
+                               for c, (x0, y0, x1, y1) in zip(result.class_id, xyxy)))
+    assert sorted(len(b) for b in loaded) == sorted(len(b) for b in expected)
+    for boxes in loaded:
+        match = next(e for e in expected if len(e) == len(boxes) and all(a[0] == b[0] for a, b in zip(boxes, e)))
+        for got, want in zip(boxes, match):
+            assert np.allclose(got[1:], want[1:], atol=2.5), (got, want)  # 0.1 px rounding at half scale
+
+
+class UploadApi:
+    """A loopback HTTP server in the shape of Roboflow's dataset upload API, recording what it got.
+    ``fail_first``: answer that many requests with 503 first."""
+
+    def __init__(self, port: int, fail_first: int = 0) -> None:
+        self.images: dict[str, bytes] = {}
+        self.annotations: dict[str, dict[str, Any]] = {}
+        self.queries: list[dict[str, list[str]]] = []
+        self.fail_first = fail_first
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                url = urlsplit(self.path)
+                query = parse_qs(url.query)
+                api.queries.append(query)
+                if api.fail_first > 0:
+                    api.fail_first -= 1
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                parts = url.path.strip("/").split("/")
+                if query.get("api_key") != ["k3y"]:
+                    self._answer(401, {"error": "bad key"})
+                elif parts[:3] == ["dataset", "proj", "upload"]:
+                    name = query["name"][0]
+                    jpeg = body[body.index(b"\r\n\r\n") + 4: body.rindex(b"\r\n--")]
+                    duplicate = name in api.images
+                    api.images[name] = jpeg
+                    self._answer(200, {"success": True, "id": f"img-{name}", "duplicate": duplicate})
+                elif parts[:3] == ["dataset", "proj", "annotate"]:
+                    api.annotations[parts[3]] = json.loads(body)
+                    self._answer(200, {"success": True})
+                else:
+                    self._answer(404, {"error": "no such route"})
+
+            def _answer(self, status: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_an_http_target_outage_loses_nothing_and_uploads_each_item_once(tmp_path: Path, detector: Any,
+                                                                       scenes: list[np.ndarray]) -> None:
+    from edge_agent.active_learning.uploaders import HttpTarget, Uploader
+
+    port = free_port()  # nothing listens there yet: the uplink is down
+    sampler = _sampler(tmp_path, [strategy(type="random", traffic_percentage=1.0, tags=["night"])], targets=("http",))
+    for i, image in enumerate(scenes[:5]):
+        sampler(event(image, detector.infer(image), frame=i))
+    sampler.stop()
+    target = HttpTarget(f"http://127.0.0.1:{port}", "proj", "k3y", "batch-1")
+    uploader = Uploader(sampler.spool, target, retry_min_s=0.05, retry_max_s=0.2)
+    uploader.start()
+    wait(lambda: uploader.stats["failures"] >= 5)  # refused, retried with backoff, kept
+    assert sampler.spool.stats()["items"] == 5 and "Connection refused" in uploader.last_error
+    api = UploadApi(port, fail_first=3)  # back, and still flaky at first
+    try:
+        wait(lambda: sampler.spool.stats()["items"] == 0, timeout=30)
+    finally:
+        uploader.stop()
+        api.close()
+    assert len(api.images) == 5 and len(api.annotations) == 5
+    assert sorted(api.annotations) == sorted(f"img-{name}" for name in api.images)
+    for name, jpeg in api.images.items():
+        assert jpeg.startswith(b"\xff\xd8") and name.endswith(".jpg")
+    annotation = next(iter(api.annotations.values()))
+    assert annotation["model_id"] == "shapes/1" and isinstance(annotation["predictions"], list)
+    uploads = [q for q in api.queries if "split" in q]
+    assert all(q["batch"] == ["batch-1"] and "night" in q["tag"] and "source:cam" in q["tag"] for q in uploads)
+
+
+WRITER = """
+import sys, time, uuid
+from pathlib import Path
+from edge_agent.active_learning.spool import Item, Spool
+spool = Spool(Path(sys.argv[1]), 10**6, 10**12)
+print("ready", flush=True)
+i = 0
+while True:
+    spool.add(Item(str(uuid.uuid4()), time.time(), "cam", "shapes/1", "s", 8, 8, b"\\xff\\xd8" + bytes(20000),
+                   {"image": {"width": 8, "height": 8}, "predictions": [], "n": i}, ("a",)), ("folder",),
+              {("s", "daily"): ("2026-01-01", i + 1)})
+    i += 1
+"""
+
+
+def test_kill_9_during_writes_leaves_the_spool_consistent_and_each_item_is_uploaded_once(tmp_path: Path) -> None:
+    from edge_agent.active_learning.spool import Spool
+    from edge_agent.active_learning.uploaders import FolderTarget, Uploader
+
+    path = tmp_path / "spool.sqlite3"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+    time.sleep(0.7)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    items, pending = db.execute("SELECT COUNT(*), (SELECT COUNT(*) FROM pending) FROM items").fetchone()
+    ns = sorted(json.loads(p)["n"] for (p,) in db.execute("SELECT predictions FROM items"))
+    limit = db.execute("SELECT count FROM limits").fetchone()[0]
+    db.close()
+    assert items > 0 and items == pending  # each committed item with its delivery, none half-written
+    assert ns == list(range(items)) and limit == items  # the limit count was written with each item
+    spool = Spool(path, 10**6, 10**12)
+    uploader = Uploader(spool, FolderTarget(tmp_path / "dataset"), retry_min_s=0.1)
+    uploader.start()
+    wait(lambda: spool.stats()["items"] == 0, timeout=60)
+    uploader.stop()
+    files = list((tmp_path / "dataset" / "shapes-1" / "images").glob("*.jpg"))
+    assert len(files) == items and uploader.stats["uploaded"] == items
+
+
+def test_bounds_evict_the_oldest_and_count_them(tmp_path: Path) -> None:
+    from edge_agent.active_learning.spool import Item, Spool
+
+    spool = Spool(tmp_path / "s.sqlite3", max_items=3, max_bytes=1 << 30)
+    for i in range(5):
+        spool.add(Item(f"id{i}", float(i), "cam", "m/1", "s", 8, 8, b"x" * 100, {"image": {}}, ("a",)),
+                  ("folder",), {})
+    assert [d.item.id for d in spool.due("folder")] == ["id2", "id3", "id4"]
+    assert spool.stats()["evicted"] == 2 and spool.stats()["pending_folder"] == 3
+
+
+def test_a_pipeline_samples_into_the_dataset_and_mqtt(tmp_path: Path) -> None:
+    """The whole path in the daemon's runtime: a pipeline's frames, a strategy, the spool, two targets
+    (the folder and a real mosquitto through the bridge's outbox)."""
+    from test_pipelines import circle_video
+
+    from brokers import Mosquitto, Subscriber, mosquitto_binary
+    from edge_agent.runtime import Runtime
+    from edge_agent.settings import load_settings
+
+    if mosquitto_binary() is None:
+        pytest.skip("mosquitto is not installed (.ci/run does)")
+    broker = Mosquitto(tmp_path / "broker").start()
+    video = tmp_path / "v.mp4"
+    circle_video(video, frames=20)
+    config = tmp_path / "config.toml"
+    config.write_text(f"""
+[paths]
+state_dir = "{tmp_path / 'state'}"
+[mqtt]
+enabled = true
+host = "127.0.0.1"
+port = {broker.port}
+device_id = "al1"
+telemetry_interval_s = 0
+[active_learning]
+enabled = true
+targets = ["folder", "mqtt"]
+dedup_distance = 0
+[[active_learning.strategies]]
+name = "some"
+type = "detections_number_based"
+more_than = 0
+selected_class_names = ["circle"]
+limits = [{{type = "daily", value = 7}}]
+""")
+    sub = Subscriber(broker.port, ["edge-agent/al1/active_learning/#"])
+    runtime = Runtime(load_settings(config, {}))
+    runtime.start()
+    try:
+        from edge_agent.pipelines.manager import PipelineSpec
+
+        pipeline = runtime.streams.start(PipelineSpec(model_id="shapes/1", video_reference=str(video),
+                                                      pipeline_id="door"))
+        pipeline.join(60)
+        messages = sub.wait_count("edge-agent/al1/active_learning/door", 7, timeout=30)
+        wait(lambda: runtime.active_learning.spool.stats()["items"] == 0)
+        status = runtime.status()["active_learning"]
+    finally:
+        runtime.stop()
+        sub.close()
+        broker.stop()
+    assert status["sampler"]["stored"] == 7 and status["sampler"]["skipped_limit"] == 13
+    body = messages[0].json()
+    import base64
+
+    import cv2
+
+    from brokers import validator
+
+    validator("active_learning").validate(body)
+    frame = cv2.imdecode(np.frombuffer(base64.b64decode(body["image"]["base64"]), np.uint8), cv2.IMREAD_COLOR)
+    assert frame.shape[:2] == (240, 320) and body["source_id"] == "door" and body["strategy"] == "some"
+    assert any(p["class"] == "circle" for p in body["predictions"]["predictions"])
+    assert len(list((tmp_path / "state" / "dataset" / "shapes-1" / "images").glob("*.jpg"))) == 7
