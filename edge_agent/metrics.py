@@ -96,6 +96,34 @@ class _Pipelines(Collector):
         yield running
 
 
+class _ActiveLearning(Collector):
+    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+        self._status = status
+
+    def collect(self) -> Iterator[Any]:
+        s = self._status()
+        sampler = CounterMetricFamily("edge_agent_active_learning_frames", "Frames the sampler considered, "
+                                      "by outcome", labels=["outcome"])
+        for outcome in ("considered", "sampled", "skipped_limit", "skipped_duplicate", "dropped_queue_full",
+                        "stored", "write_errors"):
+            sampler.add_metric([outcome], s["sampler"][outcome])
+        yield sampler
+        yield GaugeMetricFamily("edge_agent_active_learning_spool_items", "Samples waiting in the spool",
+                                value=s["spool"]["items"])
+        yield GaugeMetricFamily("edge_agent_active_learning_spool_bytes", "Bytes in the spool",
+                                value=s["spool"]["bytes"])
+        yield CounterMetricFamily("edge_agent_active_learning_evicted", "Samples evicted from a full spool",
+                                  value=s["spool"]["evicted"])
+        uploaded = CounterMetricFamily("edge_agent_active_learning_uploaded", "Samples delivered", labels=["target"])
+        failures = CounterMetricFamily("edge_agent_active_learning_upload_failures", "Failed upload attempts",
+                                       labels=["target"])
+        for target, t in sorted(s["targets"].items()):
+            uploaded.add_metric([target], t["uploaded"])
+            failures.add_metric([target], t["failures"])
+        yield uploaded
+        yield failures
+
+
 class Metrics:
     CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -115,6 +143,9 @@ class Metrics:
         self.load_seconds = Gauge("edge_agent_model_load_seconds", "Time the last load of a model took",
                                   ["model"], registry=r)
         self.loads = Counter("edge_agent_model_loads", "Model loads", ["model"], registry=r)
+
+    def watch_active_learning(self, status: Callable[[], dict[str, Any]]) -> None:
+        self.registry.register(_ActiveLearning(status))
 
     def watch_pipelines(self, statuses: Callable[[], list[dict[str, Any]]]) -> None:
         self.registry.register(_Pipelines(statuses))

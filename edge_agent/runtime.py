@@ -108,6 +108,7 @@ class Runtime:
 
             self.active_learning = ActiveLearning(al, settings.state_dir, self.bridge)
             self.events.subscribe(self.active_learning.sampler)
+            self.metrics.watch_active_learning(self.active_learning.status)
 
     def _on_batch(self, model_id: str, size: int, seconds: float) -> None:
         self.metrics.on_batch(model_id, size, seconds)
@@ -208,7 +209,8 @@ class Runtime:
             self._system = SystemStats()
         return {"uptime_s": round(time.time() - self.started_at, 3), "version": self.version,
                 "system": self._system.snapshot(), **self.stats.take(),
-                "pipelines": {p.pipeline_id: _pipeline_figures(p.status()) for p in self.streams.list()}}
+                "pipelines": {p.pipeline_id: _pipeline_figures(p.status()) for p in self.streams.list()},
+                **({"active_learning": self.active_learning.status()} if self.active_learning is not None else {})}
 
     def healthy(self) -> str | None:
         """Why the runtime is not healthy (for the watchdog), or None."""

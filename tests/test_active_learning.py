@@ -334,7 +334,7 @@ def test_a_pipeline_samples_into_the_dataset_and_mqtt(tmp_path: Path) -> None:
     (the folder and a real mosquitto through the bridge's outbox)."""
     from test_pipelines import circle_video
 
-    from brokers import Mosquitto, Subscriber, mosquitto_binary
+    from brokers import Mosquitto, Subscriber, mosquitto_binary, validator
     from edge_agent.runtime import Runtime
     from edge_agent.settings import load_settings
 
@@ -376,17 +376,24 @@ limits = [{{type = "daily", value = 7}}]
         messages = sub.wait_count("edge-agent/al1/active_learning/door", 7, timeout=30)
         wait(lambda: runtime.active_learning.spool.stats()["items"] == 0)
         status = runtime.status()["active_learning"]
+        from edge_agent.mqtt.topics import envelope
+
+        telemetry = {**envelope("al1"), **runtime.telemetry(), "mqtt": runtime.bridge.snapshot()}
+        metrics = runtime.metrics.render().decode()
     finally:
         runtime.stop()
         sub.close()
         broker.stop()
     assert status["sampler"]["stored"] == 7 and status["sampler"]["skipped_limit"] == 13
+    assert status["targets"]["mqtt"]["uploaded"] == 7 and status["targets"]["folder"]["uploaded"] == 7
+    validator("telemetry").validate(telemetry)
+    assert telemetry["active_learning"]["sampler"]["stored"] == 7
+    assert 'edge_agent_active_learning_uploaded_total{target="mqtt"} 7.0' in metrics
+    assert 'edge_agent_active_learning_frames_total{outcome="skipped_limit"} 13.0' in metrics
     body = messages[0].json()
     import base64
 
     import cv2
-
-    from brokers import validator
 
     validator("active_learning").validate(body)
     frame = cv2.imdecode(np.frombuffer(base64.b64decode(body["image"]["base64"]), np.uint8), cv2.IMREAD_COLOR)
