@@ -158,6 +158,8 @@ class MqttTarget:
         from edge_agent.mqtt import topics as t
         from edge_agent.mqtt.outbox import Message
 
+        if not self.bridge.snapshot()["connected"]:  # not into the outbox while down: a retry would repeat it
+            raise UploadError("the MQTT bridge is not connected")
         item = delivery.item
         body = {**t.envelope(self.bridge.settings.device_id), "item_id": item.id, "source_id": item.source_id,
                 "model_id": item.model_id, "strategy": item.strategy, "captured_at": t.timestamp(item.created),
