@@ -120,22 +120,41 @@ class Sampler:
         self._thread.join(timeout)
 
     def _write_loop(self) -> None:
-        while True:
-            entry = self._queue.get()
-            if entry is None:
-                return
-            event, strategy, used = entry
+        """Encode each waiting frame; write all that are ready in one transaction (under load, several
+        frames share one fsync)."""
+        done = False
+        while not done:
+            batch = [self._queue.get()]
+            while len(batch) < 16:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if None in batch:
+                done = True
+            entries = []
+            for entry in batch:
+                if entry is None:
+                    continue
+                event, strategy, used = entry
+                try:
+                    entries.append((self._item(event, strategy), used))
+                except Exception:  # a broken frame: counted, the others are written
+                    self.stats["write_errors"] += 1
+                    log.exception("cannot encode a sampled frame")
+            if not entries:
+                continue
             try:
-                item = self._item(event, strategy)
-                evicted = self.spool.add(item, self.targets, used)
-                self.stats["stored"] += 1
-                if evicted:
-                    self.stats["evicted"] += evicted
-                    log.warning("active-learning spool full: evicted %d oldest item(s)", evicted)
-                self._on_stored()
-            except Exception:  # a full disk or a broken frame: counted, and the next frame is tried
-                self.stats["write_errors"] += 1
-                log.exception("cannot store a sampled frame")
+                evicted = self.spool.add_many(entries, self.targets)
+            except Exception:  # a full disk: counted, and the next frames are tried
+                self.stats["write_errors"] += len(entries)
+                log.exception("cannot store %d sampled frame(s)", len(entries))
+                continue
+            self.stats["stored"] += len(entries)
+            if evicted:
+                self.stats["evicted"] += evicted
+                log.warning("active-learning spool full: evicted %d oldest item(s)", evicted)
+            self._on_stored()
 
     def _item(self, event: PredictionEvent, strategy: Any) -> Item:
         import cv2

@@ -113,17 +113,24 @@ class Spool:
     def add(self, item: Item, targets: tuple[str, ...], limits: dict[tuple[str, str], tuple[str, int]]) -> int:
         """Store an item with a pending delivery per target and the limit counts it used, in one
         transaction; evict the oldest items past the bounds. Returns how many were evicted."""
-        size = len(item.jpeg) + len(json.dumps(item.predictions))
+        return self.add_many([(item, limits)], targets)
+
+    def add_many(self, entries: list[tuple[Item, dict[tuple[str, str], tuple[str, int]]]],
+                 targets: tuple[str, ...]) -> int:
+        """``add`` for several items in one transaction (one fsync); limit counts applied in order."""
         with self._write(self._db()) as db:
-            db.execute("INSERT INTO items (id, created, source_id, model_id, strategy, width, height, jpeg, "
-                       "predictions, class_names, tags, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (item.id, item.created, item.source_id, item.model_id, item.strategy, item.width,
-                        item.height, item.jpeg, json.dumps(item.predictions), json.dumps(item.class_names),
-                        json.dumps(item.tags), size))
-            db.executemany("INSERT INTO pending (item_id, target) VALUES (?, ?)", [(item.id, t) for t in targets])
-            db.executemany("INSERT INTO limits VALUES (?, ?, ?, ?) ON CONFLICT (strategy, window) "
-                           "DO UPDATE SET bucket = excluded.bucket, count = excluded.count",
-                           [(s, w, b, c) for (s, w), (b, c) in limits.items()])
+            for item, limits in entries:
+                predictions = json.dumps(item.predictions)
+                db.execute("INSERT INTO items (id, created, source_id, model_id, strategy, width, height, jpeg, "
+                           "predictions, class_names, tags, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           (item.id, item.created, item.source_id, item.model_id, item.strategy, item.width,
+                            item.height, item.jpeg, predictions, json.dumps(item.class_names),
+                            json.dumps(item.tags), len(item.jpeg) + len(predictions)))
+                db.executemany("INSERT INTO pending (item_id, target) VALUES (?, ?)",
+                               [(item.id, t) for t in targets])
+                db.executemany("INSERT INTO limits VALUES (?, ?, ?, ?) ON CONFLICT (strategy, window) "
+                               "DO UPDATE SET bucket = excluded.bucket, count = excluded.count",
+                               [(s, w, b, c) for (s, w), (b, c) in limits.items()])
             return self._evict(db)
 
     def _evict(self, db: sqlite3.Connection) -> int:

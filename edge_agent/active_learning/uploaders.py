@@ -190,6 +190,8 @@ class Uploader:
         self._thread: threading.Thread | None = None
         self.stats = {"uploaded": 0, "failures": 0, "bytes": 0}
         self.last_error = ""
+        self._failures_in_a_row = 0
+        self._next_warning = 0.0
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=f"al-upload-{self.target.name}", daemon=True)
@@ -218,21 +220,29 @@ class Uploader:
             for delivery in batch:
                 if self._stop.is_set():
                     return
-                self._deliver(delivery)
+                delay = self._deliver(delivery)
+                if delay is not None:  # the target is down or refusing: wait before trying anything else
+                    self._stop.wait(delay)
+                    break
 
-    def _deliver(self, delivery: Delivery) -> None:
+    def _deliver(self, delivery: Delivery) -> float | None:
+        """Send one; on failure, when to try this target again (seconds)."""
         started = time.monotonic()
         try:
             self.target.send(delivery, self.spool)
         except Exception as exc:
             self.stats["failures"] += 1
-            self.last_error = str(exc)
+            self._failures_in_a_row += 1
             delay = random.uniform(self.retry_min_s, min(self.retry_max_s,
-                                                         self.retry_min_s * 2 ** min(delivery.attempts, 16)))
-            log.warning("active learning: %s upload of %s failed (%s); retry in %.0f s", self.target.name,
-                        delivery.item.id, exc, delay)
+                                                         self.retry_min_s * 2 ** min(self._failures_in_a_row, 16)))
+            if str(exc) != self.last_error or time.monotonic() >= self._next_warning:  # not once per sample
+                self._next_warning = time.monotonic() + 60
+                log.warning("active learning: %s upload failed (%s); %d sample(s) wait, retry in %.0f s",
+                            self.target.name, exc, self.spool.stats().get(f"pending_{self.target.name}", 0), delay)
+            self.last_error = str(exc)
             self.spool.failed(delivery.item.id, self.target.name, time.time() + delay)
-            return
+            return delay
+        self._failures_in_a_row = 0
         self.spool.delivered(delivery.item.id, self.target.name)
         size = len(delivery.item.jpeg)
         self.stats["uploaded"] += 1
@@ -241,3 +251,4 @@ class Uploader:
             pause = size / self.bandwidth - (time.monotonic() - started)
             if pause > 0:
                 self._stop.wait(pause)
+        return None
