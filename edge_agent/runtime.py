@@ -33,6 +33,8 @@ from edge_agent.url_fetch import UrlPolicy
 
 log = logging.getLogger(__name__)
 
+PIPELINE_HANG_S = 120.0  # a running pipeline whose streaming source it has not read for this long hangs
+
 
 def _install_id(state_dir: Path) -> str:
     """A stable id for this installation (``/info``'s uuid), kept in the state folder."""
@@ -216,9 +218,13 @@ class Runtime:
         """Why the runtime is not healthy (for the watchdog), or None."""
         if self.bridge is not None and not self.bridge.alive():
             return "the MQTT bridge thread has stopped"
-        stuck = [p.pipeline_id for p in self.streams.list() if p.stuck()]
+        pipelines = self.streams.list()
+        stuck = [p.pipeline_id for p in pipelines if p.stuck()]
         if stuck:
             return f"the thread of pipeline(s) {', '.join(stuck)} has stopped"
+        hung = [p.pipeline_id for p in pipelines if p.stalled_for() > PIPELINE_HANG_S]
+        if hung:
+            return f"pipeline(s) {', '.join(hung)} took no frame for {PIPELINE_HANG_S:.0f} s while the source delivers"
         return None
 
     def stop(self) -> None:

@@ -400,3 +400,21 @@ limits = [{{type = "daily", value = 7}}]
     assert frame.shape[:2] == (240, 320) and body["source_id"] == "door" and body["strategy"] == "some"
     assert any(p["class"] == "circle" for p in body["predictions"]["predictions"])
     assert len(list((tmp_path / "state" / "dataset" / "shapes-1" / "images").glob("*.jpg"))) == 7
+
+
+def test_the_bandwidth_cap_spreads_uploads(tmp_path: Path) -> None:
+    """3 x 50 kB at 100 kB/s cannot take less than 1.5 s (a lower bound: never flaky on a slow machine)."""
+    from edge_agent.active_learning.spool import Item, Spool
+    from edge_agent.active_learning.uploaders import FolderTarget, Uploader
+
+    spool = Spool(tmp_path / "s.sqlite3", 100, 1 << 30)
+    for i in range(3):
+        spool.add(Item(f"id{i}", float(i), "cam", "m/1", "s", 8, 8, b"\xff\xd8" + bytes(50_000),
+                       {"image": {"width": 8, "height": 8}, "predictions": []}, ("a",)), ("folder",), {})
+    uploader = Uploader(spool, FolderTarget(tmp_path / "dataset"), bandwidth_bytes_s=100_000)
+    t0 = time.monotonic()
+    uploader.start()
+    wait(lambda: spool.stats()["items"] == 0)
+    uploader.stop()
+    assert time.monotonic() - t0 >= 1.0  # the first two pauses at least (the third may end after the check)
+    assert uploader.stats == {"uploaded": 3, "failures": 0, "bytes": 150_006}

@@ -354,6 +354,16 @@ def test_the_watchdog_question_names_a_dead_pipeline_or_bridge_thread(tmp_path: 
     pipeline._thread, pipeline.state = dead, "running"  # what a bug that killed the thread would leave
     assert runtime.healthy() == "the thread of pipeline(s) w has stopped"
 
+    # an inference that hangs: the loop has not come round for longer than the limit, the source streams
+    from edge_agent.runtime import PIPELINE_HANG_S
+
+    pipeline._thread = None
+    pipeline.source.state = "streaming"
+    pipeline._last_progress = time.monotonic() - PIPELINE_HANG_S - 1
+    assert runtime.healthy() == f"pipeline(s) w took no frame for {PIPELINE_HANG_S:.0f} s while the source delivers"
+    pipeline.source.state = "reconnecting"  # a camera that is away is not a hang
+    assert runtime.healthy() is None
+
 
 def test_memory_stays_flat_on_a_live_stream(tmp_path: Path, runtime: Any) -> None:
     """A short soak (the 10-minute one is bench/pipeline.py --soak-minutes 10): 20 s of a 30 fps stream."""

@@ -157,6 +157,7 @@ class InferencePipeline:
         self._infer_interval: float | None = None
         self._last_inferred: float | None = None  # capture time of the last frame inferred (max_fps)
         self._last_done: float | None = None
+        self._last_progress = time.monotonic()  # a frame taken (inferred or skipped), or a reason not to
         self.last_latency_s: float | None = None  # capture -> result ready, of the last frame
 
     @classmethod
@@ -207,6 +208,13 @@ class InferencePipeline:
         return (self.state in ("starting", "loading", "running", "paused") and self._thread is not None
                 and not self._thread.is_alive())
 
+    def stalled_for(self) -> float:
+        """Seconds the pipeline has taken no frame although it runs and its source delivers: an
+        inference that hangs. 0 while paused, loading, reconnecting or done (those are not hangs)."""
+        if self.state != "running" or self.source.state != "streaming":
+            return 0.0
+        return time.monotonic() - self._last_progress
+
     @property
     def done(self) -> bool:
         return self.state in ("finished", "failed", "terminated")
@@ -223,6 +231,7 @@ class InferencePipeline:
             if self.state == "loading":
                 self.state = "running"
             while not self._stop.is_set():
+                self._last_progress = time.monotonic()
                 if not self._resume.is_set():
                     self._resume.wait(0.5)
                     self.source.read(0)  # keep live sources fresh while paused (newest frame wins)
