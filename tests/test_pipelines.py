@@ -125,8 +125,12 @@ def test_a_missing_model_or_file_fails_the_pipeline_with_the_reason(tmp_path: Pa
     circle_video(video, frames=3)
     bad_model = runtime.streams.start(PipelineSpec(model_id="nope/1", video_reference=str(video)))
     bad_file = runtime.streams.start(PipelineSpec(model_id="shapes/1", video_reference=str(tmp_path / "no.mp4")))
+    paced_bad_file = runtime.streams.start(PipelineSpec(model_id="shapes/1", realtime=True,
+                                                        video_reference=str(tmp_path / "no.mp4")))
     bad_model.join(30)
     bad_file.join(30)
+    paced_bad_file.join(30)
+    assert paced_bad_file.state == "failed"  # paced like a live source, but a missing file stays missing
     assert bad_model.state == "failed" and "nope/1" in bad_model.status()["error"]
     assert bad_file.state == "failed" and "no such video file" in bad_file.status()["error"]
 

@@ -186,7 +186,7 @@ class VideoSource:
                 capture = None
                 self.last_error = f"cannot open: {exc}"
             if capture is None:
-                if not self.live:  # a file that cannot be opened will not get better
+                if self.kind == "file":  # a file that cannot be opened will not get better (paced or not)
                     self.state = "failed"
                     log.error("source %s: %s", self.reference, self.last_error)
                     self._buffer.put(None, self._stop)
