@@ -90,6 +90,7 @@ class Runtime:
         )
         self.install_id = _install_id(settings.state_dir)
         self.ready = threading.Event()
+        self.stopping = threading.Event()  # set when the process is told to stop (before ``stop``)
         self.readiness_detail = "starting"
         self._preloader: threading.Thread | None = None
         mqtt, al = settings.mqtt, settings.active_learning
@@ -230,6 +231,7 @@ class Runtime:
     def stop(self) -> None:
         """Stop in reverse order of start: the bridge flushes what it holds, then the models go."""
         self.ready.clear()
+        self.stopping.set()
         self.readiness_detail = "stopping"
         self.streams.stop_all()  # producers first: their last results still reach the bridge
         if self.active_learning is not None:

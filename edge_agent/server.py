@@ -71,6 +71,20 @@ class EdgeAgentServer(BaseApplication):  # type: ignore[misc]
 
                 signal.signal(sig, on_stop)
 
+        def post_worker_init(worker: Any) -> None:
+            # Long-lived responses (the MJPEG preview) end as soon as the worker is told to stop, not at
+            # graceful_timeout: the runtime's ``stopping`` is set before gunicorn's own handler runs.
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+                queued = signal.getsignal(sig)
+
+                def on_stop(signum: int, frame: Any, queued: Any = queued) -> None:
+                    if runtime_holder.runtime is not None:
+                        runtime_holder.runtime.stopping.set()
+                    if callable(queued):
+                        queued(signum, frame)
+
+                signal.signal(sig, on_stop)
+
         def worker_exit(server: Any, worker: Any) -> None:
             if runtime_holder.monitor is not None:
                 runtime_holder.monitor.stop()
@@ -91,6 +105,7 @@ class EdgeAgentServer(BaseApplication):  # type: ignore[misc]
             "loglevel": "info",
             "proc_name": "edge-agent",
             "worker_exit": worker_exit,
+            "post_worker_init": post_worker_init,
             "when_ready": when_ready,
             "limit_request_line": 8190,
             "control_socket_disable": True,  # no control socket in the home folder of the service user

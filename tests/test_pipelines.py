@@ -392,3 +392,41 @@ def test_memory_stays_flat_on_a_live_stream(tmp_path: Path, runtime: Any) -> Non
     runtime.streams.terminate("soak")
     assert len(samples) >= 15 and frames > 400
     assert samples[-1] - min(samples) < 15, samples  # MB; noise is a few MB
+
+
+def test_sigterm_ends_an_open_preview_at_once(tmp_path: Path) -> None:
+    """An open MJPEG preview must not hold the daemon's stop until gunicorn's graceful timeout (20 s)."""
+    import os
+    import signal
+    import threading
+
+    import requests
+
+    from servers import running_server
+
+    video = tmp_path / "long.mp4"
+    circle_video(video, frames=900, fps=30.0)
+    with running_server(tmp_path / "state") as server:
+        r = requests.post(f"{server.url}/inference_pipelines/initialise", timeout=10,
+                          json={"model_id": "shapes/1", "video_reference": str(video), "realtime": True,
+                                "pipeline_id": "cam"})
+        assert r.status_code == 200
+        got = threading.Event()
+
+        def watch() -> None:
+            try:
+                with requests.get(f"{server.url}/pipelines/cam/preview.mjpg", stream=True, timeout=60) as preview:
+                    for _ in preview.iter_content(4096):
+                        got.set()
+            except requests.RequestException:
+                pass
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        assert got.wait(30)
+        t0 = time.monotonic()
+        os.killpg(server.process.pid, signal.SIGTERM)
+        assert server.process.wait(30) == 0
+        assert time.monotonic() - t0 < 12, "the preview held the stop until the graceful timeout"
+        watcher.join(10)
+        assert not watcher.is_alive()

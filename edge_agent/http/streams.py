@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from edge_agent.errors import Overloaded
 from edge_agent.http import common
 from edge_agent.http.schemas import ErrorMessage, ValidationErrorBody
-from edge_agent.pipelines.manager import PIPELINE_ID, PipelineSpec
+from edge_agent.pipelines.manager import PIPELINE_ID, PipelineNotFound, PipelineSpec
 
 tag = Tag(name="Pipelines", description="Video pipelines: start, watch, pause, resume, terminate")
 bp = APIBlueprint("streams", __name__, abp_responses={422: ValidationErrorBody})
@@ -96,14 +96,16 @@ def terminate(path: PipelinePath) -> Any:
 def preview(path: PipelinePath) -> Any:
     """The live preview: frames with boxes, masks, keypoints and labels drawn, as MJPEG
     (``multipart/x-mixed-replace``, for a browser's ``<img>``), up to 10 frames a second."""
-    streams = common.runtime().streams
-    pipeline = streams.get(path.pipeline_id)
-    sink = streams.previews[path.pipeline_id]
+    rt = common.runtime()
+    pipeline = rt.streams.get(path.pipeline_id)
+    sink = rt.streams.previews.get(path.pipeline_id)
+    if sink is None:  # terminated just now
+        raise PipelineNotFound(f"no pipeline {path.pipeline_id!r}")
     if sink.watchers >= MAX_PREVIEW_WATCHERS:
         raise Overloaded(f"at most {MAX_PREVIEW_WATCHERS} previews at once")
 
     def parts() -> Any:
-        for jpeg in sink.frames(lambda: pipeline.done):
+        for jpeg in sink.frames(lambda: pipeline.done or rt.stopping.is_set()):
             yield (b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: " + str(len(jpeg)).encode()
                    + b"\r\n\r\n" + jpeg + b"\r\n")
 
