@@ -26,6 +26,8 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -70,16 +72,36 @@ def runtime_for(state: Path, port: int, enabled: bool, sync: str = "full") -> An
     return runtime
 
 
-def bare_client(port: int) -> Any:
+@contextmanager
+def bare(port: int) -> Iterator[tuple[Any, Counter]]:
+    """A plain paho client publishing to ``bare/x`` and a subscriber counting what arrives there."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
+    counter = Counter(port, "bare/#")
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-bare", protocol=mqtt.MQTTv5)
     client.max_inflight_messages_set(32)
     client.connect("127.0.0.1", port, 30)
     client.loop_start()
     time.sleep(0.2)
-    return client
+    try:
+        yield client, counter
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        counter.sub.close()
+
+
+@contextmanager
+def bridged(state: Path, port: int, sync: str) -> Iterator[tuple[Any, Counter]]:
+    """A runtime with its bridge connected and a subscriber counting its predictions."""
+    counter = Counter(port, "edge-agent/bench/predictions/#")
+    runtime = runtime_for(state, port, enabled=True, sync=sync)
+    try:
+        yield runtime, counter
+    finally:
+        runtime.stop()
+        counter.sub.close()
 
 
 def main() -> None:
@@ -117,26 +139,19 @@ def main() -> None:
 
         # ---- throughput
         n = args.messages
-        counter = Counter(broker.port, "bare/#")
-        client = bare_client(broker.port)
-        t0 = time.monotonic()  # the subscriber stamps arrivals with time.monotonic
-        for _ in range(n):
-            client.publish("bare/x", payload, qos=1)
-        bare_s = counter.wait(n) - t0
-        client.loop_stop()
-        client.disconnect()
-        counter.sub.close()
+        with bare(broker.port) as (client, counter):
+            t0 = time.monotonic()  # the subscriber stamps arrivals with time.monotonic
+            for _ in range(n):
+                client.publish("bare/x", payload, qos=1)
+            bare_s = counter.wait(n) - t0
         print(f"throughput  bare paho QoS 1        {n / bare_s:8.0f} msg/s (1.00)")
         for sync in ("full", "normal"):
-            counter = Counter(broker.port, "edge-agent/bench/predictions/#")
-            runtime = runtime_for(tmp / f"tp-{sync}", broker.port, enabled=True, sync=sync)
-            events = [event(i) for i in range(n)]
-            t0 = time.monotonic()
-            for e in events:
-                runtime.bridge.submit(e)
-            took = counter.wait(n) - t0
-            runtime.stop()
-            counter.sub.close()
+            with bridged(tmp / f"tp-{sync}", broker.port, sync) as (runtime, counter):
+                events = [event(i) for i in range(n)]
+                t0 = time.monotonic()
+                for e in events:
+                    runtime.bridge.submit(e)
+                took = counter.wait(n) - t0
             print(f"throughput  bridge, outbox {sync:6s}  {n / took:8.0f} msg/s ({bare_s / took:.2f}x)")
 
         # ---- latency, one message at a time
@@ -149,19 +164,12 @@ def main() -> None:
                 samples.append(arrived - t0)
             return statistics.median(samples) * 1000
 
-        counter = Counter(broker.port, "bare/#")
-        client = bare_client(broker.port)
-        bare_ms = latency(lambda i: client.publish("bare/x", payload, qos=1), counter)
-        client.loop_stop()
-        client.disconnect()
-        counter.sub.close()
+        with bare(broker.port) as (client, counter):
+            bare_ms = latency(lambda i: client.publish("bare/x", payload, qos=1), counter)
         print(f"latency     bare paho QoS 1        {bare_ms:8.2f} ms median")
         for sync in ("full", "normal"):
-            counter = Counter(broker.port, "edge-agent/bench/predictions/#")
-            runtime = runtime_for(tmp / f"lat-{sync}", broker.port, enabled=True, sync=sync)
-            ms = latency(lambda i, rt=runtime: rt.bridge.submit(event(i)), counter)
-            runtime.stop()
-            counter.sub.close()
+            with bridged(tmp / f"lat-{sync}", broker.port, sync) as (runtime, counter):
+                ms = latency(lambda i, rt=runtime: rt.bridge.submit(event(i)), counter)
             print(f"latency     bridge, outbox {sync:6s}  {ms:8.2f} ms median (+{ms - bare_ms:.2f} ms)")
 
         # ---- inference throughput, bridge on vs off (same process, same model, same image)

@@ -1,9 +1,9 @@
 """Runtime: the composition root of the daemon. It builds the parts in order and stops them in reverse.
 
 The model store, the model manager (with its batchers), metrics, the image-input limits of network
-callers, the per-install id, the readiness state, the event bus that results are announced on, and
-the MQTT bridge when enabled. The HTTP app (and later pipelines) take a ``Runtime`` and share its
-model manager.
+callers, the per-install id, the readiness state, the event bus that results are announced on, the
+stream manager (pipelines), and the MQTT bridge and active learning when enabled. The HTTP app, the
+pipelines and the MQTT commands take a ``Runtime`` and share its model manager.
 """
 
 from __future__ import annotations

@@ -162,16 +162,25 @@ def test_pause_resume_and_max_fps(tmp_path: Path, runtime: Any) -> None:
     runtime.streams.terminate("pausable")
 
 
+def start_over_http(base: str, video: Path, pipeline_id: str) -> Any:
+    """``POST /inference_pipelines/initialise`` of a realtime-paced file; the response."""
+    import requests
+
+    r = requests.post(f"{base}/inference_pipelines/initialise", timeout=10,
+                      json={"model_id": "shapes/1", "video_reference": str(video), "realtime": True,
+                            "pipeline_id": pipeline_id})
+    assert r.status_code == 200, r.text
+    return r
+
+
 def test_stream_management_over_http_with_the_live_preview(tmp_path: Path, http_server: Any) -> None:
     import requests
 
     video = tmp_path / "long.mp4"
     circle_video(video, frames=300, fps=30.0)
     base = http_server.url
-    r = requests.post(f"{base}/inference_pipelines/initialise", timeout=10,
-                      json={"model_id": "shapes/1", "video_reference": str(video), "realtime": True,
-                            "pipeline_id": "http-cam"})
-    assert r.status_code == 200 and r.json()["status"] == "success"
+    r = start_over_http(base, video, "http-cam")
+    assert r.json()["status"] == "success"
     assert r.json()["context"]["pipeline_id"] == "http-cam"
     assert "http-cam" in requests.get(f"{base}/inference_pipelines/list", timeout=10).json()["pipelines"]
 
@@ -317,10 +326,7 @@ def test_the_preview_shows_in_a_browser(tmp_path: Path, http_server: Any) -> Non
     video = tmp_path / "long.mp4"
     circle_video(video, frames=600, fps=30.0)
     base = http_server.url
-    r = requests.post(f"{base}/inference_pipelines/initialise", timeout=10,
-                      json={"model_id": "shapes/1", "video_reference": str(video), "realtime": True,
-                            "pipeline_id": "browser-cam"})
-    assert r.status_code == 200
+    start_over_http(base, video, "browser-cam")
     try:
         wait(lambda: requests.get(f"{base}/inference_pipelines/browser-cam/status",
                                   timeout=10).json()["report"]["frames_inferred"] >= 3)
@@ -407,10 +413,7 @@ def test_sigterm_ends_an_open_preview_at_once(tmp_path: Path) -> None:
     video = tmp_path / "long.mp4"
     circle_video(video, frames=900, fps=30.0)
     with running_server(tmp_path / "state") as server:
-        r = requests.post(f"{server.url}/inference_pipelines/initialise", timeout=10,
-                          json={"model_id": "shapes/1", "video_reference": str(video), "realtime": True,
-                                "pipeline_id": "cam"})
-        assert r.status_code == 200
+        start_over_http(server.url, video, "cam")
         got = threading.Event()
 
         def watch() -> None:

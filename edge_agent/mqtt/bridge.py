@@ -35,7 +35,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +77,6 @@ class BridgeStats:
     outbox_depth: int = 0
     outbox_bytes: int = 0
     last_error: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Bridge:

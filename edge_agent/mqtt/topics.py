@@ -20,7 +20,6 @@ from edge_agent.events import PredictionEvent
 from edge_agent.results import Classification
 
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
-KINDS = ("prediction", "state", "telemetry", "command", "response", "active_learning")
 
 ONLINE, OFFLINE, STOPPED = b"online", b"offline", b"stopped"
 
