@@ -148,6 +148,14 @@ class ModelManager:
     def _load(self, model_id: str) -> LoadedModel:
         t0 = time.perf_counter()
         model: Model = self.store.load(model_id, self.engine_prefs)
+        seconds = time.perf_counter() - t0
+        log.info("loaded %s (%s, engine %s) in %.2f s", model_id, model.task, model.engine.name, seconds)
+        if self._on_load is not None:
+            self._on_load(model_id, seconds)
+        return self._wrap(model_id, model, seconds)
+
+    def _wrap(self, model_id: str, model: Model, seconds: float) -> LoadedModel:
+        """A ``LoadedModel`` around ``model``, with a batcher when batching applies to its engine."""
         batcher = None
         on_batch = None
         if self._on_batch is not None:
@@ -162,11 +170,28 @@ class ModelManager:
             batcher = DynamicBatcher(
                 model_id, model.forward, max_batch=min(b.max_batch, model.engine.max_batch),
                 max_delay_s=b.max_delay_ms / 1000.0, max_queue=b.max_queue, on_batch=on_batch)
-        seconds = time.perf_counter() - t0
-        log.info("loaded %s (%s, engine %s) in %.2f s", model_id, model.task, model.engine.name, seconds)
-        if self._on_load is not None:
-            self._on_load(model_id, seconds)
         return LoadedModel(model, batcher, seconds, on_batch=None if batcher else on_batch)
+
+    def swap(self, model_id: str, model: Model, *, only_if_loaded: bool = True) -> LoadedModel | None:
+        """Serve ``model`` for ``model_id`` from now on, atomically.
+
+        A request that already holds the old ``LoadedModel`` finishes on it (its batcher drains what
+        is queued); every ``get`` after this returns the new one, so no request fails over the switch.
+        With ``only_if_loaded`` (the default) nothing happens when the id was unloaded meanwhile, and
+        None is returned. The new model keeps the old one's place in the LRU order.
+        """
+        model_id = self.resolve(model_id)
+        loaded = self._wrap(model_id, model, 0.0)
+        with self._lock:
+            old = self._loaded.get(model_id)
+            if old is None and only_if_loaded:
+                self._retire(loaded)
+                return None
+            self._loaded[model_id] = loaded
+        if old is not None:
+            self._retire(old)
+        log.info("%s now served by %s", model_id, model.engine.name)
+        return loaded
 
     @staticmethod
     def _retire(loaded: LoadedModel) -> None:
