@@ -30,6 +30,7 @@ from edge_agent.results import Result
 from edge_agent.settings import Settings
 from edge_agent.telemetry import RuntimeStats, SystemStats
 from edge_agent.url_fetch import UrlPolicy
+from engines import choose_backend
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,9 @@ def _install_id(state_dir: Path) -> str:
 
 
 class Runtime:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, engine_backend: Any = None) -> None:
+        """``engine_backend``: the TensorRT back-end to use instead of the one chosen for this machine
+        (tests give a stand-in; see ``models.accelerate.Backend``)."""
         self.settings = settings
         s = settings.server
         self.version = __version__
@@ -65,9 +68,10 @@ class Runtime:
         self.events = EventBus()
         self.events.subscribe(lambda event: self.stats.on_frame(event.source_id))
         self.store = ModelStore(settings.models_dir)
+        self.engine_choice = choose_backend(settings.engine_prefs)
         self.manager = ModelManager(
             self.store,
-            settings.engine_prefs,
+            self.engine_choice.ort_prefs,
             BatchingPrefs({"on": True, "off": False}.get(s.batching), s.max_batch, s.max_queue_delay_ms,
                           s.max_queue),
             max_loaded=s.max_loaded_models,
@@ -112,6 +116,11 @@ class Runtime:
             self.active_learning = ActiveLearning(al, settings.state_dir, self.bridge)
             self.events.subscribe(self.active_learning.sampler)
             self.metrics.watch_active_learning(self.active_learning.status)
+        from edge_agent.models.accelerate import build_accelerator
+
+        self.accelerator = build_accelerator(
+            settings, self.engine_choice, self.manager, backend=engine_backend,
+            spool=lambda: self.active_learning.spool if self.active_learning is not None else None)
 
     def _on_batch(self, model_id: str, size: int, seconds: float) -> None:
         self.metrics.on_batch(model_id, size, seconds)
@@ -198,11 +207,34 @@ class Runtime:
                                                     result, inference_id, images[i]))
         return results
 
+    def engine_status(self, model_id: str) -> dict[str, Any]:
+        """What serves ``model_id`` and where its TensorRT engine stands (state, progress, reason)."""
+        found = self.accelerator.status(model_id) if self.accelerator is not None else None
+        if found is not None:
+            return found.as_dict()
+        return {"state": "onnxruntime", "backend": "onnxruntime", "reason": self.engine_choice.reason}
+
+    def engines(self) -> dict[str, dict[str, Any]]:
+        """``engine_status`` of every loaded model and of every model with a build queued or done."""
+        ids = [m.model_id for m in self.manager.loaded()]
+        if self.accelerator is not None:
+            ids += [i for i in self.accelerator.statuses() if i not in ids]
+        return {model_id: self.engine_status(model_id) for model_id in ids}
+
+    def building(self) -> str | None:
+        """A line on the engine build in progress, if any (STATUS=, /readiness)."""
+        b = self.accelerator.building() if self.accelerator is not None else None
+        if b is None:
+            return None
+        pct = f" {b.progress * 100:.0f}%" if b.progress is not None else ""
+        return f"building the TensorRT engine of {b.model_id}: {b.phase or b.state}{pct}"
+
     def status(self) -> dict[str, Any]:
         """What the device is doing, for the MQTT ``status`` command."""
         return {"version": self.version, "uptime_s": round(time.time() - self.started_at, 3),
                 "ready": self.ready.is_set(), "readiness": self.readiness_detail,
                 "models_loaded": [m.model_id for m in self.manager.loaded()],
+                "engine": self.engine_choice.backend, "engines": self.engines(),
                 "pipelines": {p.pipeline_id: p.state for p in self.streams.list()},
                 "active_learning": self.active_learning.status() if self.active_learning is not None else None}
 
@@ -213,6 +245,7 @@ class Runtime:
         return {"uptime_s": round(time.time() - self.started_at, 3), "version": self.version,
                 "system": self._system.snapshot(), **self.stats.take(),
                 "pipelines": {p.pipeline_id: _pipeline_figures(p.status()) for p in self.streams.list()},
+                "engines": self.engines(),
                 **({"active_learning": self.active_learning.status()} if self.active_learning is not None else {})}
 
     def healthy(self) -> str | None:
@@ -239,6 +272,8 @@ class Runtime:
         if self.bridge is not None:
             self.bridge.stop()
             self.commands.close()
+        if self.accelerator is not None:
+            self.accelerator.stop()  # kills a build in progress; its plan never reached the cache
         self.manager.clear()
 
 

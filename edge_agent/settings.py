@@ -65,11 +65,34 @@ class PathsSettings(_Section):
 
 
 class EngineSettings(_Section):
-    backend: str = Field("auto", description="auto, or a back-end name (ort)")
+    """Inference back-ends (docs/jetson.md): TensorRT where it, pycuda and a CUDA GPU are present (ONNX
+    Runtime serves a model until its engine is built and checked), else ONNX Runtime."""
+
+    backend: Literal["auto", "trt", "ort"] = Field(
+        "auto", description="auto: TensorRT where usable, else ONNX Runtime; trt: the same, warning when it "
+        "falls back; ort: ONNX Runtime only")
     providers: tuple[str, ...] = Field((), description="ONNX Runtime providers to try before the CPU: cuda, tensorrt")
     intra_op_threads: int = Field(0, ge=0, description="0: all cores")
     inter_op_threads: int = Field(0, ge=0)
-    max_batch: int = Field(8, ge=1, le=256, description="batch cap for models with a dynamic batch axis")
+    max_batch: int = Field(8, ge=1, le=256, description="batch cap for models with a dynamic batch axis; "
+                           "the TensorRT profile's largest batch")
+    opt_batch: int = Field(1, ge=1, le=256, description="the batch size TensorRT tunes its kernels for")
+    precision: Literal["fp16", "fp32", "int8"] = Field(
+        "fp16", description="TensorRT precision; fp16 falls back to fp32 on GPUs without fast FP16")
+    dla_core: int | None = Field(None, ge=0, description="build for this DLA core (Xavier, Orin), GPU fallback")
+    build_engines: bool = Field(True, description="build missing TensorRT engines in the background")
+    workspace_mb: int = Field(0, ge=0, description="TensorRT builder workspace; 0: half the free memory, <= 4 GiB")
+    calibration_images: Path | None = Field(None, description="INT8: a folder of typical frames (else the "
+                                            "active-learning spool)")
+    calibration_frames: int = Field(64, ge=8, le=1024, description="INT8: frames used for calibration")
+    check_images: Path | None = Field(None, description="a folder of images a new engine is checked on (else "
+                                      "sampled frames and the built-in sample)")
+
+    @model_validator(mode="after")
+    def _batches(self) -> EngineSettings:
+        if self.opt_batch > self.max_batch:
+            raise ValueError(f"opt_batch ({self.opt_batch}) must not exceed max_batch ({self.max_batch})")
+        return self
 
     def prefs(self) -> EnginePrefs:
         return EnginePrefs(self.backend, self.providers, self.intra_op_threads, self.inter_op_threads,

@@ -109,6 +109,9 @@ class Monitor:
         state = self.runtime.readiness_detail
         text = (f"STATUS={state}; HTTP on {server.host}:{server.port}; "
                 f"models loaded: {', '.join(models) if models else 'none'}")
+        building = self.runtime.building()
+        if building:
+            text += f"; {building}"
         bridge = getattr(self.runtime, "bridge", None)
         if bridge is not None:
             snap = bridge.snapshot()

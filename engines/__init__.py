@@ -4,13 +4,18 @@ This package owns running a model file on a runtime. It never imports ``edge_age
 no runtime at import time: each back-end module imports its runtime inside its constructor, so an
 ARM CPU box never loads TensorRT and ``import engines`` stays cheap.
 
-``select_engine(model_path, prefs)`` is the one place that decides which back-end runs a model.
+``choose_backend(prefs)`` is the one place that decides between TensorRT (plans built from the ONNX
+and cached, ``engines.trt``/``trt_build``/``cache``) and ONNX Runtime, and says why;
+``select_engine(model_path, prefs)`` loads an ONNX file on an ONNX-file back-end (ONNX Runtime).
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,9 +28,12 @@ from engines.base import (
     EngineUnavailable,
     TensorSpec,
 )
+from engines.device import DeviceInfo, probe
 
 __all__ = [
     "BACKENDS",
+    "Choice",
+    "DeviceInfo",
     "Engine",
     "EngineError",
     "EngineLoadError",
@@ -33,6 +41,7 @@ __all__ = [
     "EngineRunError",
     "EngineUnavailable",
     "TensorSpec",
+    "choose_backend",
     "inspect_model",
     "select_engine",
 ]
@@ -42,8 +51,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# name -> (module, class). Order is the preference order used by backend="auto".
-# The TensorRT back-end ("trt") joins this table in front of "ort" when it lands.
+# Back-ends that load an ONNX file directly: name -> (module, class), in the order backend="auto" tries
+# them. TensorRT is not among them: it runs plans built from the ONNX (``choose_backend``).
 BACKENDS: dict[str, tuple[str, str]] = {
     "ort": ("engines.ort", "OrtEngine"),
 }
@@ -86,3 +95,74 @@ def inspect_model(model_path: str | Path) -> ModelInfo:
     from engines.ort import inspect
 
     return inspect(Path(model_path))
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The back-end this machine serves with, and why.
+
+    backend: "tensorrt" (ONNX Runtime serves each model until its plan is built and checked) or
+    "onnxruntime". ``ort_prefs`` are the preferences for ONNX Runtime, with the CUDA provider added
+    where it and a GPU are present.
+    """
+
+    backend: str
+    reason: str
+    device: DeviceInfo
+    ort_prefs: EnginePrefs
+
+    def as_dict(self) -> dict[str, object]:
+        return {"backend": self.backend, "reason": self.reason, "onnxruntime_providers": list(self.ort_prefs.providers),
+                "device": self.device.as_dict()}
+
+
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _ort_providers() -> list[str]:
+    import onnxruntime
+
+    return list(onnxruntime.get_available_providers())
+
+
+def choose_backend(prefs: EnginePrefs | None = None, device: DeviceInfo | None = None,
+                   has_module: Callable[[str], bool] = _has_module,
+                   ort_providers: Callable[[], list[str]] = _ort_providers) -> Choice:
+    """TensorRT where ``prefs.backend`` allows it, its bindings and pycuda import and a CUDA GPU
+    answers; otherwise ONNX Runtime with its CUDA provider where present, else the CPU.
+
+    Nothing is imported to decide (``find_spec`` and the CUDA driver through ctypes), so the check
+    is cheap on a CPU-only box. A ``backend = "trt"`` that cannot be honoured falls back to ONNX
+    Runtime too (never brick the device over a setting), with the reason.
+    """
+    prefs = prefs or EnginePrefs()
+    device = device or probe()
+    missing = None
+    if prefs.backend not in ("auto", "trt"):
+        missing = f"engine.backend is {prefs.backend!r}"
+    elif not has_module("tensorrt"):
+        missing = "TensorRT's Python bindings (tensorrt) are not installed"
+    elif not has_module("pycuda"):
+        missing = "pycuda is not installed (pip install 'edge-agent[jetson]')"
+    elif not device.cuda:
+        missing = f"no CUDA GPU answers: {device.cuda_reason}"
+    providers = tuple(prefs.providers)
+    if not providers and device.cuda:
+        try:
+            if "CUDAExecutionProvider" in ort_providers():
+                providers = ("cuda",)
+        except ImportError:  # pragma: no cover - onnxruntime is a hard dependency
+            pass
+    ort_prefs = replace(prefs, backend="ort", providers=providers)
+    serving = "ONNX Runtime on " + (", ".join(providers) + " then CPU" if providers else "the CPU")
+    if missing is None:
+        return Choice("tensorrt", f"TensorRT on {device.gpu_name} (compute capability "
+                      f"{device.compute_capability}); {serving} while an engine builds", device, ort_prefs)
+    reason = f"TensorRT not used: {missing}; {serving}"
+    level = logging.WARNING if prefs.backend == "trt" else logging.INFO
+    log.log(level, "engine back-end: %s", reason)
+    return Choice("onnxruntime", reason, device, ort_prefs)

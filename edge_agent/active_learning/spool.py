@@ -192,6 +192,12 @@ class Spool:
         return {"items": count, "bytes": size, "evicted": int(evicted[0]) if evicted else 0,
                 **{f"pending_{t}": n for t, n in pending.items()}}
 
+    def recent_jpegs(self, model_id: str, limit: int) -> list[bytes]:
+        """The JPEGs of the newest items sampled for ``model_id`` (TensorRT INT8 calibration, engine checks)."""
+        rows = self._db().execute("SELECT jpeg FROM items WHERE model_id = ? ORDER BY seq DESC LIMIT ?",
+                                  (model_id, limit)).fetchall()
+        return [bytes(r[0]) for r in rows]
+
     def close(self) -> None:
         db = getattr(self._local, "db", None)
         if db is not None:

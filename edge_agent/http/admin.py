@@ -37,6 +37,7 @@ def _description(loaded: LoadedModel) -> dict[str, Any]:
         "vram_bytes": None,
         "request_aliases": [],
         "request_paths": [f"/{loaded.model_id}", f"/infer/{common.TASK_ROUTES[m.task]}"],
+        "engine": common.runtime().engine_status(loaded.model_id),
     }
 
 
@@ -95,9 +96,10 @@ def start(path: LegacyPath) -> Any:
 
 @bp.get("/info", tags=[service_tag], responses={200: ServerInfo})
 def info() -> Any:
-    """Server name, version and this installation's stable id."""
+    """Server name, version, this installation's stable id, and the inference back-end chosen (and why)."""
     rt = common.runtime()
-    return jsonify({"name": "edge-agent", "version": rt.version, "uuid": rt.install_id})
+    return jsonify({"name": "edge-agent", "version": rt.version, "uuid": rt.install_id,
+                    "engine": rt.engine_choice.as_dict()})
 
 
 @bp.get("/healthz", tags=[service_tag], responses={200: Status, 503: Status})
@@ -108,11 +110,14 @@ def healthz() -> Any:
 
 @bp.get("/readiness", tags=[service_tag], responses={200: Status, 503: Status})
 def readiness() -> Any:
-    """Ready once the preloaded models are loaded."""
+    """Ready once the preloaded models are loaded (by ONNX Runtime while their TensorRT engines build:
+    ``engines`` then says which build runs and how far it is)."""
     rt = common.runtime()
+    building = rt.building()
+    extra = {"engines": building} if building else {}
     if rt.ready.is_set():
-        return jsonify({"status": "ready"})
-    return jsonify({"status": "not ready", "reason": rt.readiness_detail}), 503
+        return jsonify({"status": "ready", **extra})
+    return jsonify({"status": "not ready", "reason": rt.readiness_detail, **extra}), 503
 
 
 @bp.get("/metrics", tags=[service_tag], responses={200: _TEXT})

@@ -122,6 +122,19 @@ class ModelRemoveRequest(_Model):
     model_id: str = Field(examples=["shapes/1"])
 
 
+class EngineState(BaseModel):
+    """What serves a model and where its TensorRT engine stands (docs/jetson.md#tensorrt-engines)."""
+
+    state: Literal["onnxruntime", "queued", "building", "verifying", "tensorrt", "failed"] = Field(
+        description="onnxruntime: TensorRT is not used on this device (reason says why)")
+    backend: Literal["onnxruntime", "tensorrt"] = Field(description="what serves the model now")
+    phase: str | None = None
+    progress: float | None = Field(None, description="0..1 of the build's current top-level phase")
+    reason: str | None = None
+    key: str | None = Field(None, description="the engine cache key's digest")
+    since: float | None = None
+
+
 class ModelDescription(BaseModel):
     model_id: str
     task_type: Literal["object-detection", "instance-segmentation", "classification", "keypoint-detection"]
@@ -131,6 +144,7 @@ class ModelDescription(BaseModel):
     vram_bytes: int | None = None
     request_aliases: list[str] = []
     request_paths: list[str] = []
+    engine: EngineState | None = Field(None, description="edge-agent: the model's engine")
 
 
 class Registry(BaseModel):
@@ -144,15 +158,25 @@ class Registry(BaseModel):
     non_torch_gpu_memory: int | None = None
 
 
+class EngineChoice(BaseModel):
+    backend: Literal["tensorrt", "onnxruntime"]
+    reason: str = Field(description="why this back-end (and why not TensorRT, when it is not used)")
+    onnxruntime_providers: list[str]
+    device: dict[str, Any] = Field(description="Jetson model, L4T release, GPU, compute capability, DLA cores")
+
+
 class ServerInfo(BaseModel):
     name: str = "edge-agent"
     version: str
     uuid: str
+    engine: EngineChoice | None = Field(None, description="edge-agent: the inference back-end chosen and why")
 
 
 class Status(BaseModel):
     status: str
     reason: str | None = None
+    engines: str | None = Field(None, description="/readiness: the TensorRT engine build in progress, if any "
+                                "(models are served by ONNX Runtime meanwhile)")
 
 
 class ValidationErrorItem(BaseModel):

@@ -102,6 +102,12 @@ class ModelManager:
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
         self.cold_starts = 0
+        self.accelerator: Any = None  # models.accelerate.Accelerator where TensorRT is used
+
+    def onnx_path(self, model_id: str) -> tuple[Any, Any]:
+        """The manifest and ONNX path of a stored model (no checksum: it was verified when loaded)."""
+        stored = self.store.get(model_id)
+        return stored.manifest, stored.path / stored.manifest.weights.file
 
     def resolve(self, model_id: str) -> str:
         return self.aliases.get(model_id, model_id)
@@ -143,11 +149,15 @@ class ModelManager:
         for old in evicted:
             log.info("unloading %s (least recently used; at most %d models loaded)", old.model_id, self.max_loaded)
             self._retire(old)
+        if self.accelerator is not None and not loaded.model.engine.name.startswith("tensorrt"):
+            manifest, onnx = self.onnx_path(model_id)
+            self.accelerator.schedule(model_id, manifest, onnx)  # served by ONNX Runtime until it is ready
         return loaded, True
 
     def _load(self, model_id: str) -> LoadedModel:
         t0 = time.perf_counter()
-        model: Model = self.store.load(model_id, self.engine_prefs)
+        cached = self.accelerator.cached_engine if self.accelerator is not None else None
+        model: Model = self.store.load(model_id, self.engine_prefs, engine_for=cached)
         seconds = time.perf_counter() - t0
         log.info("loaded %s (%s, engine %s) in %.2f s", model_id, model.task, model.engine.name, seconds)
         if self._on_load is not None:

@@ -193,12 +193,19 @@ class ModelStore:
         for leftover in (self.root / ".staging", self.root / ".trash"):
             shutil.rmtree(leftover, ignore_errors=True)
 
-    def load(self, model_id: str, prefs: Any = None) -> Any:
-        """A ready ``Model`` for ``model_id`` (checksum verified, engine built)."""
+    def load(self, model_id: str, prefs: Any = None, engine_for: Any = None) -> Any:
+        """A ready ``Model`` for ``model_id`` (checksum verified, engine built).
+
+        ``engine_for(model_id, manifest, onnx_path)`` may supply the engine (a cached TensorRT plan);
+        when it returns None, the ONNX file is loaded by ``engines.select_engine``.
+        """
         import engines
         from edge_agent.models.model import Model
 
         manifest, onnx = self.verified_onnx(model_id)
+        engine = engine_for(model_id, manifest, onnx) if engine_for is not None else None
+        if engine is not None:
+            return Model(manifest, engine)
         try:
             engine = engines.select_engine(onnx, prefs)
         except engines.EngineError as exc:
