@@ -5,6 +5,8 @@
     edge-agent infer IMAGE [--model ID] [--confidence C] [--visualize OUT.jpg]
     edge-agent models add SOURCE [--id PROJECT/VERSION] [--task TASK] [--classes a,b] [--replace]
     edge-agent models list | show ID | remove ID
+    edge-agent compile ID [--force] [--precision fp16|fp32|int8] [--dla-core N]
+    edge-agent selftest [--json]
 """
 
 from __future__ import annotations
@@ -74,6 +76,18 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("model_id")
     remove = msub.add_parser("remove", help="remove a model from the store")
     remove.add_argument("model_id")
+
+    compile_ = sub.add_parser("compile", help="build a model's TensorRT engine now (with a progress bar), "
+                                              "or confirm the cached one")
+    compile_.add_argument("model_id")
+    compile_.add_argument("--force", action="store_true", help="build even when a valid engine is cached, or "
+                                                               "when the last build failed")
+    compile_.add_argument("--precision", choices=["fp16", "fp32", "int8"], help="overrides engine.precision")
+    compile_.add_argument("--dla-core", type=int, help="overrides engine.dla_core")
+
+    selftest = sub.add_parser("selftest", help="check this device: demo models on ONNX Runtime and, where "
+                                               "TensorRT is used, engine build, cache reload and rebuild")
+    selftest.add_argument("--json", action="store_true", help="print the report as JSON")
     return p
 
 
@@ -158,6 +172,69 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+class _ProgressBar:
+    """One line on stderr, redrawn in place on a terminal; one line per phase otherwise (journal, pipes)."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.phase: str | None = None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if event.get("event") == "note":
+            sys.stderr.write(f"note: {event.get('message')}\n")
+            return
+        phase, fraction = str(event.get("phase")), event.get("fraction")
+        if self.tty:
+            bar = f"[{'#' * int(30 * fraction):<30}] {fraction * 100:3.0f}%" if fraction is not None else "[ ... ]"
+            sys.stderr.write(f"\r{bar} {phase[:60]:<60}")
+        elif phase != self.phase:
+            sys.stderr.write(f"{phase}\n")
+        self.phase = phase
+        sys.stderr.flush()
+
+    def end(self) -> None:
+        if self.tty and self.phase is not None:
+            sys.stderr.write("\n")
+
+
+def _compile(args: argparse.Namespace) -> int:
+    from edge_agent.models.accelerate import TensorRTUnavailable, compile_model, offline_accelerator
+
+    settings = _settings(args, **{"engine.precision": args.precision, "engine.dla_core": args.dla_core})
+    try:
+        accelerator, manager = offline_accelerator(settings)
+    except TensorRTUnavailable as exc:
+        sys.stderr.write(f"edge-agent: cannot build a TensorRT engine here: {exc}\n")
+        return 2
+    bar = _ProgressBar()
+    try:
+        status = compile_model(accelerator, manager, args.model_id, force=args.force, on_event=bar)
+    finally:
+        bar.end()
+    _print({"model_id": args.model_id, **status.as_dict(),
+            "plan": str(accelerator.cache.paths(accelerator.key(manager.store.get(args.model_id).manifest))[0])})
+    return 0 if status.state == "tensorrt" else 1
+
+
+def _selftest(args: argparse.Namespace) -> int:
+    from edge_agent import selftest
+
+    def line(check: selftest.Check) -> None:
+        if not args.json:
+            sys.stdout.write(f"{check.verdict}  {check.name:<32} {check.detail} ({check.seconds:.1f} s)\n")
+            sys.stdout.flush()
+
+    checks = selftest.run(_settings(args), report=line)
+    report = selftest.as_dict(checks)
+    if args.json:
+        _print(report)
+    else:
+        counts = {v: sum(c.verdict == v for c in checks) for v in ("PASS", "FAIL", "SKIP")}
+        sys.stdout.write(f"selftest {'passed' if report['ok'] else 'FAILED'}: "
+                         + ", ".join(f"{n} {v.lower()}" for v, n in counts.items()) + "\n")
+    return 0 if report["ok"] else 1
+
+
 def _serve(args: argparse.Namespace) -> int:
     from edge_agent.server import serve
     from edge_agent.settings import systemd_environment
@@ -182,6 +259,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _config(args)
         if args.command == "infer":
             return _infer(args)
+        if args.command == "compile":
+            return _compile(args)
+        if args.command == "selftest":
+            return _selftest(args)
         return _models(args)
     except EdgeAgentError as exc:
         sys.stderr.write(f"edge-agent: error: {exc.message}\n")

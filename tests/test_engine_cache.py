@@ -175,7 +175,8 @@ def _spec(tmp_path: Path) -> BuildSpec:
 def test_build_process_reports_progress_and_returns_the_result(tmp_path: Path, stand_in_path: None) -> None:
     events: list[dict] = []
     result = BuildProcess(_spec(tmp_path), events.append, module="trt_stand_in").run()
-    assert result["event"] == "done" and Path(result["plan"]).read_bytes() == (DEMO / "shapes-cls/1/model.onnx").read_bytes()
+    assert result["event"] == "done"
+    assert Path(result["plan"]).read_bytes() == (DEMO / "shapes-cls/1/model.onnx").read_bytes()
     assert [e["fraction"] for e in events if e["phase"] == "Building engine"] == [0.333, 0.667, 1.0]
     assert result["io"] == [{"name": "images", "mode": "input", "shape": [-1, 3, 128, 128], "dtype": "float32"},
                             {"name": "output0", "mode": "output", "shape": [-1, 4], "dtype": "float32"}]

@@ -467,3 +467,43 @@ def build_accelerator(settings: Any, choice: Choice, manager: Any, spool: Callab
     except Exception as exc:  # identity needs TensorRT to import; a failure shows per model later
         log.warning("engine cache: cannot prune: %s", exc)
     return accelerator
+
+
+class TensorRTUnavailable(Exception):
+    """TensorRT cannot be used on this machine; the message says why."""
+
+
+def offline_accelerator(settings: Any, backend: Backend | None = None,
+                        cache_dir: Path | None = None) -> tuple[Accelerator, Any]:
+    """An ``Accelerator`` and its ``ModelManager`` outside the daemon (``edge-agent compile``, selftest):
+    nothing is served, builds run in the calling thread. ``cache_dir`` overrides the configured one."""
+    from edge_agent.models.manager import ModelManager
+    from edge_agent.models.store import ModelStore
+    from engines import choose_backend
+
+    choice = choose_backend(settings.engine_prefs)
+    if backend is None and choice.backend != "tensorrt":
+        raise TensorRTUnavailable(choice.reason)
+    manager = ModelManager(ModelStore(settings.models_dir), choice.ort_prefs)
+    if cache_dir is not None:
+        settings = settings.model_copy(update={"paths": settings.paths.model_copy(update={"cache_dir": cache_dir})})
+    accelerator = build_accelerator(settings, choice, manager, backend=backend)
+    assert accelerator is not None
+    return accelerator, manager
+
+
+def compile_model(accelerator: Accelerator, manager: Any, model_id: str, force: bool = False,
+                  on_event: Callable[[dict[str, Any]], None] | None = None) -> EngineStatus:
+    """The model's engine: from the cache when valid (unless ``force``), else built and checked now."""
+    manifest, onnx = manager.store.verified_onnx(model_id)
+    key = accelerator.key(manifest)
+    if not force:
+        failed = accelerator.cache.failure(key)
+        if failed:
+            return EngineStatus(model_id, "failed", key=key.digest,
+                                reason=f"an earlier build failed: {failed} (--force retries)")
+        engine = accelerator.cached_engine(model_id, manifest, onnx)
+        if engine is not None:
+            engine.close()
+            return accelerator.status(model_id) or EngineStatus(model_id, "tensorrt", "tensorrt", key=key.digest)
+    return accelerator.build(model_id, manifest, onnx, key, on_event)

@@ -1,0 +1,156 @@
+"""``edge-agent selftest``: the on-device check after flashing. Runs the bundled demo models and, where
+TensorRT is used, the engine checks of the ``gpu`` test suite; prints a report.
+
+Checks, in order:
+
+1. the device (Jetson model, L4T release, GPU) and the back-end chosen, with the reason;
+2. per demo model, ONNX Runtime: it loads and finds what the sample image holds (six shapes for the
+   detection models, valid scores for the classifier);
+3. where TensorRT is used, per demo model: its engine is built (or taken from the cache) and passes the
+   check against ONNX Runtime; it is then loaded again from the cache without a build, and its results
+   on the sample image agree with ONNX Runtime's;
+4. where TensorRT is used, once: a truncated copy of a plan (in a scratch cache) is rejected and rebuilt.
+
+A check that cannot run here (no TensorRT) is reported as skipped with the reason, not as passed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+DEMO_MODELS = ("shapes/1", "shapes-seg/1", "shapes-pose/1", "shapes-cls/1")
+SAMPLE_SHAPES = 6  # objects in the bundled sample image
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool | None  # None: skipped
+    detail: str
+    seconds: float = 0.0
+
+    @property
+    def verdict(self) -> str:
+        return {True: "PASS", False: "FAIL", None: "SKIP"}[self.ok]
+
+
+def _timed(name: str, fn: Callable[[], tuple[bool | None, str]]) -> Check:
+    t0 = time.monotonic()
+    try:
+        ok, detail = fn()
+    except Exception as exc:  # a check that raises has failed; the report goes on
+        ok, detail = False, f"{type(exc).__name__}: {exc}"
+    return Check(name, ok, detail, round(time.monotonic() - t0, 2))
+
+
+def _sample() -> Any:
+    from edge_agent.images import load_image
+    from edge_agent.models.accelerate import SAMPLE_IMAGE
+
+    return load_image(SAMPLE_IMAGE)
+
+
+def _expected(result: Any) -> tuple[bool, str]:
+    from edge_agent.results import Classification
+
+    if isinstance(result, Classification):
+        total = float(result.confidence.sum())
+        name = result.class_names[result.top[0]]
+        return abs(total - 1.0) < 1e-3, f"top class {name} ({result.top[1]:.2f}), scores sum to {total:.3f}"
+    return len(result) == SAMPLE_SHAPES, f"{len(result)} of the sample's {SAMPLE_SHAPES} shapes found"
+
+
+def run(settings: Any, backend: Any = None, models: tuple[str, ...] = DEMO_MODELS,
+        report: Callable[[Check], None] = lambda c: None) -> list[Check]:
+    """Run every check; ``report`` is called as each ends. ``backend`` replaces TensorRT (tests)."""
+    from edge_agent.heads import InferenceParams
+    from edge_agent.models.accelerate import TensorRTUnavailable, compile_model, offline_accelerator
+    from edge_agent.models.compare import disagreement
+    from edge_agent.models.model import Model
+    from edge_agent.models.store import ModelStore
+    from engines import choose_backend
+
+    checks: list[Check] = []
+
+    def add(check: Check) -> Check:
+        checks.append(check)
+        report(check)
+        return check
+
+    choice = choose_backend(settings.engine_prefs)
+    d = choice.device
+    add(Check("device", True, f"{d.jetson_model or 'not a Jetson'}; L4T {d.l4t_release or '-'}; "
+              f"GPU {d.gpu_name or 'none'} ({d.compute_capability or d.cuda_reason}); DLA cores {d.dla_cores}"))
+    add(Check("back-end", True, choice.reason))
+
+    store = ModelStore(settings.models_dir)
+    image = _sample()
+    params = InferenceParams()
+    reference: dict[str, Any] = {}
+    for model_id in models:
+        def ort_check(model_id: str = model_id) -> tuple[bool, str]:
+            model = store.load(model_id, choice.ort_prefs)
+            reference[model_id] = (model, model.infer_arrays([image], params))
+            return _expected(reference[model_id][1][0])
+        add(_timed(f"onnxruntime {model_id}", ort_check))
+
+    try:
+        accelerator, manager = offline_accelerator(settings, backend)
+    except TensorRTUnavailable as exc:
+        add(Check("tensorrt", None, f"skipped: {exc}"))
+        return checks
+
+    for model_id in models:
+        def build_check(model_id: str = model_id) -> tuple[bool, str]:
+            status = compile_model(accelerator, manager, model_id)
+            return status.state == "tensorrt", status.reason or status.state
+        if not add(_timed(f"tensorrt engine {model_id}", build_check)).ok or model_id not in reference:
+            continue
+
+        def reload_check(model_id: str = model_id) -> tuple[bool, str]:
+            builds = accelerator.builds
+            manifest, onnx = store.verified_onnx(model_id)
+            engine = accelerator.cached_engine(model_id, manifest, onnx)
+            if engine is None:
+                return False, f"not loaded from the cache: {accelerator.status(model_id)}"
+            try:
+                results = Model(manifest, engine).infer_arrays([image], params)
+            finally:
+                engine.close()
+            if accelerator.builds != builds:
+                return False, "the engine was built again"
+            why = disagreement(reference[model_id][1], results)
+            return why is None, why or f"loaded from the cache without a build ({engine.name}); agrees with ONNX " \
+                "Runtime"
+        add(_timed(f"tensorrt reload {model_id}", reload_check))
+
+    def truncation_check() -> tuple[bool, str]:
+        model_id = models[-1]
+        manifest, _onnx = store.verified_onnx(model_id)
+        key = accelerator.key(manifest)
+        with tempfile.TemporaryDirectory(prefix="edge-agent-selftest-") as scratch:
+            scratch_acc, scratch_manager = offline_accelerator(settings, backend, cache_dir=Path(scratch))
+            plan, sidecar = accelerator.cache.paths(key)
+            new_plan, new_sidecar = scratch_acc.cache.paths(key)
+            new_plan.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(sidecar, new_sidecar)
+            new_plan.write_bytes(plan.read_bytes()[: plan.stat().st_size // 2])
+            found = scratch_acc.cache.lookup(key)
+            if found.entry is not None:
+                return False, "a truncated plan was accepted"
+            status = compile_model(scratch_acc, scratch_manager, model_id)
+            ok = status.state == "tensorrt" and scratch_acc.builds == 1
+            return ok, f"rejected ({found.rejected}), rebuilt: {status.reason}"
+    add(_timed("tensorrt truncated plan", truncation_check))
+    return checks
+
+
+def as_dict(checks: list[Check]) -> dict[str, Any]:
+    return {"ok": all(c.ok is not False for c in checks), "checks": [asdict(c) | {"verdict": c.verdict}
+                                                                      for c in checks]}
