@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 import threading
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from edge_agent.errors import EdgeAgentError, InvalidInput
 from edge_agent.heads import InferenceParams
@@ -24,6 +24,14 @@ PIPELINE_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 class PipelineNotFound(EdgeAgentError):
     status = 404
     code = "pipeline_not_found"
+
+
+def _whole_float_to_int(value: Any) -> Any:
+    """JSON Schema counts 5.0 as an integer; strict pydantic would refuse it."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+JsonInt = Annotated[int, BeforeValidator(_whole_float_to_int)]
 
 
 class PipelineSpec(BaseModel):
@@ -40,7 +48,7 @@ class PipelineSpec(BaseModel):
     confidence: float = Field(0.4, ge=0, le=1)
     iou_threshold: float = Field(0.3, ge=0, le=1)
     class_filter: list[str] | None = None
-    max_detections: int = Field(300, ge=1)
+    max_detections: JsonInt = Field(300, ge=1)
     max_fps: float | None = Field(None, gt=0, description="infer at most this many frames a second")
     realtime: bool = Field(False, description="files: pace at their frame rate, newest frame wins "
                                               "(default: every frame, as fast as the model goes)")
