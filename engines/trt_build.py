@@ -244,17 +244,24 @@ def build(spec: BuildSpec, emit: Callable[[dict[str, Any]], None]) -> dict[str, 
 
 
 def _lower_priority() -> None:
-    """Run the build behind serving: nice 10, and the idle I/O class where Linux allows it."""
+    """Run the build behind serving: nice 10, the idle I/O class, and die with the daemon (a build
+    orphaned by a kill -9 of the daemon would otherwise go on holding memory)."""
     try:
         os.nice(10)
     except OSError:
         pass
-    try:  # ioprio_set(IOPRIO_WHO_PROCESS, 0, IOPRIO_CLASS_IDLE << 13) on x86-64 / aarch64
+    try:
         import ctypes
+        import signal
 
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent is already gone
+            os._exit(1)
+        # ioprio_set(IOPRIO_WHO_PROCESS, 0, IOPRIO_CLASS_IDLE << 13) on x86-64 / aarch64
         nr = {"x86_64": 251, "aarch64": 30}.get(os.uname().machine)
         if nr is not None:
-            ctypes.CDLL(None, use_errno=True).syscall(nr, 1, 0, 3 << 13)
+            libc.syscall(nr, 1, 0, 3 << 13)
     except (OSError, AttributeError):
         pass
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import jsonschema
 import numpy as np
 import pytest
 
@@ -257,6 +258,10 @@ def test_http_shows_the_choice_the_build_and_the_engine(tmp_path: Path, runtimes
         from edge_agent.systemd import Monitor, Notifier
 
         assert "building the TensorRT engine of shapes/1" in Monitor(rt, Notifier(None), 0).status()  # STATUS=
+        telemetry = rt.telemetry()["engines"]["shapes/1"]  # MQTT telemetry, checked against its schema
+        schema = json.loads((TESTS.parent / "edge_agent/mqtt/schemas/telemetry.schema.json").read_text())
+        jsonschema.validate(telemetry, {**schema["$defs"]["engine"], "$defs": schema["$defs"]})
+        assert telemetry["state"] in ("building", "verifying") and telemetry["backend"] == "onnxruntime"
         _wait_state(rt, "shapes/1", {"tensorrt"})
         model = get("/model/registry")["models"][0]
         assert model["engine"]["state"] == "tensorrt" and model["engine"]["backend"] == "tensorrt"

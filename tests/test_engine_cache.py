@@ -128,6 +128,8 @@ _WRITER = textwrap.dedent("""
         tmp = cache.temp_plan(key)
         tmp.write_bytes(bytes([n % 256]) * (200_000 + n))
         cache.store(key, tmp, n=n)
+        if n == 1:
+            print("stored", flush=True)
 """)
 
 
@@ -136,8 +138,10 @@ def test_kill_9_during_stores_leaves_a_valid_entry_or_none(tmp_path: Path) -> No
     rng = random.Random(7)
     outcomes = set()
     for _ in range(12):
-        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path)], cwd=TESTS.parent)
-        time.sleep(0.3 + rng.random() * 0.4)
+        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path)], cwd=TESTS.parent,
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdout.readline() == "stored\n"  # busy storing from now on
+        time.sleep(rng.random() * 0.3)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         cache = EngineCache(tmp_path)
