@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tarfile
 import zipfile
@@ -19,7 +20,7 @@ def _store_entries(store: ModelStore) -> list[str]:
     if not store.root.exists():
         return []
     return sorted(str(p.relative_to(store.root)) for p in store.root.rglob("*")
-                  if p.is_file() and ".trash" not in p.parts)
+                  if p.is_file() and ".trash" not in p.parts and p.name != ".usage.json")
 
 
 def test_ultralytics_import_reads_metadata(store: ModelStore, detector_onnx: Path) -> None:
@@ -246,3 +247,25 @@ def test_update_descriptive_fields(store: ModelStore, detector_onnx: Path) -> No
         store.update("det/1", weights={"file": "x", "sha256": "0" * 64, "bytes": 1})
     with pytest.raises(ModelImportError, match="invalid update"):
         store.update("det/1", task="telepathy")
+
+
+def test_list_and_disk_state_ignore_work_in_flight(store: ModelStore, detector_onnx: Path) -> None:
+    store.install(detector_onnx, "det/1")
+    staged = store.stage(detector_onnx, "det/2")  # a candidate being checked: not installed yet
+    assert [s.manifest.model_id for s in store.list() if not s.builtin] == ["det/1"]
+    with pytest.raises(ModelNotFound):
+        store.get("det/2")
+    store.clean()  # at start: whatever was in flight is gone, the installed model stays
+    assert not staged.path.exists()
+    assert store.verified_onnx("det/1")[0].model_id == "det/1"
+
+
+def test_install_with_replace_keeps_the_old_version_for_rollback(store: ModelStore, detector_onnx: Path,
+                                                                   tmp_path: Path) -> None:
+    store.install(detector_onnx, "det/1")
+    other = constant_model(tmp_path / "other.onnx", {"output0": np.zeros((6, 5), np.float32)},
+                           metadata=ultralytics_metadata("detect", ["a", "b"], (64, 64)))
+    store.install(other, "det/1", replace=True)
+    assert [r.sha256 for r in store.revisions("det/1")] == [hashlib.sha256(detector_onnx.read_bytes()).hexdigest()]
+    store.remove("det/1")
+    assert store.revisions("det/1") == [] and not (store.root / ".revisions" / "det").exists()

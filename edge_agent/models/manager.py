@@ -127,7 +127,10 @@ class ModelManager:
             hit = self._loaded.get(model_id)
             if hit is not None:
                 self._loaded.move_to_end(model_id)
-                return hit, False
+        if hit is not None:
+            self.store.touch(model_id)  # in memory; written at most once a minute per id
+            return hit, False
+        with self._lock:
             id_lock = self._loading.setdefault(model_id, threading.Lock())
         with id_lock:  # one load per id; the others wait for it and then find it loaded
             with self._lock:
@@ -159,6 +162,7 @@ class ModelManager:
         cached = self.accelerator.cached_engine if self.accelerator is not None else None
         model: Model = self.store.load(model_id, self.engine_prefs, engine_for=cached)
         seconds = time.perf_counter() - t0
+        self.store.touch(model_id)  # the last use, for the store's eviction of unused models
         log.info("loaded %s (%s, engine %s) in %.2f s", model_id, model.task, model.engine.name, seconds)
         if self._on_load is not None:
             self._on_load(model_id, seconds)

@@ -1,32 +1,60 @@
-"""``ModelStore``: the models on disk, one folder per ``project/version``.
+"""``ModelStore``: the models on disk, one folder per ``project/version``, with earlier revisions.
 
 Layout (a person can read and repair it)::
 
     <root>/<project>/<version>/model.onnx    the network, byte for byte as imported
     <root>/<project>/<version>/model.json    the Manifest, with the ONNX file's sha256
-    <root>/.staging/                         installs being written (removed on start)
-    <root>/.trash/                           replaced installs being deleted
+    <root>/.revisions/<project>/<version>/<stamp>-<sha12>/   earlier versions (the same two files,
+                                             hard links where possible), at most keep_revisions
+    <root>/.revisions/<project>/<version>/.replaced          the version being replaced, for the
+                                             instant of a commit (put back or deleted by clean())
+    <root>/.staging/                         candidates being imported or checked (removed on start)
+    <root>/.trash/                           folders being deleted
+    <root>/.usage.json                       {model id: last use, Unix seconds}
 
 A second, read-only root holds the demo models shipped in the package; their ids cannot be taken by
-an install. Installs are atomic: everything is written and fsynced in ``.staging`` and then renamed
-into place, so a crash or a bad file leaves the store as it was.
+an install. A new version is first staged (``stage`` / ``stage_revision``: imported under
+``.staging``, nothing current touched), may be loaded and checked there (``load_staged``,
+``models.checks``), and then ``commit``-ted or ``discard``-ed. ``install`` and ``rollback`` are
+stage + commit without checks. Every change is written and fsynced aside and then renamed into place;
+``clean()`` at start finishes or undoes whatever a power cut interrupted (see ``commit``).
+
+A revision's stamp is the UTC time at which it stopped being current (or was kept unactivated),
+``YYYYmmddTHHMMSS.ffffffZ``, strictly increasing per id even when the clock steps back. Changes
+hold a thread lock and an ``flock`` on the root folder, so the CLI and the daemon take turns.
 """
 
 from __future__ import annotations
 
+import builtins
+import fcntl
 import hashlib
+import json
+import logging
+import os
 import shutil
+import stat
 import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from edge_agent import atomic_files
-from edge_agent.errors import ModelImportError, ModelLoadFailed, ModelNotFound
+from edge_agent.errors import ChecksumMismatch, InvalidModelId, ModelImportError, ModelLoadFailed, ModelNotFound
 from edge_agent.models import importers
 from edge_agent.models.manifest import Manifest, parse_model_id
 
+log = logging.getLogger(__name__)
+
 BUILTIN_ROOT = Path(__file__).resolve().parent.parent / "demo" / "store"
+STAMP_FORMAT = "%Y%m%dT%H%M%S.%fZ"
+USAGE_WRITE_INTERVAL_S = 60.0  # a use is written to .usage.json at most this often per id
+_REPLACED = ".replaced"
 
 
 @dataclass(frozen=True)
@@ -34,6 +62,30 @@ class StoredModel:
     manifest: Manifest
     path: Path
     builtin: bool
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A candidate under ``.staging``, not serving: ``load_staged`` it, then ``commit`` or ``discard``."""
+
+    model_id: str
+    manifest: Manifest
+    path: Path
+
+
+@dataclass(frozen=True)
+class Revision:
+    """An earlier (or kept, not activated) version of an id."""
+
+    model_id: str
+    stamp: str
+    sha256: str
+    path: Path
+    manifest: Manifest
+
+    @property
+    def name(self) -> str:
+        return self.path.name
 
 
 def _copy_hashing(src: Path, dst: Path) -> tuple[str, int]:
@@ -55,10 +107,41 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _link_files(src: Path, dst: Path) -> None:
+    """Hard-link (copy where links are refused) the files of folder ``src`` into folder ``dst``."""
+    for path in src.iterdir():
+        if path.is_file():
+            try:
+                os.link(path, dst / path.name)
+            except OSError:
+                shutil.copy2(path, dst / path.name)
+
+
+def _next_stamp(folder: Path) -> str:
+    """Now as a stamp, or just after the newest stamp in ``folder`` if the clock is behind it."""
+    now = datetime.now(timezone.utc)
+    names = [p.name for p in folder.iterdir() if not p.name.startswith(".")] if folder.is_dir() else []
+    for name in sorted(names, reverse=True)[:1]:
+        try:
+            newest = datetime.strptime(name.rpartition("-")[0], STAMP_FORMAT).replace(tzinfo=timezone.utc)
+        except ValueError:
+            continue
+        now = max(now, newest + timedelta(microseconds=1))
+    return now.strftime(STAMP_FORMAT)
+
+
 class ModelStore:
-    def __init__(self, root: Path, builtin_root: Path | None = BUILTIN_ROOT) -> None:
+    def __init__(self, root: Path, builtin_root: Path | None = BUILTIN_ROOT, keep_revisions: int = 2) -> None:
         self.root = Path(root)
         self.builtin_root = builtin_root if builtin_root and builtin_root.is_dir() else None
+        self.keep_revisions = max(0, keep_revisions)
+        self._lock = threading.RLock()
+        self._exclusive_held = False
+        self._usage_lock = threading.Lock()
+        self._usage_write_lock = threading.Lock()
+        self._usage: dict[str, float] | None = None
+        self._usage_written: dict[str, float] = {}
+        self._usage_warned = False
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -87,6 +170,8 @@ class ModelStore:
         found: dict[str, StoredModel] = {}
         for root in (r for r in (self.builtin_root, self.root) if r is not None and r.is_dir()):
             for manifest_path in sorted(root.glob("*/*/model.json")):
+                if manifest_path.parent.parent.name.startswith("."):
+                    continue  # .staging, .revisions, .trash
                 model_id = f"{manifest_path.parent.parent.name}/{manifest_path.parent.name}"
                 if model_id not in found:
                     try:
@@ -99,23 +184,51 @@ class ModelStore:
         """The manifest and the ONNX path, after checking the file's size and sha256."""
         stored = self.get(model_id)
         onnx = stored.path / stored.manifest.weights.file
-        if not onnx.is_file():
-            raise ModelLoadFailed(f"{onnx}: missing")
-        if onnx.stat().st_size != stored.manifest.weights.bytes or sha256_of(onnx) != stored.manifest.weights.sha256:
-            raise ModelLoadFailed(f"{onnx}: checksum mismatch, the file is corrupt; add the model again")
+        _verify(stored.manifest, onnx)
         return stored.manifest, onnx
 
-    # -- writing --------------------------------------------------------------------------------
+    def revisions(self, model_id: str) -> builtins.list[Revision]:
+        """The kept earlier versions of ``model_id``, newest first (none for built-in ids)."""
+        folder = self._revisions_dir(model_id)
+        if not folder.is_dir():
+            return []
+        found = []
+        for path in sorted(folder.iterdir(), reverse=True):
+            if path.name.startswith(".") or not (path / "model.json").is_file():
+                continue
+            try:
+                manifest = Manifest.from_json((path / "model.json").read_text(encoding="utf-8"), str(path))
+            except (ModelLoadFailed, OSError) as exc:
+                log.warning("model store: skipping unreadable revision %s: %s", path, exc)
+                continue
+            found.append(Revision(model_id, path.name.rpartition("-")[0], manifest.weights.sha256, path, manifest))
+        return found
 
-    def install(self, source: Path, model_id: str | None = None, *, task: str | None = None,
-                class_names: tuple[str, ...] | None = None, replace: bool = False) -> Manifest:
-        """Import ``source`` (ultralytics ONNX, Roboflow folder or archive) as ``model_id``."""
+    # -- staging --------------------------------------------------------------------------------
+
+    def stage(self, source: Path, model_id: str | None = None, *, task: str | None = None,
+              class_names: tuple[str, ...] | None = None, sha256: str | None = None) -> Staged:
+        """Import ``source`` (ultralytics ONNX, Roboflow folder or archive) under ``.staging``.
+
+        Nothing current changes. With ``sha256``, the bytes of ``source`` when it is a file (an ONNX
+        file or an archive as uploaded), or of the ONNX file a folder holds, must hash to it, else
+        ``ChecksumMismatch``. A Roboflow folder may name its own id.
+        """
         source = Path(source)
         if not source.exists():
             raise ModelImportError(f"{source}: no such file or folder")
+        if sha256 is not None:
+            sha256 = sha256.lower()
+            if source.is_file():
+                _require_sha(source, sha256_of(source), sha256)
+                sha256 = None
+        return self._stage(source, model_id, task, class_names, sha256)
+
+    def _stage(self, source: Path, model_id: str | None, task: str | None,
+               class_names: tuple[str, ...] | None, onnx_sha: str | None) -> Staged:
         if source.is_file() and source.suffix.lower() != ".onnx":
             with importers.unpacked(source) as folder:
-                return self.install(folder, model_id, task=task, class_names=class_names, replace=replace)
+                return self._stage(folder, model_id, task, class_names, onnx_sha)
         if importers.is_roboflow_folder(source):
             draft, named_id = importers.from_roboflow(source)
             model_id = model_id or named_id
@@ -124,25 +237,20 @@ class ModelStore:
             if len(onnx_files) != 1:
                 raise ModelImportError(
                     f"{source}: expected a Roboflow model folder (model_type.json) or one .onnx file")
-            return self.install(onnx_files[0], model_id, task=task, class_names=class_names, replace=replace)
+            return self._stage(onnx_files[0], model_id, task, class_names, onnx_sha)
         else:
             draft = importers.from_ultralytics(source, task, class_names)
         if model_id is None:
             raise ModelImportError(f"{source}: give the model id to install it under, e.g. 'my-project/1'")
-        return self._write(draft, model_id, replace)
+        return self._write_staged(draft, model_id, onnx_sha)
 
-    def _write(self, draft: importers.Draft, model_id: str, replace: bool) -> Manifest:
-        project, version = parse_model_id(model_id)
-        if self.builtin_root is not None and (self.builtin_root / project / version).is_dir():
-            raise ModelImportError(f"{model_id!r} is a built-in demo model id; install under another id")
-        target = self.root / project / version
-        if target.exists() and not replace:
-            raise ModelImportError(f"{model_id!r} is already installed; remove it first or replace it")
-        staging_root = self.root / ".staging"
-        staging_root.mkdir(parents=True, exist_ok=True)
-        staged = Path(tempfile.mkdtemp(prefix=f"{project}-{version}.", dir=staging_root))
+    def _write_staged(self, draft: importers.Draft, model_id: str, onnx_sha: str | None) -> Staged:
+        self._refuse_builtin(model_id, "install under another id")
+        staged = self._staging_dir(model_id)
         try:
             sha, size = _copy_hashing(draft.onnx, staged / "model.onnx")
+            if onnx_sha is not None:
+                _require_sha(draft.onnx, sha, onnx_sha)
             fields: dict[str, Any] = {**draft.fields, "model_id": model_id,
                                       "weights": {"file": "model.onnx", "sha256": sha, "bytes": size}}
             try:
@@ -150,48 +258,359 @@ class ModelStore:
             except ValueError as exc:
                 raise ModelImportError(f"{draft.onnx}: cannot describe this model: {exc}") from exc
             (staged / "model.json").write_text(manifest.to_json(), encoding="utf-8")
-            atomic_files.install_dir(staged, target, self.root / ".trash")
+            atomic_files.fsync_tree(staged)
         except BaseException:
             shutil.rmtree(staged, ignore_errors=True)
             raise
+        return Staged(model_id, manifest, staged)
+
+    def stage_revision(self, model_id: str, to: str | None = None) -> Staged:
+        """Stage a kept revision (the newest, or the one whose stamp, name or sha256 starts with ``to``)
+        so that it can be checked and committed like any new version (this is how a rollback goes)."""
+        with self._lock:
+            revision = self._pick_revision(model_id, to)
+            staged = self._staging_dir(model_id)
+            _link_files(revision.path, staged)
+        try:
+            _verify(revision.manifest, staged / revision.manifest.weights.file)
+            atomic_files.fsync_dir(staged)
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        return Staged(model_id, revision.manifest, staged)
+
+    def _pick_revision(self, model_id: str, to: str | None) -> Revision:
+        self._refuse_builtin(model_id, "it has no revisions")
+        revisions = self.revisions(model_id)
+        if not revisions:
+            self._locate(model_id)  # ModelNotFound for an id that is not installed at all
+            raise ModelNotFound(f"{model_id}: no earlier version is kept to roll back to "
+                                f"(keep_revisions = {self.keep_revisions})")
+        if to is None:
+            return revisions[0]
+        key = to.strip().lower()
+        if not key:
+            raise ModelImportError(f"{model_id}: name the revision by its stamp or sha256 (or a prefix of either)")
+        matches = [r for r in revisions if r.name.lower().startswith(key) or r.sha256.startswith(key)]
+        kept = ", ".join(f"{r.stamp} (sha256 {r.sha256[:12]})" for r in revisions)
+        if not matches:
+            raise ModelNotFound(f"{model_id}: no kept revision matches {to!r}; kept: {kept}")
+        if len(matches) > 1:
+            raise ModelImportError(f"{model_id}: {to!r} matches {len(matches)} revisions; give more of the "
+                                   f"stamp or sha256 (kept: {kept})")
+        return matches[0]
+
+    def load_staged(self, staged: Staged, prefs: Any = None) -> Any:
+        """A ``Model`` running the staged candidate (ONNX Runtime or the back-end ``prefs`` choose)."""
+        return self._model(staged.model_id, staged.manifest, staged.path / staged.manifest.weights.file, prefs)
+
+    def discard(self, staged: Staged) -> None:
+        """Forget a staged candidate (nothing happens when it was committed or discarded already)."""
+        shutil.rmtree(staged.path, ignore_errors=True)
+
+    # -- committing -----------------------------------------------------------------------------
+
+    @overload
+    def commit(self, staged: Staged) -> Manifest: ...
+
+    @overload
+    def commit(self, staged: Staged, *, current: Literal[True]) -> Manifest: ...
+
+    @overload
+    def commit(self, staged: Staged, *, current: Literal[False]) -> Revision: ...
+
+    def commit(self, staged: Staged, *, current: bool = True) -> Manifest | Revision:
+        """Make ``staged`` the current version of its id and return its ``Manifest``; the version it
+        replaces is kept as the newest revision (unless identical), at most ``keep_revisions`` kept.
+        With ``current=False`` it is only kept as the newest revision, and that ``Revision`` returned.
+
+        What a power cut leaves at each step, and what ``clean()`` makes of it:
+
+        1. candidate written and fsynced under ``.staging``     -> removed: before
+        2. current hard-linked into ``.revisions/<id>/.tmp-*``  -> removed: before
+        3. that renamed to ``<stamp>-<sha12>``, a twin of current -> twin of current removed: before
+        4. current renamed to ``.revisions/<id>/.replaced``     -> no current: renamed back: before
+        5. candidate renamed to ``<project>/<version>``         -> ``.replaced`` deleted: after
+        6. ``.replaced``, twins of current, and revisions beyond ``keep_revisions`` deleted: after
+           (``clean()`` repeats this step)
+        Each rename is followed by an fsync of the folders it changed, so a later step is never on
+        disk without the earlier ones.
+        """
+        with self._exclusive():
+            if not (staged.path / "model.json").is_file():
+                raise ModelImportError(f"{staged.model_id}: the staged candidate {staged.path} is gone "
+                                       "(committed or discarded already?)")
+            self._refuse_builtin(staged.model_id, "install under another id")
+            self._repair(staged.model_id)
+            if not current:
+                return self._keep(staged)
+            project, version = parse_model_id(staged.model_id)
+            target = self.root / project / version
+            revisions = self._revisions_dir(staged.model_id)
+            if target.exists():
+                if self.keep_revisions and not _same_version(target, staged.path):
+                    self._archive(staged.model_id, target)
+                revisions.mkdir(parents=True, exist_ok=True)
+                os.rename(target, revisions / _REPLACED)
+                atomic_files.fsync_dir(revisions)
+                self._fsync_up(revisions)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(staged.path, target)
+            atomic_files.fsync_dir(target.parent)
+            self._fsync_up(target.parent)
+            self._repair(staged.model_id)
+        self.touch(staged.model_id, force=True)  # a version just activated is not idle
+        log.info("model store: %s is now sha256 %s", staged.model_id, staged.manifest.weights.sha256[:12])
+        return staged.manifest
+
+    def _keep(self, staged: Staged) -> Revision:
+        if not self.keep_revisions:
+            raise ModelImportError(f"{staged.model_id}: keep_revisions is 0, so a version cannot be kept "
+                                   "without activating it")
+        project, version = parse_model_id(staged.model_id)
+        if _same_version(self.root / project / version, staged.path):
+            self.discard(staged)
+            raise ModelImportError(f"{staged.model_id}: this is the version already installed; nothing to keep")
+        revisions = self._revisions_dir(staged.model_id)
+        revisions.mkdir(parents=True, exist_ok=True)
+        name = f"{_next_stamp(revisions)}-{staged.manifest.weights.sha256[:12]}"
+        os.rename(staged.path, revisions / name)
+        atomic_files.fsync_dir(revisions)
+        self._fsync_up(revisions)
+        self._repair(staged.model_id)
+        kept = next((r for r in self.revisions(staged.model_id) if r.name == name), None)
+        if kept is None:
+            raise ModelImportError(f"{staged.model_id}: kept as {name} but pruned at once "
+                                   f"(keep_revisions = {self.keep_revisions})")
+        return kept
+
+    def _archive(self, model_id: str, current: Path) -> None:
+        """Hard-link the current version into a new revision folder (written aside, then renamed)."""
+        try:
+            manifest = Manifest.from_json((current / "model.json").read_text(encoding="utf-8"), str(current))
+        except (ModelLoadFailed, OSError) as exc:
+            log.warning("model store: not keeping the replaced version of %s, it is unreadable: %s", model_id, exc)
+            return
+        revisions = self._revisions_dir(model_id)
+        revisions.mkdir(parents=True, exist_ok=True)
+        name = f"{_next_stamp(revisions)}-{manifest.weights.sha256[:12]}"
+        tmp = revisions / f".tmp-{name}"
+        tmp.mkdir()
+        _link_files(current, tmp)
+        atomic_files.fsync_tree(tmp)
+        os.rename(tmp, revisions / name)
+        atomic_files.fsync_dir(revisions)
+        self._fsync_up(revisions)
+
+    def rollback(self, model_id: str, to: str | None = None) -> Manifest:
+        """Make the newest revision (or the one ``to`` names) current again, without checks; the version
+        it replaces becomes the newest revision, so a rollback can itself be rolled back. The daemon
+        instead goes ``stage_revision`` -> ``load_staged`` -> ``checks`` -> ``commit`` -> swap."""
+        staged = self.stage_revision(model_id, to)
+        try:
+            manifest = self.commit(staged)
+        except BaseException:
+            self.discard(staged)
+            raise
         return manifest
+
+    def install(self, source: Path, model_id: str | None = None, *, task: str | None = None,
+                class_names: tuple[str, ...] | None = None, replace: bool = False) -> Manifest:
+        """Import ``source`` (ultralytics ONNX, Roboflow folder or archive) as ``model_id`` and make it
+        current at once; with ``replace`` an installed version is kept as a revision."""
+        staged = self.stage(source, model_id, task=task, class_names=class_names)
+        try:
+            project, version = parse_model_id(staged.model_id)
+            if (self.root / project / version).exists() and not replace:
+                raise ModelImportError(f"{staged.model_id!r} is already installed; remove it first or replace it")
+            manifest = self.commit(staged)
+        except BaseException:
+            self.discard(staged)
+            raise
+        return manifest
+
+    # -- other changes --------------------------------------------------------------------------
 
     def update(self, model_id: str, **changes: Any) -> Manifest:
         """Change descriptive fields of an installed model (keypoint names, colours, class names).
 
         The weights entry cannot change this way; the new manifest is validated and written atomically.
         """
-        stored = self.get(model_id)
-        if stored.builtin:
-            raise ModelImportError(f"{model_id!r} is a built-in demo model and cannot be changed")
-        if {"weights", "model_id"} & changes.keys():
-            raise ModelImportError("weights and model_id cannot be updated; install the model again")
-        try:
-            manifest = Manifest.model_validate({**stored.manifest.model_dump(), **changes})
-        except ValueError as exc:
-            raise ModelImportError(f"{model_id}: invalid update: {exc}") from exc
-        atomic_files.write_text(stored.path / "model.json", manifest.to_json())
+        with self._exclusive():
+            stored = self.get(model_id)
+            if stored.builtin:
+                raise ModelImportError(f"{model_id!r} is a built-in demo model and cannot be changed")
+            if {"weights", "model_id"} & changes.keys():
+                raise ModelImportError("weights and model_id cannot be updated; install the model again")
+            try:
+                manifest = Manifest.model_validate({**stored.manifest.model_dump(), **changes})
+            except ValueError as exc:
+                raise ModelImportError(f"{model_id}: invalid update: {exc}") from exc
+            # a new file (renamed over the old): the revisions' hard links keep their own model.json
+            atomic_files.write_text(stored.path / "model.json", manifest.to_json())
         return manifest
 
     def remove(self, model_id: str) -> None:
-        path, builtin = self._locate(model_id)
-        if builtin:
-            raise ModelImportError(f"{model_id!r} is a built-in demo model and cannot be removed")
-        trash = self.root / ".trash"
-        trash.mkdir(parents=True, exist_ok=True)
-        doomed = Path(tempfile.mkdtemp(prefix="removed.", dir=trash))
-        path.rename(doomed / "model")
-        atomic_files.fsync_dir(path.parent)
-        shutil.rmtree(doomed, ignore_errors=True)
-        try:
-            path.parent.rmdir()  # drop the project folder when its last version goes
-        except OSError:
-            pass
+        """Remove a model and its revisions: the revisions go first, so a power cut in between leaves
+        the model installed (and removable again), never revisions without a current version."""
+        with self._exclusive():
+            path, builtin = self._locate(model_id)
+            if builtin:
+                raise ModelImportError(f"{model_id!r} is a built-in demo model and cannot be removed")
+            revisions = self._revisions_dir(model_id)
+            if revisions.exists():
+                self._delete(revisions)
+            self._delete(path)
+        with self._usage_lock:
+            self._usage_map().pop(model_id, None)
+            self._usage_written.pop(model_id, None)
 
     def clean(self) -> None:
-        """Remove leftovers of interrupted installs and removals (call at start-up)."""
-        for leftover in (self.root / ".staging", self.root / ".trash"):
-            shutil.rmtree(leftover, ignore_errors=True)
+        """Repair what an interrupted install, commit, rollback or removal left (call at start-up)."""
+        with self._exclusive():
+            for leftover in (self.root / ".staging", self.root / ".trash"):
+                shutil.rmtree(leftover, ignore_errors=True)
+            for model_id in self._revised_ids():
+                for tmp in self._revisions_dir(model_id).glob(".tmp*"):
+                    shutil.rmtree(tmp, ignore_errors=True)
+                self._repair(model_id)
+
+    def _repair(self, model_id: str) -> None:
+        """Finish or undo an interrupted commit of ``model_id`` and tidy its revisions (idempotent)."""
+        project, version = parse_model_id(model_id)
+        target = self.root / project / version
+        revisions = self._revisions_dir(model_id)
+        replaced = revisions / _REPLACED
+        if replaced.exists():
+            if not target.exists():
+                os.rename(replaced, target)
+                atomic_files.fsync_dir(target.parent)
+                log.warning("model store: %s put back as it was (a change was interrupted)", model_id)
+            else:
+                self._delete(replaced)
+        for revision in self.revisions(model_id):
+            if _same_version(target, revision.path):
+                self._delete(revision.path)
+        for revision in self.revisions(model_id)[self.keep_revisions:]:
+            self._delete(revision.path)
+            log.info("model store: dropped revision %s of %s (keep_revisions = %d)",
+                     revision.name, model_id, self.keep_revisions)
+        for folder in (revisions, revisions.parent):
+            try:
+                folder.rmdir()  # only when empty
+            except OSError:
+                break
+
+    # -- last use and the disk budget -----------------------------------------------------------
+
+    def touch(self, model_id: str, *, now: float | None = None, force: bool = False) -> None:
+        """Record that ``model_id`` was used. Kept in memory; ``.usage.json`` is rewritten (atomically)
+        at most once a minute per id, so a request pays for a write at most that often, and a request
+        that does not write never waits for one. A store that cannot be written is logged once."""
+        now = time.time() if now is None else now
+        with self._usage_lock:
+            usage = self._usage_map()
+            usage[model_id] = now
+            if not force and abs(now - self._usage_written.get(model_id, -1e18)) < USAGE_WRITE_INTERVAL_S:
+                return
+            self._usage_written.update(usage)  # on its way to disk; a failure is retried a minute later
+        with self._usage_write_lock:
+            with self._usage_lock:
+                text = json.dumps(self._usage_map(), indent=1, sort_keys=True)  # the newest, written last
+            try:
+                atomic_files.write_text(self.root / ".usage.json", text)
+            except OSError as exc:
+                if not self._usage_warned:
+                    log.warning("model store: cannot record model use in %s: %s", self.root, exc)
+                    self._usage_warned = True
+
+    def last_used(self, model_id: str) -> float | None:
+        """When ``model_id`` was last used (Unix seconds), as recorded by ``touch``; None if never."""
+        with self._usage_lock:
+            return self._usage_map().get(model_id)
+
+    def _usage_map(self) -> dict[str, float]:
+        if self._usage is None:
+            path = self.root / ".usage.json"
+            self._usage = {}
+            try:
+                raw = json.loads(path.read_text(encoding="utf-8"))
+                self._usage = {str(k): float(v) for k, v in raw.items()}
+            except FileNotFoundError:
+                pass
+            except (OSError, ValueError, AttributeError, TypeError) as exc:
+                log.warning("model store: %s is unreadable, starting a new one: %s", path, exc)
+            self._usage_written = dict(self._usage)
+        return self._usage
+
+    def disk_usage(self) -> int:
+        """Bytes of the installed versions and revisions (a file with several hard links counted once;
+        in-flight ``.staging`` and ``.trash`` not counted)."""
+        seen: set[tuple[int, int]] = set()
+        total = 0
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            if Path(dirpath) == self.root:
+                dirnames[:] = [d for d in dirnames if d not in (".staging", ".trash")]
+            for name in filenames:
+                try:
+                    st = os.lstat(os.path.join(dirpath, name))
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    total += st.st_size
+        return total
+
+    def evict(self, budget_bytes: int, min_idle_s: float, protected: set[str] | frozenset[str] = frozenset(),
+              *, now: float | None = None) -> builtins.list[str]:
+        """Bring the store under ``budget_bytes`` (0: no budget): first revisions, oldest first, then
+        whole models unused for ``min_idle_s``, least recently used first; never built-in models nor
+        ``protected`` ids. Returns what was removed (``id@revision`` for a revision, else the id)."""
+        if budget_bytes <= 0:
+            return []
+        now = time.time() if now is None else now
+        removed: builtins.list[str] = []
+        with self._exclusive():
+            used = self.disk_usage()
+            everything = (r for model_id in self._revised_ids() for r in self.revisions(model_id))
+            for revision in sorted(everything, key=lambda r: r.stamp):
+                if used <= budget_bytes:
+                    break
+                self._delete(revision.path)
+                used = self.disk_usage()
+                removed.append(f"{revision.model_id}@{revision.name}")
+                log.info("model store: evicted revision %s of %s (over the disk budget)", revision.name,
+                         revision.model_id)
+            for idle_since, model_id in self._idle_models(now, min_idle_s, protected):
+                if used <= budget_bytes:
+                    break
+                self.remove(model_id)
+                used = self.disk_usage()
+                removed.append(model_id)
+                log.warning("model store: evicted %s, unused for %.1f days (over the disk budget)",
+                            model_id, (now - idle_since) / 86400)
+            if used > budget_bytes:
+                log.warning("model store: %.1f MB used, over the budget of %.1f MB, and nothing more may be "
+                            "evicted (protected or used within %.1f days)", used / 2**20, budget_bytes / 2**20,
+                            min_idle_s / 86400)
+        return removed
+
+    def _idle_models(self, now: float, min_idle_s: float,
+                     protected: set[str] | frozenset[str]) -> builtins.list[tuple[float, str]]:
+        """(last use, id) of the installed models that may be evicted, least recently used first. A
+        model never touched counts from when its folder was last changed (its install)."""
+        found = []
+        for stored in self.list():
+            model_id = stored.manifest.model_id
+            if stored.builtin or model_id in protected:
+                continue
+            used = self.last_used(model_id)
+            idle_since = used if used is not None else stored.path.stat().st_mtime
+            if now - idle_since >= min_idle_s:
+                found.append((idle_since, model_id))
+        return sorted(found)
+
+    # -- loading --------------------------------------------------------------------------------
 
     def load(self, model_id: str, prefs: Any = None, engine_for: Any = None) -> Any:
         """A ready ``Model`` for ``model_id`` (checksum verified, engine built).
@@ -199,15 +618,116 @@ class ModelStore:
         ``engine_for(model_id, manifest, onnx_path)`` may supply the engine (a cached TensorRT plan);
         when it returns None, the ONNX file is loaded by ``engines.select_engine``.
         """
-        import engines
         from edge_agent.models.model import Model
 
         manifest, onnx = self.verified_onnx(model_id)
         engine = engine_for(model_id, manifest, onnx) if engine_for is not None else None
         if engine is not None:
             return Model(manifest, engine)
+        return self._model(model_id, manifest, onnx, prefs)
+
+    @staticmethod
+    def _model(model_id: str, manifest: Manifest, onnx: Path, prefs: Any) -> Any:
+        import engines
+        from edge_agent.models.model import Model
+
         try:
             engine = engines.select_engine(onnx, prefs)
         except engines.EngineError as exc:
             raise ModelLoadFailed(f"model {model_id}: {exc}") from exc
         return Model(manifest, engine)
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _revised_ids(self) -> builtins.list[str]:
+        """The ids that have a folder under ``.revisions`` (anything else there is left alone)."""
+        top = self.root / ".revisions"
+        ids = []
+        for folder in sorted(top.glob("*/*")) if top.is_dir() else []:
+            model_id = f"{folder.parent.name}/{folder.name}"
+            try:
+                parse_model_id(model_id)
+            except InvalidModelId:
+                log.warning("model store: %s is not a model's revisions folder; left alone", folder)
+                continue
+            ids.append(model_id)
+        return ids
+
+    def _revisions_dir(self, model_id: str) -> Path:
+        project, version = parse_model_id(model_id)
+        return self.root / ".revisions" / project / version
+
+    def _refuse_builtin(self, model_id: str, what: str) -> None:
+        project, version = parse_model_id(model_id)
+        if self.builtin_root is not None and (self.builtin_root / project / version).is_dir():
+            raise ModelImportError(f"{model_id!r} is a built-in demo model id; {what}")
+
+    def _staging_dir(self, model_id: str) -> Path:
+        project, version = parse_model_id(model_id)
+        staging = self.root / ".staging"
+        staging.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f"{project}-{version}.", dir=staging))
+
+    def _delete(self, path: Path) -> None:
+        """Remove a folder at once (renamed into ``.trash``, then deleted), dropping empty parents."""
+        trash = self.root / ".trash"
+        trash.mkdir(parents=True, exist_ok=True)
+        doomed = Path(tempfile.mkdtemp(prefix="removed.", dir=trash))
+        os.rename(path, doomed / "x")
+        atomic_files.fsync_dir(path.parent)
+        shutil.rmtree(doomed, ignore_errors=True)
+        parent = path.parent
+        while parent != self.root and parent.name != ".revisions":
+            try:
+                parent.rmdir()  # the project folder when its last version goes
+            except OSError:
+                break
+            parent = parent.parent
+
+    def _fsync_up(self, folder: Path) -> None:
+        """fsync ``folder``'s parents up to the root, so that folders made on the way are on disk too."""
+        while folder != self.root and self.root in folder.parents:
+            folder = folder.parent
+            atomic_files.fsync_dir(folder)
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """This thread alone changes the store, and no other process using the same root (flock)."""
+        with self._lock:
+            if self._exclusive_held:
+                yield
+                return
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)  # flock on the root folder itself
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._exclusive_held = True
+                try:
+                    yield
+                finally:
+                    self._exclusive_held = False
+            finally:
+                os.close(fd)  # releases the flock
+
+
+def _verify(manifest: Manifest, onnx: Path) -> None:
+    if not onnx.is_file():
+        raise ModelLoadFailed(f"{onnx}: missing")
+    if onnx.stat().st_size != manifest.weights.bytes or sha256_of(onnx) != manifest.weights.sha256:
+        raise ModelLoadFailed(f"{onnx}: checksum mismatch, the file is corrupt; add the model again")
+
+
+def _require_sha(path: Path, actual: str, expected: str) -> None:
+    if actual != expected:
+        raise ChecksumMismatch(
+            f"{path}: sha256 is {actual}, expected {expected}; the file is not the one named "
+            "(damaged transfer, or the wrong file)",
+            public=f"sha256 is {actual}, expected {expected}; the file is not the one named")
+
+
+def _same_version(a: Path, b: Path) -> bool:
+    """Do two version folders hold the same version (byte-equal model.json, which names the sha256)?"""
+    try:
+        return (a / "model.json").read_bytes() == (b / "model.json").read_bytes()
+    except OSError:
+        return False
