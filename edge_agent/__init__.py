@@ -40,15 +40,26 @@ def open_store(settings: Settings | None = None) -> ModelStore:
     from edge_agent.settings import Settings
 
     settings = settings or Settings.from_env()
-    return ModelStore(settings.models_dir)
+    return ModelStore(settings.models_dir, keep_revisions=settings.models.keep_revisions)
 
 
-def get_model(model_id: str, settings: Settings | None = None) -> Model:
+def get_model(model_id: str, settings: Settings | None = None, api_key: str | None = None) -> Model:
     """Load ``model_id`` ("project/version") from the model store, ready to ``infer``.
 
-    Each call loads a fresh model; keep the returned object to reuse it.
+    With an ``api_key``, a model the store lacks is first pulled from Roboflow's API (unless the
+    settings say ``[models] offline``) and kept in the store. Each call loads a fresh model; keep the
+    returned object to reuse it.
     """
+    from edge_agent.errors import ModelNotFound
     from edge_agent.settings import Settings
 
     settings = settings or Settings.from_env()
-    return open_store(settings).load(model_id, settings.engine_prefs)  # type: ignore[no-any-return]
+    store = open_store(settings)
+    if api_key and not settings.models.offline:
+        try:
+            store.get(model_id)
+        except ModelNotFound:
+            from edge_agent.models.provision import pull_into_store
+
+            pull_into_store(store, model_id, api_key, settings.models, settings.mqtt.device_id)
+    return store.load(model_id, settings.engine_prefs)  # type: ignore[no-any-return]

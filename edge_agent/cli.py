@@ -3,8 +3,10 @@
     edge-agent [--config FILE] config check | show
     edge-agent serve [--host H] [--port P] [--threads N] [--preload ID ...] [--batching auto|on|off]
     edge-agent infer IMAGE [--model ID] [--confidence C] [--visualize OUT.jpg]
-    edge-agent models add SOURCE [--id PROJECT/VERSION] [--task TASK] [--classes a,b] [--replace]
-    edge-agent models list | show ID | remove ID
+    edge-agent models add SOURCE|URL [--id PROJECT/VERSION] [--task TASK] [--classes a,b] [--replace]
+                          [--sha256 HEX] [--no-activate]
+    edge-agent models list | show ID | remove ID | rollback ID [--to REVISION] | activate ID REVISION
+    edge-agent models evict
     edge-agent compile ID [--force] [--precision fp16|fp32|int8] [--dla-core N]
     edge-agent selftest [--json]
 """
@@ -64,13 +66,25 @@ def _parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="manage the model store")
     msub = models.add_subparsers(dest="action", required=True)
-    add = msub.add_parser("add", help="import an ultralytics ONNX file, a Roboflow model folder or an archive")
-    add.add_argument("source", type=Path)
+    add = msub.add_parser("add", help="import an ultralytics ONNX file, a Roboflow model folder or an archive "
+                                      "(a path, or an http(s) URL to download)")
+    add.add_argument("source")
     add.add_argument("--id", dest="model_id", help="project/version (Roboflow folders may name their own)")
     add.add_argument("--task", choices=["object-detection", "instance-segmentation", "keypoint-detection",
                                         "classification"], help="when the ONNX file has no metadata")
     add.add_argument("--classes", help="comma-separated class names, when the ONNX file has none")
-    add.add_argument("--replace", action="store_true", help="replace an installed model of the same id")
+    add.add_argument("--replace", action="store_true", help="install as a new version of an installed id (the "
+                                                            "old one is kept for rollback; implied by a URL)")
+    add.add_argument("--sha256", help="refuse a file with another sha256 (recommended for URLs)")
+    add.add_argument("--no-activate", dest="activate", action="store_false",
+                     help="keep a new version of an installed id as a revision (activate it later)")
+    rollback = msub.add_parser("rollback", help="go back to the previous version of a model (after checks)")
+    rollback.add_argument("model_id")
+    rollback.add_argument("--to", help="a revision ('models show' lists them); default: the newest earlier one")
+    activate = msub.add_parser("activate", help="make a kept revision the version that serves (after checks)")
+    activate.add_argument("model_id")
+    activate.add_argument("revision")
+    msub.add_parser("evict", help="bring the store under [models] disk_budget_mb now")
     msub.add_parser("list", help="list installed models")
     show = msub.add_parser("show", help="print a model's manifest")
     show.add_argument("model_id")
@@ -155,21 +169,88 @@ def _summary(stored: Any) -> dict[str, Any]:
 def _models(args: argparse.Namespace) -> int:
     import edge_agent
 
-    store = edge_agent.open_store(_settings(args))
+    settings = _settings(args)
+    store = edge_agent.open_store(settings)
     if args.action == "add":
         classes = tuple(c.strip() for c in args.classes.split(",")) if args.classes else None
-        manifest = store.install(args.source, args.model_id, task=args.task, class_names=classes,
-                                 replace=args.replace)
-        _print(manifest.model_dump(mode="json"))
+        source = str(args.source)
+        if source.startswith(("http://", "https://")) or args.sha256 or not args.activate or \
+                (args.replace and _installed(store, args.model_id)):
+            _print(_changed(settings, _provisioner(settings, store, args.model_id).install_any(
+                source, args.model_id, sha256=args.sha256, activate=args.activate, task=args.task,
+                class_names=classes)))
+        else:
+            manifest = store.install(Path(source), args.model_id, task=args.task, class_names=classes,
+                                     replace=args.replace)
+            _print(manifest.model_dump(mode="json"))
     elif args.action == "list":
         _print([_summary(s) for s in store.list()])
     elif args.action == "show":
         stored = store.get(args.model_id)
-        _print({**stored.manifest.model_dump(mode="json"), "path": str(stored.path), "builtin": stored.builtin})
+        revisions = [] if stored.builtin else [{"revision": r.stamp, "sha256": r.sha256}
+                                               for r in store.revisions(args.model_id)]
+        _print({**stored.manifest.model_dump(mode="json"), "path": str(stored.path), "builtin": stored.builtin,
+                "revisions": revisions})
     elif args.action == "remove":
         store.remove(args.model_id)
-        _print({"removed": args.model_id})
+        _print(_changed(settings, {"removed": args.model_id, "model_id": args.model_id}))
+    elif args.action in ("rollback", "activate"):
+        provisioner = _provisioner(settings, store, args.model_id)
+        to = args.to if args.action == "rollback" else args.revision
+        _print(_changed(settings, provisioner.rollback(args.model_id, to)))
+    elif args.action == "evict":
+        from edge_agent.models.provision import Provisioner
+
+        _print({"evicted": Provisioner(settings, store, _manager(settings, store), "cli").evict()})
     return 0
+
+
+def _installed(store: Any, model_id: str | None) -> bool:
+    from edge_agent.errors import ModelNotFound
+
+    if model_id is None:
+        return False
+    try:
+        store.get(model_id)
+        return True
+    except ModelNotFound:
+        return False
+
+
+def _manager(settings: Any, store: Any) -> Any:
+    from edge_agent.models.manager import ModelManager
+
+    return ModelManager(store, settings.engine_prefs)
+
+
+def _provisioner(settings: Any, store: Any, model_id: str | None) -> Any:
+    """A provisioner of this process, with the current version of ``model_id`` loaded so that a new one is
+    checked against it (golden set included) as the daemon would."""
+    from edge_agent.models.provision import Provisioner
+
+    manager = _manager(settings, store)
+    if _installed(store, model_id):
+        manager.get(model_id)
+    return Provisioner(settings, store, manager, "cli")
+
+
+def _changed(settings: Any, result: dict[str, Any]) -> dict[str, Any]:
+    """Ask a daemon running here to unload the model, so its next request loads the store's new version."""
+    import urllib.error
+    import urllib.request
+
+    s = settings.server
+    body = json.dumps({"model_id": result["model_id"]}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{s.port}/model/remove", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    if s.api_key is not None:
+        request.add_header("Authorization", f"Bearer {s.api_key.get_secret_value()}")
+    try:
+        with urllib.request.urlopen(request, timeout=5):
+            result["daemon"] = "the running daemon unloaded it; its next request loads this version"
+    except (urllib.error.URLError, OSError) as exc:
+        result["daemon"] = f"no daemon answered on port {s.port} ({getattr(exc, 'reason', exc)})"
+    return result
 
 
 class _ProgressBar:

@@ -6,12 +6,19 @@
     ├── InvalidInput               400 invalid_input        bad parameters from the caller
     │   ├── ImageLoadError         400 image_load_failed    "Could not load input image. Cause: ..."
     │   ├── InvalidModelId         400 invalid_model_id     not "<project>/<version>"
-    │   └── ModelImportError       400 model_import_failed  a file offered to the store is unusable
-    ├── ModelNotFound              404 model_not_found      no such id in the model store
+    │   ├── ModelImportError       400 model_import_failed  a file offered to the store is unusable
+    │   └── ChecksumMismatch       400 checksum_mismatch    a file is not the one its sha256 names
+    ├── Unauthorized               401 unauthorized         Roboflow's API refused the api_key
+    ├── Forbidden                  403 forbidden            the key may not read that model / no upload key
+    ├── ModelNotFound              404 model_not_found      no such id in the model store (or at Roboflow)
+    ├── ActivationRefused          409 activation_refused   a new version failed its checks; the old serves
+    ├── PayloadTooLarge            413 payload_too_large    an upload or download over its size cap
     ├── ModelLoadFailed            500 model_package_broken the stored package cannot be loaded
     ├── UnsupportedModel           501 unsupported_model    a task or layout we do not decode
     ├── EngineFailure              500 engine_failure       the runtime failed while running
+    ├── DownloadFailed             502 download_failed      a model download broke off or was refused
     ├── Overloaded                 503 overloaded           queue full: retry later
+    ├── CloudUnavailable           503 cloud_unavailable    Roboflow's API cannot be reached (reason given)
     └── NotReady                   503 not_ready            still starting or loading: retry later
 
 Engines raise ``engines.EngineError``; the model layer translates those at its boundary and chains
@@ -81,3 +88,37 @@ class Overloaded(EdgeAgentError):
 class NotReady(EdgeAgentError):
     status = 503
     code = "not_ready"
+
+
+class ChecksumMismatch(InvalidInput):
+    code = "checksum_mismatch"
+
+
+class Unauthorized(EdgeAgentError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(EdgeAgentError):
+    status = 403
+    code = "forbidden"
+
+
+class ActivationRefused(EdgeAgentError):
+    status = 409
+    code = "activation_refused"
+
+
+class PayloadTooLarge(EdgeAgentError):
+    status = 413
+    code = "payload_too_large"
+
+
+class DownloadFailed(EdgeAgentError):
+    status = 502
+    code = "download_failed"
+
+
+class CloudUnavailable(EdgeAgentError):
+    status = 503
+    code = "cloud_unavailable"

@@ -124,6 +124,18 @@ class _ActiveLearning(Collector):
         yield failures
 
 
+class _Provisioning(Collector):
+    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[Any]:
+        family = CounterMetricFamily("edge_agent_model_provisioning", "Models pulled from Roboflow's API, new "
+                                     "versions activated, and versions refused by their checks", labels=["event"])
+        for event, count in self._counts().items():
+            family.add_metric([event], count)
+        yield family
+
+
 class Metrics:
     CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -152,6 +164,9 @@ class Metrics:
 
     def watch_mqtt(self, snapshot: Callable[[], dict[str, Any]]) -> None:
         self.registry.register(_Mqtt(snapshot))
+
+    def watch_provisioning(self, counts: Callable[[], dict[str, int]]) -> None:
+        self.registry.register(_Provisioning(counts))
 
     def watch(self, depths: Callable[[], dict[str, int]], loaded: Callable[[], int]) -> None:
         self.registry.register(_Live(depths, loaded))

@@ -67,7 +67,7 @@ class Runtime:
         self.stats = RuntimeStats()
         self.events = EventBus()
         self.events.subscribe(lambda event: self.stats.on_frame(event.source_id))
-        self.store = ModelStore(settings.models_dir)
+        self.store = ModelStore(settings.models_dir, keep_revisions=settings.models.keep_revisions)
         self.engine_choice = choose_backend(settings.engine_prefs)
         self.manager = ModelManager(
             self.store,
@@ -80,6 +80,11 @@ class Runtime:
             on_batch=self._on_batch,
         )
         self.metrics.watch(self.manager.queue_depths, lambda: len(self.manager.loaded()))
+        from edge_agent.models.provision import Provisioner
+
+        self.provisioner = Provisioner(settings, self.store, self.manager, device_id=settings.mqtt.device_id,
+                                       protected=self._models_in_use)
+        self.metrics.watch_provisioning(self.provisioner.counts)
         self.limits = ImageLimits(
             max_pixels=s.max_image_pixels,
             allow_files=False,  # spec §9.3: never read server files for a network caller
@@ -152,6 +157,7 @@ class Runtime:
             self.store.clean()
         except OSError as exc:
             log.warning("cannot clean the model store: %s", exc)
+        self.provisioner.evict_quietly()
         if self.bridge is not None:
             self.bridge.start()
         if self.active_learning is not None:
@@ -189,8 +195,20 @@ class Runtime:
     def wait_ready(self, timeout: float | None = None) -> bool:
         return self.ready.wait(timeout)
 
-    def model(self, model_id: str) -> tuple[LoadedModel, bool]:
+    def model(self, model_id: str, api_key: str | None = None) -> tuple[LoadedModel, bool]:
+        """The loaded model; an id the store lacks is first pulled from Roboflow's API when an
+        ``api_key`` is given and the device is not configured offline."""
+        if api_key:
+            self.provisioner.pull(model_id, api_key)
         return self.manager.get(model_id)
+
+    def _models_in_use(self) -> set[str]:
+        """Ids eviction must leave alone: preloaded, aliased and those of pipelines."""
+        s = self.settings
+        ids = set(s.server.preload_models) | set(s.server.aliases.values())
+        ids |= {spec.model_id for spec in s.pipelines.streams}
+        ids |= {p.model_id for p in self.streams.list()}
+        return {self.manager.resolve(i) for i in ids}
 
     def infer(self, loaded: LoadedModel, images: list[np.ndarray], params: InferenceParams,
               source: str | None = None, captured_at: float | None = None,

@@ -14,6 +14,7 @@ An unknown key (in the file or an ``EDGE_AGENT_*`` variable) or a bad value rais
 with one line naming the key and where it came from (file and line, variable, or flag).
 Sections: ``[paths]``, ``[engine]``, ``[server]`` (listening, limits, URL policy, batching, preloaded
 models), ``[mqtt]`` (the bridge: broker, TLS, topics, outbox bounds, telemetry, Home Assistant),
+``[models]`` (Roboflow's API, uploads, activation checks, disk budget),
 ``[pipelines]`` (``[[pipelines.streams]]``: video pipelines started with the daemon),
 ``[active_learning]`` (sampling strategies, the spool, upload targets).
 """
@@ -270,10 +271,33 @@ class ActiveLearningSettings(_Section):
         return self
 
 
+class ModelsSettings(_Section):
+    """``[models]``: where models come from (Roboflow's API, uploads), how new versions are checked
+    before they serve, and the store's disk budget."""
+
+    offline: bool = Field(False, description="never contact Roboflow's API (unknown ids are then a plain 404)")
+    api_url: str = Field("https://api.roboflow.com", pattern=r"^https?://[^\s?#]+$",
+                         description="Roboflow's API (base URL of the model-weights routes)")
+    download_timeout_s: float = Field(30.0, gt=0, le=600, description="connect and per-read timeout")
+    download_deadline_s: float = Field(900.0, gt=0, description="a whole model download must end within this")
+    download_retries: int = Field(3, ge=0, le=10, description="retries of a failed request, with backoff")
+    max_download_bytes: int = Field(1024 * 1024 * 1024, ge=1024, description="largest file downloaded")
+    max_upload_bytes: int = Field(1024 * 1024 * 1024, ge=1024, description="largest PUT /models/... body")
+    keep_revisions: int = Field(2, ge=1, le=20, description="earlier versions of an id kept for rollback")
+    check_images: Path | None = Field(None, description="golden set: a new version's predictions on these "
+                                                        "images must agree with the serving one's")
+    check_tolerance: float = Field(0.1, ge=0, le=1, description="share of golden-set images that may "
+                                                                "disagree with the serving version")
+    disk_budget_mb: int = Field(0, ge=0, description="evict unused models beyond this; 0: no budget")
+    evict_after_days: float = Field(30.0, ge=0, description="only models unused this long are evicted")
+    pinned: tuple[str, ...] = Field((), description="model ids never evicted")
+
+
 class Settings(_Section):
     paths: PathsSettings
     engine: EngineSettings = Field(default_factory=EngineSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    models: ModelsSettings = Field(default_factory=ModelsSettings)
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     pipelines: PipelinesSettings = Field(default_factory=PipelinesSettings)
     active_learning: ActiveLearningSettings = Field(default_factory=ActiveLearningSettings)
@@ -319,7 +343,7 @@ class Settings(_Section):
 
 
 SECTIONS: dict[str, type[_Section]] = {"paths": PathsSettings, "engine": EngineSettings, "server": ServerSettings,
-                                       "mqtt": MqttSettings, "pipelines": PipelinesSettings,
+                                       "models": ModelsSettings, "mqtt": MqttSettings, "pipelines": PipelinesSettings,
                                        "active_learning": ActiveLearningSettings}
 
 

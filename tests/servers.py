@@ -38,6 +38,7 @@ def _env(state_dir: Path, settings: Mapping[str, str]) -> dict[str, str]:
     env["EDGE_AGENT_STATE_DIR"] = str(state_dir)
     env["EDGE_AGENT_CONFIG"] = ""  # no configuration file: only what the test sets
     env["EDGE_AGENT_ENGINE__INTRA_OP_THREADS"] = "1"  # several servers may run side by side in a test run
+    env["EDGE_AGENT_MODELS__OFFLINE"] = "true"  # never Roboflow's real API (env_extra may point at a fake)
     for key, value in settings.items():
         env[f"EDGE_AGENT_SERVER__{key.upper()}"] = value
     return env

@@ -110,7 +110,8 @@ def test_example_config_is_complete_and_shows_the_defaults(tmp_path: Path) -> No
                      ("mqtt", "device_id"), ("pipelines", "streams"), ("active_learning", "folder"),
                      ("active_learning", "http_base_url"), ("active_learning", "http_project"),
                      ("active_learning", "http_api_key"), ("active_learning", "strategies"),
-                     ("engine", "dla_core"), ("engine", "calibration_images"), ("engine", "check_images")}
+                     ("engine", "dla_core"), ("engine", "calibration_images"), ("engine", "check_images"),
+                     ("models", "check_images")}
     for section, model in SECTIONS.items():
         for key in model.model_fields:
             shown = (re.search(rf"^# {key} = ", text, re.M) or re.search(rf"^# \[{section}\.{key}\]$", text, re.M)

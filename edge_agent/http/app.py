@@ -26,7 +26,7 @@ from edge_agent.errors import (
     NotReady,
     Overloaded,
 )
-from edge_agent.http import admin, common, streams, v1, v2
+from edge_agent.http import admin, common, models, streams, v1, v2
 from edge_agent.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,7 @@ def create_app(rt: Runtime) -> OpenAPI:
     app.json.compact = True  # type: ignore[attr-defined]
     app.extensions["edge_agent"] = rt
     app.register_api(admin.bp)
+    app.register_api(models.bp)
     app.register_api(v2.bp)
     app.register_api(v1.bp)
     app.register_api(streams.bp)
@@ -149,7 +150,7 @@ def create_app(rt: Runtime) -> OpenAPI:
         if server.cors_origins:
             h["Access-Control-Allow-Origin"] = server.cors_origins
             h["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
-            h["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+            h["Access-Control-Allow-Methods"] = "GET, POST, PUT, OPTIONS"
         if request.path in DOCS_PAGES:
             h["Content-Security-Policy"] = DOCS_CSP
         rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
@@ -195,24 +196,8 @@ def _open(path: str) -> bool:
     return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
-def _given_keys() -> list[str]:
-    """The request's keys, in spec §1.3 precedence: query, then Bearer header, then JSON body."""
-    keys = []
-    query_key = request.args.get("api_key")
-    if query_key and query_key != "None":
-        keys.append(query_key)
-    auth = request.headers.get("Authorization", "")
-    if auth.lower().startswith("bearer "):
-        keys.append(auth[7:].strip())
-    if request.is_json:
-        body = request.get_json(silent=True)
-        if isinstance(body, dict) and isinstance(body.get("api_key"), str):
-            keys.append(body["api_key"])
-    return keys
-
-
 def _key_ok(expected: str) -> bool:
-    given = _given_keys()
+    given = common.given_keys()
     if not given:
         return False
     return hmac.compare_digest(given[0].encode(), expected.encode())

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from flask import current_app, g
+from flask import current_app, g, request
 
 from edge_agent.errors import InvalidInput
 from edge_agent.heads import InferenceParams
@@ -32,9 +32,28 @@ def runtime() -> Runtime:
     return current_app.extensions["edge_agent"]  # type: ignore[no-any-return]
 
 
+def given_keys() -> list[str]:
+    """The request's API keys, in spec §1.3 precedence: query, then Bearer header, then JSON body
+    (the SDK's literal ``api_key=None`` is no key)."""
+    keys = []
+    query_key = request.args.get("api_key")
+    if query_key and query_key != "None":
+        keys.append(query_key)
+    auth = request.headers.get("Authorization", "")
+    if auth.lower().startswith("bearer "):
+        keys.append(auth[7:].strip())
+    if request.is_json:
+        body = request.get_json(silent=True)
+        if isinstance(body, dict) and isinstance(body.get("api_key"), str):
+            keys.append(body["api_key"])
+    return keys
+
+
 def load_model(model_id: str) -> LoadedModel:
-    """Load (or find) the model and note it for the response headers and metrics."""
-    loaded, cold = runtime().model(model_id)
+    """Load (or find) the model and note it for the response headers and metrics. A model the store
+    lacks is pulled from Roboflow's API with the request's key (when the device is online)."""
+    keys = given_keys()
+    loaded, cold = runtime().model(model_id, keys[0] if keys else None)
     g.model_id = loaded.model_id
     if cold:
         g.load_time = loaded.load_seconds

@@ -260,3 +260,60 @@ class ClassificationResponse(_Response):
     top: str | None = Field(None, description="single-label only")
     confidence: float | None = Field(None, description="single-label only")
     predicted_classes: list[str] | None = Field(None, description="multi-label only")
+
+
+# ------------------------------------------------------------------------------- model provisioning
+
+
+class ModelUploadQuery(_Model):
+    sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$",
+                               description="sha256 of the uploaded file; a different file is refused (400)")
+    activate: bool = Field(True, description="serve it once its checks pass; false: keep it as a revision to "
+                                             "activate later")
+
+
+class RollbackQuery(_Model):
+    to: str | None = Field(None, max_length=80, description="a revision (stamp or sha256 prefix); default: the "
+                                                            "newest earlier one")
+
+
+class ActivateQuery(_Model):
+    revision: str = Field(min_length=1, max_length=80, description="a revision (stamp or sha256 prefix)")
+
+
+class CheckReportBody(BaseModel):
+    ok: bool
+    reason: str | None = None
+    seconds: float | None = None
+    images_compared: int | None = None
+    disagreeing: int | None = None
+
+
+class RevisionInfo(BaseModel):
+    revision: str = Field(description="UTC stamp it was replaced at")
+    sha256: str
+
+
+class StoredModelInfo(BaseModel):
+    model_id: str
+    task: str
+    sha256: str
+    bytes: int
+    builtin: bool
+    loaded: bool
+    revisions: list[RevisionInfo] = Field(description="earlier versions kept for rollback, newest first")
+
+
+class StoredModels(BaseModel):
+    models: list[StoredModelInfo]
+    disk_bytes: int = Field(description="the store's size on disk, revisions included")
+    disk_budget_bytes: int | None = Field(None, description="[models] disk_budget_mb, when set")
+
+
+class ActivationResult(BaseModel):
+    model_id: str
+    activated: bool = Field(description="false: installed as a revision, not serving")
+    serving: bool | None = Field(None, description="the model was loaded and now serves the new version")
+    sha256: str
+    revision: str | None = Field(None, description="when not activated: the revision to activate")
+    check: CheckReportBody

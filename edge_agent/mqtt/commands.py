@@ -4,19 +4,22 @@ A request is a JSON object on ``<prefix>/<device>/commands/<name>``; the reply g
 response topic with the request's correlation data when given, else to
 ``<prefix>/<device>/responses/<name>``, and always carries the request's ``correlation_id`` field (for
 MQTT 3.1.1 clients). Every request gets exactly one reply: ``ok: true`` with a ``result``, or
-``ok: false`` with an ``error`` naming the problem. Handlers run one at a time on a thread of their
-own, so a slow one (loading a model) never holds up the MQTT connection.
+``ok: false`` with an ``error`` naming the problem. A long command (``install_model``) also sends
+progress replies before it (``ok: true`` with ``progress`` and no ``result``). Handlers run one at a time
+on a thread of their own, so a slow one (loading a model) never holds up the MQTT connection.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from edge_agent.errors import EdgeAgentError
 from edge_agent.mqtt.topics import envelope
@@ -39,13 +42,33 @@ class ModelArgs(Args):
     model_id: str = Field(min_length=1, max_length=256, description="project/version, or an alias")
 
 
+class LoadModelArgs(ModelArgs):
+    api_key: SecretStr | None = Field(None, max_length=512, description="pulls the model from Roboflow's API "
+                                                                        "when the store lacks it")
+
+
+class InstallModelArgs(ModelArgs):
+    url: str = Field(min_length=1, max_length=4096, pattern=r"^https?://", description="the ONNX file or archive")
+    sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$", description="of the file at url; another file is refused")
+    activate: bool = Field(True, description="serve it once its checks pass; false: keep it as a revision")
+
+
+class RollbackModelArgs(ModelArgs):
+    to: str | None = Field(None, max_length=80, description="a revision; default: the newest earlier one")
+
+
+class ActivateModelArgs(ModelArgs):
+    revision: str = Field(min_length=1, max_length=80)
+
+
 class CommandError(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
 
 
-Handler = Callable[[Any], dict[str, Any]]
+Handler = Callable[..., dict[str, Any]]
+PROGRESS_INTERVAL_S = 0.5  # progress replies of one phase at most this often
 
 
 class Commands:
@@ -85,7 +108,11 @@ class Commands:
                 args = model.model_validate(data)
             except ValidationError as exc:
                 raise CommandError("invalid_command", _validation_message(exc)) from None
-            reply.update(ok=True, result=handler(args))
+            if len(inspect.signature(handler).parameters) > 1:
+                result = handler(args, self._progress(reply, correlation_id, respond))
+            else:
+                result = handler(args)
+            reply.update(ok=True, result=result)
         except CommandError as exc:
             reply.update(ok=False, error={"type": exc.code, "message": str(exc)})
         except EdgeAgentError as exc:
@@ -95,6 +122,22 @@ class Commands:
             reply.update(ok=False, error={"type": "internal_error", "message": f"{type(exc).__name__}"})
         reply["correlation_id"] = correlation_id
         respond(reply)
+
+    @staticmethod
+    def _progress(reply: dict[str, Any], correlation_id: Any, respond: Respond) -> Callable[[dict[str, Any]], None]:
+        """A callback sending progress replies: every change of phase, and within one at most every
+        ``PROGRESS_INTERVAL_S``."""
+        last: dict[str, Any] = {"phase": None, "at": 0.0}
+
+        def progress(update: dict[str, Any]) -> None:
+            now = time.monotonic()
+            if update.get("phase") == last["phase"] and now - last["at"] < PROGRESS_INTERVAL_S:
+                return
+            last.update(phase=update.get("phase"), at=now)
+            respond({**reply, **envelope(reply["device_id"]), "ok": True, "progress": update,
+                     "correlation_id": correlation_id})
+
+        return progress
 
     @staticmethod
     def _parse(payload: bytes) -> dict[str, Any]:
@@ -133,9 +176,21 @@ def runtime_commands(runtime: Any, bridge_snapshot: Callable[[], dict[str, Any]]
         return {"model_id": loaded.model_id, "task": m.task, "classes": list(m.class_names),
                 "load_seconds": round(loaded.load_seconds, 3)}
 
-    def load_model(args: ModelArgs) -> dict[str, Any]:
-        loaded, cold = runtime.model(args.model_id)
+    def load_model(args: LoadModelArgs) -> dict[str, Any]:
+        loaded, cold = runtime.model(args.model_id, args.api_key.get_secret_value() if args.api_key else None)
         return {**describe(loaded), "was_loaded": not cold}
+
+    provisioner = runtime.provisioner
+
+    def install_model(args: InstallModelArgs, progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        return provisioner.install_url(args.url, args.model_id, sha256=args.sha256,  # type: ignore[no-any-return]
+                                       activate=args.activate, progress=progress)
+
+    def rollback_model(args: RollbackModelArgs, progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        return provisioner.rollback(args.model_id, args.to, progress)  # type: ignore[no-any-return]
+
+    def activate_model(args: ActivateModelArgs, progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        return provisioner.activate(args.model_id, args.revision, progress)  # type: ignore[no-any-return]
 
     def unload_model(args: ModelArgs) -> dict[str, Any]:
         return {"model_id": args.model_id, "unloaded": runtime.manager.unload(args.model_id)}
@@ -180,7 +235,10 @@ def runtime_commands(runtime: Any, bridge_snapshot: Callable[[], dict[str, Any]]
     commands.register("resume_pipeline", PipelineArgs, resume_pipeline)
     commands.register("pipeline_status", PipelineArgs, pipeline_status)
     commands.register("list_pipelines", NoArgs, list_pipelines)
-    commands.register("load_model", ModelArgs, load_model)
+    commands.register("load_model", LoadModelArgs, load_model)
+    commands.register("install_model", InstallModelArgs, install_model)
+    commands.register("rollback_model", RollbackModelArgs, rollback_model)
+    commands.register("activate_model", ActivateModelArgs, activate_model)
     commands.register("unload_model", ModelArgs, unload_model)
     commands.register("list_models", NoArgs, list_models)
     commands.register("status", NoArgs, status)

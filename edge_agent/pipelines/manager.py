@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
 
 from edge_agent.errors import EdgeAgentError, InvalidInput
 from edge_agent.heads import InferenceParams
@@ -54,6 +54,8 @@ class PipelineSpec(BaseModel):
                                               "(default: every frame, as fast as the model goes)")
     outputs: list[Literal["jsonl", "video"]] = Field(default_factory=list,
                                                      description="files under <state>/pipelines/<id>/")
+    api_key: SecretStr | None = Field(None, max_length=512, description="Roboflow API key: the model is pulled from "
+                                                                  "Roboflow's API when the store lacks it")
 
 
 class StreamManager:
@@ -75,7 +77,8 @@ class StreamManager:
                                      max_detections=spec.max_detections)
             pipeline = InferencePipeline(self.runtime, spec.model_id, spec.video_reference,
                                          pipeline_id=pipeline_id, params=params, max_fps=spec.max_fps,
-                                         realtime=spec.realtime)
+                                         realtime=spec.realtime,
+                                         api_key=spec.api_key.get_secret_value() if spec.api_key else None)
             if not re.match(PIPELINE_ID, pipeline.pipeline_id):  # pragma: no cover - generated ids match
                 raise InvalidInput("bad pipeline id")
             preview = PreviewSink()

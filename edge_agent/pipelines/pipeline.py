@@ -129,9 +129,10 @@ class InferencePipeline:
                  pipeline_id: str | None = None, params: InferenceParams | None = None,
                  max_fps: float | None = None, realtime: bool = False, sinks: Sequence[Sink] = (),
                  on_prediction: Callable[[dict[str, Any], np.ndarray], None] | None = None,
-                 source_options: dict[str, Any] | None = None) -> None:
+                 source_options: dict[str, Any] | None = None, api_key: str | None = None) -> None:
         self.runtime = runtime
         self.model_id = model_id
+        self._api_key = api_key  # pulls the model from Roboflow's API when the store lacks it; never shown
         self.pipeline_id = pipeline_id or uuid.uuid4().hex[:12]
         self.params = params or InferenceParams()
         self.max_fps = max_fps
@@ -224,7 +225,7 @@ class InferencePipeline:
     def _run(self) -> None:
         try:
             self.state = "loading"
-            loaded, _ = self.runtime.model(self.model_id)
+            loaded, _ = self.runtime.model(self.model_id, self._api_key)
             if self._stop.is_set():
                 return
             self.source.start()

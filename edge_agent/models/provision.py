@@ -1,0 +1,271 @@
+"""``Provisioner``: how models reach the store and start serving, and how they leave it.
+
+- **Pull** (``pull``): an id the store does not have, asked for with an ``api_key``, is fetched from
+  Roboflow's API (``roboflow_api.pull_package``) into the store's staging area and installed like any
+  other package, so it serves from then on, offline too. Concurrent first requests for one id wait for
+  one download; other ids are never held up. ``[models] offline`` turns this off.
+- **Push** (``install_file``, ``install_url``): an uploaded file, or a URL with a sha256, is staged,
+  verified and activated.
+- **Activation** (``_activate``): the candidate is loaded beside the version that serves, warmed up
+  and checked (``checks.check_candidate``: it runs, its outputs have the expected shapes, the task is
+  the same, and on the golden set of ``[models] check_images`` its predictions agree with the serving
+  ones); only then is it committed to the store and swapped in (``ModelManager.swap``: requests in
+  flight finish on the old one, no request fails). A candidate that fails any check is discarded and
+  the reason raised as ``ActivationRefused``; the old version serves on, untouched.
+- **Rollback** (``rollback``): an earlier revision kept by the store goes through the same checks
+  and swap.
+- **Eviction** (``evict``): beyond ``[models] disk_budget_mb``, old revisions and then models unused
+  for ``evict_after_days`` go, least recently used first; pinned, loaded, preloaded and pipeline
+  models never do.
+
+One activation runs at a time (a lock); pulls of different ids run in parallel.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from edge_agent.errors import InvalidInput, ModelNotFound
+from edge_agent.models import checks
+from edge_agent.models.download import DownloadPolicy, download, redact
+from edge_agent.models.manifest import parse_model_id
+from edge_agent.models.roboflow_api import pull_package
+from edge_agent.models.store import ModelStore
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[dict[str, Any]], None]
+SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+# Suffixes the store's importers understand, kept on a downloaded file so it is read as what it is.
+_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip", ".onnx")
+
+
+def check_sha256(sha256: str | None) -> str | None:
+    if sha256 is None:
+        return None
+    if not SHA256.match(sha256):
+        raise InvalidInput(f"sha256 must be 64 hexadecimal digits, got {sha256[:80]!r}")
+    return sha256.lower()
+
+
+def suffix_of(name: str) -> str:
+    """The importer-relevant suffix of a file name or URL path ('.onnx' when it names none)."""
+    lower = name.lower()
+    return next((s for s in _SUFFIXES if lower.endswith(s)), ".onnx")
+
+
+def pull_into_store(store: ModelStore, model_id: str, api_key: str, cfg: Any, device_id: str,
+                    progress: Progress | None = None) -> None:
+    """Fetch ``model_id`` from Roboflow's API (``cfg``: ``[models]``) and install it (no checks beyond
+    the importer's: nothing serves this id yet; loading it is the check)."""
+    policy = DownloadPolicy.from_settings(cfg)
+    staging = store.root / ".staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="pull.", dir=staging))
+    t0 = time.perf_counter()
+    try:
+        def on_bytes(done: int, total: int | None) -> None:
+            if progress is not None:
+                progress({"phase": "downloading", "bytes": done, "total": total})
+
+        pull_package(model_id, api_key, folder, api_url=cfg.api_url, device_id=device_id, policy=policy,
+                     progress=on_bytes)
+        staged = store.stage(folder, model_id)
+        store.commit(staged)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    log.info("pulled %s from %s in %.2f s", model_id, cfg.api_url, time.perf_counter() - t0)
+
+
+class Provisioner:
+    def __init__(self, settings: Any, store: ModelStore, manager: Any, device_id: str,
+                 protected: Callable[[], set[str]] = set) -> None:
+        self.cfg = settings.models
+        self.engine_prefs = manager.engine_prefs
+        self.store = store
+        self.manager = manager
+        self.device_id = device_id
+        self.protected = protected
+        self.policy = DownloadPolicy.from_settings(self.cfg)
+        self._locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+        self._activation = threading.Lock()
+        self.pulls = 0
+        self.activations = 0
+        self.refusals = 0
+
+    def counts(self) -> dict[str, int]:
+        return {"pulled": self.pulls, "activated": self.activations, "refused": self.refusals}
+
+    # -- pull --------------------------------------------------------------------------------
+
+    def _in_store(self, model_id: str) -> bool:
+        try:
+            self.store.get(model_id)
+            return True
+        except ModelNotFound:
+            return False
+
+    def pull(self, model_id: str, api_key: str | None) -> bool:
+        """Fetch ``model_id`` from Roboflow when the store lacks it and a key is given; True when this
+        call (or one it waited for) downloaded it."""
+        if self.cfg.offline or not api_key or self.manager.peek(model_id) is not None:
+            return False
+        model_id = self.manager.resolve(model_id)
+        parse_model_id(model_id)
+        if self._in_store(model_id):
+            return False
+        with self._lock:
+            lock = self._locks.setdefault(model_id, threading.Lock())
+        with lock:  # concurrent first requests: one downloads, the others wait and find it installed
+            try:
+                if self._in_store(model_id):
+                    return True
+                pull_into_store(self.store, model_id, api_key, self.cfg, self.device_id)
+                self.pulls += 1
+                self.evict_quietly()
+                return True
+            finally:
+                with self._lock:
+                    self._locks.pop(model_id, None)
+
+    # -- push --------------------------------------------------------------------------------
+
+    def install_any(self, source: str, model_id: str | None, **options: Any) -> dict[str, Any]:
+        """``install_url`` for an http(s) URL, else ``install_file`` (the CLI's ``models add``)."""
+        if model_id is None:
+            raise InvalidInput("give the model id to install it under: --id project/version")
+        if source.startswith(("http://", "https://")):
+            return self.install_url(source, model_id, **options)
+        return self.install_file(Path(source), model_id, **options)
+
+    def install_file(self, source: Path, model_id: str, *, sha256: str | None = None, activate: bool = True,
+                     progress: Progress | None = None, task: str | None = None,
+                     class_names: tuple[str, ...] | None = None) -> dict[str, Any]:
+        """Stage ``source`` (ONNX file, archive or Roboflow folder) as ``model_id``, check it and, with
+        ``activate``, make it the version that serves; without, keep it as a revision to activate later."""
+        parse_model_id(model_id)
+        sha256 = check_sha256(sha256)
+        if progress is not None:
+            progress({"phase": "verifying"})
+        staged = self.store.stage(source, model_id, task=task, class_names=class_names, sha256=sha256)
+        return self._activate(staged, activate, progress)
+
+    def install_url(self, url: str, model_id: str, *, sha256: str | None, activate: bool = True,
+                    progress: Progress | None = None, **options: Any) -> dict[str, Any]:
+        """Download ``url`` (its sha256 checked while it arrives), then ``install_file``."""
+        parse_model_id(model_id)
+        sha256 = check_sha256(sha256)
+        staging = self.store.root / ".staging"
+        staging.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix="download.", dir=staging))
+        try:
+            target = folder / f"package{suffix_of(urlsplit(url).path)}"
+
+            def on_bytes(done: int, total: int | None) -> None:
+                if progress is not None:
+                    progress({"phase": "downloading", "bytes": done, "total": total})
+
+            t0 = time.perf_counter()
+            _, size = download(url, target, self.policy, sha256=sha256, progress=on_bytes)
+            log.info("downloaded %s (%d bytes) for %s in %.2f s", redact(url), size, model_id,
+                     time.perf_counter() - t0)
+            return self.install_file(target, model_id, sha256=None, activate=activate, progress=progress, **options)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    # -- activation --------------------------------------------------------------------------
+
+    def _activate(self, staged: Any, activate: bool, progress: Progress | None) -> dict[str, Any]:
+        model_id = staged.model_id
+        with self._activation:
+            try:
+                if progress is not None:
+                    progress({"phase": "checking"})
+                candidate = self.store.load_staged(staged, self.engine_prefs)
+                try:
+                    serving = self.manager.peek(model_id)
+                    report = checks.check_candidate(
+                        candidate, serving=serving.model if serving is not None else None,
+                        images=self._golden(), tolerance=self.cfg.check_tolerance)
+                    if not report.ok:
+                        self.refusals += 1
+                        log.warning("refused the new version of %s: %s", model_id, report.reason)
+                    checks.require_ok(report)
+                except BaseException:
+                    candidate.close()
+                    raise
+            except BaseException:
+                self.store.discard(staged)
+                raise
+            if not activate:
+                candidate.close()
+                revision = self.store.commit(staged, current=False)
+                self.evict_quietly()
+                return {"model_id": model_id, "activated": False, "revision": revision.stamp,
+                        "sha256": revision.sha256, "check": report.as_dict()}
+            manifest = self.store.commit(staged)
+            swapped = self.manager.swap(model_id, candidate, only_if_loaded=True)
+            if swapped is None:
+                candidate.close()
+            self._schedule_engine(model_id)
+            self.activations += 1
+            self.evict_quietly()
+            log.info("activated %s (sha256 %s)%s", model_id, manifest.weights.sha256[:12],
+                     ", now serving" if swapped is not None else "")
+            return {"model_id": model_id, "activated": True, "serving": swapped is not None,
+                    "sha256": manifest.weights.sha256, "check": report.as_dict()}
+
+    def _schedule_engine(self, model_id: str) -> None:
+        accelerator = self.manager.accelerator
+        if accelerator is not None and self.manager.peek(model_id) is not None:
+            manifest, onnx = self.manager.onnx_path(model_id)
+            accelerator.schedule(model_id, manifest, onnx)  # the new ONNX has its own engine key
+
+    def _golden(self) -> list[Any]:
+        return checks.golden_images(self.cfg.check_images) if self.cfg.check_images else []
+
+    def rollback(self, model_id: str, to: str | None = None, progress: Progress | None = None) -> dict[str, Any]:
+        """Serve the newest earlier revision (or the one ``to`` names) again, after the same checks."""
+        model_id = self.manager.resolve(model_id)
+        staged = self.store.stage_revision(model_id, to)
+        return self._activate(staged, True, progress)
+
+    def activate(self, model_id: str, revision: str, progress: Progress | None = None) -> dict[str, Any]:
+        """Make a kept revision (an install made with ``activate=False``) the version that serves."""
+        return self.rollback(model_id, revision, progress)
+
+    def describe(self, model_id: str) -> dict[str, Any]:
+        stored = self.store.get(model_id)
+        m = stored.manifest
+        return {"model_id": m.model_id, "task": m.task, "sha256": m.weights.sha256, "bytes": m.weights.bytes,
+                "builtin": stored.builtin, "loaded": self.manager.peek(model_id) is not None,
+                "revisions": [{"revision": r.stamp, "sha256": r.sha256} for r in self.store.revisions(model_id)]
+                if not stored.builtin else []}
+
+    # -- disk budget -------------------------------------------------------------------------
+
+    def evict(self) -> list[str]:
+        """Bring the store under its budget (no-op without one); what was removed."""
+        if not self.cfg.disk_budget_mb:
+            return []
+        keep = set(self.cfg.pinned) | {m.model_id for m in self.manager.loaded()} | self.protected()
+        removed: list[str] = self.store.evict(self.cfg.disk_budget_mb * 1024 * 1024,
+                                              self.cfg.evict_after_days * 86400.0, keep)
+        return removed
+
+    def evict_quietly(self) -> None:
+        """``evict``, logging instead of raising (after an install, at start)."""
+        try:
+            self.evict()
+        except OSError as exc:
+            log.warning("cannot bring the model store under its disk budget: %s", exc)
