@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fake_roboflow import FakeRoboflow, demo_package
 
 import edge_agent
 from edge_agent.errors import (
@@ -35,6 +34,7 @@ from edge_agent.models.download import DownloadPolicy, download, fetch_json, mas
 from edge_agent.models.roboflow_api import pull_package
 from edge_agent.models.store import ModelStore
 from edge_agent.settings import ModelsSettings
+from fake_roboflow import FakeRoboflow, demo_package
 
 DEMO = Path(edge_agent.__file__).parent / "demo" / "store"
 SAMPLE = DEMO.parent / "sample.jpg"

@@ -34,8 +34,8 @@ from edge_agent.models.provision import suffix_of
 tag = Tag(name="Model store", description="Installing, rolling back and listing the models on the device")
 bp = APIBlueprint("models", __name__, abp_tags=[tag], abp_responses={422: ValidationErrorBody})
 
-_CHANGE: dict[Any, Any] = {200: ActivationResult, 400: ErrorMessage, 401: ErrorMessage, 403: ErrorMessage, 404: ErrorMessage,
-           409: ErrorMessage, 413: ErrorMessage}
+_CHANGE: dict[Any, Any] = {200: ActivationResult, 400: ErrorMessage, 401: ErrorMessage, 403: ErrorMessage,
+                           404: ErrorMessage, 409: ErrorMessage, 413: ErrorMessage}
 _SUFFIXES = {"application/zip": ".zip", "application/gzip": ".tar.gz", "application/x-gzip": ".tar.gz",
              "application/x-tar": ".tar"}
 
