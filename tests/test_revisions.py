@@ -18,6 +18,7 @@ from edge_agent.models.checks import CheckReport, check_candidate, golden_images
 from edge_agent.models.manager import ModelManager
 from edge_agent.models.model import Model
 from edge_agent.models.store import ModelStore, Staged, sha256_of
+from edge_agent.models.usage import Usage
 from onnx_builders import constant_model, ultralytics_metadata
 
 
@@ -307,6 +308,22 @@ def test_usage_survives_a_restart_and_is_written_at_most_once_a_minute(store: Mo
     assert ModelStore(store.root).last_used("det/1") == 1061.0
     assert json.loads((store.root / ".usage.json").read_text()) == {"det/1": 1061.0}
     assert ModelStore(store.root).last_used("other/1") is None
+
+
+def test_usage_file_unreadable_starts_afresh_and_removal_forgets(store: ModelStore, versions: list[Path],
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    store.install(versions[0], "det/1")
+    (store.root / ".usage.json").write_text("{not json")
+    usage = Usage(store.root)
+    assert usage.last_used("det/1") is None and "unreadable, starting a new one" in caplog.text
+    usage.touch("det/1", now=2000.0)
+    assert json.loads((store.root / ".usage.json").read_text()) == {"det/1": 2000.0}
+    reopened = ModelStore(store.root)
+    assert reopened.last_used("det/1") == 2000.0
+    reopened.remove("det/1")
+    assert reopened.last_used("det/1") is None
+    reopened.touch("other/1", now=2100.0)  # the next write drops the removed id from the file too
+    assert json.loads((store.root / ".usage.json").read_text()) == {"other/1": 2100.0}
 
 
 def test_manager_records_use(store: ModelStore, versions: list[Path]) -> None:

@@ -6,7 +6,9 @@ import hashlib
 import json
 import tarfile
 import zipfile
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -247,6 +249,37 @@ def test_update_descriptive_fields(store: ModelStore, detector_onnx: Path) -> No
         store.update("det/1", weights={"file": "x", "sha256": "0" * 64, "bytes": 1})
     with pytest.raises(ModelImportError, match="invalid update"):
         store.update("det/1", task="telepathy")
+
+
+def _end2end_onnx(tmp_path: Path) -> Path:
+    """An end-to-end detector (output [B, K, 6]): its output shape does not depend on the class count."""
+    return constant_model(tmp_path / "e2e.onnx", {"output0": np.zeros((5, 6), np.float32)},
+                          metadata=ultralytics_metadata("detect", ["a", "b"], (64, 64), end2end="True"))
+
+
+@pytest.mark.parametrize(("model", "changes", "expected"), [
+    ("yolov8", {"class_names": ("cat", "dog")}, nullcontext()),
+    ("yolov8", {"class_names": ("a", "b", "c")},
+     pytest.raises(ModelImportError, match=r"no longer match .* fits no known layout for 3 classes")),
+    ("yolov8", {"class_names": ("a",)}, pytest.raises(ModelImportError, match="no known layout for 1 classes")),
+    ("yolov8", {"output": {"layout": "yolov5"}},
+     pytest.raises(ModelImportError, match="has the yolov8 layout, the manifest says yolov5")),
+    ("yolov8", {"task": "keypoint-detection", "output": {"layout": "yolov8", "keypoints": 17}},
+     pytest.raises(ModelImportError, match="51 extra values per box")),
+    ("yolov8", {"task": "classification", "output": {"layout": "probabilities"}},
+     pytest.raises(ModelImportError, match=r"a classifier of 2 classes should output \[B, 2\]")),
+    ("end2end", {"class_names": ("a", "b", "c")}, nullcontext()),
+])
+def test_update_checks_the_output_layout_against_the_onnx(store: ModelStore, detector_onnx: Path, tmp_path: Path,
+                                                          model: str, changes: dict[str, Any], expected: Any) -> None:
+    store.install(detector_onnx if model == "yolov8" else _end2end_onnx(tmp_path), "det/1")
+    before = (store.root / "det/1/model.json").read_bytes()
+    with expected:
+        store.update("det/1", **changes)
+    if isinstance(expected, nullcontext):
+        assert store.get("det/1").manifest.class_names == changes["class_names"]
+    else:
+        assert (store.root / "det/1/model.json").read_bytes() == before  # refused: nothing written
 
 
 def test_list_and_disk_state_ignore_work_in_flight(store: ModelStore, detector_onnx: Path) -> None:

@@ -10,7 +10,7 @@ Layout (a person can read and repair it)::
                                              instant of a commit (put back or deleted by clean())
     <root>/.staging/                         candidates being imported or checked (removed on start)
     <root>/.trash/                           folders being deleted
-    <root>/.usage.json                       {model id: last use, Unix seconds}
+    <root>/.usage.json                       {model id: last use, Unix seconds} (``models.usage``)
 
 A second, read-only root holds the demo models shipped in the package; their ids cannot be taken by
 an install. A new version is first staged (``stage`` / ``stage_revision``: imported under
@@ -22,6 +22,10 @@ stage + commit without checks. Every change is written and fsynced aside and the
 A revision's stamp is the UTC time at which it stopped being current (or was kept unactivated),
 ``YYYYmmddTHHMMSS.ffffffZ``, strictly increasing per id even when the clock steps back. Changes
 hold a thread lock and an ``flock`` on the root folder, so the CLI and the daemon take turns.
+
+The last use of each model and eviction under a disk budget live in ``models.usage``; ``touch``,
+``last_used``, ``disk_usage`` and ``evict`` here delegate to it (``evict`` under the store's lock).
+``update`` re-checks a changed class count, task or output entry against the ONNX file's outputs.
 """
 
 from __future__ import annotations
@@ -29,11 +33,9 @@ from __future__ import annotations
 import builtins
 import fcntl
 import hashlib
-import json
 import logging
 import os
 import shutil
-import stat
 import tempfile
 import threading
 import time
@@ -44,16 +46,16 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal, overload
 
+import engines
 from edge_agent import atomic_files
 from edge_agent.errors import ChecksumMismatch, InvalidModelId, ModelImportError, ModelLoadFailed, ModelNotFound
-from edge_agent.models import importers
+from edge_agent.models import importers, usage
 from edge_agent.models.manifest import Manifest, parse_model_id
 
 log = logging.getLogger(__name__)
 
 BUILTIN_ROOT = Path(__file__).resolve().parent.parent / "demo" / "store"
 STAMP_FORMAT = "%Y%m%dT%H%M%S.%fZ"
-USAGE_WRITE_INTERVAL_S = 60.0  # a use is written to .usage.json at most this often per id
 _REPLACED = ".replaced"
 
 
@@ -137,11 +139,7 @@ class ModelStore:
         self.keep_revisions = max(0, keep_revisions)
         self._lock = threading.RLock()
         self._exclusive_held = False
-        self._usage_lock = threading.Lock()
-        self._usage_write_lock = threading.Lock()
-        self._usage: dict[str, float] | None = None
-        self._usage_written: dict[str, float] = {}
-        self._usage_warned = False
+        self._usage = usage.Usage(self.root)
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -435,6 +433,8 @@ class ModelStore:
         """Change descriptive fields of an installed model (keypoint names, colours, class names).
 
         The weights entry cannot change this way; the new manifest is validated and written atomically.
+        A change of the class count, the task or the output entry must still fit the output shapes the
+        ONNX file declares (the importer's rule, ``importers.detect_layout``), else ``ModelImportError``.
         """
         with self._exclusive():
             stored = self.get(model_id)
@@ -446,6 +446,10 @@ class ModelStore:
                 manifest = Manifest.model_validate({**stored.manifest.model_dump(), **changes})
             except ValueError as exc:
                 raise ModelImportError(f"{model_id}: invalid update: {exc}") from exc
+            if _layout_facts(manifest) != _layout_facts(stored.manifest):
+                why = _output_mismatch(manifest, stored.path / manifest.weights.file)
+                if why:
+                    raise ModelImportError(f"{model_id}: not updated, it would no longer match its ONNX file: {why}")
             # a new file (renamed over the old): the revisions' hard links keep their own model.json
             atomic_files.write_text(stored.path / "model.json", manifest.to_json())
         return manifest
@@ -461,9 +465,7 @@ class ModelStore:
             if revisions.exists():
                 self._delete(revisions)
             self._delete(path)
-        with self._usage_lock:
-            self._usage_map().pop(model_id, None)
-            self._usage_written.pop(model_id, None)
+        self._usage.forget(model_id)
 
     def clean(self) -> None:
         """Repair what an interrupted install, commit, rollback or removal left (call at start-up)."""
@@ -501,65 +503,19 @@ class ModelStore:
             except OSError:
                 break
 
-    # -- last use and the disk budget -----------------------------------------------------------
+    # -- last use and the disk budget (models.usage) -------------------------------------------
 
     def touch(self, model_id: str, *, now: float | None = None, force: bool = False) -> None:
-        """Record that ``model_id`` was used. Kept in memory; ``.usage.json`` is rewritten (atomically)
-        at most once a minute per id, so a request pays for a write at most that often, and a request
-        that does not write never waits for one. A store that cannot be written is logged once."""
-        now = time.time() if now is None else now
-        with self._usage_lock:
-            usage = self._usage_map()
-            usage[model_id] = now
-            if not force and abs(now - self._usage_written.get(model_id, -1e18)) < USAGE_WRITE_INTERVAL_S:
-                return
-            self._usage_written.update(usage)  # on its way to disk; a failure is retried a minute later
-        with self._usage_write_lock:
-            with self._usage_lock:
-                text = json.dumps(self._usage_map(), indent=1, sort_keys=True)  # the newest, written last
-            try:
-                atomic_files.write_text(self.root / ".usage.json", text)
-            except OSError as exc:
-                if not self._usage_warned:
-                    log.warning("model store: cannot record model use in %s: %s", self.root, exc)
-                    self._usage_warned = True
+        """Record that ``model_id`` was used (``Usage.touch``: written at most once a minute per id)."""
+        self._usage.touch(model_id, now=now, force=force)
 
     def last_used(self, model_id: str) -> float | None:
         """When ``model_id`` was last used (Unix seconds), as recorded by ``touch``; None if never."""
-        with self._usage_lock:
-            return self._usage_map().get(model_id)
-
-    def _usage_map(self) -> dict[str, float]:
-        if self._usage is None:
-            path = self.root / ".usage.json"
-            self._usage = {}
-            try:
-                raw = json.loads(path.read_text(encoding="utf-8"))
-                self._usage = {str(k): float(v) for k, v in raw.items()}
-            except FileNotFoundError:
-                pass
-            except (OSError, ValueError, AttributeError, TypeError) as exc:
-                log.warning("model store: %s is unreadable, starting a new one: %s", path, exc)
-            self._usage_written = dict(self._usage)
-        return self._usage
+        return self._usage.last_used(model_id)
 
     def disk_usage(self) -> int:
-        """Bytes of the installed versions and revisions (a file with several hard links counted once;
-        in-flight ``.staging`` and ``.trash`` not counted)."""
-        seen: set[tuple[int, int]] = set()
-        total = 0
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            if Path(dirpath) == self.root:
-                dirnames[:] = [d for d in dirnames if d not in (".staging", ".trash")]
-            for name in filenames:
-                try:
-                    st = os.lstat(os.path.join(dirpath, name))
-                except FileNotFoundError:
-                    continue
-                if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
-                    seen.add((st.st_dev, st.st_ino))
-                    total += st.st_size
-        return total
+        """Bytes of the installed versions and revisions (hard links counted once; no work in flight)."""
+        return usage.disk_usage(self.root)
 
     def evict(self, budget_bytes: int, min_idle_s: float, protected: set[str] | frozenset[str] = frozenset(),
               *, now: float | None = None) -> builtins.list[str]:
@@ -569,46 +525,8 @@ class ModelStore:
         if budget_bytes <= 0:
             return []
         now = time.time() if now is None else now
-        removed: builtins.list[str] = []
         with self._exclusive():
-            used = self.disk_usage()
-            everything = (r for model_id in self._revised_ids() for r in self.revisions(model_id))
-            for revision in sorted(everything, key=lambda r: r.stamp):
-                if used <= budget_bytes:
-                    break
-                self._delete(revision.path)
-                used = self.disk_usage()
-                removed.append(f"{revision.model_id}@{revision.name}")
-                log.info("model store: evicted revision %s of %s (over the disk budget)", revision.name,
-                         revision.model_id)
-            for idle_since, model_id in self._idle_models(now, min_idle_s, protected):
-                if used <= budget_bytes:
-                    break
-                self.remove(model_id)
-                used = self.disk_usage()
-                removed.append(model_id)
-                log.warning("model store: evicted %s, unused for %.1f days (over the disk budget)",
-                            model_id, (now - idle_since) / 86400)
-            if used > budget_bytes:
-                log.warning("model store: %.1f MB used, over the budget of %.1f MB, and nothing more may be "
-                            "evicted (protected or used within %.1f days)", used / 2**20, budget_bytes / 2**20,
-                            min_idle_s / 86400)
-        return removed
-
-    def _idle_models(self, now: float, min_idle_s: float,
-                     protected: set[str] | frozenset[str]) -> builtins.list[tuple[float, str]]:
-        """(last use, id) of the installed models that may be evicted, least recently used first. A
-        model never touched counts from when its folder was last changed (its install)."""
-        found = []
-        for stored in self.list():
-            model_id = stored.manifest.model_id
-            if stored.builtin or model_id in protected:
-                continue
-            used = self.last_used(model_id)
-            idle_since = used if used is not None else stored.path.stat().st_mtime
-            if now - idle_since >= min_idle_s:
-                found.append((idle_since, model_id))
-        return sorted(found)
+            return usage.evict(self, budget_bytes, min_idle_s, protected, now)
 
     # -- loading --------------------------------------------------------------------------------
 
@@ -731,3 +649,36 @@ def _same_version(a: Path, b: Path) -> bool:
         return (a / "model.json").read_bytes() == (b / "model.json").read_bytes()
     except OSError:
         return False
+
+
+def _layout_facts(manifest: Manifest) -> tuple[Any, ...]:
+    """What the output shapes of the ONNX file are checked against."""
+    return manifest.task, len(manifest.class_names), manifest.output
+
+
+def _output_mismatch(manifest: Manifest, onnx: Path) -> str | None:
+    """Why the output shapes ``onnx`` declares do not fit ``manifest``, or None: the importer's rule
+    (``importers.detect_layout``), as ``checks.output_problem`` applies it to the shapes of a run."""
+    try:
+        shapes = [tuple(o.shape) for o in engines.inspect_model(onnx).outputs]
+    except engines.EngineError as exc:
+        raise ModelImportError(f"{onnx}: cannot read its output shapes: {exc}") from exc
+    nc, out = len(manifest.class_names), manifest.output
+    if not shapes:
+        return f"{onnx} declares no outputs"
+    if manifest.task == "classification":
+        if len(shapes[0]) != 2 or shapes[0][1] != nc:
+            return f"a classifier of {nc} classes should output [B, {nc}], {onnx} outputs {list(shapes[0])}"
+        return None
+    extra = out.mask_channels + out.keypoints * out.keypoint_dims
+    try:
+        layout = importers.detect_layout(shapes[0], nc, extra, onnx, hint=out.layout)
+    except ModelImportError as exc:
+        return str(exc)
+    if layout != out.layout:
+        return f"{onnx}: output0 {list(shapes[0])} has the {layout} layout, the manifest says {out.layout}"
+    if manifest.task == "instance-segmentation" and (
+            len(shapes) < 2 or len(shapes[1]) != 4 or shapes[1][1] != out.mask_channels):
+        got = list(shapes[1]) if len(shapes) > 1 else "nothing"
+        return f"{onnx}: the prototype output should be [B, {out.mask_channels}, H, W], it is {got}"
+    return None
