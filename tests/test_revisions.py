@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import tarfile
+import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from edge_agent.errors import ActivationRefused, ChecksumMismatch, ModelImportEr
 from edge_agent.models.checks import CheckReport, check_candidate, golden_images, require_ok
 from edge_agent.models.manager import ModelManager
 from edge_agent.models.model import Model
-from edge_agent.models.store import ModelStore, Staged, sha256_of
+from edge_agent.models.store import STAMP_FORMAT, ModelStore, Staged, sha256_of
 from edge_agent.models.usage import Usage
 from onnx_builders import constant_model, ultralytics_metadata
 
@@ -347,25 +349,59 @@ def test_disk_usage_counts_hard_links_once(store: ModelStore, versions: list[Pat
     assert store.disk_usage() > base  # the revision holds the old bytes
 
 
+def _restamp(store: ModelStore, model_id: str, days_ago: list[float], now: float) -> None:
+    """Date the revisions of ``model_id`` (newest first) ``days_ago`` before ``now``, as if kept then."""
+    revisions = store.revisions(model_id)
+    assert len(revisions) == len(days_ago) and days_ago == sorted(days_ago)
+    for revision, days in zip(revisions, days_ago):
+        stamp = datetime.fromtimestamp(now - days * 86400, timezone.utc).strftime(STAMP_FORMAT)
+        revision.path.rename(revision.path.with_name(f"{stamp}-{revision.sha256[:12]}"))
+
+
 def test_eviction_order_and_protection(store: ModelStore, tmp_path: Path) -> None:
     day = 86400.0
-    now = 100 * day
-    for name, used_days_ago in (("old", 60), ("older", 90), ("recent", 5), ("pinned", 99)):
-        store.install(det_onnx(tmp_path / f"{name}0.onnx"), f"{name}/1")
-        store.install(det_onnx(tmp_path / f"{name}1.onnx", dx=1), f"{name}/1", replace=True)
+    now = time.time()
+    plan = {  # id: (last use, revision ages newest first), in days before now
+        "old": (60, [70, 80]), "older": (90, [85, 95]), "recent": (5, [6, 10]), "pinned": (99, [40, 100])}
+    for name, (used_days_ago, ages) in plan.items():
+        for i in range(3):
+            store.install(det_onnx(tmp_path / f"{name}{i}.onnx", dx=i), f"{name}/1", replace=True)
+        _restamp(store, f"{name}/1", ages, now)
         store.touch(f"{name}/1", now=now - used_days_ago * day, force=True)
-    doomed = [r.path for n in ("old", "older", "recent", "pinned") for r in store.revisions(f"{n}/1")]
-    doomed.append(store.root / "older/1")  # the least recently used model goes next
+    newest = {n: store.revisions(f"{n}/1")[0].name for n in plan}
+    oldest = {n: store.revisions(f"{n}/1")[1] for n in plan}
+    doomed = [oldest[n].path for n in ("pinned", "older", "old")]
+    doomed += [store.root / "older/1", store.root / ".revisions/older/1" / newest["older"]]
     doomed_bytes = sum(f.stat().st_size for d in doomed for f in d.iterdir())
     removed = store.evict(store.disk_usage() - doomed_bytes, 30 * day, {"pinned/1"}, now=now)
-    revisions = [r for r in removed if "@" in r]
-    assert len(revisions) == 4 and removed[4:] == ["older/1"]  # then "old/1" would be next
-    assert all(store.revisions(f"{n}/1") == [] for n in ("old", "older", "recent", "pinned"))
+    # Revisions first, oldest first, even a protected id's (not serving); never the newest of an id, nor
+    # one kept within 30 days (recent/1's); then the least recently used model with all it keeps.
+    assert removed == [f"pinned/1@{oldest['pinned'].name}", f"older/1@{oldest['older'].name}",
+                       f"old/1@{oldest['old'].name}", "older/1"]
+    assert {n: [r.name for r in store.revisions(f"{n}/1")] for n in ("old", "recent", "pinned")} == {
+        "old": [newest["old"]], "recent": [newest["recent"], oldest["recent"].name], "pinned": [newest["pinned"]]}
     assert sorted(s.manifest.model_id for s in store.list() if not s.builtin) == ["old/1", "pinned/1", "recent/1"]
     removed = store.evict(1, 30 * day, {"pinned/1"}, now=now)  # as small as can be
     assert removed == ["old/1"]  # recent/1 is in use, pinned/1 protected, the demo models built in
     assert {s.manifest.model_id for s in store.list()} >= {"shapes/1", "pinned/1", "recent/1"}
+    assert len(store.revisions("recent/1")) == 2 and len(store.revisions("pinned/1")) == 1
     assert store.evict(0, 0, set(), now=now) == []  # no budget
+
+
+def test_eviction_keeps_rollback_targets(store: ModelStore, versions: list[Path]) -> None:
+    day = 86400.0
+    store.install(versions[0], "det/1")
+    store.touch("det/1", now=time.time() - 90 * day, force=True)  # unused for long...
+    kept = store.commit(store.stage(versions[1], "det/1"), current=False)  # ...but a version was just kept
+    assert store.evict(1, 30 * day, set()) == []  # neither the model nor its newest revision goes
+    assert store.revisions("det/1") == [kept]
+    store.install(versions[2], "det/1", replace=True)  # an upgrade: v0 is the rollback target now
+    assert [r.sha256 for r in store.revisions("det/1")] == [sha256_of(versions[0]), kept.sha256]
+    assert store.evict(1, 30 * day, {"det/1"}) == []  # both revisions are young
+    assert store.evict(1, 0, {"det/1"}, now=time.time() + 1) == [f"det/1@{kept.name}"]  # never the newest
+    assert [r.sha256 for r in store.revisions("det/1")] == [sha256_of(versions[0])]
+    store.rollback("det/1")
+    assert current_sha(store) == sha256_of(versions[0])
 
 
 # -- checks --------------------------------------------------------------------------------------

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import tarfile
+import tempfile
 import zipfile
 from contextlib import nullcontext
 from pathlib import Path
@@ -14,6 +16,7 @@ import numpy as np
 import pytest
 
 from edge_agent.errors import InvalidModelId, ModelImportError, ModelLoadFailed, ModelNotFound, UnsupportedModel
+from edge_agent.models import importers
 from edge_agent.models.store import ModelStore
 from onnx_builders import constant_model, ultralytics_metadata
 
@@ -302,3 +305,142 @@ def test_install_with_replace_keeps_the_old_version_for_rollback(store: ModelSto
     assert [r.sha256 for r in store.revisions("det/1")] == [hashlib.sha256(detector_onnx.read_bytes()).hexdigest()]
     store.remove("det/1")
     assert store.revisions("det/1") == [] and not (store.root / ".revisions" / "det").exists()
+
+
+# -- damaged and hostile archives -----------------------------------------------------------------
+
+
+@pytest.fixture
+def system_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The system temporary folder, for this test an empty one of its own."""
+    folder = tmp_path / "system-tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def _tar_gz(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w:gz") as t:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _truncated_tar_gz(tmp: Path, det: Path) -> Path:
+    whole = _tar_gz(tmp / "whole.tar.gz", {"model.onnx": det.read_bytes() + np.random.default_rng(0).bytes(4096)})
+    path = tmp / "truncated.tar.gz"
+    path.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    return path
+
+
+def _bad_crc_zip(tmp: Path, det: Path) -> Path:
+    path = tmp / "bad-crc.zip"
+    onnx = det.read_bytes()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("model.onnx", onnx)
+    data = bytearray(path.read_bytes())
+    data[data.find(onnx) + len(onnx) // 2] ^= 0xFF  # stored as is: flip a byte of the member
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _not_a_zip(tmp: Path, det: Path) -> Path:
+    path = tmp / "model.zip"
+    path.write_bytes(b"this is no zip file, whatever its name says\n" * 20)
+    return path
+
+
+def _tar_with(tmp: Path, name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> Path:
+    path = tmp / "hostile.tar"
+    with tarfile.open(path, "w") as t:
+        t.addfile(tarfile.TarInfo("ok.txt"), io.BytesIO(b""))
+        info = tarfile.TarInfo(name)
+        info.type, info.linkname = kind, link
+        t.addfile(info, io.BytesIO(b""))
+    return path
+
+
+def _bomb(tmp: Path, det: Path) -> Path:
+    path = tmp / "bomb.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("model.onnx", bytes(80 * 2**20))  # 80 MiB of zeros in about 80 kB
+    return path
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (_truncated_tar_gz, "not a readable .zip or .tar archive"),
+    (_bad_crc_zip, r"not a readable .zip or .tar archive: Bad CRC-32 for file 'model.onnx'"),
+    (_not_a_zip, "not a readable .zip or .tar archive"),
+    (lambda tmp, det: _tar_gz(tmp / "up.tar.gz", {"../escaped.onnx": det.read_bytes()}),
+     r"member '../escaped.onnx' would be written outside the archive"),
+    (lambda tmp, det: _tar_gz(tmp / "abs.tar.gz", {"/etc/model.onnx": det.read_bytes()}),
+     "would be written outside the archive"),
+    (lambda tmp, det: _tar_with(tmp, "model.onnx", tarfile.SYMTYPE, "/etc/passwd"), "is a link or a device"),
+    (lambda tmp, det: _tar_with(tmp, "model.onnx", tarfile.LNKTYPE, "ok.txt"), "is a link or a device"),
+    (lambda tmp, det: _tar_with(tmp, "null", tarfile.CHRTYPE), "is a link or a device"),
+    (_bomb, r"unpacks to more than \d+ bytes .*zip bomb"),
+], ids=["truncated-tar-gz", "bad-crc-zip", "not-a-zip", "dotdot-member", "absolute-member", "symlink",
+        "hard-link", "device", "over-the-cap"])
+def test_bad_archives_leave_nothing_behind(store: ModelStore, tmp_path: Path, detector_onnx: Path, system_tmp: Path,
+                                           make, message: str) -> None:  # type: ignore[no-untyped-def]
+    store.install(detector_onnx, "good/1")
+    before = _store_entries(store)
+    archive = make(tmp_path, detector_onnx)
+    with pytest.raises(ModelImportError, match=message) as caught:
+        store.install(archive, "bad/1")
+    assert str(tmp_path) not in caught.value.public  # no local path for a network caller
+    assert _store_entries(store) == before
+    assert list((store.root / ".staging").iterdir()) == []
+    assert list(system_tmp.iterdir()) == []
+    store.clean()
+    assert not (store.root / ".staging").exists()
+    assert store.verified_onnx("good/1")[0].model_id == "good/1"
+
+
+def test_unpack_caps_members_and_bytes(tmp_path: Path, detector_onnx: Path) -> None:
+    many = tmp_path / "many.zip"
+    with zipfile.ZipFile(many, "w") as z:
+        for i in range(5):
+            z.writestr(f"f{i}.txt", b"x" * 100)
+    with pytest.raises(ModelImportError, match="holds more than 3 members"):
+        with importers.unpacked(many, tmp_path / "into", max_members=3):
+            pass
+    with pytest.raises(ModelImportError, match="unpacks to more than 499 bytes"):
+        with importers.unpacked(many, tmp_path / "into", max_bytes=499):
+            pass
+    tarred = _tar_gz(tmp_path / "m.tar.gz", {f"f{i}.txt": b"x" * 100 for i in range(5)})
+    with pytest.raises(ModelImportError, match="unpacks to more than 499 bytes"):
+        with importers.unpacked(tarred, tmp_path / "into", max_bytes=499):
+            pass
+    with importers.unpacked(tarred, tmp_path / "into", max_bytes=500) as folder:
+        assert folder.parent == tmp_path / "into" and len(list(folder.iterdir())) == 5
+    assert list((tmp_path / "into").iterdir()) == []
+
+
+def test_sniff_suffix(tmp_path: Path, detector_onnx: Path) -> None:
+    with zipfile.ZipFile(tmp_path / "a", "w") as z:
+        z.writestr("x", b"x")
+    with tarfile.open(tmp_path / "b", "w") as t:
+        t.add(detector_onnx, "model.onnx")
+    _tar_gz(tmp_path / "c", {"x": b"x"})
+    assert [importers.sniff_suffix(tmp_path / n) for n in "abc"] == [".zip", ".tar", ".tar.gz"]
+    assert importers.sniff_suffix(detector_onnx) is None  # not an archive (which does not make it ONNX)
+    assert importers.sniff_suffix(tmp_path / "missing") is None
+
+
+def test_archive_named_onnx_is_read_as_an_archive(store: ModelStore, tmp_path: Path, detector_onnx: Path,
+                                                  system_tmp: Path) -> None:
+    folder = roboflow_folder(tmp_path / "pkg" / "rf", detector_onnx)
+    with zipfile.ZipFile(tmp_path / "package.onnx", "w") as z:  # how a download of unknown kind is named
+        for f in folder.iterdir():
+            z.write(f, f"rf/{f.name}")
+    assert store.install(tmp_path / "package.onnx", "zipped/1").source["kind"] == "roboflow"
+    _tar_gz(tmp_path / "upload.onnx", {"model.onnx": detector_onnx.read_bytes()})
+    assert store.install(tmp_path / "upload.onnx", "tarred/1").source["kind"] == "ultralytics"
+    with zipfile.ZipFile(tmp_path / "nested.zip", "w") as z:  # an archive inside one is not unpacked
+        z.write(tmp_path / "package.onnx", "model.onnx")
+    with pytest.raises(ModelImportError, match="not a valid ONNX model"):
+        store.install(tmp_path / "nested.zip", "nested/1")
+    assert list((store.root / ".staging").iterdir()) == [] and list(system_tmp.iterdir()) == []

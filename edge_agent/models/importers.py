@@ -13,16 +13,20 @@ store: ``store.ModelStore.install`` does that with the (manifest, onnx path) pai
 from __future__ import annotations
 
 import ast
+import errno
 import json
+import lzma
 import shutil
+import stat
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal, NoReturn
 
 import engines
 from edge_agent.errors import ModelImportError, UnsupportedModel
@@ -288,39 +292,162 @@ def from_roboflow(folder: Path) -> tuple[Draft, str | None]:
     }), model_type_doc.get("model_id")
 
 
-def _safe_members_zip(archive: zipfile.ZipFile, dest: Path) -> None:
-    for member in archive.infolist():
-        target = (dest / member.filename).resolve()
-        if not target.is_relative_to(dest.resolve()):
-            raise ModelImportError(f"archive member {member.filename!r} would be written outside the archive")
-    archive.extractall(dest)
+def is_roboflow_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "model_type.json").is_file()
+
+
+# -- archives ------------------------------------------------------------------------------------
+
+MAX_UNPACKED_BYTES = 4 * 2**30  # never more than this from one archive, whatever its size
+MAX_MEMBERS = 10_000  # files and folders in one archive
+_UNPACK_HEADROOM = 64 * 2**20  # by default an archive may unpack to 4x its size plus this
+# What a damaged or foreign file raises while it is read as an archive (zlib, gzip, bz2, lzma, zipfile
+# and tarfile each have their own; gzip.BadGzipFile is an OSError, a truncated stream an EOFError).
+_ARCHIVE_ERRORS = (EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, zlib.error,
+                   lzma.LZMAError, OSError, UnicodeDecodeError, NotImplementedError, ValueError)
+_DEVICE_FULL = {errno.ENOSPC, errno.EDQUOT}  # the device's problem, not the archive's: not caught
+
+
+def sniff_suffix(path: Path) -> str | None:
+    """The archive kind ``path``'s first bytes show ('.zip', '.tar.gz' or '.tar'), else None (which
+    does not make it an ONNX file: it is only not one of these archives)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(262)
+    except OSError:
+        return None
+    if head.startswith(b"PK\x03\x04"):
+        return ".zip"
+    if head.startswith(b"\x1f\x8b"):
+        return ".tar.gz"
+    if head[257:262] == b"ustar":
+        return ".tar"
+    return None
 
 
 @contextmanager
-def unpacked(path: Path) -> Iterator[Path]:
-    """Extract a .zip or .tar(.gz) archive into a temporary folder, refusing unsafe members."""
-    tmp = Path(tempfile.mkdtemp(prefix="edge-agent-import-"))
+def unpacked(path: Path, into: Path | None = None, *, max_bytes: int | None = None,
+             max_members: int = MAX_MEMBERS) -> Iterator[Path]:
+    """Extract a .zip or .tar(.gz, .bz2, .xz) archive into a new folder made inside ``into`` (the
+    system temporary folder when None) and yield it, or the one folder the archive holds; the folder
+    is removed on exit.
+
+    Refused, as ``ModelImportError`` (and nothing left behind): a file that is no readable archive
+    (truncated, bad CRC, not an archive at all), encrypted zip members, members with an absolute path
+    or ``..``, links, devices and FIFOs, more than ``max_members`` members, and more than ``max_bytes``
+    unpacked (default: 4x the archive's size + 64 MiB, at most ``MAX_UNPACKED_BYTES``; zip bombs).
+    """
+    if max_bytes is None:
+        max_bytes = min(MAX_UNPACKED_BYTES, 4 * path.stat().st_size + _UNPACK_HEADROOM)
+    if into is not None:
+        into.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="unpack.", dir=into))
     try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as z:
-                _safe_members_zip(z, tmp)
-        else:
-            try:
-                with tarfile.open(path) as t:
-                    if hasattr(tarfile, "data_filter"):
-                        t.extractall(tmp, filter="data")
-                    else:  # pragma: no cover - Python without extraction filters
-                        for m in t.getmembers():
-                            if not (m.isfile() or m.isdir()) or not (tmp / m.name).resolve().is_relative_to(tmp):
-                                raise ModelImportError(f"{path}: unsafe archive member {m.name!r}")
-                        t.extractall(tmp)
-            except (tarfile.TarError, OSError) as exc:
-                raise ModelImportError(f"{path}: not a readable .zip or .tar archive: {exc}") from exc
+        _extract(path, tmp, _Budget(path, max_bytes, max_members))
         entries = [p for p in tmp.iterdir() if not p.name.startswith(".")]
         yield entries[0] if len(entries) == 1 and entries[0].is_dir() else tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def is_roboflow_folder(path: Path) -> bool:
-    return path.is_dir() and (path / "model_type.json").is_file()
+@dataclass
+class _Budget:
+    """The bytes and members an archive may still unpack to."""
+
+    archive: Path
+    max_bytes: int
+    max_members: int
+    used_bytes: int = 0
+    members: int = 0
+
+    def member(self) -> None:
+        self.members += 1
+        if self.members > self.max_members:
+            self.refuse(f"holds more than {self.max_members} members")
+
+    def claim(self, size: int) -> None:
+        self.used_bytes += size
+        if self.used_bytes > self.max_bytes:
+            self.refuse(f"unpacks to more than {self.max_bytes} bytes (the cap for this "
+                        f"{self.archive.stat().st_size}-byte archive; a zip bomb?)")
+
+    def copy(self, src: IO[bytes], dst: Path) -> None:
+        with dst.open("wb") as out:
+            while chunk := src.read(1 << 20):
+                self.claim(len(chunk))
+                out.write(chunk)
+
+    def refuse(self, why: str) -> NoReturn:
+        raise ModelImportError(f"{self.archive}: the archive {why}", public=f"the archive {why}")
+
+
+def _extract(path: Path, dest: Path, budget: _Budget) -> None:
+    kind = sniff_suffix(path)
+    try:
+        if kind == ".zip" or (kind is None and zipfile.is_zipfile(path)):
+            with zipfile.ZipFile(path) as archive:
+                _unzip(archive, dest, budget)
+        else:
+            with tarfile.open(path) as tar:
+                _untar(tar, dest, budget)
+    except ModelImportError:
+        raise
+    except _ARCHIVE_ERRORS as exc:
+        if isinstance(exc, OSError) and exc.errno in _DEVICE_FULL:
+            raise
+        why = exc.strerror if isinstance(exc, OSError) and exc.filename else str(exc)
+        why = (why or type(exc).__name__).replace(str(dest), "").replace(str(path), path.name)
+        raise ModelImportError(f"{path}: not a readable .zip or .tar archive: {why}",
+                               public=f"not a readable .zip or .tar archive: {why}") from exc
+
+
+def _member_path(dest: Path, name: str, budget: _Budget) -> Path:
+    """Where member ``name`` goes under ``dest``; refused when absolute or with a ``..``."""
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith(("/", "\\")) or ".." in parts or (len(name) > 1 and name[1] == ":"):
+        budget.refuse(f"member {name!r} would be written outside the archive")
+    target = dest.joinpath(*(p for p in parts if p not in ("", ".")))
+    if not target.resolve().is_relative_to(dest.resolve()):
+        budget.refuse(f"member {name!r} would be written outside the archive")
+    return target
+
+
+def _unzip(archive: zipfile.ZipFile, dest: Path, budget: _Budget) -> None:
+    infos = archive.infolist()
+    for info in infos:
+        budget.member()
+        _member_path(dest, info.filename, budget)
+    if sum(i.file_size for i in infos) > budget.max_bytes:  # as declared: refused before unpacking
+        budget.claim(sum(i.file_size for i in infos))
+    for info in infos:
+        mode = info.external_attr >> 16
+        if stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            budget.refuse(f"member {info.filename!r} is a link or a device, not a file")
+        if info.flag_bits & 0x1:
+            budget.refuse(f"member {info.filename!r} is encrypted")
+        target = _member_path(dest, info.filename, budget)
+        if info.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with archive.open(info) as src:  # reads at most file_size bytes, then checks the CRC
+            budget.copy(src, target)
+
+
+def _untar(tar: tarfile.TarFile, dest: Path, budget: _Budget) -> None:
+    for member in tar:  # one member at a time: a bomb is stopped before it is all read
+        budget.member()
+        target = _member_path(dest, member.name, budget)
+        if member.isdir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        if not member.isreg():
+            budget.refuse(f"member {member.name!r} is a link or a device, not a file")
+        if budget.used_bytes + member.size > budget.max_bytes:
+            budget.claim(member.size)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        src = tar.extractfile(member)
+        if src is None:  # pragma: no cover - a regular member always has a file object
+            budget.refuse(f"member {member.name!r} cannot be read")
+        with src:
+            budget.copy(src, target)

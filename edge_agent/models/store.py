@@ -89,6 +89,14 @@ class Revision:
     def name(self) -> str:
         return self.path.name
 
+    @property
+    def stopped_at(self) -> float:
+        """The stamp in Unix seconds (the folder's mtime for a folder not named by a stamp)."""
+        try:
+            return datetime.strptime(self.stamp, STAMP_FORMAT).replace(tzinfo=timezone.utc).timestamp()
+        except ValueError:
+            return self.path.stat().st_mtime
+
 
 def _copy_hashing(src: Path, dst: Path) -> tuple[str, int]:
     digest = hashlib.sha256()
@@ -210,7 +218,9 @@ class ModelStore:
 
         Nothing current changes. With ``sha256``, the bytes of ``source`` when it is a file (an ONNX
         file or an archive as uploaded), or of the ONNX file a folder holds, must hash to it, else
-        ``ChecksumMismatch``. A Roboflow folder may name its own id.
+        ``ChecksumMismatch``. A Roboflow folder may name its own id. A file is read as an archive when
+        its bytes are one (``importers.sniff_suffix``: a zip named ``upload.onnx`` is a zip) or its name
+        does not end in .onnx; it is unpacked under ``.staging`` (``importers.unpacked``, size-capped).
         """
         source = Path(source)
         if not source.exists():
@@ -223,10 +233,13 @@ class ModelStore:
         return self._stage(source, model_id, task, class_names, sha256)
 
     def _stage(self, source: Path, model_id: str | None, task: str | None,
-               class_names: tuple[str, ...] | None, onnx_sha: str | None) -> Staged:
-        if source.is_file() and source.suffix.lower() != ".onnx":
-            with importers.unpacked(source) as folder:
-                return self._stage(folder, model_id, task, class_names, onnx_sha)
+               class_names: tuple[str, ...] | None, onnx_sha: str | None, unpack: bool = True) -> Staged:
+        """``unpack``: a file may be an archive (its bytes decide, else a name not ending in .onnx);
+        false for what an archive holds, so an archive inside one is never unpacked."""
+        if unpack and source.is_file() and (importers.sniff_suffix(source) is not None
+                                            or not source.name.lower().endswith(".onnx")):
+            with importers.unpacked(source, into=self.root / ".staging") as folder:
+                return self._stage(folder, model_id, task, class_names, onnx_sha, unpack=False)
         if importers.is_roboflow_folder(source):
             draft, named_id = importers.from_roboflow(source)
             model_id = model_id or named_id
@@ -235,7 +248,7 @@ class ModelStore:
             if len(onnx_files) != 1:
                 raise ModelImportError(
                     f"{source}: expected a Roboflow model folder (model_type.json) or one .onnx file")
-            return self._stage(onnx_files[0], model_id, task, class_names, onnx_sha)
+            return self._stage(onnx_files[0], model_id, task, class_names, onnx_sha, unpack=False)
         else:
             draft = importers.from_ultralytics(source, task, class_names)
         if model_id is None:
@@ -519,8 +532,9 @@ class ModelStore:
 
     def evict(self, budget_bytes: int, min_idle_s: float, protected: set[str] | frozenset[str] = frozenset(),
               *, now: float | None = None) -> builtins.list[str]:
-        """Bring the store under ``budget_bytes`` (0: no budget): first revisions, oldest first, then
-        whole models unused for ``min_idle_s``, least recently used first; never built-in models nor
+        """Bring the store under ``budget_bytes`` (0: no budget) by the rule of ``usage.evict``: first
+        revisions kept longer than ``min_idle_s``, oldest first, never the newest of an id; then whole
+        models unused for ``min_idle_s``, least recently used first, never built-in models nor
         ``protected`` ids. Returns what was removed (``id@revision`` for a revision, else the id)."""
         if budget_bytes <= 0:
             return []

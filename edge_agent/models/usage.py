@@ -6,8 +6,16 @@ Owns ``Usage`` (the last use of each id: in memory, and in ``<root>/.usage.json`
 budget). It does not own the store's layout, its locking or how a folder is deleted: ``evict`` runs
 inside ``ModelStore.evict``, which holds the store's exclusive lock, and deletes through the store.
 
-Eviction order: first revisions, oldest first; then whole models unused for ``min_idle_s``, least
-recently used first (a model never used counts from its install). Built-in and protected ids never go.
+Eviction rule (``evict``), while the store is over its budget:
+
+1. Revisions, oldest stamp first (a stamp is when the revision stopped being current, or was kept
+   without being activated). The newest revision of an id never goes this way: it is the rollback
+   target (the version just replaced by an upgrade, or one installed with ``activate=False``). An
+   older one goes only once its stamp is more than ``min_idle_s`` old. Protected ids are no
+   exception here: their older revisions do not serve.
+2. Whole models (current version and revisions), least recently used first, only when unused for
+   ``min_idle_s``: a model counts as used at its last use, at its install when never used, and when
+   its newest revision was made. Built-in and protected ids never go.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from typing import TYPE_CHECKING
 from edge_agent import atomic_files
 
 if TYPE_CHECKING:
-    from edge_agent.models.store import ModelStore
+    from edge_agent.models.store import ModelStore, Revision
 
 log = logging.getLogger(__name__)
 
@@ -110,14 +118,13 @@ def disk_usage(root: Path) -> int:
 
 def evict(store: ModelStore, budget_bytes: int, min_idle_s: float, protected: set[str] | frozenset[str],
           now: float) -> list[str]:
-    """Bring ``store`` under ``budget_bytes`` (the module docstring has the order); the caller holds
+    """Bring ``store`` under ``budget_bytes`` (the module docstring has the rule); the caller holds
     the store's exclusive lock. Returns what was removed (``id@revision`` for a revision, else the id).
     The disk is measured again after each removal: a hard-linked file frees nothing until its last link
     goes."""
     removed: list[str] = []
     used = disk_usage(store.root)
-    everything = (r for model_id in store._revised_ids() for r in store.revisions(model_id))
-    for revision in sorted(everything, key=lambda r: r.stamp):
+    for revision in _old_revisions(store, now, min_idle_s):
         if used <= budget_bytes:
             break
         store._delete(revision.path)
@@ -135,15 +142,24 @@ def evict(store: ModelStore, budget_bytes: int, min_idle_s: float, protected: se
                     model_id, (now - idle_since) / 86400)
     if used > budget_bytes:
         log.warning("model store: %.1f MB used, over the budget of %.1f MB, and nothing more may be "
-                    "evicted (protected or used within %.1f days)", used / 2**20, budget_bytes / 2**20,
-                    min_idle_s / 86400)
+                    "evicted (protected, used or kept within %.1f days, or the newest revision of an id)",
+                    used / 2**20, budget_bytes / 2**20, min_idle_s / 86400)
     return removed
+
+
+def _old_revisions(store: ModelStore, now: float, min_idle_s: float) -> list[Revision]:
+    """The revisions that may be evicted, oldest first: all but the newest of each id, kept for
+    longer than ``min_idle_s``."""
+    found = [r for model_id in store._revised_ids() for r in store.revisions(model_id)[1:]
+             if now - r.stopped_at > min_idle_s]
+    return sorted(found, key=lambda r: r.stopped_at)
 
 
 def _idle_models(store: ModelStore, now: float, min_idle_s: float,
                  protected: set[str] | frozenset[str]) -> list[tuple[float, str]]:
     """(last use, id) of the installed models that may be evicted, least recently used first. A
-    model never touched counts from when its folder was last changed (its install)."""
+    model never touched counts from when its folder was last changed (its install); a revision made
+    since (a version kept without activating it) counts as a use."""
     found = []
     for stored in store.list():
         model_id = stored.manifest.model_id
@@ -151,6 +167,9 @@ def _idle_models(store: ModelStore, now: float, min_idle_s: float,
             continue
         used = store.last_used(model_id)
         idle_since = used if used is not None else stored.path.stat().st_mtime
+        newest = store.revisions(model_id)[:1]
+        if newest:
+            idle_since = max(idle_since, newest[0].stopped_at)
         if now - idle_since >= min_idle_s:
             found.append((idle_since, model_id))
     return sorted(found)
