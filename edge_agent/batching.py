@@ -82,6 +82,11 @@ class DynamicBatcher:
         self.stats = BatchStats()
 
     @property
+    def closed(self) -> bool:
+        """True once ``close`` was called: ``run_many`` then raises ``NotReady``."""
+        return self._closed
+
+    @property
     def depth(self) -> int:
         """Images waiting for the engine (not counting the batch being run)."""
         return len(self._queue)
@@ -161,6 +166,7 @@ class DynamicBatcher:
                 log.exception("batch callback failed")
 
     def close(self) -> None:
-        """Refuse new work; callers already queued still get their results."""
+        """Refuse new work (``NotReady``: the caller may run the engine itself, as ``LoadedModel.infer``
+        does); callers already queued still get their results."""
         with self._cond:
             self._closed = True

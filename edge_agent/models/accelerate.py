@@ -13,11 +13,21 @@
   model on ONNX Runtime, says why in its status, and leaves a ``.failed`` marker under the key so the
   same build is not retried on every boot (``edge-agent compile --force`` retries).
 
+A new version may be activated (or rolled back) while a build of the one before runs. The build works
+on a pinned copy of the ONNX file whose sha256 is checked against the manifest's, so a plan is only ever
+cached under the key of the network it was built from; a plan checked against ONNX Runtime is cached,
+but it swaps in only while the store's current version and the served model still have its sha256
+(``ModelManager.swap(same_weights=True)`` makes that test and the switch atomic). A job whose version
+is no longer current when its turn comes is skipped.
+
 States of a model (``EngineStatus.state``)::
 
     queued -> building -> verifying -> tensorrt
                      \\-> failed   (ONNX Runtime keeps serving; reason says why)
+                     \\-> onnxruntime  (built for a version replaced meanwhile; reason says so)
     tensorrt   (loaded from the cache)
+
+A build's progress never overwrites the status a newer version's engine has reported meanwhile.
 
 The back-end object (``TrtBackend``) is what touches TensorRT: its identity for the cache key, the
 module run as the build process and the loading of a plan. Tests give a stand-in with the same three
@@ -27,7 +37,9 @@ members, so everything here (queue, child process, cache, check, swap) runs in C
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -37,10 +49,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from edge_agent.errors import EdgeAgentError
 from edge_agent.heads import InferenceParams
 from edge_agent.models.compare import FP_TOLERANCE, Tolerance, disagreement
 from edge_agent.models.manifest import Manifest
 from edge_agent.models.model import Model
+from edge_agent.models.store import sha256_of
 from engines import Choice, Engine, EngineError
 from engines.cache import EngineCache, EngineKey
 from engines.trt_build import BuildFailed, BuildProcess, BuildSpec
@@ -50,10 +64,14 @@ log = logging.getLogger(__name__)
 CHECK_IMAGES = 8  # images a new plan is checked on
 
 
+class _Replaced(Exception):
+    """The model's version changed while its engine was built: the build stops, it did not fail."""
+
+
 @dataclass
 class EngineStatus:
     model_id: str
-    state: str  # queued | building | verifying | tensorrt | failed
+    state: str  # queued | building | verifying | tensorrt | failed | onnxruntime
     backend: str = "onnxruntime"  # what serves the model now
     phase: str | None = None
     progress: float | None = None
@@ -117,11 +135,14 @@ class Accelerator:
     def __init__(self, backend: Backend, cache: EngineCache, prefs: AccelPrefs,
                  reference: Callable[[str], Model], on_ready: Callable[[str, Model], Any],
                  images: Callable[[str, int], list[np.ndarray]],
-                 calibration: Callable[[str, int], list[np.ndarray]] | None = None) -> None:
+                 calibration: Callable[[str, int], list[np.ndarray]] | None = None,
+                 current: Callable[[str], str | None] | None = None) -> None:
         """``reference(model_id)``: an ONNX Runtime ``Model`` to check a new plan against;
-        ``on_ready(model_id, model)``: switch the served model (``ModelManager.swap``), returning None
-        when the model is no longer loaded; ``images(model_id, n)``: up to n BGR images to check on;
-        ``calibration(model_id, n)``: up to n BGR images for INT8 calibration."""
+        ``on_ready(model_id, model)``: switch the served model (``ModelManager.swap`` with
+        ``same_weights``), returning None when the model is no longer loaded or serves another version;
+        ``images(model_id, n)``: up to n BGR images to check on; ``calibration(model_id, n)``: up to n
+        BGR images for INT8 calibration; ``current(model_id)``: the ONNX sha256 of the version the
+        store holds now, None when it holds none (without it every build counts as current)."""
         self.backend = backend
         self.cache = cache
         self.prefs = prefs
@@ -129,6 +150,7 @@ class Accelerator:
         self.on_ready = on_ready
         self.images = images
         self.calibration = calibration
+        self.current = current
         self._identity: dict[str, Any] | None = None
         self._status: dict[str, EngineStatus] = {}
         self._lock = threading.Lock()
@@ -164,12 +186,36 @@ class Accelerator:
             self._status[model_id] = status
         return status
 
-    def _update(self, model_id: str, **fields: Any) -> None:
+    def _set_own(self, model_id: str, key: EngineKey, state: str, **fields: Any) -> EngineStatus:
+        """``_set`` for a build of ``key``, unless a newer version's engine (another key) has reported
+        a status meanwhile: that one stands. Returns the build's status either way."""
+        status = EngineStatus(model_id, state, key=key.digest, **fields)
+        with self._lock:
+            found = self._status.get(model_id)
+            if found is None or found.key == key.digest:
+                self._status[model_id] = status
+        return status
+
+    def _update(self, model_id: str, key: EngineKey, **fields: Any) -> None:
         with self._lock:
             status = self._status.get(model_id)
-            if status is not None:
+            if status is not None and status.key == key.digest:
                 for k, v in fields.items():
                     setattr(status, k, v)
+
+    def is_current(self, model_id: str, manifest: Manifest) -> bool:
+        """Whether ``manifest`` is the version of ``model_id`` the store holds now."""
+        if self.current is None:
+            return True
+        return self.current(model_id) == manifest.weights.sha256
+
+    def _outdated(self, model_id: str, key: EngineKey, manifest: Manifest, what: str) -> EngineStatus:
+        """Log and report a build (or job) of a version that no longer serves."""
+        now = self.current(model_id) if self.current is not None else None
+        reason = (f"{what} for sha256 {manifest.weights.sha256[:12]}, no longer the model's current version "
+                  f"(the store has {now[:12] if now else 'none'} now)")
+        log.info("TensorRT engine for %s: %s", model_id, reason)
+        return self._set_own(model_id, key, "onnxruntime", reason=reason)
 
     def status(self, model_id: str) -> EngineStatus | None:
         with self._lock:
@@ -254,6 +300,9 @@ class Accelerator:
             if job is None:
                 return
             try:
+                if not self.is_current(job.model_id, job.manifest):  # replaced while it waited
+                    self._outdated(job.model_id, job.key, job.manifest, "not building the engine")
+                    continue
                 self.build(job.model_id, job.manifest, job.onnx, job.key)
             except Exception:  # a bug here must not kill the queue
                 log.exception("engine build for %s", job.model_id)
@@ -269,25 +318,11 @@ class Accelerator:
         self._set(model_id, "building", phase="starting", progress=0.0, key=key.digest)
         self.cache.clear_failure(key)
         tmp = self.cache.temp_plan(key)
+        pinned = tmp.with_suffix(".onnx")
         try:
-            spec = self._spec(model_id, manifest, onnx, key, tmp)
-
-            def event(e: dict[str, Any]) -> None:
-                if e.get("event") == "progress":
-                    self._update(model_id, phase=e.get("phase"), progress=e.get("fraction"))
-                if on_event is not None:
-                    on_event(e)
-
-            process = BuildProcess(spec, event, module=self.backend.build_module)
-            if self._stop.is_set():
-                raise BuildFailed("the daemon is stopping")
-            self._current = process
-            self.builds += 1
-            try:
-                result = process.run()
-            finally:
-                self._current = None
-            self._set(model_id, "verifying", key=key.digest, phase="checking against ONNX Runtime")
+            self._pin(model_id, manifest, onnx, pinned)
+            result = self._run_build(model_id, self._spec(model_id, manifest, pinned, key, tmp), key, on_event)
+            self._set_own(model_id, key, "verifying", phase="checking against ONNX Runtime")
             if on_event is not None:
                 on_event({"event": "progress", "phase": "checking against ONNX Runtime", "fraction": None})
             engine = self.backend.load(tmp, result["io"])
@@ -303,20 +338,76 @@ class Accelerator:
             self.cache.store(key, tmp, model_id=model_id, io=result["io"], precision=result.get("precision"),
                              build_seconds=result.get("seconds"), workspace_bytes=result.get("workspace_bytes"),
                              verified={"images": checked, "tolerance": asdict(tolerance)})
+        except _Replaced as exc:  # not a failure of the build: no .failed marker
+            tmp.unlink(missing_ok=True)
+            return self._outdated(model_id, key, manifest, str(exc))
         except (BuildFailed, EngineError, OSError, ValueError) as exc:
             tmp.unlink(missing_ok=True)
             reason = str(exc)
             if not self._stop.is_set():
                 self.cache.mark_failed(key, reason)
             log.error("TensorRT engine for %s: %s; ONNX Runtime keeps serving it", model_id, reason)
-            return self._set(model_id, "failed", key=key.digest, reason=reason)
+            return self._set_own(model_id, key, "failed", reason=reason)
+        finally:
+            pinned.unlink(missing_ok=True)
         seconds = time.time() - started
-        served = self.on_ready(model_id, Model(manifest, engine))
-        if served is None:  # unloaded meanwhile: the plan waits in the cache for the next load
-            engine.close()
         log.info("TensorRT engine for %s built and checked in %.1f s (%s)", model_id, seconds, result.get("precision"))
-        return self._set(model_id, "tensorrt", backend="tensorrt" if served is not None else "onnxruntime",
-                         key=key.digest, reason=f"built and checked in {seconds:.1f} s, {result.get('precision')}")
+        return self._switch(model_id, manifest, key, engine, f"built and checked in {seconds:.1f} s, "
+                            f"{result.get('precision')}")
+
+    def _run_build(self, model_id: str, spec: BuildSpec, key: EngineKey,
+                   on_event: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+        """The build child process, run to its end; its result (plan, io, precision...)."""
+        def event(e: dict[str, Any]) -> None:
+            if e.get("event") == "progress":
+                self._update(model_id, key, phase=e.get("phase"), progress=e.get("fraction"))
+            if on_event is not None:
+                on_event(e)
+
+        process = BuildProcess(spec, event, module=self.backend.build_module)
+        if self._stop.is_set():
+            raise BuildFailed("the daemon is stopping")
+        self._current = process
+        self.builds += 1
+        try:
+            return process.run()
+        finally:
+            self._current = None
+
+    def _switch(self, model_id: str, manifest: Manifest, key: EngineKey, engine: Engine,
+                reason: str) -> EngineStatus:
+        """Serve the checked (and cached) engine, if its version is still the one the store holds and
+        the one served; otherwise close it and say why (the plan waits in the cache)."""
+        # The store is asked first: a newer version may be committed but not swapped in yet. Then
+        # swap(same_weights=True) tests the served model's sha256 and switches in one atomic step.
+        current = self.is_current(model_id, manifest)
+        served = self.on_ready(model_id, Model(manifest, engine)) if current else None
+        if served is not None:
+            return self._set(model_id, "tensorrt", backend="tensorrt", key=key.digest, reason=reason)
+        engine.close()
+        if not current or not self.is_current(model_id, manifest):
+            return self._outdated(model_id, key, manifest, "the engine was built, checked and cached, but not "
+                                  "swapped in: it is")
+        return self._set_own(model_id, key, "tensorrt", backend="onnxruntime", reason=reason)  # not loaded
+
+    def _pin(self, model_id: str, manifest: Manifest, onnx: Path, pinned: Path) -> None:
+        """Hard-link (or copy) ``onnx`` to ``pinned``, the file the build reads, and check that it is
+        the manifest's version. The store swaps versions by renaming folders, so the pinned file is one
+        whole version; a different one means the model was replaced meanwhile (``_Replaced``) or,
+        while the manifest is still current, that the file on disk is damaged (``BuildFailed``)."""
+        try:
+            os.link(onnx, pinned)
+        except FileNotFoundError as exc:  # between two renames of a commit
+            raise _Replaced("not building the engine") from exc
+        except OSError:  # another file system, or no hard links there
+            shutil.copyfile(onnx, pinned)
+        found = sha256_of(pinned)
+        if found == manifest.weights.sha256:
+            return
+        if not self.is_current(model_id, manifest):
+            raise _Replaced("not building the engine")
+        raise BuildFailed(f"{onnx}: its sha256 is {found[:12]}, its manifest says "
+                          f"{manifest.weights.sha256[:12]}; the file is damaged: install the model again")
 
     def _spec(self, model_id: str, manifest: Manifest, onnx: Path, key: EngineKey, plan: Path) -> BuildSpec:
         frames = None
@@ -346,8 +437,11 @@ class Accelerator:
 
     def _check(self, model_id: str, manifest: Manifest, engine: Engine,
                tolerance: Tolerance) -> tuple[str | None, int]:
-        """Why ``engine`` may not replace ONNX Runtime for this model, or None; and the images used."""
+        """Why ``engine`` may not replace ONNX Runtime for this model, or None; and the images used.
+        Raises ``_Replaced`` when the reference is another version (the model was replaced meanwhile)."""
         reference = self.reference(model_id)
+        if reference.manifest.weights.sha256 != manifest.weights.sha256:
+            raise _Replaced("not checking the engine built")
         candidate = Model(manifest, engine)
         images = self.images(model_id, CHECK_IMAGES)
         if not images:
@@ -457,7 +551,17 @@ def build_accelerator(settings: Any, choice: Choice, manager: Any, spool: Callab
     cache = EngineCache(settings.paths.cache_dir)
     prefs = AccelPrefs(precision=e.precision, dla_core=e.dla_core, max_batch=e.max_batch, opt_batch=e.opt_batch,
                        build=e.build_engines, workspace_mb=e.workspace_mb, calibration_frames=e.calibration_frames)
-    accelerator = Accelerator(backend, cache, prefs, reference, manager.swap, check_images, calibration)
+
+    def current(model_id: str) -> str | None:
+        try:
+            return manager.onnx_path(model_id)[0].weights.sha256  # type: ignore[no-any-return]
+        except (EdgeAgentError, OSError):  # removed, or unreadable: not the version built, either way
+            return None
+
+    def on_ready(model_id: str, model: Model) -> Any:
+        return manager.swap(model_id, model, same_weights=True)
+
+    accelerator = Accelerator(backend, cache, prefs, reference, on_ready, check_images, calibration, current)
     manager.accelerator = accelerator
     try:
         ident = accelerator.identity()

@@ -5,7 +5,13 @@ ask at once), keeps at most ``max_loaded`` models (least recently used unloaded 
 ``LoadedModel`` whose ``infer`` runs through the model's dynamic batcher.
 
 Unloading never pulls an engine from under a running request: the batcher finishes what is queued,
-and the engine is freed when the last request holding the model lets go of it.
+and the engine is freed when the last request holding the model lets go of it. A request that took the
+model just before its batcher closed runs the engine itself, unbatched, so a swap fails no request.
+
+Each id has a generation, bumped by every ``swap`` that may change the version served and by
+``invalidate`` (the provisioner calls it after committing a version of an id that was not loaded). A
+cold load that began under an older generation may hold the version the store had before: it is
+discarded and the id loaded again, so an old version is never reinstated.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.batching import DynamicBatcher
+from edge_agent.errors import NotReady
 from edge_agent.heads import InferenceParams
 from edge_agent.models.manifest import parse_model_id
 from edge_agent.models.model import Model
@@ -51,7 +58,7 @@ class LoadedModel:
     batcher: DynamicBatcher | None
     load_seconds: float
     loaded_at: float = field(default_factory=time.time)
-    on_batch: Callable[[int, float], None] | None = None  # (images, seconds) per engine run, unbatched path
+    on_batch: Callable[[int, float], None] | None = None  # (images, seconds) per engine run outside a batcher
 
     @property
     def model_id(self) -> str:
@@ -62,22 +69,36 @@ class LoadedModel:
         engine run there too, unless another caller's run takes these images along)."""
         t0 = time.perf_counter()
         prepared = [self.model.prepare(image, params) for image in images]
-        if self.batcher is None:
-            outputs = []
-            step = self.model.engine.max_batch
-            for start in range(0, len(prepared), step):
-                chunk = [p.tensor for p in prepared[start:start + step]]
-                t_run = time.perf_counter()
-                outputs.extend(self.model.forward(chunk))
-                if self.on_batch is not None:
-                    self.on_batch(len(chunk), time.perf_counter() - t_run)
+        tensors = [p.tensor for p in prepared]
+        batcher = self.batcher
+        if batcher is None or batcher.closed:
+            outputs = self._forward(tensors)
         else:
-            outputs = self.batcher.run_many([p.tensor for p in prepared])
+            try:
+                outputs = batcher.run_many(tensors)
+            except NotReady:
+                if not batcher.closed:
+                    raise
+                # Swapped or unloaded since this caller took the model: its engine is still valid (it
+                # is freed only when the last holder lets go), so run it here rather than fail.
+                outputs = self._forward(tensors)
         results = [self.model.decode(out, p, params) for out, p in zip(outputs, prepared)]
         elapsed = time.perf_counter() - t0
         for r in results:
             r.time = elapsed
         return results
+
+    def _forward(self, tensors: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
+        """The engine run in the calling thread, unbatched, in chunks of the engine's maximum batch."""
+        outputs: list[list[np.ndarray]] = []
+        step = self.model.engine.max_batch
+        for start in range(0, len(tensors), step):
+            chunk = tensors[start:start + step]
+            t_run = time.perf_counter()
+            outputs.extend(self.model.forward(chunk))
+            if self.on_batch is not None:
+                self.on_batch(len(chunk), time.perf_counter() - t_run)
+        return outputs
 
 
 class ModelManager:
@@ -100,7 +121,8 @@ class ModelManager:
         self._on_batch = on_batch
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
-        self._loading: dict[str, threading.Lock] = {}
+        self._loading: dict[str, threading.Lock] = {}  # ids being loaded, each with its load lock
+        self._generation: dict[str, int] = {}  # per id: bumped when the version served may change
         self.cold_starts = 0
         self.accelerator: Any = None  # models.accelerate.Accelerator where TensorRT is used
 
@@ -120,35 +142,40 @@ class ModelManager:
         with self._lock:
             return self._loaded.get(self.resolve(model_id))
 
+    def loading(self) -> set[str]:
+        """The ids being loaded right now (the provisioner keeps them from eviction)."""
+        with self._lock:
+            return set(self._loading)
+
     def get(self, model_id: str) -> tuple[LoadedModel, bool]:
         """The loaded model and whether this call loaded it (a cold start)."""
         model_id = self.resolve(model_id)
-        with self._lock:
-            hit = self._loaded.get(model_id)
-            if hit is not None:
-                self._loaded.move_to_end(model_id)
-        if hit is not None:
-            self.store.touch(model_id)  # in memory; written at most once a minute per id
-            return hit, False
-        with self._lock:
-            id_lock = self._loading.setdefault(model_id, threading.Lock())
-        with id_lock:  # one load per id; the others wait for it and then find it loaded
+        while True:
             with self._lock:
                 hit = self._loaded.get(model_id)
                 if hit is not None:
-                    return hit, False
-            try:
-                parse_model_id(model_id)
-                loaded = self._load(model_id)
-            finally:  # also after a failure: unknown ids must not pile up here
+                    self._loaded.move_to_end(model_id)
+                else:
+                    id_lock = self._loading.setdefault(model_id, threading.Lock())
+            if hit is not None:
+                self.store.touch(model_id)  # in memory; written at most once a minute per id
+                return hit, False
+            with id_lock:  # one load per id; the others wait for it and then find it loaded
                 with self._lock:
-                    self._loading.pop(model_id, None)
-            with self._lock:
-                self._loaded[model_id] = loaded
-                evicted = []
-                while len(self._loaded) > self.max_loaded:
-                    evicted.append(self._loaded.popitem(last=False)[1])
-                self.cold_starts += 1
+                    hit = self._loaded.get(model_id)
+                    if hit is None and self._loading.get(model_id) is not id_lock:
+                        continue  # loaded and unloaded again, or failed, meanwhile: start over
+                if hit is not None:
+                    return hit, False
+                try:
+                    parse_model_id(model_id)
+                    loaded, evicted = self._load_current(model_id)
+                except BaseException:  # unknown ids must not pile up in _loading
+                    with self._lock:
+                        if self._loading.get(model_id) is id_lock:
+                            del self._loading[model_id]
+                    raise
+            break
         for old in evicted:
             log.info("unloading %s (least recently used; at most %d models loaded)", old.model_id, self.max_loaded)
             self._retire(old)
@@ -156,6 +183,32 @@ class ModelManager:
             manifest, onnx = self.onnx_path(model_id)
             self.accelerator.schedule(model_id, manifest, onnx)  # served by ONNX Runtime until it is ready
         return loaded, True
+
+    def _load_current(self, model_id: str) -> tuple[LoadedModel, list[LoadedModel]]:
+        """Load ``model_id`` (its load lock held) and make it served, unless a swap or ``invalidate``
+        happened meanwhile: then what was loaded may be the version before, so it is thrown away and
+        the id loaded again. Returns the model served and the models evicted to make room."""
+        while True:
+            with self._lock:
+                generation = self._generation.get(model_id, 0)
+            loaded = self._load(model_id)
+            with self._lock:
+                current = self._generation.get(model_id, 0) == generation
+                served = self._loaded.get(model_id)  # swap(only_if_loaded=False) may have put one in
+                if current or served is not None:
+                    self._loading.pop(model_id, None)
+                if current and served is None:
+                    self._loaded[model_id] = loaded
+                    evicted = []
+                    while len(self._loaded) > self.max_loaded:
+                        evicted.append(self._loaded.popitem(last=False)[1])
+                    self.cold_starts += 1
+                    return loaded, evicted
+            log.info("discarding the load of %s: a new version was activated while it loaded", model_id)
+            self._retire(loaded)
+            loaded.model.close()  # never served, so no request holds it
+            if served is not None:
+                return served, []
 
     def _load(self, model_id: str) -> LoadedModel:
         t0 = time.perf_counter()
@@ -184,28 +237,49 @@ class ModelManager:
             batcher = DynamicBatcher(
                 model_id, model.forward, max_batch=min(b.max_batch, model.engine.max_batch),
                 max_delay_s=b.max_delay_ms / 1000.0, max_queue=b.max_queue, on_batch=on_batch)
-        return LoadedModel(model, batcher, seconds, on_batch=None if batcher else on_batch)
+        return LoadedModel(model, batcher, seconds, on_batch=on_batch)
 
-    def swap(self, model_id: str, model: Model, *, only_if_loaded: bool = True) -> LoadedModel | None:
+    def swap(self, model_id: str, model: Model, *, only_if_loaded: bool = True,
+             same_weights: bool = False) -> LoadedModel | None:
         """Serve ``model`` for ``model_id`` from now on, atomically.
 
         A request that already holds the old ``LoadedModel`` finishes on it (its batcher drains what
-        is queued); every ``get`` after this returns the new one, so no request fails over the switch.
-        With ``only_if_loaded`` (the default) nothing happens when the id was unloaded meanwhile, and
-        None is returned. The new model keeps the old one's place in the LRU order.
+        is queued, and a request that comes too late for the batcher runs the old engine itself);
+        every ``get`` after this returns the new one, so no request fails over the switch. With
+        ``only_if_loaded`` (the default) nothing happens when the id was unloaded meanwhile, and None
+        is returned. With ``same_weights`` (a new engine for the version that serves, such as a
+        TensorRT build) nothing happens, and None is returned, unless the model served now has the
+        same ONNX sha256 as ``model``: a build of a version replaced meanwhile never serves. The new
+        model keeps the old one's place in the LRU order.
+
+        A swap that may change the version (not ``same_weights``) also does what ``invalidate`` does.
         """
         model_id = self.resolve(model_id)
         loaded = self._wrap(model_id, model, 0.0)
         with self._lock:
+            if not same_weights:
+                self._generation[model_id] = self._generation.get(model_id, 0) + 1
             old = self._loaded.get(model_id)
-            if old is None and only_if_loaded:
-                self._retire(loaded)
-                return None
-            self._loaded[model_id] = loaded
+            if old is None:
+                refused = only_if_loaded or same_weights
+            else:
+                refused = same_weights and old.model.manifest.weights.sha256 != model.manifest.weights.sha256
+            if not refused:
+                self._loaded[model_id] = loaded
+        if refused:
+            self._retire(loaded)
+            return None
         if old is not None:
             self._retire(old)
         log.info("%s now served by %s", model_id, model.engine.name)
         return loaded
+
+    def invalidate(self, model_id: str) -> None:
+        """A new version of ``model_id`` is in the store: a load of it in flight now is discarded and
+        loaded again when done (call after committing a version of an id that is not loaded)."""
+        model_id = self.resolve(model_id)
+        with self._lock:
+            self._generation[model_id] = self._generation.get(model_id, 0) + 1
 
     @staticmethod
     def _retire(loaded: LoadedModel) -> None:
