@@ -55,6 +55,7 @@ def get_model(model_id: str, settings: Settings | None = None, api_key: str | No
 
     settings = settings or Settings.from_env()
     store = open_store(settings)
+    api_key = api_key or (settings.models.api_key.get_secret_value() if settings.models.api_key else None)
     if api_key and not settings.models.offline:
         try:
             store.get(model_id)

@@ -201,6 +201,7 @@ def _models(args: argparse.Namespace) -> int:
     elif args.action == "evict":
         from edge_agent.models.provision import Provisioner
 
+        # Protected as in the daemon, from the settings; the daemon's loaded models count as recently used.
         _print({"evicted": Provisioner(settings, store, _manager(settings, store), "cli").evict()})
     return 0
 

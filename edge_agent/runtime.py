@@ -196,19 +196,14 @@ class Runtime:
         return self.ready.wait(timeout)
 
     def model(self, model_id: str, api_key: str | None = None) -> tuple[LoadedModel, bool]:
-        """The loaded model; an id the store lacks is first pulled from Roboflow's API when an
-        ``api_key`` is given and the device is not configured offline."""
-        if api_key:
-            self.provisioner.pull(model_id, api_key)
+        """The loaded model; an id the store lacks is first pulled from Roboflow's API with the caller's
+        ``api_key`` (or ``[models] api_key``) unless the device is configured offline."""
+        self.provisioner.pull(model_id, api_key)
         return self.manager.get(model_id)
 
     def _models_in_use(self) -> set[str]:
-        """Ids eviction must leave alone: preloaded, aliased and those of pipelines."""
-        s = self.settings
-        ids = set(s.server.preload_models) | set(s.server.aliases.values())
-        ids |= {spec.model_id for spec in s.pipelines.streams}
-        ids |= {p.model_id for p in self.streams.list()}
-        return {self.manager.resolve(i) for i in ids}
+        """Ids eviction must leave alone beyond the provisioner's own list: running pipelines' models."""
+        return {p.model_id for p in self.streams.list()}
 
     def infer(self, loaded: LoadedModel, images: list[np.ndarray], params: InferenceParams,
               source: str | None = None, captured_at: float | None = None,

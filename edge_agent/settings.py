@@ -276,11 +276,15 @@ class ModelsSettings(_Section):
     before they serve, and the store's disk budget."""
 
     offline: bool = Field(False, description="never contact Roboflow's API (unknown ids are then a plain 404)")
+    api_key: SecretStr | None = Field(None, description="Roboflow API key for pulls when a request brings none "
+                                                        "(a request's key is used first; never server.api_key)")
     api_url: str = Field("https://api.roboflow.com", pattern=r"^https?://[^\s?#]+$",
                          description="Roboflow's API (base URL of the model-weights routes)")
     download_timeout_s: float = Field(30.0, gt=0, le=600, description="connect and per-read timeout")
     download_deadline_s: float = Field(900.0, gt=0, description="a whole model download must end within this")
     download_retries: int = Field(3, ge=0, le=10, description="retries of a failed request, with backoff")
+    pull_retry_s: float = Field(30.0, ge=0, le=3600, description="a failed pull of an id is answered from "
+                                                                 "memory this long before the cloud is asked again")
     max_download_bytes: int = Field(1024 * 1024 * 1024, ge=1024, description="largest file downloaded")
     max_upload_bytes: int = Field(1024 * 1024 * 1024, ge=1024, description="largest PUT /models/... body")
     keep_revisions: int = Field(2, ge=1, le=20, description="earlier versions of an id kept for rollback")
@@ -336,6 +340,7 @@ class Settings(_Section):
         key = self.server.api_key
         data["server"]["api_key"] = None if key is None else "***"
         data["mqtt"]["password"] = None if self.mqtt.password is None else "***"
+        data["models"]["api_key"] = None if self.models.api_key is None else "***"
         data["pipelines"]["streams"] = [s.model_dump(mode="json") for s in self.pipelines.streams]
         data["active_learning"]["strategies"] = [s.model_dump(mode="json") for s in self.active_learning.strategies]
         data["active_learning"]["http_api_key"] = None if self.active_learning.http_api_key is None else "***"

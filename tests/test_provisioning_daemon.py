@@ -229,3 +229,36 @@ def test_install_model_over_mqtt_with_progress(tmp_path: Path, file_server: tupl
     finally:
         sub.close()
         broker.stop()
+
+
+def test_a_new_version_of_an_unloaded_model_is_checked_against_the_stored_one(keyed_server: Server) -> None:
+    server = keyed_server
+    detector = (DEMO / "shapes/1/model.onnx").read_bytes()
+    assert _put(server, "acme/4", detector).status_code == 200
+    requests.post(f"{server.url}/model/remove", json={"model_id": "acme/4"}, headers=AUTH, timeout=10)
+    registry = requests.get(f"{server.url}/model/registry", headers=AUTH, timeout=10).json()
+    assert all(m["model_id"] != "acme/4" for m in registry["models"])
+    bad = _put(server, "acme/4", (DEMO / "shapes-cls/1/model.onnx").read_bytes())
+    assert bad.status_code == 409 and "task" in bad.json()["message"], bad.text
+    info = requests.get(f"{server.url}/models/acme/4", headers=AUTH, timeout=10).json()
+    assert info["sha256"] == _sha(detector) and info["loaded"] is False
+
+
+def test_corrupt_archives_are_refused_with_a_4xx(keyed_server: Server) -> None:
+    import io
+    import zipfile
+
+    server = keyed_server
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("model.onnx", (DEMO / "shapes/1/model.onnx").read_bytes())
+    whole = buffer.getvalue()
+    for name, data, ctype in (("cut.zip", whole[: len(whole) // 2], "application/zip"),
+                              ("cut.tar.gz", b"\x1f\x8b\x08\x00" + b"\x00" * 64, "application/gzip")):
+        r = requests.put(f"{server.url}/models/acme/5", data=data, timeout=60,
+                         headers={**AUTH, "Content-Type": ctype, "X-Filename": name})
+        assert r.status_code == 400 and r.json()["error"] == "model_import_failed", (name, r.text)
+        assert ".staging" not in r.text
+    r = requests.put(f"{server.url}/models/acme/5", data=whole, timeout=60,
+                     headers={**AUTH, "Content-Type": "application/octet-stream"})  # sniffed as a zip
+    assert r.status_code == 200, r.text

@@ -30,6 +30,7 @@ from inference_sdk.http.errors import HTTPCallErrorError  # noqa: E402
 def _env(cloud: FakeRoboflow, **extra: str) -> dict[str, str]:
     return {"EDGE_AGENT_MODELS__OFFLINE": "false", "EDGE_AGENT_MODELS__API_URL": cloud.api_url,
             "EDGE_AGENT_MODELS__DOWNLOAD_TIMEOUT_S": "2", "EDGE_AGENT_MODELS__DOWNLOAD_RETRIES": "1",
+            "EDGE_AGENT_MODELS__PULL_RETRY_S": "0",
             **{f"EDGE_AGENT_MODELS__{k.upper()}": v for k, v in extra.items()}}
 
 
@@ -122,7 +123,8 @@ def test_cloud_errors_answer_clearly_and_leave_the_store_as_it_was(
         cloud.packages["hard-hats/3"] = {**packages["hard-hats/3"], "onnx": b"this is not an onnx file"}
         cloud.fail_mode = None
         r = requests.post(f"{server.url}/model/add", json={"model_id": "hard-hats/3", "api_key": KEY}, timeout=120)
-        assert r.status_code == 400 and r.json()["error"] == "model_import_failed", r.text
+        assert r.status_code == 502 and r.json()["error"] == "download_failed", r.text
+        assert "cannot be used" in r.json()["message"] and ".staging" not in r.text
 
         assert _stored(server) == before and not _leftovers(state)
         assert KEY not in server.output()
@@ -139,3 +141,42 @@ def test_offline_devices_never_call_the_cloud(tmp_path: Path, packages: dict[str
             _infer(server, "hard-hats/3")
         assert err.value.status_code == 404
         assert sum(cloud.requests.values()) == 0
+
+
+def test_a_dead_cloud_is_asked_once_and_never_ties_up_the_server(
+        tmp_path: Path, packages: dict[str, dict[str, Any]]) -> None:
+    with FakeRoboflow(packages, api_key=KEY, fail_mode="hang", fail_on={"ort"}, hang_s=20.0) as cloud, \
+            running_server(tmp_path / "state", env_extra={**_env(cloud), "EDGE_AGENT_MODELS__PULL_RETRY_S": "60"}) \
+            as server:
+        statuses: list[int] = []
+
+        def add() -> None:
+            r = requests.post(f"{server.url}/model/add", json={"model_id": "hard-hats/3", "api_key": KEY},
+                              timeout=120)
+            statuses.append(r.status_code)
+
+        threads = [threading.Thread(target=add) for _ in range(4)]
+        for t in threads:
+            t.start()
+        assert _infer(server, "shapes/1")["predictions"]  # answered while the pull hangs
+        for t in threads:
+            t.join(120)
+        assert statuses == [503] * 4
+        asked = cloud.requests["ort"]
+        assert asked == 2  # one pull: its first try and one retry, shared by the four callers
+        add()  # within pull_retry_s: the remembered answer, the cloud is not asked again
+        assert statuses[-1] == 503 and cloud.requests["ort"] == asked
+
+
+def test_the_device_key_is_never_sent_to_roboflow(tmp_path: Path, packages: dict[str, dict[str, Any]]) -> None:
+    local = "device-local-key-5521"
+    with FakeRoboflow(packages, api_key=KEY) as cloud:
+        with running_server(tmp_path / "a", settings={"api_key": local}, env_extra=_env(cloud)) as server:
+            with pytest.raises(HTTPCallErrorError) as err:
+                _infer(server, "hard-hats/3", key=local)  # the key that opens the device, not a Roboflow one
+            assert err.value.status_code == 404 and sum(cloud.requests.values()) == 0
+        env = {**_env(cloud), "EDGE_AGENT_MODELS__API_KEY": KEY}  # the device's own Roboflow key
+        with running_server(tmp_path / "b", settings={"api_key": local}, env_extra=env) as server:
+            assert _infer(server, "hard-hats/3", key=local)["predictions"]
+            assert all(local not in path for path in cloud.paths)
+            assert KEY not in server.output() and local not in server.output()

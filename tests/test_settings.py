@@ -111,7 +111,7 @@ def test_example_config_is_complete_and_shows_the_defaults(tmp_path: Path) -> No
                      ("active_learning", "http_base_url"), ("active_learning", "http_project"),
                      ("active_learning", "http_api_key"), ("active_learning", "strategies"),
                      ("engine", "dla_core"), ("engine", "calibration_images"), ("engine", "check_images"),
-                     ("models", "check_images")}
+                     ("models", "check_images"), ("models", "api_key")}
     for section, model in SECTIONS.items():
         for key in model.model_fields:
             shown = (re.search(rf"^# {key} = ", text, re.M) or re.search(rf"^# \[{section}\.{key}\]$", text, re.M)

@@ -23,6 +23,8 @@ One activation runs at a time (a lock); pulls of different ids run in parallel.
 
 from __future__ import annotations
 
+import contextlib
+import hmac
 import logging
 import re
 import shutil
@@ -30,11 +32,19 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from edge_agent.errors import InvalidInput, ModelNotFound
+from edge_agent.errors import (
+    CloudUnavailable,
+    DownloadFailed,
+    EdgeAgentError,
+    InvalidInput,
+    ModelImportError,
+    ModelNotFound,
+)
 from edge_agent.models import checks
 from edge_agent.models.download import DownloadPolicy, download, redact
 from edge_agent.models.manifest import parse_model_id
@@ -47,6 +57,7 @@ Progress = Callable[[dict[str, Any]], None]
 SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 # Suffixes the store's importers understand, kept on a downloaded file so it is read as what it is.
 _SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip", ".onnx")
+MAX_CONCURRENT_PULLS = 2  # ids downloading from Roboflow at once
 
 
 def check_sha256(sha256: str | None) -> str | None:
@@ -64,9 +75,11 @@ def suffix_of(name: str) -> str:
 
 
 def pull_into_store(store: ModelStore, model_id: str, api_key: str, cfg: Any, device_id: str,
-                    progress: Progress | None = None) -> None:
+                    progress: Progress | None = None, commit_lock: Any = None) -> bool:
     """Fetch ``model_id`` from Roboflow's API (``cfg``: ``[models]``) and install it (no checks beyond
-    the importer's: nothing serves this id yet; loading it is the check)."""
+    the importer's: nothing serves this id yet; loading it is the check). A package the importer
+    refuses is Roboflow's fault, not the caller's: ``DownloadFailed`` (502). Under ``commit_lock`` the
+    install is skipped (False) when another install of the id got there first."""
     policy = DownloadPolicy.from_settings(cfg)
     staging = store.root / ".staging"
     staging.mkdir(parents=True, exist_ok=True)
@@ -79,16 +92,48 @@ def pull_into_store(store: ModelStore, model_id: str, api_key: str, cfg: Any, de
 
         pull_package(model_id, api_key, folder, api_url=cfg.api_url, device_id=device_id, policy=policy,
                      progress=on_bytes)
-        staged = store.stage(folder, model_id)
-        store.commit(staged)
+        with commit_lock if commit_lock is not None else contextlib.nullcontext():
+            if _stored(store, model_id):
+                return False
+            try:
+                staged = store.stage(folder, model_id)
+            except ModelImportError as exc:
+                raise DownloadFailed(f"Roboflow's package of {model_id} cannot be used: {exc.message}",
+                                     public=f"Roboflow's package of {model_id} cannot be used: "
+                                            f"{_scrubbed(exc.public, folder)}") from exc
+            store.commit(staged)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     log.info("pulled %s from %s in %.2f s", model_id, cfg.api_url, time.perf_counter() - t0)
+    return True
+
+
+def _stored(store: ModelStore, model_id: str) -> bool:
+    try:
+        store.get(model_id)
+        return True
+    except ModelNotFound:
+        return False
+
+
+def _scrubbed(text: str, folder: Path) -> str:
+    """``text`` without the local folder a file was staged in (for network callers)."""
+    return text.replace(f"{folder}/", "").replace(str(folder), "the upload")
+
+
+@dataclass
+class _Pull:
+    """One pull of an id in progress, or failed a moment ago: later callers wait for it or get its error."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    error: EdgeAgentError | None = None
+    failed_at: float = 0.0
 
 
 class Provisioner:
     def __init__(self, settings: Any, store: ModelStore, manager: Any, device_id: str,
                  protected: Callable[[], set[str]] = set) -> None:
+        self.settings = settings
         self.cfg = settings.models
         self.engine_prefs = manager.engine_prefs
         self.store = store
@@ -96,9 +141,10 @@ class Provisioner:
         self.device_id = device_id
         self.protected = protected
         self.policy = DownloadPolicy.from_settings(self.cfg)
-        self._locks: dict[str, threading.Lock] = {}
+        self._pulls: dict[str, _Pull] = {}
         self._lock = threading.Lock()
         self._activation = threading.Lock()
+        self._downloads = threading.BoundedSemaphore(MAX_CONCURRENT_PULLS)
         self.pulls = 0
         self.activations = 0
         self.refusals = 0
@@ -108,35 +154,66 @@ class Provisioner:
 
     # -- pull --------------------------------------------------------------------------------
 
-    def _in_store(self, model_id: str) -> bool:
-        try:
-            self.store.get(model_id)
-            return True
-        except ModelNotFound:
-            return False
+    def cloud_key(self, given: str | None) -> str | None:
+        """The key to ask Roboflow with: the caller's, unless it is this device's own server key (never
+        sent out), else ``[models] api_key``."""
+        local = self.settings.server.api_key
+        if given and not (local is not None and hmac.compare_digest(given.encode(), local.get_secret_value().encode())):
+            return given
+        return self.cfg.api_key.get_secret_value() if self.cfg.api_key is not None else None
 
     def pull(self, model_id: str, api_key: str | None) -> bool:
-        """Fetch ``model_id`` from Roboflow when the store lacks it and a key is given; True when this
-        call (or one it waited for) downloaded it."""
+        """Fetch ``model_id`` from Roboflow when the store lacks it and a key is at hand; True when this
+        call (or the one it waited for) installed it.
+
+        One pull per id: concurrent callers wait for it and share its outcome; a failure is remembered
+        for ``[models] pull_retry_s`` (callers get the same error at once instead of each waiting out the
+        cloud), and at most ``MAX_CONCURRENT_PULLS`` ids download at once (beyond: 503 at once), so a
+        dead cloud never ties up every request thread."""
+        api_key = self.cloud_key(api_key)
         if self.cfg.offline or not api_key or self.manager.peek(model_id) is not None:
             return False
         model_id = self.manager.resolve(model_id)
         parse_model_id(model_id)
-        if self._in_store(model_id):
+        if _stored(self.store, model_id):
             return False
         with self._lock:
-            lock = self._locks.setdefault(model_id, threading.Lock())
-        with lock:  # concurrent first requests: one downloads, the others wait and find it installed
+            now, memory = time.monotonic(), self.cfg.pull_retry_s
+            for stale in [k for k, v in self._pulls.items() if v.done.is_set() and now - v.failed_at > memory]:
+                del self._pulls[stale]
+            pull = self._pulls.get(model_id)
+            mine = pull is None
+            if mine:
+                pull = self._pulls[model_id] = _Pull()
+        assert pull is not None
+        if not mine:
+            pull.done.wait()
+            if pull.error is not None:
+                raise pull.error
+            return True
+        try:
+            if not self._downloads.acquire(blocking=False):
+                raise CloudUnavailable(f"{MAX_CONCURRENT_PULLS} models are being downloaded already; retry in a "
+                                       "moment")
             try:
-                if self._in_store(model_id):
-                    return True
-                pull_into_store(self.store, model_id, api_key, self.cfg, self.device_id)
-                self.pulls += 1
-                self.evict_quietly()
-                return True
+                pull_into_store(self.store, model_id, api_key, self.cfg, self.device_id,
+                                commit_lock=self._activation)
             finally:
-                with self._lock:
-                    self._locks.pop(model_id, None)
+                self._downloads.release()
+            self.pulls += 1
+            with self._lock:
+                self._pulls.pop(model_id, None)
+        except EdgeAgentError as exc:
+            pull.error, pull.failed_at = exc, time.monotonic()
+            raise
+        except BaseException:
+            with self._lock:
+                self._pulls.pop(model_id, None)
+            raise
+        finally:
+            pull.done.set()
+        self.evict_quietly(model_id)
+        return True
 
     # -- push --------------------------------------------------------------------------------
 
@@ -157,7 +234,11 @@ class Provisioner:
         sha256 = check_sha256(sha256)
         if progress is not None:
             progress({"phase": "verifying"})
-        staged = self.store.stage(source, model_id, task=task, class_names=class_names, sha256=sha256)
+        try:
+            staged = self.store.stage(source, model_id, task=task, class_names=class_names, sha256=sha256)
+        except EdgeAgentError as exc:  # network callers never see where the device staged their file
+            exc.public = _scrubbed(exc.public, Path(source).parent)
+            raise
         return self._activate(staged, activate, progress)
 
     def install_url(self, url: str, model_id: str, *, sha256: str | None, activate: bool = True,
@@ -185,6 +266,20 @@ class Provisioner:
 
     # -- activation --------------------------------------------------------------------------
 
+    def _reference(self, model_id: str) -> tuple[Any, bool]:
+        """What a candidate is checked against: the loaded model of the id, else its current version
+        loaded from the store for the check (True: close it afterwards), else None (a new id)."""
+        serving = self.manager.peek(model_id)
+        if serving is not None:
+            return serving.model, False
+        try:
+            stored = self.store.get(model_id)
+        except ModelNotFound:
+            return None, False
+        if stored.builtin:
+            return None, False
+        return self.store.load(model_id, self.engine_prefs), True
+
     def _activate(self, staged: Any, activate: bool, progress: Progress | None) -> dict[str, Any]:
         model_id = staged.model_id
         with self._activation:
@@ -193,14 +288,22 @@ class Provisioner:
                     progress({"phase": "checking"})
                 candidate = self.store.load_staged(staged, self.engine_prefs)
                 try:
-                    serving = self.manager.peek(model_id)
-                    report = checks.check_candidate(
-                        candidate, serving=serving.model if serving is not None else None,
-                        images=self._golden(), tolerance=self.cfg.check_tolerance)
+                    reference, temporary = self._reference(model_id)
+                    try:
+                        report = checks.check_candidate(candidate, serving=reference, images=self._golden(),
+                                                        tolerance=self.cfg.check_tolerance)
+                    finally:
+                        if temporary:
+                            reference.close()
                     if not report.ok:
                         self.refusals += 1
                         log.warning("refused the new version of %s: %s", model_id, report.reason)
                     checks.require_ok(report)
+                    if not activate:
+                        candidate.close()
+                        revision = self.store.commit(staged, current=False)
+                    else:
+                        manifest = self.store.commit(staged)
                 except BaseException:
                     candidate.close()
                     raise
@@ -208,18 +311,16 @@ class Provisioner:
                 self.store.discard(staged)
                 raise
             if not activate:
-                candidate.close()
-                revision = self.store.commit(staged, current=False)
-                self.evict_quietly()
+                self.evict_quietly(model_id)
                 return {"model_id": model_id, "activated": False, "revision": revision.stamp,
                         "sha256": revision.sha256, "check": report.as_dict()}
-            manifest = self.store.commit(staged)
             swapped = self.manager.swap(model_id, candidate, only_if_loaded=True)
             if swapped is None:
                 candidate.close()
+                self.manager.invalidate(model_id)  # a load of the old version in flight is not kept
             self._schedule_engine(model_id)
             self.activations += 1
-            self.evict_quietly()
+            self.evict_quietly(model_id)
             log.info("activated %s (sha256 %s)%s", model_id, manifest.weights.sha256[:12],
                      ", now serving" if swapped is not None else "")
             return {"model_id": model_id, "activated": True, "serving": swapped is not None,
@@ -254,18 +355,27 @@ class Provisioner:
 
     # -- disk budget -------------------------------------------------------------------------
 
-    def evict(self) -> list[str]:
+    def in_use(self) -> set[str]:
+        """Ids eviction leaves alone: pinned, preloaded, alias targets, declared pipelines, loaded or
+        being loaded, and what the runtime adds (its running pipelines)."""
+        server = self.settings.server
+        ids = set(self.cfg.pinned) | set(server.preload_models) | set(server.aliases.values())
+        ids |= {spec.model_id for spec in self.settings.pipelines.streams}
+        ids |= {m.model_id for m in self.manager.loaded()} | self.manager.loading() | self.protected()
+        return {self.manager.resolve(i) for i in ids}
+
+    def evict(self, *also_keep: str) -> list[str]:
         """Bring the store under its budget (no-op without one); what was removed."""
         if not self.cfg.disk_budget_mb:
             return []
-        keep = set(self.cfg.pinned) | {m.model_id for m in self.manager.loaded()} | self.protected()
         removed: list[str] = self.store.evict(self.cfg.disk_budget_mb * 1024 * 1024,
-                                              self.cfg.evict_after_days * 86400.0, keep)
+                                              self.cfg.evict_after_days * 86400.0, self.in_use() | set(also_keep))
         return removed
 
-    def evict_quietly(self) -> None:
-        """``evict``, logging instead of raising (after an install, at start)."""
+    def evict_quietly(self, *also_keep: str) -> None:
+        """``evict``, logging instead of raising (after an install, keeping what was just installed;
+        at start)."""
         try:
-            self.evict()
+            self.evict(*also_keep)
         except OSError as exc:
             log.warning("cannot bring the model store under its disk budget: %s", exc)

@@ -6,7 +6,8 @@ response topic with the request's correlation data when given, else to
 MQTT 3.1.1 clients). Every request gets exactly one reply: ``ok: true`` with a ``result``, or
 ``ok: false`` with an ``error`` naming the problem. A long command (``install_model``) also sends
 progress replies before it (``ok: true`` with ``progress`` and no ``result``). Handlers run one at a time
-on a thread of their own, so a slow one (loading a model) never holds up the MQTT connection.
+on a thread of their own, so a slow one (loading a model) never holds up the MQTT connection; installs,
+rollbacks and activations queue on a second thread, so a long download never holds up the others.
 """
 
 from __future__ import annotations
@@ -78,9 +79,15 @@ class Commands:
         self.device_id = device_id
         self._table: dict[str, tuple[type[BaseModel], Handler]] = {}
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="mqtt-command")
+        # Installs download for minutes; they queue on a thread of their own so the other commands
+        # (status, load_model, pipelines) are answered meanwhile.
+        self._slow_executor = ThreadPoolExecutor(1, thread_name_prefix="mqtt-install")
+        self._slow: set[str] = set()
 
-    def register(self, name: str, args: type[BaseModel], handler: Handler) -> None:
+    def register(self, name: str, args: type[BaseModel], handler: Handler, slow: bool = False) -> None:
         self._table[name] = (args, handler)
+        if slow:
+            self._slow.add(name)
 
     @property
     def names(self) -> list[str]:
@@ -88,7 +95,8 @@ class Commands:
 
     def __call__(self, name: str, payload: bytes, respond: Respond) -> None:
         try:
-            self._executor.submit(self.handle, name, payload, respond)
+            executor = self._slow_executor if name in self._slow else self._executor
+            executor.submit(self.handle, name, payload, respond)
         except RuntimeError:  # shut down: stopping
             pass
 
@@ -156,6 +164,7 @@ class Commands:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._slow_executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _validation_message(exc: ValidationError) -> str:
@@ -236,9 +245,9 @@ def runtime_commands(runtime: Any, bridge_snapshot: Callable[[], dict[str, Any]]
     commands.register("pipeline_status", PipelineArgs, pipeline_status)
     commands.register("list_pipelines", NoArgs, list_pipelines)
     commands.register("load_model", LoadModelArgs, load_model)
-    commands.register("install_model", InstallModelArgs, install_model)
-    commands.register("rollback_model", RollbackModelArgs, rollback_model)
-    commands.register("activate_model", ActivateModelArgs, activate_model)
+    commands.register("install_model", InstallModelArgs, install_model, slow=True)
+    commands.register("rollback_model", RollbackModelArgs, rollback_model, slow=True)
+    commands.register("activate_model", ActivateModelArgs, activate_model, slow=True)
     commands.register("unload_model", ModelArgs, unload_model)
     commands.register("list_models", NoArgs, list_models)
     commands.register("status", NoArgs, status)
