@@ -175,7 +175,7 @@ def _models(args: argparse.Namespace) -> int:
         classes = tuple(c.strip() for c in args.classes.split(",")) if args.classes else None
         source = str(args.source)
         if source.startswith(("http://", "https://")) or args.sha256 or not args.activate or \
-                (args.replace and _installed(store, args.model_id)):
+                (args.replace and args.model_id is not None and store.has(args.model_id)):
             _print(_changed(settings, _provisioner(settings, store, args.model_id).install_any(
                 source, args.model_id, sha256=args.sha256, activate=args.activate, task=args.task,
                 class_names=classes)))
@@ -206,18 +206,6 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _installed(store: Any, model_id: str | None) -> bool:
-    from edge_agent.errors import ModelNotFound
-
-    if model_id is None:
-        return False
-    try:
-        store.get(model_id)
-        return True
-    except ModelNotFound:
-        return False
-
-
 def _manager(settings: Any, store: Any) -> Any:
     from edge_agent.models.manager import ModelManager
 
@@ -230,7 +218,7 @@ def _provisioner(settings: Any, store: Any, model_id: str | None) -> Any:
     from edge_agent.models.provision import Provisioner
 
     manager = _manager(settings, store)
-    if _installed(store, model_id):
+    if model_id is not None and store.has(model_id):
         manager.get(model_id)
     return Provisioner(settings, store, manager, "cli")
 

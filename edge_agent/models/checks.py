@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.errors import ActivationRefused, EdgeAgentError, ModelImportError
+from edge_agent.errors import ActivationRefused, EdgeAgentError
 from edge_agent.heads import InferenceParams
 from edge_agent.models import importers
 from edge_agent.models.compare import Tolerance, disagreement
@@ -79,29 +79,10 @@ def golden_images(folder: Path | None, limit: int = GOLDEN_LIMIT) -> list[np.nda
 
 
 def output_problem(manifest: Manifest, outputs: Sequence[np.ndarray]) -> str | None:
-    """Why one image's raw outputs (leading axis 1) do not fit ``manifest``, or None. The same
-    layout rule as the importer's (``importers.detect_layout``), applied to the shapes that came out."""
-    shapes = [tuple(int(d) for d in o.shape) for o in outputs]
-    nc = len(manifest.class_names)
-    out = manifest.output
-    if not shapes:
-        return "the model returned no output"
-    if manifest.task == "classification":
-        if len(shapes[0]) != 2 or shapes[0][1] != nc:
-            return f"a classifier of {nc} classes should output [B, {nc}], got {list(shapes[0])}"
-        return None
-    extra = out.mask_channels + out.keypoints * out.keypoint_dims
-    try:
-        layout = importers.detect_layout(shapes[0], nc, extra, Path(manifest.model_id), hint=out.layout)
-    except ModelImportError as exc:
-        return str(exc)
-    if layout != out.layout:
-        return f"output0 {list(shapes[0])} has the {layout} layout, the manifest says {out.layout}"
-    if manifest.task == "instance-segmentation" and (
-            len(shapes) < 2 or len(shapes[1]) != 4 or shapes[1][1] != out.mask_channels):
-        got = list(shapes[1]) if len(shapes) > 1 else "nothing"
-        return f"the prototype output should be [B, {out.mask_channels}, H, W], got {got}"
-    return None
+    """Why one image's raw outputs (leading axis 1) do not fit ``manifest``, or None: the importer's
+    rule (``importers.shape_problem``) applied to the shapes that came out."""
+    return importers.shape_problem(manifest, [tuple(int(d) for d in o.shape) for o in outputs],
+                                   Path(manifest.model_id))
 
 
 def synthetic_image(manifest: Manifest) -> np.ndarray:

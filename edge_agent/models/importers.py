@@ -22,7 +22,7 @@ import tarfile
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -451,3 +451,29 @@ def _untar(tar: tarfile.TarFile, dest: Path, budget: _Budget) -> None:
             budget.refuse(f"member {member.name!r} cannot be read")
         with src:
             budget.copy(src, target)
+
+
+def shape_problem(manifest: Any, shapes: Sequence[Sequence[int | None]], where: Path) -> str | None:
+    """Why output shapes (declared by an ONNX file, or those of a run) do not fit ``manifest``, or
+    None: the layout rule of ``detect_layout`` with the manifest's class count, mask channels and
+    keypoints, the classifier's [B, classes] and segmentation's prototype output."""
+    nc, out = len(manifest.class_names), manifest.output
+    if not shapes:
+        return f"{where}: no outputs"
+    first = list(shapes[0])
+    if manifest.task == "classification":
+        if len(first) != 2 or first[1] != nc:
+            return f"{where}: a classifier of {nc} classes should output [B, {nc}], not {first}"
+        return None
+    extra = out.mask_channels + out.keypoints * out.keypoint_dims
+    try:
+        layout = detect_layout(tuple(shapes[0]), nc, extra, where, hint=out.layout)
+    except ModelImportError as exc:
+        return str(exc)
+    if layout != out.layout:
+        return f"{where}: output0 {first} has the {layout} layout, the manifest says {out.layout}"
+    if manifest.task == "instance-segmentation" and (
+            len(shapes) < 2 or len(shapes[1]) != 4 or shapes[1][1] != out.mask_channels):
+        got = list(shapes[1]) if len(shapes) > 1 else "nothing"
+        return f"{where}: the prototype output should be [B, {out.mask_channels}, H, W], not {got}"
+    return None

@@ -93,7 +93,7 @@ def pull_into_store(store: ModelStore, model_id: str, api_key: str, cfg: Any, de
         pull_package(model_id, api_key, folder, api_url=cfg.api_url, device_id=device_id, policy=policy,
                      progress=on_bytes)
         with commit_lock if commit_lock is not None else contextlib.nullcontext():
-            if _stored(store, model_id):
+            if store.has(model_id):
                 return False
             try:
                 staged = store.stage(folder, model_id)
@@ -106,14 +106,6 @@ def pull_into_store(store: ModelStore, model_id: str, api_key: str, cfg: Any, de
         shutil.rmtree(folder, ignore_errors=True)
     log.info("pulled %s from %s in %.2f s", model_id, cfg.api_url, time.perf_counter() - t0)
     return True
-
-
-def _stored(store: ModelStore, model_id: str) -> bool:
-    try:
-        store.get(model_id)
-        return True
-    except ModelNotFound:
-        return False
 
 
 def _scrubbed(text: str, folder: Path) -> str:
@@ -175,7 +167,7 @@ class Provisioner:
             return False
         model_id = self.manager.resolve(model_id)
         parse_model_id(model_id)
-        if _stored(self.store, model_id):
+        if self.store.has(model_id):
             return False
         with self._lock:
             now, memory = time.monotonic(), self.cfg.pull_retry_s

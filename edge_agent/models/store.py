@@ -172,6 +172,14 @@ class ModelStore:
             raise ModelLoadFailed(f"{path / 'model.json'}: says model_id {manifest.model_id!r}, stored as {model_id!r}")
         return StoredModel(manifest, path, builtin)
 
+    def has(self, model_id: str) -> bool:
+        """Is ``model_id`` in the store (the user's or the built-in one)? A malformed id raises."""
+        try:
+            self._locate(model_id)
+            return True
+        except ModelNotFound:
+            return False
+
     def list(self) -> list[StoredModel]:
         found: dict[str, StoredModel] = {}
         for root in (r for r in (self.builtin_root, self.root) if r is not None and r.is_dir()):
@@ -671,28 +679,10 @@ def _layout_facts(manifest: Manifest) -> tuple[Any, ...]:
 
 
 def _output_mismatch(manifest: Manifest, onnx: Path) -> str | None:
-    """Why the output shapes ``onnx`` declares do not fit ``manifest``, or None: the importer's rule
-    (``importers.detect_layout``), as ``checks.output_problem`` applies it to the shapes of a run."""
+    """Why the output shapes ``onnx`` declares do not fit ``manifest``, or None (the importer's rule,
+    as ``checks.output_problem`` applies it to the shapes of a run)."""
     try:
         shapes = [tuple(o.shape) for o in engines.inspect_model(onnx).outputs]
     except engines.EngineError as exc:
         raise ModelImportError(f"{onnx}: cannot read its output shapes: {exc}") from exc
-    nc, out = len(manifest.class_names), manifest.output
-    if not shapes:
-        return f"{onnx} declares no outputs"
-    if manifest.task == "classification":
-        if len(shapes[0]) != 2 or shapes[0][1] != nc:
-            return f"a classifier of {nc} classes should output [B, {nc}], {onnx} outputs {list(shapes[0])}"
-        return None
-    extra = out.mask_channels + out.keypoints * out.keypoint_dims
-    try:
-        layout = importers.detect_layout(shapes[0], nc, extra, onnx, hint=out.layout)
-    except ModelImportError as exc:
-        return str(exc)
-    if layout != out.layout:
-        return f"{onnx}: output0 {list(shapes[0])} has the {layout} layout, the manifest says {out.layout}"
-    if manifest.task == "instance-segmentation" and (
-            len(shapes) < 2 or len(shapes[1]) != 4 or shapes[1][1] != out.mask_channels):
-        got = list(shapes[1]) if len(shapes) > 1 else "nothing"
-        return f"{onnx}: the prototype output should be [B, {out.mask_channels}, H, W], it is {got}"
-    return None
+    return importers.shape_problem(manifest, shapes, onnx)
