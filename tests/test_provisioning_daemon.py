@@ -262,3 +262,28 @@ def test_corrupt_archives_are_refused_with_a_4xx(keyed_server: Server) -> None:
     r = requests.put(f"{server.url}/models/acme/5", data=whole, timeout=60,
                      headers={**AUTH, "Content-Type": "application/octet-stream"})  # sniffed as a zip
     assert r.status_code == 200, r.text
+
+
+def test_a_version_that_disagrees_on_the_golden_set_is_refused(tmp_path: Path) -> None:
+    import cv2
+    import numpy as np
+
+    from edge_agent.demo.shapes import CLASSES, generate_scene
+    from onnx_builders import constant_model, ultralytics_metadata
+
+    golden = tmp_path / "golden"
+    golden.mkdir()
+    for seed in range(4):
+        cv2.imwrite(str(golden / f"{seed}.jpg"), generate_scene(300 + seed, size=(320, 320), max_objects=4).image)
+    out = np.zeros((4 + len(CLASSES), 1), np.float32)
+    out[:4, 0], out[4, 0] = [160, 160, 60, 60], 0.95  # one confident circle in the middle, whatever the image
+    stubborn = constant_model(tmp_path / "stubborn.onnx", {"output0": out}, input_hw=(320, 320),
+                              metadata=ultralytics_metadata("detect", list(CLASSES), (320, 320)))
+    env = {"EDGE_AGENT_MODELS__CHECK_IMAGES": str(golden), "EDGE_AGENT_MODELS__CHECK_TOLERANCE": "0.25"}
+    with running_server(tmp_path / "state", settings={"api_key": KEY}, env_extra=env) as server:
+        detector = (DEMO / "shapes/1/model.onnx").read_bytes()
+        assert _put(server, "acme/6", detector).status_code == 200
+        r = _put(server, "acme/6", stubborn.read_bytes())
+        assert r.status_code == 409 and "golden" in r.json()["message"], r.text
+        r = _put(server, "acme/6", _variant(DEMO / "shapes/1/model.onnx", "same network"))
+        assert r.status_code == 200 and r.json()["check"]["images_compared"] == 4, r.text
