@@ -11,11 +11,19 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from edge_agent.results import Result
+
+
+def timestamp(epoch: float | None = None) -> str:
+    """RFC 3339 in UTC with milliseconds, the one time format of every outlet (MQTT, JSON lines)."""
+    moment = datetime.fromtimestamp(time.time() if epoch is None else epoch, tz=timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 log = logging.getLogger(__name__)
 

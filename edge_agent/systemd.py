@@ -141,7 +141,8 @@ class Monitor:
         if not loaded:
             return True
         try:
-            loaded[-1].infer([np.zeros((32, 32, 3), np.uint8)], InferenceParams())
+            # The model itself, not LoadedModel.infer: the probe stays out of the batcher and the metrics.
+            loaded[-1].model.infer_arrays([np.zeros((32, 32, 3), np.uint8)], InferenceParams())
             return True
         except Exception as exc:
             log.error("watchdog: inference on %s failed: %s", loaded[-1].model_id, exc)

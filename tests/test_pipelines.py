@@ -4,6 +4,7 @@ the daemon's own runtime and the demo detector."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,7 @@ def test_outputs_and_image_folders(tmp_path: Path, runtime: Any) -> None:
     out = runtime.settings.state_dir / "pipelines" / "folder1"
     lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert [line["frame_id"] for line in lines] == [1, 2, 3, 4, 5]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["captured_at"]) for line in lines)
     assert all(any(p["class"] == "square" for p in line["predictions"]) for line in lines)
     video = cv2.VideoCapture(str(out / "annotated.mp4"))
     assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 5

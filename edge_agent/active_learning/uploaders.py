@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 from edge_agent.active_learning.spool import Delivery, Spool
 from edge_agent.atomic_files import write_bytes, write_text
+from edge_agent.events import timestamp
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ class MqttTarget:
             raise UploadError("the MQTT bridge is not connected")
         item = delivery.item
         body = {**t.envelope(self.bridge.settings.device_id), "item_id": item.id, "source_id": item.source_id,
-                "model_id": item.model_id, "strategy": item.strategy, "captured_at": t.timestamp(item.created),
+                "model_id": item.model_id, "strategy": item.strategy, "captured_at": timestamp(item.created),
                 "tags": list(item.tags), "image": {"width": item.width, "height": item.height, "format": "jpeg",
                                                    "base64": base64.b64encode(item.jpeg).decode("ascii")},
                 "predictions": item.predictions}

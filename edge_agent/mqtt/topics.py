@@ -9,14 +9,12 @@ with milliseconds.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from edge_agent.events import PredictionEvent
+from edge_agent.events import PredictionEvent, timestamp
 from edge_agent.results import Classification
 
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
@@ -26,11 +24,6 @@ ONLINE, OFFLINE, STOPPED = b"online", b"offline", b"stopped"
 
 def schema_path(kind: str) -> Path:
     return SCHEMAS / f"{kind}.schema.json"
-
-
-def timestamp(epoch: float | None = None) -> str:
-    moment = datetime.fromtimestamp(time.time() if epoch is None else epoch, tz=timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def dumps(payload: dict[str, Any]) -> bytes:

@@ -43,10 +43,11 @@ class JsonLinesSink:
     def __call__(self, frame: Frame, result: Result) -> None:
         import json
 
+        from edge_agent.events import timestamp
         from edge_agent.roboflow_json import to_roboflow
 
         body = {**to_roboflow(result), "source_id": self.pipeline_id, "frame_id": frame.frame_id,
-                "captured_at": frame.captured_at}
+                "captured_at": timestamp(frame.captured_at)}
         self._file.write(json.dumps(body, separators=(",", ":")) + "\n")
         self._file.flush()
 
