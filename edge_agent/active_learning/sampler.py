@@ -41,6 +41,7 @@ class Sampler:
         self._on_stored = on_stored
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
+        self._stats_lock = threading.Lock()  # producers are many threads (HTTP requests, pipelines)
         self._counts = spool.limit_counts()  # (strategy, window) -> (bucket, count)
         self._recent: dict[str, deque[int]] = {}
         self._queue: queue.Queue[tuple[PredictionEvent, Any, dict[tuple[str, str], tuple[str, int]]] | None] = \
@@ -49,12 +50,16 @@ class Sampler:
         self.stats = {"considered": 0, "sampled": 0, "skipped_limit": 0, "skipped_duplicate": 0,
                       "dropped_queue_full": 0, "stored": 0, "evicted": 0, "write_errors": 0}
 
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._stats_lock:
+            self.stats[name] += n
+
     # ------------------------------------------------------------------ the producer's thread
 
     def __call__(self, event: PredictionEvent) -> None:
         if event.image is None or not self._accepts_source(event.source_id):
             return
-        self.stats["considered"] += 1
+        self._count("considered")
         for strategy in self.strategies:
             if not strategy.applies(event.source_id, event.model_id) or not strategy.wants(event.result, self._rng):
                 continue
@@ -62,19 +67,19 @@ class Sampler:
             with self._lock:
                 used = self._take_limits(strategy, now)
             if used is None:
-                self.stats["skipped_limit"] += 1
+                self._count("skipped_limit")
                 continue
             if self.dedup_distance and self._duplicate(event):
                 self._give_back(used)
-                self.stats["skipped_duplicate"] += 1
+                self._count("skipped_duplicate")
                 return
             try:
                 self._queue.put_nowait((event, strategy, used))
             except queue.Full:
                 self._give_back(used)
-                self.stats["dropped_queue_full"] += 1
+                self._count("dropped_queue_full")
                 return
-            self.stats["sampled"] += 1
+            self._count("sampled")
             return  # a frame is sampled once, by the first strategy that wants it
 
     def _take_limits(self, strategy: Any, now: time.struct_time) -> dict[tuple[str, str], tuple[str, int]] | None:
@@ -140,19 +145,19 @@ class Sampler:
                 try:
                     entries.append((self._item(event, strategy), used))
                 except Exception:  # a broken frame: counted, the others are written
-                    self.stats["write_errors"] += 1
+                    self._count("write_errors")
                     log.exception("cannot encode a sampled frame")
             if not entries:
                 continue
             try:
                 evicted = self.spool.add_many(entries, self.targets)
             except Exception:  # a full disk: counted, and the next frames are tried
-                self.stats["write_errors"] += len(entries)
+                self._count("write_errors", len(entries))
                 log.exception("cannot store %d sampled frame(s)", len(entries))
                 continue
-            self.stats["stored"] += len(entries)
+            self._count("stored", len(entries))
             if evicted:
-                self.stats["evicted"] += evicted
+                self._count("evicted", evicted)
                 log.warning("active-learning spool full: evicted %d oldest item(s)", evicted)
             self._on_stored()
 
