@@ -17,11 +17,10 @@ an install. A new version is first staged (``stage`` / ``stage_revision``: impor
 ``.staging``, nothing current touched), may be loaded and checked there (``load_staged``,
 ``models.checks``), and then ``commit``-ted or ``discard``-ed. ``install`` and ``rollback`` are
 stage + commit without checks. Every change is written and fsynced aside and then renamed into place;
-``clean()`` at start finishes or undoes whatever a power cut interrupted (see ``commit``).
-
-A revision's stamp is the UTC time at which it stopped being current (or was kept unactivated),
-``YYYYmmddTHHMMSS.ffffffZ``, strictly increasing per id even when the clock steps back. Changes
-hold a thread lock and an ``flock`` on the root folder, so the CLI and the daemon take turns.
+``clean()`` at start finishes or undoes whatever a power cut interrupted. The revision folders (their
+stamps and listing) and commit's rename sequence with its repair live in ``models.revisions``; this
+module owns importing, staging, the public API and the locks: changes hold a thread lock and an
+``flock`` on the root folder, so the CLI and the daemon take turns.
 
 The last use of each model and eviction under a disk budget live in ``models.usage``; ``touch``,
 ``last_used``, ``disk_usage`` and ``evict`` here delegate to it (``evict`` under the store's lock).
@@ -42,21 +41,20 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal, overload
 
 import engines
 from edge_agent import atomic_files
-from edge_agent.errors import ChecksumMismatch, InvalidModelId, ModelImportError, ModelLoadFailed, ModelNotFound
-from edge_agent.models import importers, usage
+from edge_agent.errors import ChecksumMismatch, ModelImportError, ModelLoadFailed, ModelNotFound
+from edge_agent.models import importers, revisions, usage
 from edge_agent.models.manifest import Manifest, parse_model_id
+from edge_agent.models.revisions import STAMP_FORMAT as STAMP_FORMAT
+from edge_agent.models.revisions import Revision as Revision
 
 log = logging.getLogger(__name__)
 
 BUILTIN_ROOT = Path(__file__).resolve().parent.parent / "demo" / "store"
-STAMP_FORMAT = "%Y%m%dT%H%M%S.%fZ"
-_REPLACED = ".replaced"
 
 
 @dataclass(frozen=True)
@@ -73,29 +71,6 @@ class Staged:
     model_id: str
     manifest: Manifest
     path: Path
-
-
-@dataclass(frozen=True)
-class Revision:
-    """An earlier (or kept, not activated) version of an id."""
-
-    model_id: str
-    stamp: str
-    sha256: str
-    path: Path
-    manifest: Manifest
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    @property
-    def stopped_at(self) -> float:
-        """The stamp in Unix seconds (the folder's mtime for a folder not named by a stamp)."""
-        try:
-            return datetime.strptime(self.stamp, STAMP_FORMAT).replace(tzinfo=timezone.utc).timestamp()
-        except ValueError:
-            return self.path.stat().st_mtime
 
 
 def _copy_hashing(src: Path, dst: Path) -> tuple[str, int]:
@@ -115,29 +90,6 @@ def sha256_of(path: Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _link_files(src: Path, dst: Path) -> None:
-    """Hard-link (copy where links are refused) the files of folder ``src`` into folder ``dst``."""
-    for path in src.iterdir():
-        if path.is_file():
-            try:
-                os.link(path, dst / path.name)
-            except OSError:
-                shutil.copy2(path, dst / path.name)
-
-
-def _next_stamp(folder: Path) -> str:
-    """Now as a stamp, or just after the newest stamp in ``folder`` if the clock is behind it."""
-    now = datetime.now(timezone.utc)
-    names = [p.name for p in folder.iterdir() if not p.name.startswith(".")] if folder.is_dir() else []
-    for name in sorted(names, reverse=True)[:1]:
-        try:
-            newest = datetime.strptime(name.rpartition("-")[0], STAMP_FORMAT).replace(tzinfo=timezone.utc)
-        except ValueError:
-            continue
-        now = max(now, newest + timedelta(microseconds=1))
-    return now.strftime(STAMP_FORMAT)
 
 
 class ModelStore:
@@ -203,20 +155,7 @@ class ModelStore:
 
     def revisions(self, model_id: str) -> builtins.list[Revision]:
         """The kept earlier versions of ``model_id``, newest first (none for built-in ids)."""
-        folder = self._revisions_dir(model_id)
-        if not folder.is_dir():
-            return []
-        found = []
-        for path in sorted(folder.iterdir(), reverse=True):
-            if path.name.startswith(".") or not (path / "model.json").is_file():
-                continue
-            try:
-                manifest = Manifest.from_json((path / "model.json").read_text(encoding="utf-8"), str(path))
-            except (ModelLoadFailed, OSError) as exc:
-                log.warning("model store: skipping unreadable revision %s: %s", path, exc)
-                continue
-            found.append(Revision(model_id, path.name.rpartition("-")[0], manifest.weights.sha256, path, manifest))
-        return found
+        return revisions.listed(self.root, model_id)
 
     # -- staging --------------------------------------------------------------------------------
 
@@ -289,7 +228,7 @@ class ModelStore:
         with self._lock:
             revision = self._pick_revision(model_id, to)
             staged = self._staging_dir(model_id)
-            _link_files(revision.path, staged)
+            revisions.link_files(revision.path, staged)
         try:
             _verify(revision.manifest, staged / revision.manifest.weights.file)
             atomic_files.fsync_dir(staged)
@@ -300,24 +239,12 @@ class ModelStore:
 
     def _pick_revision(self, model_id: str, to: str | None) -> Revision:
         self._refuse_builtin(model_id, "it has no revisions")
-        revisions = self.revisions(model_id)
-        if not revisions:
+        found = self.revisions(model_id)
+        if not found:
             self._locate(model_id)  # ModelNotFound for an id that is not installed at all
             raise ModelNotFound(f"{model_id}: no earlier version is kept to roll back to "
                                 f"(keep_revisions = {self.keep_revisions})")
-        if to is None:
-            return revisions[0]
-        key = to.strip().lower()
-        if not key:
-            raise ModelImportError(f"{model_id}: name the revision by its stamp or sha256 (or a prefix of either)")
-        matches = [r for r in revisions if r.name.lower().startswith(key) or r.sha256.startswith(key)]
-        kept = ", ".join(f"{r.stamp} (sha256 {r.sha256[:12]})" for r in revisions)
-        if not matches:
-            raise ModelNotFound(f"{model_id}: no kept revision matches {to!r}; kept: {kept}")
-        if len(matches) > 1:
-            raise ModelImportError(f"{model_id}: {to!r} matches {len(matches)} revisions; give more of the "
-                                   f"stamp or sha256 (kept: {kept})")
-        return matches[0]
+        return revisions.pick(found, model_id, to)
 
     def load_staged(self, staged: Staged, prefs: Any = None) -> Any:
         """A ``Model`` running the staged candidate (ONNX Runtime or the back-end ``prefs`` choose)."""
@@ -343,83 +270,23 @@ class ModelStore:
         replaces is kept as the newest revision (unless identical), at most ``keep_revisions`` kept.
         With ``current=False`` it is only kept as the newest revision, and that ``Revision`` returned.
 
-        What a power cut leaves at each step, and what ``clean()`` makes of it:
-
-        1. candidate written and fsynced under ``.staging``     -> removed: before
-        2. current hard-linked into ``.revisions/<id>/.tmp-*``  -> removed: before
-        3. that renamed to ``<stamp>-<sha12>``, a twin of current -> twin of current removed: before
-        4. current renamed to ``.revisions/<id>/.replaced``     -> no current: renamed back: before
-        5. candidate renamed to ``<project>/<version>``         -> ``.replaced`` deleted: after
-        6. ``.replaced``, twins of current, and revisions beyond ``keep_revisions`` deleted: after
-           (``clean()`` repeats this step)
-        Each rename is followed by an fsync of the folders it changed, so a later step is never on
-        disk without the earlier ones.
+        Every step is a rename followed by fsyncs (``revisions.make_current`` lists what a power cut
+        leaves after each one); whatever it interrupts, ``clean()`` leaves the version before or the
+        version after.
         """
         with self._exclusive():
             if not (staged.path / "model.json").is_file():
                 raise ModelImportError(f"{staged.model_id}: the staged candidate {staged.path} is gone "
                                        "(committed or discarded already?)")
             self._refuse_builtin(staged.model_id, "install under another id")
-            self._repair(staged.model_id)
+            revisions.repair(self.root, staged.model_id, self.keep_revisions)
             if not current:
-                return self._keep(staged)
-            project, version = parse_model_id(staged.model_id)
-            target = self.root / project / version
-            revisions = self._revisions_dir(staged.model_id)
-            if target.exists():
-                if self.keep_revisions and not _same_version(target, staged.path):
-                    self._archive(staged.model_id, target)
-                revisions.mkdir(parents=True, exist_ok=True)
-                os.rename(target, revisions / _REPLACED)
-                atomic_files.fsync_dir(revisions)
-                self._fsync_up(revisions)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(staged.path, target)
-            atomic_files.fsync_dir(target.parent)
-            self._fsync_up(target.parent)
-            self._repair(staged.model_id)
+                return revisions.keep(self.root, staged.model_id, staged.path, staged.manifest.weights.sha256,
+                                      self.keep_revisions)
+            revisions.make_current(self.root, staged.model_id, staged.path, self.keep_revisions)
         self.touch(staged.model_id, force=True)  # a version just activated is not idle
         log.info("model store: %s is now sha256 %s", staged.model_id, staged.manifest.weights.sha256[:12])
         return staged.manifest
-
-    def _keep(self, staged: Staged) -> Revision:
-        if not self.keep_revisions:
-            raise ModelImportError(f"{staged.model_id}: keep_revisions is 0, so a version cannot be kept "
-                                   "without activating it")
-        project, version = parse_model_id(staged.model_id)
-        if _same_version(self.root / project / version, staged.path):
-            self.discard(staged)
-            raise ModelImportError(f"{staged.model_id}: this is the version already installed; nothing to keep")
-        revisions = self._revisions_dir(staged.model_id)
-        revisions.mkdir(parents=True, exist_ok=True)
-        name = f"{_next_stamp(revisions)}-{staged.manifest.weights.sha256[:12]}"
-        os.rename(staged.path, revisions / name)
-        atomic_files.fsync_dir(revisions)
-        self._fsync_up(revisions)
-        self._repair(staged.model_id)
-        kept = next((r for r in self.revisions(staged.model_id) if r.name == name), None)
-        if kept is None:
-            raise ModelImportError(f"{staged.model_id}: kept as {name} but pruned at once "
-                                   f"(keep_revisions = {self.keep_revisions})")
-        return kept
-
-    def _archive(self, model_id: str, current: Path) -> None:
-        """Hard-link the current version into a new revision folder (written aside, then renamed)."""
-        try:
-            manifest = Manifest.from_json((current / "model.json").read_text(encoding="utf-8"), str(current))
-        except (ModelLoadFailed, OSError) as exc:
-            log.warning("model store: not keeping the replaced version of %s, it is unreadable: %s", model_id, exc)
-            return
-        revisions = self._revisions_dir(model_id)
-        revisions.mkdir(parents=True, exist_ok=True)
-        name = f"{_next_stamp(revisions)}-{manifest.weights.sha256[:12]}"
-        tmp = revisions / f".tmp-{name}"
-        tmp.mkdir()
-        _link_files(current, tmp)
-        atomic_files.fsync_tree(tmp)
-        os.rename(tmp, revisions / name)
-        atomic_files.fsync_dir(revisions)
-        self._fsync_up(revisions)
 
     def rollback(self, model_id: str, to: str | None = None) -> Manifest:
         """Make the newest revision (or the one ``to`` names) current again, without checks; the version
@@ -482,9 +349,9 @@ class ModelStore:
             path, builtin = self._locate(model_id)
             if builtin:
                 raise ModelImportError(f"{model_id!r} is a built-in demo model and cannot be removed")
-            revisions = self._revisions_dir(model_id)
-            if revisions.exists():
-                self._delete(revisions)
+            kept = revisions.folder_of(self.root, model_id)
+            if kept.exists():
+                self._delete(kept)
             self._delete(path)
         self._usage.forget(model_id)
 
@@ -493,36 +360,7 @@ class ModelStore:
         with self._exclusive():
             for leftover in (self.root / ".staging", self.root / ".trash"):
                 shutil.rmtree(leftover, ignore_errors=True)
-            for model_id in self._revised_ids():
-                for tmp in self._revisions_dir(model_id).glob(".tmp*"):
-                    shutil.rmtree(tmp, ignore_errors=True)
-                self._repair(model_id)
-
-    def _repair(self, model_id: str) -> None:
-        """Finish or undo an interrupted commit of ``model_id`` and tidy its revisions (idempotent)."""
-        project, version = parse_model_id(model_id)
-        target = self.root / project / version
-        revisions = self._revisions_dir(model_id)
-        replaced = revisions / _REPLACED
-        if replaced.exists():
-            if not target.exists():
-                os.rename(replaced, target)
-                atomic_files.fsync_dir(target.parent)
-                log.warning("model store: %s put back as it was (a change was interrupted)", model_id)
-            else:
-                self._delete(replaced)
-        for revision in self.revisions(model_id):
-            if _same_version(target, revision.path):
-                self._delete(revision.path)
-        for revision in self.revisions(model_id)[self.keep_revisions:]:
-            self._delete(revision.path)
-            log.info("model store: dropped revision %s of %s (keep_revisions = %d)",
-                     revision.name, model_id, self.keep_revisions)
-        for folder in (revisions, revisions.parent):
-            try:
-                folder.rmdir()  # only when empty
-            except OSError:
-                break
+            revisions.repair_all(self.root, self.keep_revisions)
 
     # -- last use and the disk budget (models.usage) -------------------------------------------
 
@@ -580,22 +418,8 @@ class ModelStore:
     # -- helpers --------------------------------------------------------------------------------
 
     def _revised_ids(self) -> builtins.list[str]:
-        """The ids that have a folder under ``.revisions`` (anything else there is left alone)."""
-        top = self.root / ".revisions"
-        ids = []
-        for folder in sorted(top.glob("*/*")) if top.is_dir() else []:
-            model_id = f"{folder.parent.name}/{folder.name}"
-            try:
-                parse_model_id(model_id)
-            except InvalidModelId:
-                log.warning("model store: %s is not a model's revisions folder; left alone", folder)
-                continue
-            ids.append(model_id)
-        return ids
-
-    def _revisions_dir(self, model_id: str) -> Path:
-        project, version = parse_model_id(model_id)
-        return self.root / ".revisions" / project / version
+        """The ids that have a folder under ``.revisions`` (``revisions.revised_ids``)."""
+        return revisions.revised_ids(self.root)
 
     def _refuse_builtin(self, model_id: str, what: str) -> None:
         project, version = parse_model_id(model_id)
@@ -609,26 +433,8 @@ class ModelStore:
         return Path(tempfile.mkdtemp(prefix=f"{project}-{version}.", dir=staging))
 
     def _delete(self, path: Path) -> None:
-        """Remove a folder at once (renamed into ``.trash``, then deleted), dropping empty parents."""
-        trash = self.root / ".trash"
-        trash.mkdir(parents=True, exist_ok=True)
-        doomed = Path(tempfile.mkdtemp(prefix="removed.", dir=trash))
-        os.rename(path, doomed / "x")
-        atomic_files.fsync_dir(path.parent)
-        shutil.rmtree(doomed, ignore_errors=True)
-        parent = path.parent
-        while parent != self.root and parent.name != ".revisions":
-            try:
-                parent.rmdir()  # the project folder when its last version goes
-            except OSError:
-                break
-            parent = parent.parent
-
-    def _fsync_up(self, folder: Path) -> None:
-        """fsync ``folder``'s parents up to the root, so that folders made on the way are on disk too."""
-        while folder != self.root and self.root in folder.parents:
-            folder = folder.parent
-            atomic_files.fsync_dir(folder)
+        """Remove a folder at once through ``.trash`` (``revisions.delete``)."""
+        revisions.delete(self.root, path)
 
     @contextmanager
     def _exclusive(self) -> Iterator[None]:
@@ -663,14 +469,6 @@ def _require_sha(path: Path, actual: str, expected: str) -> None:
             f"{path}: sha256 is {actual}, expected {expected}; the file is not the one named "
             "(damaged transfer, or the wrong file)",
             public=f"sha256 is {actual}, expected {expected}; the file is not the one named")
-
-
-def _same_version(a: Path, b: Path) -> bool:
-    """Do two version folders hold the same version (byte-equal model.json, which names the sha256)?"""
-    try:
-        return (a / "model.json").read_bytes() == (b / "model.json").read_bytes()
-    except OSError:
-        return False
 
 
 def _layout_facts(manifest: Manifest) -> tuple[Any, ...]:
