@@ -268,7 +268,7 @@ class _ProgressBar:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    from edge_agent.models.accelerate import TensorRTUnavailable, compile_model, offline_accelerator
+    from edge_agent.models.accelerate_setup import TensorRTUnavailable, compile_model, offline_accelerator
 
     settings = _settings(args, **{"engine.precision": args.precision, "engine.dla_core": args.dla_core})
     try:

@@ -121,7 +121,7 @@ class Runtime:
             self.active_learning = ActiveLearning(al, settings.state_dir, self.bridge)
             self.events.subscribe(self.active_learning.sampler)
             self.metrics.watch_active_learning(self.active_learning.status)
-        from edge_agent.models.accelerate import build_accelerator
+        from edge_agent.models.accelerate_setup import build_accelerator
 
         self.accelerator = build_accelerator(
             settings, self.engine_choice, self.manager, backend=engine_backend,

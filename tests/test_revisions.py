@@ -462,7 +462,7 @@ def test_disagreeing_candidate_is_refused(store: ModelStore, scenes: Path, tmp_p
 
 @pytest.mark.parametrize("model_id", ["shapes/1", "shapes-seg/1", "shapes-pose/1", "shapes-cls/1"])
 def test_every_demo_model_passes_against_itself(store: ModelStore, model_id: str) -> None:
-    from edge_agent.models.accelerate import builtin_images
+    from edge_agent.models.accelerate_setup import builtin_images
 
     report = check_candidate(store.load(model_id), serving=store.load(model_id), images=builtin_images(4),
                              tolerance=0.0)

@@ -23,7 +23,8 @@ import pytest
 from edge_agent.batching import DynamicBatcher
 from edge_agent.errors import Overloaded
 from edge_agent.heads import InferenceParams
-from edge_agent.models.accelerate import Accelerator, build_accelerator
+from edge_agent.models.accelerate import Accelerator
+from edge_agent.models.accelerate_setup import build_accelerator
 from edge_agent.models.manager import BatchingPrefs, LoadedModel, ModelManager
 from edge_agent.models.model import Model
 from edge_agent.models.store import ModelStore, sha256_of

@@ -14,7 +14,7 @@ import pytest
 import engines
 from edge_agent import selftest
 from edge_agent.heads import InferenceParams
-from edge_agent.models.accelerate import compile_model, offline_accelerator
+from edge_agent.models.accelerate_setup import compile_model, offline_accelerator
 from edge_agent.models.compare import disagreement
 from edge_agent.models.model import Model
 from edge_agent.settings import Settings, load_settings

@@ -34,8 +34,7 @@ module run as the build process and the loading of a plan. Tests give a stand-in
 members, so everything here (queue, child process, cache, check, swap) runs in CI without a GPU.
 
 Putting an ``Accelerator`` together (settings, check and calibration images, the manager's callbacks)
-is ``models.accelerate_setup``; its functions are re-exported here for the modules that import them
-from this one (the Runtime, the CLI, selftest, ``models.checks``).
+is ``models.accelerate_setup``.
 """
 
 from __future__ import annotations
@@ -54,13 +53,6 @@ from typing import Any, Protocol
 import numpy as np
 
 from edge_agent.heads import InferenceParams
-from edge_agent.models.accelerate_setup import SAMPLE_IMAGE as SAMPLE_IMAGE
-from edge_agent.models.accelerate_setup import TensorRTUnavailable as TensorRTUnavailable
-from edge_agent.models.accelerate_setup import build_accelerator as build_accelerator
-from edge_agent.models.accelerate_setup import builtin_images as builtin_images
-from edge_agent.models.accelerate_setup import compile_model as compile_model
-from edge_agent.models.accelerate_setup import folder_images as folder_images
-from edge_agent.models.accelerate_setup import offline_accelerator as offline_accelerator
 from edge_agent.models.compare import FP_TOLERANCE, Tolerance, disagreement
 from edge_agent.models.manifest import Manifest
 from edge_agent.models.model import Model

@@ -67,7 +67,7 @@ def require_ok(report: CheckReport) -> None:
 def golden_images(folder: Path | None, limit: int = GOLDEN_LIMIT) -> list[np.ndarray]:
     """Up to ``limit`` images (.jpg, .jpeg, .png, .bmp, .webp, sorted by name) of ``folder`` as BGR
     arrays; unreadable files are skipped, a missing or empty folder gives none (and a warning)."""
-    from edge_agent.models.accelerate import folder_images
+    from edge_agent.models.accelerate_setup import folder_images
 
     if folder is None:
         return []
