@@ -347,7 +347,17 @@ def test_commands_are_answered_with_their_correlation_and_bad_ones_with_errors(r
     for name, payload, _ in cases:
         old.publish(f"{BASE}/commands/{name}", payload)
     replies = old.wait_count(f"{BASE}/responses/", len(cases), timeout=30)
-    for (name, payload, error), reply in zip(cases, replies):  # one at a time, in order
+    # Commands of one lane run one at a time, in order (load_model is in the downloads lane): pair each
+    # case with the replies to its command name, in order.
+    by_name: dict[str, list[Any]] = {}
+    for reply in replies:
+        by_name.setdefault(reply.topic.rsplit("/", 1)[-1], []).append(reply)
+    taken: dict[str, int] = {}
+    ordered = []
+    for name, _payload, _error in cases:
+        ordered.append(by_name[name][taken.get(name, 0)])
+        taken[name] = taken.get(name, 0) + 1
+    for (name, payload, error), reply in zip(cases, ordered):
         body = reply.json()
         check.validate(body)
         assert reply.topic == f"{BASE}/responses/{name}" and body["command"] == name
@@ -355,13 +365,13 @@ def test_commands_are_answered_with_their_correlation_and_bad_ones_with_errors(r
             assert body["ok"] is True, body
         else:
             assert body["ok"] is False and body["error"]["type"] == error, (payload[:40], body)
-    assert replies[0].json()["correlation_id"] == 7
-    assert replies[0].json()["result"]["ready"] is True
-    assert {m["model_id"] for m in replies[1].json()["result"]["models"]} >= {"shapes/1", "shapes-cls/1"}
-    assert replies[4].json()["correlation_id"] == "a"
-    assert "model_id" in replies[4].json()["error"]["message"]
-    assert "colour" in replies[5].json()["error"]["message"]
-    assert "load_model" in replies[7].json()["error"]["message"]  # lists the commands there are
+    assert ordered[0].json()["correlation_id"] == 7
+    assert ordered[0].json()["result"]["ready"] is True
+    assert {m["model_id"] for m in ordered[1].json()["result"]["models"]} >= {"shapes/1", "shapes-cls/1"}
+    assert ordered[4].json()["correlation_id"] == "a"
+    assert "model_id" in ordered[4].json()["error"]["message"]
+    assert "colour" in ordered[5].json()["error"]["message"]
+    assert "load_model" in ordered[7].json()["error"]["message"]  # lists the commands there are
     old.close()
     assert running.bridge.alive() and running.bridge.snapshot()["connected"]
 

@@ -71,7 +71,8 @@ PROGRESS_INTERVAL_S = 0.25
 _HEADERS = {"User-Agent": "edge-agent", "Accept-Encoding": "identity"}
 _URLLIB3_LOGGERS = ("urllib3.connectionpool", "urllib3.poolmanager", "urllib3.util.retry")
 # api_key, and the signatures of the signed storage URLs the API hands out for the files
-_API_KEY = re.compile(r"(?i)((?:api_key|signature|x-amz-security-token|token)=)([^&#\s'\"<>]*)")
+_API_KEY = re.compile(r"(?i)((?:api_key|signature|sig|x-amz-security-token|token)=)([^&#\s'\"<>]*)")
+_USERINFO = re.compile(r"(?i)(\bhttps?://)[^/@\s'\"<>]+@")  # user:password@ in a URL
 
 
 # -- keys ---------------------------------------------------------------------------------------
@@ -84,8 +85,10 @@ def _masked(value: str) -> str:
 def redact(url: str) -> str:
     """``url`` (or any text) with every ``api_key=<value>`` shown as Roboflow does: ``api_key=ab***yz``.
 
-    Signed-URL credentials (``X-Goog-Signature=``, ``Signature=``, ``token=``) are masked the same way.
+    Signed-URL credentials (``X-Goog-Signature=``, ``Signature=``, Azure's ``sig=``, ``token=``) are
+    masked the same way, and ``user:password@`` in a URL becomes ``***@``.
     """
+    url = _USERINFO.sub(lambda m: m.group(1) + "***@", url)
     return _API_KEY.sub(lambda m: m.group(1) + (m.group(2) if "***" in m.group(2) else _masked(m.group(2))), url)
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.batching import DynamicBatcher
-from edge_agent.errors import NotReady
+from edge_agent.errors import ModelLoadFailed, ModelNotFound, NotReady
 from edge_agent.heads import InferenceParams
 from edge_agent.models.manifest import parse_model_id
 from edge_agent.models.model import Model
@@ -213,7 +213,15 @@ class ModelManager:
     def _load(self, model_id: str) -> LoadedModel:
         t0 = time.perf_counter()
         cached = self.accelerator.cached_engine if self.accelerator is not None else None
-        model: Model = self.store.load(model_id, self.engine_prefs, engine_for=cached)
+        try:
+            model: Model = self.store.load(model_id, self.engine_prefs, engine_for=cached)
+        except (ModelNotFound, ModelLoadFailed, FileNotFoundError):
+            # The store reads without a lock: a load that falls between the two renames of a commit or
+            # a rollback of this id finds it missing or half there. Once more, after the commit.
+            if not self.store.revisions(model_id):
+                raise
+            time.sleep(0.2)
+            model = self.store.load(model_id, self.engine_prefs, engine_for=cached)
         seconds = time.perf_counter() - t0
         self.store.touch(model_id)  # the last use, for the store's eviction of unused models
         log.info("loaded %s (%s, engine %s) in %.2f s", model_id, model.task, model.engine.name, seconds)

@@ -24,6 +24,7 @@ One activation runs at a time (a lock); pulls of different ids run in parallel.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hmac
 import logging
 import re
@@ -41,9 +42,12 @@ from edge_agent.errors import (
     CloudUnavailable,
     DownloadFailed,
     EdgeAgentError,
+    Forbidden,
     InvalidInput,
     ModelImportError,
     ModelNotFound,
+    NotReady,
+    Unauthorized,
 )
 from edge_agent.models import checks
 from edge_agent.models.download import DownloadPolicy, download, redact
@@ -58,6 +62,8 @@ SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 # Suffixes the store's importers understand, kept on a downloaded file so it is read as what it is.
 _SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip", ".onnx")
 MAX_CONCURRENT_PULLS = 2  # ids downloading from Roboflow at once
+PULL_WAIT_S = 10.0  # a request for an id being pulled waits this long, then gets 503 + Retry-After
+KEY_ERRORS = (Unauthorized, Forbidden)  # outcomes of one caller's key, never shared or remembered
 
 
 def check_sha256(sha256: str | None) -> str | None:
@@ -158,10 +164,11 @@ class Provisioner:
         """Fetch ``model_id`` from Roboflow when the store lacks it and a key is at hand; True when this
         call (or the one it waited for) installed it.
 
-        One pull per id: concurrent callers wait for it and share its outcome; a failure is remembered
-        for ``[models] pull_retry_s`` (callers get the same error at once instead of each waiting out the
-        cloud), and at most ``MAX_CONCURRENT_PULLS`` ids download at once (beyond: 503 at once), so a
-        dead cloud never ties up every request thread."""
+        One pull per id: concurrent callers wait for it (up to ``PULL_WAIT_S``, then 503 with
+        Retry-After) and share its outcome, except a refused key (401/403), which says nothing about
+        theirs; a failure is remembered for ``[models] pull_retry_s`` (callers get the same error at
+        once instead of each waiting out the cloud); at most ``MAX_CONCURRENT_PULLS`` ids download at
+        once (beyond: 503 at once). So a dead cloud never ties up every request thread."""
         api_key = self.cloud_key(api_key)
         if self.cfg.offline or not api_key or self.manager.peek(model_id) is not None:
             return False
@@ -169,24 +176,30 @@ class Provisioner:
         parse_model_id(model_id)
         if self.store.has(model_id):
             return False
-        with self._lock:
-            now, memory = time.monotonic(), self.cfg.pull_retry_s
-            for stale in [k for k, v in self._pulls.items() if v.done.is_set() and now - v.failed_at > memory]:
-                del self._pulls[stale]
-            pull = self._pulls.get(model_id)
-            mine = pull is None
-            if mine:
-                pull = self._pulls[model_id] = _Pull()
-        assert pull is not None
-        if not mine:
-            pull.done.wait()
-            if pull.error is not None:
-                raise pull.error
-            return True
+        for _attempt in range(3):  # a waiter whose pull failed on another caller's key tries its own
+            with self._lock:
+                now, memory = time.monotonic(), self.cfg.pull_retry_s
+                for stale in [k for k, v in self._pulls.items() if v.done.is_set() and now - v.failed_at > memory]:
+                    del self._pulls[stale]
+                pull = self._pulls.get(model_id)
+                if pull is None:
+                    if not self._downloads.acquire(blocking=False):  # not remembered: it says nothing of the id
+                        raise CloudUnavailable(f"{MAX_CONCURRENT_PULLS} models are being downloaded already; "
+                                               "retry in a moment")
+                    pull = self._pulls[model_id] = _Pull()
+                    break
+            if not pull.done.wait(PULL_WAIT_S):
+                raise NotReady(f"model {model_id} is being downloaded from Roboflow; retry in a moment")
+            if pull.error is None:
+                return True
+            if not isinstance(pull.error, KEY_ERRORS):
+                raise copy.copy(pull.error).with_traceback(None)  # each caller its own traceback
+            with self._lock:  # the key was refused: that says nothing about this caller's key
+                if self._pulls.get(model_id) is pull:
+                    del self._pulls[model_id]
+        else:
+            raise CloudUnavailable(f"model {model_id}: Roboflow refused the pulls tried; retry in a moment")
         try:
-            if not self._downloads.acquire(blocking=False):
-                raise CloudUnavailable(f"{MAX_CONCURRENT_PULLS} models are being downloaded already; retry in a "
-                                       "moment")
             try:
                 pull_into_store(self.store, model_id, api_key, self.cfg, self.device_id,
                                 commit_lock=self._activation)
@@ -197,6 +210,10 @@ class Provisioner:
                 self._pulls.pop(model_id, None)
         except EdgeAgentError as exc:
             pull.error, pull.failed_at = exc, time.monotonic()
+            if isinstance(exc, KEY_ERRORS):  # a bad key is not remembered for the id
+                with self._lock:
+                    if self._pulls.get(model_id) is pull:
+                        del self._pulls[model_id]
             raise
         except BaseException:
             with self._lock:
@@ -270,7 +287,12 @@ class Provisioner:
             return None, False
         if stored.builtin:
             return None, False
-        return self.store.load(model_id, self.engine_prefs), True
+        try:
+            return self.store.load(model_id, self.engine_prefs), True
+        except (EdgeAgentError, OSError) as exc:  # a damaged current version must not block its repair
+            log.warning("checking the new version of %s without the stored one, which cannot be loaded: %s",
+                        model_id, exc)
+            return None, False
 
     def _activate(self, staged: Any, activate: bool, progress: Progress | None) -> dict[str, Any]:
         model_id = staged.model_id

@@ -6,8 +6,9 @@ response topic with the request's correlation data when given, else to
 MQTT 3.1.1 clients). Every request gets exactly one reply: ``ok: true`` with a ``result``, or
 ``ok: false`` with an ``error`` naming the problem. A long command (``install_model``) also sends
 progress replies before it (``ok: true`` with ``progress`` and no ``result``). Handlers run one at a time
-on a thread of their own, so a slow one (loading a model) never holds up the MQTT connection; installs,
-rollbacks and activations queue on a second thread, so a long download never holds up the others.
+on threads of their own, so a slow one never holds up the MQTT connection: downloads (``install_model``,
+``load_model``, which may pull) queue on one, rollbacks and activations on another, the rest on a
+third, so a long download never holds up ``status`` or an emergency rollback.
 """
 
 from __future__ import annotations
@@ -78,16 +79,16 @@ class Commands:
     def __init__(self, device_id: str) -> None:
         self.device_id = device_id
         self._table: dict[str, tuple[type[BaseModel], Handler]] = {}
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="mqtt-command")
-        # Installs download for minutes; they queue on a thread of their own so the other commands
-        # (status, load_model, pipelines) are answered meanwhile.
-        self._slow_executor = ThreadPoolExecutor(1, thread_name_prefix="mqtt-install")
-        self._slow: set[str] = set()
+        # Lanes: downloads (installs, and loads that may pull) take minutes, so they queue on a thread
+        # of their own; rollbacks and activations on another, so an emergency rollback never waits out
+        # a download; everything else (status, unload, pipelines) is answered meanwhile.
+        self._lanes = {lane: ThreadPoolExecutor(1, thread_name_prefix=f"mqtt-{lane}")
+                       for lane in ("commands", "downloads", "activations")}
+        self._lane_of: dict[str, str] = {}
 
-    def register(self, name: str, args: type[BaseModel], handler: Handler, slow: bool = False) -> None:
+    def register(self, name: str, args: type[BaseModel], handler: Handler, lane: str = "commands") -> None:
         self._table[name] = (args, handler)
-        if slow:
-            self._slow.add(name)
+        self._lane_of[name] = lane
 
     @property
     def names(self) -> list[str]:
@@ -95,8 +96,7 @@ class Commands:
 
     def __call__(self, name: str, payload: bytes, respond: Respond) -> None:
         try:
-            executor = self._slow_executor if name in self._slow else self._executor
-            executor.submit(self.handle, name, payload, respond)
+            self._lanes[self._lane_of.get(name, "commands")].submit(self.handle, name, payload, respond)
         except RuntimeError:  # shut down: stopping
             pass
 
@@ -163,8 +163,8 @@ class Commands:
         return data
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        self._slow_executor.shutdown(wait=False, cancel_futures=True)
+        for executor in self._lanes.values():
+            executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _validation_message(exc: ValidationError) -> str:
@@ -244,10 +244,10 @@ def runtime_commands(runtime: Any, bridge_snapshot: Callable[[], dict[str, Any]]
     commands.register("resume_pipeline", PipelineArgs, resume_pipeline)
     commands.register("pipeline_status", PipelineArgs, pipeline_status)
     commands.register("list_pipelines", NoArgs, list_pipelines)
-    commands.register("load_model", LoadModelArgs, load_model)
-    commands.register("install_model", InstallModelArgs, install_model, slow=True)
-    commands.register("rollback_model", RollbackModelArgs, rollback_model, slow=True)
-    commands.register("activate_model", ActivateModelArgs, activate_model, slow=True)
+    commands.register("load_model", LoadModelArgs, load_model, lane="downloads")
+    commands.register("install_model", InstallModelArgs, install_model, lane="downloads")
+    commands.register("rollback_model", RollbackModelArgs, rollback_model, lane="activations")
+    commands.register("activate_model", ActivateModelArgs, activate_model, lane="activations")
     commands.register("unload_model", ModelArgs, unload_model)
     commands.register("list_models", NoArgs, list_models)
     commands.register("status", NoArgs, status)

@@ -249,6 +249,8 @@ class InferencePipeline:
                 if self._throttled(frame):
                     self.frames_skipped += 1
                     continue
+                if self.runtime.manager.peek(self.model_id) is not loaded:  # a new version, an engine, an unload
+                    loaded, _ = self.runtime.model(self.model_id, self._api_key)
                 self._infer(loaded, frame)
         except Exception as exc:  # model missing or broken, engine failure: the pipeline says why
             log.error("pipeline %s failed: %s", self.pipeline_id, exc)
