@@ -50,17 +50,13 @@ def get_model(model_id: str, settings: Settings | None = None, api_key: str | No
     settings say ``[models] offline``) and kept in the store. Each call loads a fresh model; keep the
     returned object to reuse it.
     """
-    from edge_agent.errors import ModelNotFound
     from edge_agent.settings import Settings
 
     settings = settings or Settings.from_env()
     store = open_store(settings)
     api_key = api_key or (settings.models.api_key.get_secret_value() if settings.models.api_key else None)
-    if api_key and not settings.models.offline:
-        try:
-            store.get(model_id)
-        except ModelNotFound:
-            from edge_agent.models.provision import pull_into_store
+    if api_key and not settings.models.offline and not store.has(model_id):
+        from edge_agent.models.provision import pull_into_store
 
-            pull_into_store(store, model_id, api_key, settings.models, settings.mqtt.device_id)
+        pull_into_store(store, model_id, api_key, settings.models, settings.mqtt.device_id)
     return store.load(model_id, settings.engine_prefs)  # type: ignore[no-any-return]

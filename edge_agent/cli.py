@@ -176,7 +176,7 @@ def _models(args: argparse.Namespace) -> int:
         source = str(args.source)
         if source.startswith(("http://", "https://")) or args.sha256 or not args.activate or \
                 (args.replace and args.model_id is not None and store.has(args.model_id)):
-            _print(_changed(settings, _provisioner(settings, store, args.model_id).install_any(
+            _print(_changed(settings, _provisioner(settings, store).install_any(
                 source, args.model_id, sha256=args.sha256, activate=args.activate, task=args.task,
                 class_names=classes)))
         else:
@@ -195,32 +195,21 @@ def _models(args: argparse.Namespace) -> int:
         store.remove(args.model_id)
         _print(_changed(settings, {"removed": args.model_id, "model_id": args.model_id}))
     elif args.action in ("rollback", "activate"):
-        provisioner = _provisioner(settings, store, args.model_id)
+        provisioner = _provisioner(settings, store)
         to = args.to if args.action == "rollback" else args.revision
         _print(_changed(settings, provisioner.rollback(args.model_id, to)))
-    elif args.action == "evict":
-        from edge_agent.models.provision import Provisioner
-
-        # Protected as in the daemon, from the settings; the daemon's loaded models count as recently used.
-        _print({"evicted": Provisioner(settings, store, _manager(settings, store), "cli").evict()})
+    elif args.action == "evict":  # the daemon's loaded models count as recently used (.usage.json)
+        _print({"evicted": _provisioner(settings, store).evict()})
     return 0
 
 
-def _manager(settings: Any, store: Any) -> Any:
+def _provisioner(settings: Any, store: Any) -> Any:
+    """A provisioner of this process: a new version is checked against the stored one (golden set
+    included), eviction protects what the configuration names, as in the daemon."""
     from edge_agent.models.manager import ModelManager
-
-    return ModelManager(store, settings.engine_prefs)
-
-
-def _provisioner(settings: Any, store: Any, model_id: str | None) -> Any:
-    """A provisioner of this process, with the current version of ``model_id`` loaded so that a new one is
-    checked against it (golden set included) as the daemon would."""
     from edge_agent.models.provision import Provisioner
 
-    manager = _manager(settings, store)
-    if model_id is not None and store.has(model_id):
-        manager.get(model_id)
-    return Provisioner(settings, store, manager, "cli")
+    return Provisioner(settings, store, ModelManager(store, settings.engine_prefs), "cli")
 
 
 def _changed(settings: Any, result: dict[str, Any]) -> dict[str, Any]:

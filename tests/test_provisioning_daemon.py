@@ -256,7 +256,7 @@ def test_corrupt_archives_are_refused_with_a_4xx(keyed_server: Server) -> None:
     for name, data, ctype in (("cut.zip", whole[: len(whole) // 2], "application/zip"),
                               ("cut.tar.gz", b"\x1f\x8b\x08\x00" + b"\x00" * 64, "application/gzip")):
         r = requests.put(f"{server.url}/models/acme/5", data=data, timeout=60,
-                         headers={**AUTH, "Content-Type": ctype, "X-Filename": name})
+                         headers={**AUTH, "Content-Type": ctype})
         assert r.status_code == 400 and r.json()["error"] == "model_import_failed", (name, r.text)
         assert ".staging" not in r.text
     r = requests.put(f"{server.url}/models/acme/5", data=whole, timeout=60,

@@ -29,15 +29,13 @@ from edge_agent.http.schemas import (
     StoredModels,
     ValidationErrorBody,
 )
-from edge_agent.models.provision import suffix_of
 
 tag = Tag(name="Model store", description="Installing, rolling back and listing the models on the device")
 bp = APIBlueprint("models", __name__, abp_tags=[tag], abp_responses={422: ValidationErrorBody})
 
 _CHANGE: dict[Any, Any] = {200: ActivationResult, 400: ErrorMessage, 401: ErrorMessage, 403: ErrorMessage,
                            404: ErrorMessage, 409: ErrorMessage, 413: ErrorMessage}
-_SUFFIXES = {"application/zip": ".zip", "application/gzip": ".tar.gz", "application/x-gzip": ".tar.gz",
-             "application/x-tar": ".tar"}
+
 
 
 def _require_key() -> None:
@@ -71,8 +69,7 @@ def _receive(folder: Path, limit: int, sha256: str | None) -> Path:
     if mimetype.startswith("multipart/"):
         raise InvalidInput("Send the file as the raw request body (Content-Type application/octet-stream, "
                            "application/zip or application/gzip), not as a multipart form.")
-    name = request.headers.get("X-Filename", "")
-    target = folder / f"upload{_SUFFIXES.get(mimetype) or suffix_of(name)}"
+    target = folder / "upload.onnx"  # the store reads an archive by its first bytes, whatever its name
     digest = hashlib.sha256()
     size = 0
     request.max_content_length = limit + 1  # this route's own cap replaces the image routes' one
@@ -96,8 +93,8 @@ def _receive(folder: Path, limit: int, sha256: str | None) -> Path:
 @bp.put("/models/<project>/<version>", responses=_CHANGE)
 def upload(path: LegacyPath, query: ModelUploadQuery) -> Any:
     """Install the request body (an ONNX file, or a .zip/.tar.gz of a Roboflow model folder or of an ONNX
-    file with its metadata) as this model id. Send it as the raw body; name its format with the
-    Content-Type (application/zip, application/gzip) or an `X-Filename` header, else it is read as ONNX.
+    file with its metadata) as this model id. Send it as the raw body; its format is read from its
+    first bytes (zip, gzip, tar), not from a name or the Content-Type.
     With `sha256`, a different file is refused. The new version is loaded beside the serving one and
     checked before it serves (409 with the reason when it fails; the old version serves on)."""
     _require_key()

@@ -36,7 +36,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from edge_agent.errors import (
     CloudUnavailable,
@@ -59,8 +58,6 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[dict[str, Any]], None]
 SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
-# Suffixes the store's importers understand, kept on a downloaded file so it is read as what it is.
-_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip", ".onnx")
 MAX_CONCURRENT_PULLS = 2  # ids downloading from Roboflow at once
 PULL_WAIT_S = 10.0  # a request for an id being pulled waits this long, then gets 503 + Retry-After
 KEY_ERRORS = (Unauthorized, Forbidden)  # outcomes of one caller's key, never shared or remembered
@@ -72,12 +69,6 @@ def check_sha256(sha256: str | None) -> str | None:
     if not SHA256.match(sha256):
         raise InvalidInput(f"sha256 must be 64 hexadecimal digits, got {sha256[:80]!r}")
     return sha256.lower()
-
-
-def suffix_of(name: str) -> str:
-    """The importer-relevant suffix of a file name or URL path ('.onnx' when it names none)."""
-    lower = name.lower()
-    return next((s for s in _SUFFIXES if lower.endswith(s)), ".onnx")
 
 
 def pull_into_store(store: ModelStore, model_id: str, api_key: str, cfg: Any, device_id: str,
@@ -169,8 +160,10 @@ class Provisioner:
         theirs; a failure is remembered for ``[models] pull_retry_s`` (callers get the same error at
         once instead of each waiting out the cloud); at most ``MAX_CONCURRENT_PULLS`` ids download at
         once (beyond: 503 at once). So a dead cloud never ties up every request thread."""
+        if self.cfg.offline or self.manager.peek(model_id) is not None:  # every request passes here: cheap first
+            return False
         api_key = self.cloud_key(api_key)
-        if self.cfg.offline or not api_key or self.manager.peek(model_id) is not None:
+        if not api_key:
             return False
         model_id = self.manager.resolve(model_id)
         parse_model_id(model_id)
@@ -259,7 +252,7 @@ class Provisioner:
         staging.mkdir(parents=True, exist_ok=True)
         folder = Path(tempfile.mkdtemp(prefix="download.", dir=staging))
         try:
-            target = folder / f"package{suffix_of(urlsplit(url).path)}"
+            target = folder / "package.onnx"  # the store reads an archive by its first bytes
 
             def on_bytes(done: int, total: int | None) -> None:
                 if progress is not None:
