@@ -3,10 +3,14 @@
 #
 #   sudo packaging/jetson/stage_rootfs.sh Linux_for_Tegra/rootfs dist/edge-agent_<version>_arm64.deb
 #
-# The files are unpacked into the root file system now (dpkg --root, no maintainer scripts run on this
-# x86 host); the package is configured on the Jetson's first boot by edge-agent-firstboot.service
-# (dpkg --configure: service user, /opt/edge-agent/venv from the bundled wheels, offline), which runs
-# before edge-agent.service. See docs/jetson.md.
+# ROOTFS is NVIDIA's sample root file system as the Jetson Linux quick start lays it out
+# (Linux_for_Tegra/rootfs, after sudo ./apply_binaries.sh). The files are unpacked into it now
+# (dpkg --root; only the preinst runs, on this host, chroot-less: it checks that the root has the
+# Python the package is built for); the package is configured on the Jetson's first boot by
+# edge-agent-firstboot.service (dpkg --configure: service user, the version's virtual environment
+# from the bundled wheels, offline, checked, pycuda built against JetPack's CUDA), which runs before
+# edge-agent.service. Nothing else needs to be in the root: no python3-venv, no network.
+# See docs/jetson.md.
 set -eu
 
 if [ $# -ne 2 ]; then
@@ -23,12 +27,13 @@ for needed in etc/os-release var/lib/dpkg/status usr/bin; do
         exit 1
     fi
 done
-if [ ! -e "$ROOTFS/usr/bin/python3" ] && [ ! -L "$ROOTFS/usr/bin/python3" ]; then
-    echo "warning: $ROOTFS has no /usr/bin/python3; the first boot cannot build the venv" >&2
+if [ ! -e "$ROOTFS/etc/nv_tegra_release" ]; then
+    echo "warning: $ROOTFS has no /etc/nv_tegra_release: not a Jetson Linux root (was apply_binaries.sh run?)" >&2
 fi
 
-# Unpack only (no postinst on this host); the package's dependencies are checked on the device.
-dpkg --root="$ROOTFS" --force-architecture --force-depends --unpack "$DEB"
+# Unpack only; the package's dependencies are checked on the device. The preinst runs here with
+# DPKG_ROOT set and refuses a root without the package's Python, before anything is unpacked.
+dpkg --root="$ROOTFS" --force-architecture --force-depends --force-script-chrootless --unpack "$DEB"
 
 install -m 0644 "$HERE/edge-agent-firstboot.service" "$ROOTFS/etc/systemd/system/edge-agent-firstboot.service"
 mkdir -p "$ROOTFS/etc/systemd/system/multi-user.target.wants"
