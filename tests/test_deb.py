@@ -326,8 +326,9 @@ def _serve(root: ThrowawayRoot) -> tuple[subprocess.Popen[str], int]:
     from servers import free_port
 
     port = free_port()
-    proc = root.spawn(f"cd / && EDGE_AGENT_CONFIG=/etc/edge-agent/config.toml "
-                      f"EDGE_AGENT_PATHS__STATE_DIR=/var/lib/edge-agent EDGE_AGENT_PATHS__CACHE_DIR=/var/cache/edge-agent "
+    env = ("EDGE_AGENT_CONFIG=/etc/edge-agent/config.toml EDGE_AGENT_PATHS__STATE_DIR=/var/lib/edge-agent "
+           "EDGE_AGENT_PATHS__CACHE_DIR=/var/cache/edge-agent")
+    proc = root.spawn(f"cd / && {env} "
                       f"exec edge-agent serve --host 127.0.0.1 --port {port} --threads 4 --preload shapes/1")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

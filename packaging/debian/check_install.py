@@ -15,7 +15,8 @@ import tempfile
 import time
 
 MODULES = ("numpy", "cv2", "onnxruntime", "flask", "flask_openapi3", "gunicorn", "pydantic", "paho.mqtt.client",
-           "prometheus_client", "urllib3", "edge_agent.server", "edge_agent.pipelines.pipeline", "edge_agent.mqtt.bridge")
+           "prometheus_client", "urllib3", "edge_agent.server", "edge_agent.pipelines.pipeline",
+           "edge_agent.mqtt.bridge")
 DEMO_MODELS = ("shapes/1", "shapes-seg/1", "shapes-pose/1", "shapes-cls/1")
 
 
