@@ -517,3 +517,28 @@ def test_every_target_pins_one_python() -> None:
     assert names["ubuntu24.04"][0] == "3.12"
     tags = build_deb.platforms(build_deb.TARGETS["jetpack6"], "arm64")
     assert tags[0] == "manylinux_2_35_aarch64" and "manylinux_2_36_aarch64" not in tags
+
+
+def test_jetpack6_package_carries_cp310_aarch64_wheels_for_glibc_2_35(tmp_path: Path) -> None:
+    """The JetPack 6 package, built for real: every wheel loads on CPython 3.10, aarch64, glibc 2.35
+    (the build refuses otherwise; checked again here), pycuda's source is carried to be built on the
+    device, and its Depends and preinst name Python 3.10."""
+    jp6 = build_deb.TARGETS["jetpack6"]
+    proc = subprocess.run([sys.executable, str(ROOT / "packaging/build_deb.py"), "--target", "jetpack6",
+                           "--out", str(tmp_path), "--wheelhouse", str(tmp_path / "wheelhouse")],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    deb = tmp_path / f"edge-agent_{VERSION}+jetpack6_arm64.deb"
+    print(f"JetPack 6 package: {deb.stat().st_size / 1e6:.1f} MB")
+    wheelhouse = tmp_path / "wheelhouse"
+    assert build_deb.check_wheelhouse(wheelhouse, jp6, "arm64") == []
+    names = [w.name for w in wheelhouse.iterdir()]
+    for binary in ("numpy-1.", "onnxruntime-", "opencv_python_headless-", "pydantic_core-"):
+        wheel = next(n for n in names if n.startswith(binary))
+        assert "aarch64" in wheel, wheel
+    assert any(n.startswith("pycuda-") and n.endswith(".tar.gz") for n in names)
+    fields = _fields(deb)
+    assert "Architecture: arm64" in fields
+    assert "python3.10, python3 (>= 3.10~), python3 (<< 3.11~)" in fields
+    preinst = subprocess.run(["dpkg-deb", "-I", str(deb), "preinst"], capture_output=True, text=True).stdout
+    assert "PYTHON=/usr/bin/python3.10" in preinst
