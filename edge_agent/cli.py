@@ -280,7 +280,7 @@ def _selftest(args: argparse.Namespace) -> int:
 
     def line(check: selftest.Check) -> None:
         if not args.json:
-            sys.stdout.write(f"{check.verdict}  {check.name:<32} {check.detail} ({check.seconds:.1f} s)\n")
+            sys.stdout.write(selftest.text_line(check))
             sys.stdout.flush()
 
     checks = selftest.run(_settings(args), report=line)

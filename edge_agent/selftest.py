@@ -11,21 +11,32 @@ Checks, in order:
    on the sample image agree with ONNX Runtime's;
 4. where TensorRT is used, once: a truncated copy of a plan (in a scratch cache) is rejected and rebuilt.
 
-A check that cannot run here (no TensorRT) is reported as skipped with the reason, not as passed.
+A check that cannot run here (no TensorRT) is reported as skipped with the reason, not as passed. Where
+TensorRT is not used, the ``tensorrt`` check names each missing piece and what to do
+(``why_no_tensorrt``): the ``tensorrt`` module (JetPack: python3-libnvinfer, seen through the system
+site-packages), pycuda (the failed build's record and log, else what building it needs:
+``engines.pycuda_build``), a CUDA GPU that answers (``engines.device``). A machine that is not a Jetson
+and has no NVIDIA GPU gets one plain line instead: nothing is wrong with serving on the CPU there.
 """
 
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engines import Choice
 
 DEMO_MODELS = ("shapes/1", "shapes-seg/1", "shapes-pose/1", "shapes-cls/1")
 SAMPLE_SHAPES = 6  # objects in the bundled sample image
+NO_GPU = "no NVIDIA GPU: ONNX Runtime on the CPU"
+PACKAGE_WHEELS = Path("/opt/edge-agent/wheels")  # where the Debian package keeps pycuda's sdist and wheels
 
 
 @dataclass
@@ -102,8 +113,9 @@ def run(settings: Any, backend: Any = None, models: tuple[str, ...] = DEMO_MODEL
 
     try:
         accelerator, manager = offline_accelerator(settings, backend)
-    except TensorRTUnavailable as exc:
-        add(Check("tensorrt", None, f"skipped: {exc}"))
+    except TensorRTUnavailable:
+        add(Check("tensorrt", None, why_no_tensorrt(choice, settings.engine_prefs.backend,
+                                                    Path(settings.paths.cache_dir) / "pycuda")))
         return checks
 
     for model_id in models:
@@ -151,6 +163,93 @@ def run(settings: Any, backend: Any = None, models: tuple[str, ...] = DEMO_MODEL
     return checks
 
 
+def text_line(check: Check) -> str:
+    """``PASS  name  detail (seconds)``; a detail's further lines (a list of what is missing) below it."""
+    first, *more = check.detail.splitlines() or [""]
+    return f"{check.verdict}  {check.name:<32} {first} ({check.seconds:.1f} s)\n" + "".join(
+        f"{'':<39}{line}\n" for line in more)
+
+
 def as_dict(checks: list[Check]) -> dict[str, Any]:
     return {"ok": all(c.ok is not False for c in checks), "checks": [asdict(c) | {"verdict": c.verdict}
                                                                       for c in checks]}
+
+
+# ------------------------------------------------------------------------------- why TensorRT is not used
+
+
+def why_no_tensorrt(choice: Choice, setting: str, pycuda_cache: Path,
+                    has_module: Callable[[str], bool] | None = None, system_root: Path = Path("/"),
+                    prefix: Path | None = None, env: Mapping[str, str] | None = None) -> str:
+    """The ``tensorrt`` check's text where TensorRT is not used: ``choice.reason``, then one line per
+    missing piece saying what to do (``choose_backend`` stops at the first; the same module test,
+    ``has_module``, and its device probe are reused here for all of them). ``setting`` is
+    ``engine.backend``; ``system_root``, ``prefix`` (the environment, default ``sys.prefix``) and ``env``
+    let tests point at stand-ins."""
+    from engines import _has_module
+
+    has_module = has_module or _has_module
+    d = choice.device
+    if setting == "ort":
+        return f"{choice.reason} (engine.backend = \"auto\" uses TensorRT where it is present)"
+    if d.jetson_model is None and not d.cuda:
+        return NO_GPU  # the "device" check above says what the CUDA driver answered
+    lines = [choice.reason, "missing:"]
+    if not has_module("tensorrt"):
+        lines.append("- " + _tensorrt_missing(d.jetson_model is not None, system_root, prefix or Path(sys.prefix)))
+    if not has_module("pycuda"):
+        first, *more = _pycuda_missing(pycuda_cache, system_root, env)
+        lines += ["- " + first] + ["  " + line for line in more]
+    if not d.cuda:
+        fix = ("JetPack's nvidia-l4t-cuda provides libcuda; the user running edge-agent needs the video and "
+               "render groups" if d.jetson_model else "install the NVIDIA driver; nvidia-smi should list the GPU")
+        lines.append(f"- a CUDA GPU that answers: {d.cuda_reason} ({fix})")
+    return "\n".join(lines)
+
+
+def _sees_system_site_packages(prefix: Path) -> bool:
+    """False for a virtual environment made without --system-site-packages."""
+    try:
+        cfg = (prefix / "pyvenv.cfg").read_text()
+    except OSError:
+        return True  # not a virtual environment: the system's site-packages are on the path
+    for line in cfg.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "include-system-site-packages":
+            return value.strip().lower() == "true"
+    return False
+
+
+def _tensorrt_missing(jetson: bool, system_root: Path, prefix: Path) -> str:
+    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    system = [system_root / "usr/lib" / v / "dist-packages/tensorrt" for v in (version, "python3")]
+    installed = next((p for p in system if p.is_dir()), None)
+    sees = _sees_system_site_packages(prefix)
+    venv = f"this environment ({prefix}) does not see the system site-packages: set include-system-site-packages " \
+           f"= true in {prefix / 'pyvenv.cfg'} (the edge-agent package's environment has it)"
+    if installed is not None:
+        return f"the tensorrt module: installed at {installed}, but {venv if not sees else 'not importable here'}"
+    where = "install python3-libnvinfer (apt-get install python3-libnvinfer, part of nvidia-jetpack)" if jetson \
+        else "install NVIDIA's TensorRT Python bindings (python3-libnvinfer, or pip install tensorrt)"
+    return f"the tensorrt module is not importable: {where}" + ("" if sees else f"; and {venv}")
+
+
+def _pycuda_missing(cache: Path, system_root: Path, env: Mapping[str, str] | None) -> list[str]:
+    """Why pycuda is missing, one line each: the failed build's record, or what building it needs."""
+    from engines import pycuda_build
+
+    failure = pycuda_build.latest_failure(cache)
+    if failure is not None:
+        first, *more = failure.lines()
+        return [f"pycuda: its build failed ({failure.time}): {first}", *more,
+                f"then, as root: {sys.executable} -m engines.pycuda_build --sdist {failure.sdist} --find-links "
+                f"{failure.find_links} --cache {cache} --force --install"]
+    sdists = sorted((system_root / PACKAGE_WHEELS.relative_to("/")).glob("pycuda-*.tar.gz"))
+    sdist = sdists[-1] if sdists else "pycuda-<version>.tar.gz"
+    build = (f"{sys.executable} -m engines.pycuda_build --sdist {sdist} --find-links {PACKAGE_WHEELS} "
+             f"--cache {cache} --install")
+    missing = pycuda_build.prerequisites(env, system_root)
+    if missing:
+        return ["pycuda is not installed; building it here needs:", *(m.message() for m in missing),
+                f"then, as root: {build}"]
+    return ["pycuda is not installed, and everything its build needs is here; as root:", build]

@@ -1,15 +1,22 @@
 """Video sources: files, image folders, RTSP/HTTP streams, USB cameras and GStreamer pipelines, read in
-a thread of their own into a bounded buffer.
+a thread of their own into a bounded buffer. OpenCV reads files, streams and cameras; GStreamer
+references (``gst:``, ``csi:``, ``rtsp+hw://``, ``v4l2:``, a bare launch description) run through
+PyGObject (``gst.py``), behind the same small ``Capture`` contract, so everything below holds for both.
 
 - **Files** in ``process_all`` mode hand over every frame (the reader waits for the consumer, nothing
   is dropped); with ``realtime=True`` they are paced at their own frame rate and treated as live.
-- **Live sources** (streams, cameras, GStreamer, paced files) keep only the newest frame: a frame the
-  consumer had no time for is replaced and counted as dropped, so latency never builds up.
+- **Live sources** (streams, cameras, live GStreamer pipelines, paced files) keep only the newest frame:
+  a frame the consumer had no time for is replaced and counted as dropped, so latency never builds up.
+  A GStreamer pipeline that is not live (``videotestsrc``, ``filesrc``: GStreamer says so when it
+  prerolls) is read like a file: every frame, and its end of stream ends the source.
 - **Lost streams** are opened again, forever, with exponential backoff and full jitter. A stream that
   stops delivering without an error (a frozen RTSP session) is declared stalled when no frame came for
   ``stall_factor`` frame intervals *as measured on that stream* (bounded by ``stall_min_s`` and
   ``stall_max_s``); its reader is abandoned (OpenCV cannot interrupt a blocking read; FFmpeg's own
-  read timeout ends it later) and a fresh one connects.
+  read timeout ends it later; a GStreamer reader notices within 0.1 s and sets its pipeline to NULL)
+  and a fresh one connects.
+- A reference that cannot work here (a GStreamer element or the bindings missing) is refused when the
+  source is made: ``gst.GstSourceError``, an ``InvalidInput`` (HTTP 400), never a retry loop.
 """
 
 from __future__ import annotations
@@ -21,9 +28,11 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+
+from edge_agent.pipelines import gst
 
 log = logging.getLogger(__name__)
 
@@ -35,22 +44,55 @@ STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp:
 class Frame:
     image: np.ndarray
     frame_id: int  # 1, 2, ... over the life of the source (reconnects included)
-    captured_at: float  # epoch seconds when it was read
+    captured_at: float  # epoch seconds when it was captured (GStreamer, live: from the buffer's PTS) or read
     monotonic: float
+    pts: float | None = None  # position in the stream, seconds (GStreamer sources whose buffers carry one)
 
 
 class EndOfStream(Exception):
     """A file or folder was read to its end (live sources never end)."""
 
 
+class Capture(Protocol):
+    """What a reader thread reads from: OpenCV's ``VideoCapture`` (``_CvCapture``) or ``gst.GstCapture``."""
+
+    fps: float | None  # declared by the container, camera or caps
+    error: str  # why the last ``read`` returned None, where known
+
+    @property
+    def finite(self) -> bool:
+        """Its end is the end of the source (a file), not a lost connection."""
+
+    def read(self) -> gst.Grab | None: ...
+
+    def release(self) -> None: ...
+
+
+class _CvCapture:
+    def __init__(self, capture: Any, finite: bool) -> None:
+        import cv2
+
+        self._capture, self.finite, self.error = capture, finite, ""
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        self.fps = fps if fps and 0 < fps < 1000 else None
+
+    def read(self) -> gst.Grab | None:
+        ok, image = self._capture.read()
+        return gst.Grab(image) if ok and image is not None else None
+
+    def release(self) -> None:
+        self._capture.release()
+
+
 def describe(reference: str | int) -> tuple[str, bool]:
-    """(kind, live) of a video reference: ``file``, ``folder``, ``stream``, ``usb`` or ``gstreamer``."""
+    """(kind, live) of a video reference: ``file``, ``folder``, ``stream``, ``usb`` or ``gstreamer`` (live
+    until its pipeline says otherwise)."""
     if isinstance(reference, int) or (isinstance(reference, str) and reference.isdigit()):
         return "usb", True
     text = str(reference)
     if text.startswith("/dev/video"):
         return "usb", True
-    if " ! " in text and "appsink" in text:
+    if gst.is_reference(text):
         return "gstreamer", True
     if text.lower().startswith(STREAM_SCHEMES):
         return "stream", True
@@ -69,6 +111,11 @@ class _Buffer:
         self._newest_wins = newest_wins
         self._cond = threading.Condition()
         self.dropped = 0
+
+    def configure(self, size: int, newest_wins: bool) -> None:
+        """Another mode, before the first frame (a GStreamer pipeline that turned out not to be live)."""
+        with self._cond:
+            self._size, self._newest_wins = size, newest_wins
 
     def put(self, frame: Frame | None, stop: threading.Event) -> None:
         """``None`` marks the end of the source."""
@@ -103,8 +150,13 @@ class VideoSource:
                  stall_min_s: float = 2.0, stall_max_s: float = 30.0, open_timeout_s: float = 10.0) -> None:
         self.reference = reference
         self.kind, live = describe(reference)
+        self.launch = ""  # GStreamer: the launch description the reference expands to
+        if self.kind == "gstreamer":
+            self.launch = gst.expand(str(reference))
+            gst.check(self.launch)  # GstSourceError (400) now, rather than a pipeline that retries forever
         self.live = live or realtime
         self.realtime = realtime
+        self.buffer_size = buffer_size
         self.reconnect_min_s, self.reconnect_max_s = reconnect_min_s, reconnect_max_s
         self.stall_factor, self.stall_min_s, self.stall_max_s = stall_factor, stall_min_s, stall_max_s
         self.open_timeout_s = open_timeout_s
@@ -130,8 +182,13 @@ class VideoSource:
         self._spawn()
 
     def read(self, timeout: float = 0.5) -> Frame | None:
-        """The next frame, None if none came in ``timeout``; raises ``EndOfStream``. Detects stalls."""
+        """The next frame, None if none came in ``timeout`` or the source is stopped; raises
+        ``EndOfStream``. Detects stalls."""
+        if self._stop.is_set():
+            return None
         frame = self._buffer.get(timeout)
+        if self._stop.is_set():  # a frame read while stop() ran is not handed out
+            return None
         if frame is None and self.live and self.state == "streaming" and self._stalled():
             self._restart(f"stalled: no frame for {time.monotonic() - (self._last_frame_at or 0):.1f} s")
         return frame
@@ -177,19 +234,23 @@ class VideoSource:
     def _read_loop(self, generation: int) -> None:
         attempt = 0
         while self._current(generation):
+            permanent = self.kind == "file"  # a file that cannot be opened will not get better (paced or not)
+            capture: Capture | None = None
             try:
                 if self.kind == "folder":
                     self._read_folder(generation)
                     return
-                capture = self._open()
+                capture = self._open(generation)
+            except gst.GstSourceError as exc:  # an element or the bindings went missing: no retry helps
+                permanent = True
+                self.last_error = str(exc)
             except Exception as exc:
-                capture = None
                 self.last_error = f"cannot open: {exc}"
             if capture is None:
-                if self.kind == "file":  # a file that cannot be opened will not get better (paced or not)
-                    self.state = "failed"
-                    log.error("source %s: %s", self.reference, self.last_error)
-                    self._buffer.put(None, self._stop)
+                if not self._current(generation):
+                    return
+                if permanent:
+                    self._fail()
                     return
                 attempt += 1
                 self.state = "reconnecting"
@@ -201,30 +262,41 @@ class VideoSource:
                 continue
             attempt = 0
             try:
-                ended = self._pump(capture, generation)
+                end = self._pump(capture, generation)
+            except gst.GstSourceError as exc:  # frames the source cannot use (not BGR)
+                self.last_error, end = str(exc), "failed"
             finally:
                 capture.release()
-            if ended:
+            if not self._current(generation):
+                return
+            if end == "failed":
+                self._fail()
+                return
+            if end == "finished":
                 self.state = "finished"
                 self._buffer.put(None, self._stop)
                 return
-            if self._current(generation):
-                self.last_error = "the stream ended or failed"
-                self.state = "reconnecting"
-                log.warning("source %s: lost; connecting again", self.reference)
-                self.reconnects += 1
-                if self._stop.wait(random.uniform(0, self.reconnect_min_s)):
-                    return
+            self.last_error = capture.error or "the stream ended or failed"
+            self.state = "reconnecting"
+            log.warning("source %s: lost (%s); connecting again", self.reference, self.last_error)
+            self.reconnects += 1
+            if self._stop.wait(random.uniform(0, self.reconnect_min_s)):
+                return
 
-    def _open(self) -> Any:
+    def _fail(self) -> None:
+        self.state = "failed"
+        log.error("source %s: %s", self.reference, self.last_error)
+        self._buffer.put(None, self._stop)
+
+    def _open(self, generation: int) -> Capture | None:
+        self.state = "connecting"
+        if self.kind == "gstreamer":
+            return self._open_gst(generation)
         import cv2
 
-        self.state = "connecting"
         ref = self.reference
         if self.kind == "usb":
             capture = cv2.VideoCapture(int(ref) if str(ref).isdigit() else str(ref), cv2.CAP_V4L2)
-        elif self.kind == "gstreamer":
-            capture = cv2.VideoCapture(str(ref), cv2.CAP_GSTREAMER)
         else:
             params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(self.open_timeout_s * 1000),
                       cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.stall_max_s * 1000)]
@@ -235,11 +307,32 @@ class VideoSource:
             capture.release()
             self.last_error = f"cannot open {self.kind} source {ref}"
             return None
-        fps = capture.get(cv2.CAP_PROP_FPS)
-        self.declared_fps = fps if fps and 0 < fps < 1000 else None
+        opened = _CvCapture(capture, finite=self.kind == "file")
+        self.declared_fps = opened.fps
+        return opened
+
+    def _open_gst(self, generation: int) -> Capture:
+        """Started, its first frame waiting; a pipeline that is not live switches the source to reading
+        every frame (unless paced: then GStreamer's clock paces it)."""
+        capture = gst.GstCapture(self.launch, realtime=self.realtime, open_timeout_s=self.open_timeout_s,
+                                 cancelled=lambda: not self._current(generation))
+        try:
+            capture.open()
+        except gst.GstOpenError as exc:
+            capture.release()
+            if capture.finite:  # a file-like pipeline that fails will fail again, like a file
+                raise gst.GstSourceError(f"the GStreamer pipeline failed: {exc}") from exc
+            raise
+        except BaseException:
+            capture.release()
+            raise
+        self.declared_fps = capture.fps
+        if not capture.live and not self.realtime and self.live and self.frames_read == 0:
+            self.live = False
+            self._buffer.configure(self.buffer_size, newest_wins=False)
         return capture
 
-    def _emit(self, image: np.ndarray) -> None:
+    def _emit(self, image: np.ndarray, age_s: float = 0.0, pts: float | None = None) -> None:
         now = time.monotonic()
         times = self._times
         times.append(now)  # the last 32 frames: a burst after connecting does not skew the rate for long
@@ -248,29 +341,34 @@ class VideoSource:
             self.source_fps = 1.0 / self._interval
         self._last_frame_at = now
         self.resolution = (image.shape[1], image.shape[0])
-        frame = Frame(image, self._next_id, time.time(), now)
+        frame = Frame(image, self._next_id, time.time() - age_s, now - age_s, pts)
         self._next_id += 1
         self.frames_read += 1
         self.state = "streaming"
         self._buffer.put(frame, self._stop)
 
-    def _pump(self, capture: Any, generation: int) -> bool:
-        """Read until the capture fails (False) or a file ends (True)."""
-        pace = 1.0 / self.declared_fps if self.realtime and self.declared_fps else None
+    def _pump(self, capture: Capture, generation: int) -> str:
+        """Read until the capture ends: ``finished`` (a finite source's end), ``failed`` (a finite source
+        broke) or ``lost`` (a live one: connect again)."""
+        paced = self.realtime and self.declared_fps and self.kind != "gstreamer"  # GStreamer paces itself
+        pace = 1.0 / self.declared_fps if paced and self.declared_fps else None
         next_at = time.monotonic()
         while self._current(generation):
-            ok, image = capture.read()
+            grab = capture.read()
             if not self._current(generation):
-                return False
-            if not ok or image is None:
-                return self.kind == "file"  # a file ended; a stream failed (connect again)
-            self._emit(image)
+                return "lost"
+            if grab is None:
+                if not capture.finite:
+                    return "lost"
+                self.last_error = capture.error
+                return "failed" if capture.error else "finished"
+            self._emit(grab.image, grab.age_s, grab.pts_s)
             if pace is not None:
                 next_at += pace
                 delay = next_at - time.monotonic()
                 if delay > 0 and self._stop.wait(delay):
-                    return False
-        return False
+                    return "lost"
+        return "lost"
 
     def _read_folder(self, generation: int) -> None:
         import cv2
