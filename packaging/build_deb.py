@@ -65,8 +65,8 @@ MACHINE = {"amd64": "x86_64", "arm64": "aarch64"}
 # What building pycuda from its source needs besides numpy, and what it imports at run time; the
 # versions are the newest that still support CPython 3.10.
 PYCUDA = "pycuda==2025.1.2"
-PYCUDA_BUILD = ["setuptools>=70", "wheel", "pytools>=2011.2", "platformdirs>=2.2", "mako", "typing_extensions>=4.5",
-                "markupsafe>=2"]
+PYCUDA_BUILD = ["setuptools>=70", "wheel", "packaging", "pytools>=2011.2", "platformdirs>=2.2", "siphash24", "mako",
+                "typing_extensions>=4.5", "markupsafe>=2"]
 
 CONTROL = """Package: edge-agent
 Version: {version}

@@ -70,7 +70,7 @@ def test_unit_declares_what_the_daemon_relies_on() -> None:
     settings = _settings()
     expect = {"Type": "notify", "NotifyAccess": "all", "Restart": "on-failure", "User": "edge-agent",
               "StateDirectory": "edge-agent", "CacheDirectory": "edge-agent", "ConfigurationDirectory": "edge-agent",
-              "ProtectSystem": "strict", "ProtectHome": "yes", "NoNewPrivileges": "yes", "PrivateTmp": "yes",
+              "ProtectSystem": "strict", "ProtectHome": "yes", "NoNewPrivileges": "yes", "PrivateTmp": "no",
               "KillMode": "mixed"}
     for key, value in expect.items():
         assert settings.get(key) == [value], key
