@@ -39,6 +39,11 @@ needs_gst = pytest.mark.skipif(not _gst_available(), reason="GStreamer's Python 
                                                             "Python: .ci/run links Debian's gi into the venv")
 
 
+@pytest.mark.skipif(os.environ.get("CI") != "true", reason="outside CI the GStreamer tests may skip")
+def test_ci_has_the_gstreamer_bindings() -> None:
+    assert _gst_available(), "CI must run the GStreamer source tests: .ci/run links Debian's gi into the venv"
+
+
 @pytest.fixture
 def runtime(tmp_path: Path) -> Any:
     from edge_agent.runtime import Runtime
@@ -210,8 +215,12 @@ def test_realtime_paces_a_pipeline_that_is_not_live_on_the_gstreamer_clock() -> 
         while True:
             frames += source.read(5) is not None
     took = time.monotonic() - t0
-    assert 0.4 < took < 3.0 and 1 <= frames <= 15  # 15 frames at 30 fps, newest-wins: ~0.5 s
-    assert source.live and source.state == "finished" and 20 < source.status()["source_fps"] < 40, source.status()
+    # 15 frames at 30 fps take at least 0.47 s on the clock, however fast the machine; newest wins
+    assert took > 0.4, took
+    assert 1 <= frames <= 15, frames
+    assert source.live, source.status()
+    assert source.state == "finished", source.status()
+    assert source.status()["source_fps"] < 40, source.status()  # never faster than the stream's rate
 
 
 @pytest.mark.skipif(not _rtsp_available() or not _gst_available(), reason="GStreamer (RTSP server, gi) missing")
