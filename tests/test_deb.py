@@ -438,6 +438,42 @@ def test_upgrades_never_break_serving(deb: Path, root: ThrowawayRoot, tmp_path: 
     assert root.sh("test -e /opt/edge-agent || test -e /var/lib/edge-agent").returncode != 0
 
 
+STAND_IN_SYSTEMD = r"""#!/bin/sh
+# deb-systemd-invoke in the throwaway root, which has no systemd as PID 1: logs the call and starts the
+# version the launcher now runs; the start fails for the version named in /tmp/fail-start.
+echo "$*" >> /tmp/invocations
+version=$(readlink /opt/edge-agent/current)
+edge-agent --version >/dev/null || exit 1
+if [ -s /tmp/fail-start ] && echo "$version" | grep -q "$(cat /tmp/fail-start)"; then exit 1; fi
+exit 0
+"""
+
+
+def test_a_version_that_does_not_start_is_switched_back(deb: Path, root: ThrowawayRoot, tmp_path: Path) -> None:
+    """Where systemd runs, postinst restarts the service after the switch; a version that does not
+    come up is switched back to the previous one, which is started again, and dpkg reports it. systemd
+    cannot run here: a stand-in deb-systemd-invoke (above) answers the restarts."""
+    (tmp_path / "invoke").write_text(STAND_IN_SYSTEMD)
+    invoke = root.put(tmp_path / "invoke", "invoke")
+    root.ok(f"install -m 0755 {invoke} /usr/bin/deb-systemd-invoke && mkdir -p /run/systemd/system")
+    root.put(deb, "v1.deb")
+    root.ok("dpkg -i /tmp/v1.deb")
+    first = _current(root)
+    assert root.ok("cat /tmp/invocations").split("\n")[0] == "restart edge-agent.service"
+
+    root.put(repack(deb, tmp_path, f"{VERSION}.1+debian12"), "v2.deb")
+    root.ok(f"echo {VERSION}.1+debian12 > /tmp/fail-start")
+    proc = root.sh("dpkg -i /tmp/v2.deb")
+    assert proc.returncode != 0
+    assert f"version {VERSION}.1+debian12 did not start: back to {first}" in proc.stderr
+    assert _current(root) == first
+    assert _versions(root) == [first.split("/")[1]]  # the version that did not start is gone
+    assert root.ok("cat /tmp/invocations").split() == ["restart", "edge-agent.service"] * 3
+
+    root.ok("rm /tmp/fail-start && dpkg --configure -a")  # the same package, once it can start
+    assert _current(root).startswith(f"versions/{VERSION}.1+debian12.")
+
+
 def test_jetson_rootfs_staging(deb: Path, tmp_path: Path) -> None:
     """stage_rootfs.sh unpacks into a root file system (only the preinst runs, chroot-less, on the
     host) and enables the first-boot unit that configures the package on the device. A stand-in root
