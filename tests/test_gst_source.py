@@ -332,3 +332,21 @@ def test_stop_delivers_no_frame_after_it_and_sets_the_pipeline_to_null(runtime: 
     time.sleep(0.5)
     assert len(got) == seen and pipeline.state == "terminated"
     wait(lambda: not readers(), timeout=3)
+
+
+@needs_gst
+def test_onnx_runtime_errors_still_raise_after_gstreamer_is_loaded(tmp_path: Path) -> None:
+    """libgstreamer brings libunwind into the global symbol scope; without libgcc's unwinder kept first,
+    a C++ exception thrown by ONNX Runtime (here: refusing a damaged model, with onnx loaded as in the
+    test suite) aborts the whole process instead of raising."""
+    import subprocess
+    import sys
+
+    code = ("import onnx, onnxruntime as ort\n"
+            "from edge_agent.pipelines.gst import gst_module\n"
+            "gst_module()\n"
+            "try:\n    ort.InferenceSession(b'not a model')\n"
+            "except Exception as exc:\n    print('raised', type(exc).__name__)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "raised InvalidProtobuf"

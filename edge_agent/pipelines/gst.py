@@ -223,8 +223,26 @@ def element_names(launch: str) -> list[str]:
 # ---------------------------------------------------------------------------------- GStreamer itself
 
 
+def _keep_the_c_unwinder() -> None:
+    """Put libgcc's unwinder in the process's global symbol scope before GStreamer is loaded.
+
+    libgstreamer needs libunwind, which exports the same ``_Unwind_*`` symbols as libgcc_s; loaded
+    first into the global scope (GModule opens libraries RTLD_GLOBAL), it then answers C++ exceptions
+    thrown by libraries that bind those symbols later (ONNX Runtime, protobuf), and such a throw aborts
+    or crashes the process (seen: ONNX Runtime refusing a damaged model after Gst.init, with onnx
+    loaded). With libgcc_s global first, the lookup finds it first."""
+    import ctypes
+    import os
+
+    try:
+        ctypes.CDLL("libgcc_s.so.1", mode=os.RTLD_GLOBAL)
+    except OSError:  # not a glibc system with libgcc_s: nothing to keep
+        pass
+
+
 def gst_module() -> Any:
     """``gi.repository.Gst``, initialised; ``GstSourceError`` saying what to install where it is not."""
+    _keep_the_c_unwinder()
     try:
         import gi
 
