@@ -342,9 +342,10 @@ def test_onnx_runtime_errors_still_raise_after_gstreamer_is_loaded(tmp_path: Pat
     import subprocess
     import sys
 
-    code = ("import onnx, onnxruntime as ort\n"
+    code = ("import onnx\n"
             "from edge_agent.pipelines.gst import gst_module\n"
             "gst_module()\n"
+            "import onnxruntime as ort\n"
             "try:\n    ort.InferenceSession(b'not a model')\n"
             "except Exception as exc:\n    print('raised', type(exc).__name__)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
