@@ -183,6 +183,20 @@ def _kill_group(proc: subprocess.Popen[str]) -> None:
     proc.wait()
 
 
+def _wait_gone(pids: list[int], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                break
+            if state == "Z":  # ended; its parent reaps it
+                break
+            time.sleep(0.1)
+    assert time.monotonic() < deadline, f"processes {pids} did not end in {timeout} s"
+
+
 def _pids_rooted_at(root: Path) -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
@@ -403,10 +417,16 @@ def test_upgrades_never_break_serving(deb: Path, root: ThrowawayRoot, tmp_path: 
             time.sleep(0.2)
         time.sleep(3)
         _kill_group(dpkg)
+        killed = []
         for pid in _pids_rooted_at(root.merged):  # pip and the postinst too, not the daemon
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if b"pip" in cmdline or b"postinst" in cmdline or b"dpkg" in cmdline:
-                os.kill(pid, signal.SIGKILL)
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                if b"pip" in cmdline or b"postinst" in cmdline or b"dpkg" in cmdline:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+            except (OSError, ProcessLookupError):
+                continue
+        _wait_gone(killed)  # a busy machine can take a moment to end them (dpkg's lock goes with them)
         assert _current(root) == second
         root.ok("dpkg --configure -a")  # what a person or the next boot runs; nothing else
         fourth = _current(root)
