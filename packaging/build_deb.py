@@ -27,6 +27,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +75,8 @@ Architecture: {arch}
 Maintainer: {maintainer}
 Section: misc
 Priority: optional
-Depends: python{python}, python3 (>= {python}~), python3 (<< {next_python}~), adduser, init-system-helpers (>= 1.54)
+Depends: python{python}, python3 (>= {python}~), python3 (<< {next_python}~), libstdc++6, libgcc-s1, adduser,
+ init-system-helpers (>= 1.54)
 Recommends: python3-systemd, python3-gi, gir1.2-gstreamer-1.0
 Installed-Size: {size_kb}
 Description: computer-vision appliance daemon, Roboflow-compatible HTTP API
@@ -231,9 +233,15 @@ def build(target: Target, arch: str, out: Path, wheelhouse: Path | None = None,
     if arch not in target.arches:
         raise SystemExit(f"target {target.name} is for {', '.join(target.arches)}, not {arch}")
     version = f"{version or _version()}+{target.name}"
-    work = ROOT / "build" / f"deb-{target.name}-{arch}"
-    stage = work / "root"
-    shutil.rmtree(stage, ignore_errors=True)
+    (ROOT / "build").mkdir(exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"deb-{target.name}-{arch}-", dir=ROOT / "build"))  # builds side by side
+    try:
+        return _build(target, arch, out, wheelhouse, version, work / "root")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _build(target: Target, arch: str, out: Path, wheelhouse: Path | None, version: str, stage: Path) -> Path:
     wheels = stage / "opt/edge-agent/wheels"
     if wheelhouse is not None:
         build_wheelhouse(target, arch, wheelhouse)
@@ -291,7 +299,8 @@ def main() -> None:
     ap.add_argument("--arch", choices=sorted(MACHINE), help="default: the target's first (jetpack6: arm64)")
     ap.add_argument("--out", type=Path, default=ROOT / "dist")
     ap.add_argument("--wheelhouse", type=Path, help="keep downloaded wheels here between builds")
-    ap.add_argument("--version", help="the package version before +TARGET (default: the project's)")
+    ap.add_argument("--version", help="the Debian version before +TARGET (default: the project's; the program "
+                                      "itself still reports edge_agent.__version__)")
     ap.add_argument("--list-targets", action="store_true", help="print the targets and exit")
     args = ap.parse_args()
     if args.list_targets or not args.target:
