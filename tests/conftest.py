@@ -52,3 +52,17 @@ def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
     with running_server(tmp_path_factory.mktemp("http-state")) as server:
         yield server
+
+
+@pytest.fixture
+def runtime(tmp_path: Path) -> Iterator[Any]:
+    """A started Runtime (default settings, one ONNX Runtime thread) with its state in tmp_path: what
+    pipelines run in."""
+    from edge_agent.runtime import Runtime
+    from edge_agent.settings import EngineSettings, Settings
+
+    rt = Runtime(Settings.defaults(tmp_path / "state").model_copy(
+        update={"engine": EngineSettings(intra_op_threads=1)}))
+    rt.start()
+    yield rt
+    rt.stop()

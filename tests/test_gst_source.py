@@ -44,18 +44,6 @@ def test_ci_has_the_gstreamer_bindings() -> None:
     assert _gst_available(), "CI must run the GStreamer source tests: .ci/run links Debian's gi into the venv"
 
 
-@pytest.fixture
-def runtime(tmp_path: Path) -> Any:
-    from edge_agent.runtime import Runtime
-    from edge_agent.settings import EngineSettings, Settings
-
-    rt = Runtime(Settings.defaults(tmp_path / "state").model_copy(
-        update={"engine": EngineSettings(intra_op_threads=1)}))
-    rt.start()
-    yield rt
-    rt.stop()
-
-
 def refused(*words: str) -> AbstractContextManager[Any]:
     from edge_agent.pipelines.gst import GstSourceError
 

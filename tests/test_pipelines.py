@@ -36,18 +36,6 @@ def circle_video(path: Path, frames: int = FRAMES, fps: float = 10.0) -> list[tu
     return centres
 
 
-@pytest.fixture
-def runtime(tmp_path: Path) -> Any:
-    from edge_agent.runtime import Runtime
-    from edge_agent.settings import EngineSettings, Settings
-
-    rt = Runtime(Settings.defaults(tmp_path / "state").model_copy(
-        update={"engine": EngineSettings(intra_op_threads=1)}))
-    rt.start()
-    yield rt
-    rt.stop()
-
-
 def wait(predicate: Any, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
