@@ -75,8 +75,7 @@ Architecture: {arch}
 Maintainer: {maintainer}
 Section: misc
 Priority: optional
-Depends: python{python}, python3 (>= {python}~), python3 (<< {next_python}~), libstdc++6, libgcc-s1, adduser,
- init-system-helpers (>= 1.54)
+Depends: {depends}
 Recommends: python3-systemd, python3-gi, gir1.2-gstreamer-1.0
 Installed-Size: {size_kb}
 Description: computer-vision appliance daemon, Roboflow-compatible HTTP API
@@ -279,8 +278,10 @@ def _build(target: Target, arch: str, out: Path, wheelhouse: Path | None, versio
     for script in ("preinst", "postinst", "prerm", "postrm"):
         (debian / script).write_text(_script(script, **values))
     (debian / "conffiles").write_text("/etc/edge-agent/config.toml\n")
+    depends = (f"python{target.python}, python3 (>= {target.python}~), python3 (<< {target.next_python}~), "
+               "libstdc++6, libgcc-s1, adduser, init-system-helpers (>= 1.54)")  # one line: lintian
     (debian / "control").write_text(CONTROL.format(
-        version=version, arch=arch, python=target.python, next_python=target.next_python, system=target.system,
+        depends=depends, version=version, arch=arch, python=target.python, system=target.system,
         maintainer=MAINTAINER, size_kb=_du_kb(stage) * 4))  # with the venv it builds (3x the wheels)
     executable = {debian / s for s in ("preinst", "postinst", "prerm", "postrm")} | {stage / "usr/bin/edge-agent"}
     for path in stage.rglob("*"):

@@ -27,7 +27,7 @@ NEW_VERSION = f"{VERSION}.1"  # sorts above VERSION for dpkg
 TARGET = "debian12"
 BINFMT = Path("/proc/sys/fs/binfmt_misc/qemu-aarch64")
 BUDGET_S = 600  # root from scratch + install, selftest, requests, upgrade, purge: 10 minutes of CI at most
-CACHE = Path(os.environ.get("EDGE_AGENT_CI_CACHE", "/var/cache/edge-agent-ci"))
+CACHE = Path(os.environ.get("ARM64_ROOT_CACHE", "/var/cache/edge-agent-ci"))
 
 pytestmark = [pytest.mark.slow, pytest.mark.arm64]
 

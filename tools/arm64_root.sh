@@ -4,7 +4,7 @@
 #
 #   sudo tools/arm64_root.sh [CACHE_DIR]     # prints the tarball's path on its last line
 #
-# CACHE_DIR defaults to $EDGE_AGENT_CI_CACHE, else /var/cache/edge-agent-ci. The tarball is named by a
+# CACHE_DIR defaults to $ARM64_ROOT_CACHE, else /var/cache/edge-agent-ci. The tarball is named by a
 # hash of everything that decides its contents (suite, package list, builder and its options), so a
 # changed list builds a new one and an unchanged one is reused; one older than
 # $ARM64_ROOT_MAX_AGE_DAYS (default 30) is rebuilt to pick up Debian's updates. Concurrent callers
@@ -21,7 +21,7 @@
 # binaries in a chroot without a copy of qemu inside it.
 set -eu
 
-CACHE_DIR=${1:-${EDGE_AGENT_CI_CACHE:-/var/cache/edge-agent-ci}}
+CACHE_DIR=${1:-${ARM64_ROOT_CACHE:-/var/cache/edge-agent-ci}}
 SUITE=${ARM64_ROOT_SUITE:-bookworm}
 MIRROR=${ARM64_ROOT_MIRROR:-http://deb.debian.org/debian}
 MAX_AGE_DAYS=${ARM64_ROOT_MAX_AGE_DAYS:-30}
