@@ -42,8 +42,8 @@ class PipelineSpec(BaseModel):
 
     model_id: str = Field(min_length=1, max_length=256, description="project/version or an alias")
     video_reference: str | int = Field(description="file path, image folder, rtsp:// or http(s):// URL, "
-                                                   "camera index or /dev/videoN, or a GStreamer pipeline "
-                                                   "ending in appsink")
+                                                   "camera index or /dev/videoN, GStreamer: gst:<launch>, "
+                                                   "csi:N, rtsp+hw://, v4l2:/dev/videoN (docs/http.md)")
     pipeline_id: str | None = Field(None, pattern=PIPELINE_ID, description="default: generated")
     confidence: float = Field(0.4, ge=0, le=1)
     iou_threshold: float = Field(0.3, ge=0, le=1)
