@@ -46,6 +46,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TextIO
 
+from engines.cache import _sha256, _write_json  # chunked sha256; temp + fsync + rename
+
+INSTALL_TIMEOUT_S = 600  # pip installing the built wheel, and importing it once
 BUILD_WHEELS = ("setuptools", "wheel", "packaging", "numpy")  # pycuda's build-system.requires, and wheel's own
 FAILED, LOG = "failed.json", "build.log"
 _TARGETS = {"x86_64": ("x86_64-linux",), "aarch64": ("aarch64-linux", "sbsa-linux")}  # CUDA's targets/ folders
@@ -304,7 +307,7 @@ def cache_key(pycuda: str, cuda: str | None, numpy: str | None = None) -> str:
 def fingerprint(s: Survey, sdist: Path, find_links: Path) -> str:
     """Changes when anything the build depended on does: the pieces found, the sdist, the build wheels."""
     state = {"pieces": [(p.name, p.found) for p in s.pieces], "toolkit": str(s.toolkit.root), "cuda": s.toolkit.version,
-             "sdist": hashlib.sha256(sdist.read_bytes()).hexdigest(), "python": sys.version,
+             "sdist": _sha256(sdist), "python": sys.version,
              "wheels": sorted(w.name for n in BUILD_WHEELS if (w := _wheel(find_links, n)) is not None)}
     return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
 
@@ -325,12 +328,6 @@ def latest_failure(cache: Path) -> Failure | None:
     mine = [d for d in cache.glob(f"pycuda-*-{python_tag()}-*-{platform.machine()}") if (d / FAILED).is_file()]
     newest = max(mine, key=lambda d: (d / FAILED).stat().st_mtime, default=None)
     return read_failure(newest) if newest is not None else None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 @contextmanager
@@ -366,10 +363,10 @@ def build(sdist: Path, find_links: Path, cache: Path, force: bool = False, env: 
         folder.mkdir(parents=True, exist_ok=True)
         try:
             wheel = _attempt(sdist, find_links, s, folder, env, timeout, say)
-        except (OSError, ValueError, tarfile.TarError, subprocess.SubprocessError) as exc:
+        except (OSError, ValueError, tarfile.TarError, zipfile.BadZipFile, subprocess.SubprocessError) as exc:
             f = Failure(folder.name, fp, time.strftime("%Y-%m-%dT%H:%M:%S%z"), str(exc),
                         [p.message() for p in s.missing()], str(folder / LOG), str(sdist), str(find_links))
-            _write_atomic(folder / FAILED, json.dumps(asdict(f), indent=2) + "\n")
+            _write_json(folder / FAILED, asdict(f))
             raise PycudaBuildError(f) from exc
         (folder / FAILED).unlink(missing_ok=True)
         for other in cache.glob("pycuda-*"):  # wheels for an earlier CUDA, Python or pycuda: never used again
@@ -396,7 +393,7 @@ def _attempt(sdist: Path, find_links: Path, s: Survey, folder: Path, env: dict[s
                 old.unlink()
             os.replace(built, folder / built.name)  # a rename: the wheel appears whole or not at all
             return folder / built.name
-        except (OSError, ValueError, tarfile.TarError, subprocess.SubprocessError) as exc:
+        except (OSError, ValueError, tarfile.TarError, zipfile.BadZipFile, subprocess.SubprocessError) as exc:
             out.write(f"\nFAILED: {exc}\n")
             raise
         finally:
@@ -489,10 +486,11 @@ def install(wheel: Path, find_links: Path, env: Mapping[str, str] | None = None)
     child = _without_pip_settings(os.environ if env is None else env)
     cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--find-links", str(find_links),
            "--no-cache-dir", "--disable-pip-version-check", "--ignore-installed", str(wheel)]
-    done = subprocess.run(cmd, env=child, capture_output=True, text=True)
+    done = subprocess.run(cmd, env=child, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S)
     if done.returncode != 0:
         raise OSError(f"pip install {wheel.name} failed: {(done.stderr or done.stdout).strip()[-2000:]}")
-    check = subprocess.run([sys.executable, "-c", "import pycuda._driver"], env=child, capture_output=True, text=True)
+    check = subprocess.run([sys.executable, "-c", "import pycuda._driver"], env=child, capture_output=True, text=True,
+                           timeout=INSTALL_TIMEOUT_S)
     if check.returncode != 0:
         raise OSError(f"{wheel.name} is installed but does not import: {check.stderr.strip().splitlines()[-1:]}")
 
@@ -537,7 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if isinstance(exc, BuildSkipped) else "build failed"
         print("\n  ".join([f"pycuda: {head}", *f.lines()]), file=sys.stderr)
         return 1
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile, subprocess.SubprocessError) as exc:
         print(f"pycuda: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -339,3 +339,16 @@ def test_onnx_runtime_errors_still_raise_after_gstreamer_is_loaded(tmp_path: Pat
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "raised InvalidProtobuf"
+
+
+@needs_gst
+def test_frames_are_writable_like_opencv_frames() -> None:
+    """A callback may draw on a frame: every format gives a writable array of its own."""
+    from edge_agent.pipelines.gst import to_bgr
+
+    width, height = 6, 4
+    for fmt, stride in (("BGR", 20), ("BGRx", 24)):  # rows padded to 4 bytes
+        image = to_bgr(fmt, width, height, bytes(stride * height))
+        assert image.flags.writeable, fmt
+        assert image.shape == (height, width, 3), fmt
+        image[0, 0] = 255  # drawing works

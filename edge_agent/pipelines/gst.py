@@ -22,6 +22,7 @@ did not start or deliver its first frame (a live source connects again with back
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -240,6 +241,7 @@ def _keep_the_c_unwinder() -> None:
         pass
 
 
+@functools.cache  # once per process; a failure is not kept, so installing the bindings later works
 def gst_module() -> Any:
     """``gi.repository.Gst``, initialised; ``GstSourceError`` saying what to install where it is not."""
     _keep_the_c_unwinder()
@@ -466,8 +468,9 @@ def _up4(n: int) -> int:
 
 def to_bgr(fmt: str, width: int, height: int, data: bytes) -> np.ndarray:
     """A frame in GStreamer's default layout (rows padded to 4 bytes; the appsink asks for no video
-    meta, so upstream never hands it other strides) as a BGR image: BGR is a read-only view of
-    ``data``; the others are converted by OpenCV into a new array."""
+    meta, so upstream never hands it other strides) as a writable BGR image, as OpenCV's sources give:
+    BGR is copied out of ``data`` (bytes, read-only); the others are converted by OpenCV into a new
+    array."""
     import cv2
 
     if fmt in ("BGR", "BGRx", "BGRA"):
@@ -476,7 +479,7 @@ def to_bgr(fmt: str, width: int, height: int, data: bytes) -> np.ndarray:
         _check_size(fmt, data, stride * height)
         image: np.ndarray = np.ndarray((height, width, channels), np.uint8, buffer=data,
                                        strides=(stride, channels, 1))
-        return image if channels == 3 else np.asarray(cv2.cvtColor(image, cv2.COLOR_BGRA2BGR))
+        return image.copy() if channels == 3 else np.asarray(cv2.cvtColor(image, cv2.COLOR_BGRA2BGR))
     if fmt in ("I420", "NV12"):
         if width % 2 or height % 2:
             raise GstSourceError(f"{fmt} frames of an odd size ({width}x{height}) cannot be converted: end the "

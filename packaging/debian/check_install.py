@@ -1,6 +1,7 @@
 """Check a freshly built edge-agent version before it is switched to (run by the package's postinst
-with the new virtual environment's Python): everything the daemon imports loads, and every bundled
-demo model infers on the bundled sample image with ONNX Runtime in a scratch state directory.
+with the new virtual environment's Python): everything the daemon imports loads, and the checks of
+``edge-agent selftest`` pass on ONNX Runtime (every bundled demo model finds what the bundled sample
+image holds), in a scratch state directory.
 
 Prints one line per check; exits 1 naming the first failure. Needs no network and writes nothing
 outside its scratch directory.
@@ -17,7 +18,6 @@ import time
 MODULES = ("numpy", "cv2", "onnxruntime", "flask", "flask_openapi3", "gunicorn", "pydantic", "paho.mqtt.client",
            "prometheus_client", "urllib3", "edge_agent.server", "edge_agent.pipelines.pipeline",
            "edge_agent.mqtt.bridge")
-DEMO_MODELS = ("shapes/1", "shapes-seg/1", "shapes-pose/1", "shapes-cls/1")
 
 
 def main() -> int:
@@ -35,24 +35,15 @@ def main() -> int:
         os.environ.update({"EDGE_AGENT_CONFIG": config, "EDGE_AGENT_PATHS__STATE_DIR": scratch,
                            "EDGE_AGENT_PATHS__CACHE_DIR": scratch, "EDGE_AGENT_ENGINE__BACKEND": "ort",
                            "EDGE_AGENT_MODELS__OFFLINE": "true"})
-        import edge_agent
-        from edge_agent.images import load_image
-        from edge_agent.models.accelerate_setup import SAMPLE_IMAGE
+        from edge_agent import selftest
+        from edge_agent.settings import Settings
 
-        image = load_image(SAMPLE_IMAGE)
-        for model_id in DEMO_MODELS:
-            try:
-                # the demo classifier is weak on a picture of many shapes: its top class at any score
-                confidence = 0.0 if model_id == "shapes-cls/1" else 0.4
-                body = edge_agent.get_model(model_id).infer(image, confidence=confidence).to_json()
-            except Exception as exc:  # the model is the answer
-                print(f"check: {model_id} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-                return 1
-            found = len(body["predictions"])
-            if not found:
-                print(f"check: {model_id} found nothing on the sample image", file=sys.stderr)
-                return 1
-            print(f"check: {model_id} infers ({found} predictions)")
+        # selftest's checks on ONNX Runtime: every demo model finds what the sample image holds
+        checks = selftest.run(Settings.from_env(), report=lambda c: print("check:", selftest.text_line(c), end=""))
+        failed = [c for c in checks if c.ok is False]
+        if failed:
+            print(f"check: {failed[0].name} failed: {failed[0].detail}", file=sys.stderr)
+            return 1
     print(f"check: passed in {time.monotonic() - t0:.1f} s")
     return 0
 
