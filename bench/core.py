@@ -50,8 +50,9 @@ def main() -> None:
 
     import edge_agent
     from edge_agent.demo.shapes import generate_scene
-    from edge_agent.heads import InferenceParams, detect
+    from edge_agent.heads import detect
     from edge_agent.heads.preprocess import preprocess_into
+    from edge_agent.params import InferenceParams
 
     store = edge_agent.open_store()
     manifest, onnx_path = store.verified_onnx(args.model)

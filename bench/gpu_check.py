@@ -138,7 +138,7 @@ def throughput(call: Callable[[], object], clients: int, clock: Clock) -> dict[s
 
 def cuda_check(ort: Any, cpu_anyway: bool) -> tuple[dict[str, Any], bool]:
     """The device, and whether ``onnxruntime.preload_dlls()`` was needed; raises ``Unavailable``."""
-    from edge_agent.models.store import BUILTIN_ROOT
+    from edge_agent.store.model_store import BUILTIN_ROOT
     from engines.device import probe
 
     device = probe()
@@ -210,8 +210,8 @@ def batch_throughput(ctx: dict[str, Any], loaded: Any, tensor: np.ndarray, clock
 def batcher_throughput(loaded: Any, image: np.ndarray, clients: int, clock: Clock) -> dict[str, Any]:
     """``LoadedModel.infer`` as the HTTP handlers call it: one sequential client, then ``clients`` threads
     without the batcher (each runs the engine itself, as with ``--batching off``) and with it."""
-    from edge_agent.heads import InferenceParams
-    from edge_agent.models.manager import LoadedModel
+    from edge_agent.params import InferenceParams
+    from edge_agent.serving.manager import LoadedModel
 
     params = InferenceParams()
     unbatched = LoadedModel(loaded.model, None, 0.0)  # the same engine, the server's path without batching
@@ -236,7 +236,7 @@ def batcher_throughput(loaded: Any, image: np.ndarray, clients: int, clock: Cloc
 
 def check_model(ort: Any, ctx: dict[str, Any], model_id: str, clock: Clock) -> dict[str, Any]:
     from edge_agent.demo.shapes import generate_scene
-    from edge_agent.heads import InferenceParams
+    from edge_agent.params import InferenceParams
 
     t0 = time.perf_counter()
     loaded, _ = ctx["manager"].get(model_id)
@@ -288,9 +288,9 @@ def print_model(model_id: str, r: dict[str, Any], clients: int) -> None:
 def setup(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     """The model store (the built-in demo models), and a manager with the settings the daemon would get
     from ``[engine] providers = ["cuda"]`` and ``[server] batching = "on"``."""
-    from edge_agent.models.manager import BatchingPrefs, ModelManager
-    from edge_agent.models.store import ModelStore
+    from edge_agent.serving.manager import BatchingPrefs, ModelManager
     from edge_agent.settings import EngineSettings, ServerSettings
+    from edge_agent.store.model_store import ModelStore
 
     prefs = EngineSettings(backend="ort", providers=("cuda",), max_batch=max(BATCHES)).prefs()
     server = ServerSettings(batching="on")

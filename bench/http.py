@@ -130,7 +130,7 @@ def build_heavy(path: Path) -> Path:
 
 def install_heavy(tmp: Path) -> None:
     global MODEL_ID, ONNX, MODELS_DIR
-    from edge_agent.models.store import ModelStore
+    from edge_agent.store.model_store import ModelStore
 
     models = tmp / "heavy-store" / "models"
     ModelStore(models, builtin_root=None).install(build_heavy(tmp / "heavy.onnx"), "heavy/1")
@@ -158,8 +158,8 @@ class Bare:
     def __init__(self) -> None:
         import onnxruntime as ort
 
-        from edge_agent.heads import InferenceParams
-        from edge_agent.models.manifest import Manifest
+        from edge_agent.params import InferenceParams
+        from edge_agent.store.manifest import Manifest
 
         self.manifest = Manifest.from_json((ONNX.parent / "model.json").read_text(encoding="utf-8"),
                                            str(ONNX.parent / "model.json"))
@@ -190,9 +190,10 @@ BARE_CHILD = r"""
 import sys, time
 sys.path.insert(0, sys.argv[1])
 import numpy as np, cv2, onnxruntime as ort
-from edge_agent.heads import InferenceParams, detect
+from edge_agent.params import InferenceParams
+from edge_agent.heads import detect
 from edge_agent.heads.preprocess import preprocess_into
-from edge_agent.models.manifest import Manifest
+from edge_agent.store.manifest import Manifest
 from pathlib import Path
 onnx, jpeg = Path(sys.argv[2]), Path(sys.argv[3]).read_bytes()
 m = Manifest.from_json((onnx.parent / "model.json").read_text(encoding="utf-8"), "model.json")

@@ -114,8 +114,8 @@ def main() -> None:
 
     from brokers import Mosquitto
     from edge_agent.events import PredictionEvent
-    from edge_agent.heads import InferenceParams
     from edge_agent.mqtt import topics
+    from edge_agent.params import InferenceParams
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-mqtt-"))
     # mosquitto keeps at most 1000 QoS 1 messages queued per subscriber by default: a burst of a few

@@ -65,7 +65,7 @@ def main() -> None:
 
     import cv2
 
-    from edge_agent.heads import InferenceParams
+    from edge_agent.params import InferenceParams
     from edge_agent.pipelines.pipeline import InferencePipeline
     from edge_agent.runtime import Runtime
     from edge_agent.settings import Settings

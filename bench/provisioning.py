@@ -48,7 +48,7 @@ def _variant(path: Path, dest: Path, note: str) -> Path:
 
 class _Load:
     def __init__(self, rt: Any, model_id: str, image: np.ndarray, threads: int = 3) -> None:
-        from edge_agent.heads import InferenceParams
+        from edge_agent.params import InferenceParams
 
         self.latencies: list[float] = []
         self.failures = 0

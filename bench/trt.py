@@ -85,7 +85,7 @@ def main() -> int:
     args = ap.parse_args()
 
     import engines
-    from edge_agent.models.accelerate_setup import compile_model, offline_accelerator
+    from edge_agent.serving.accelerate_setup import compile_model, offline_accelerator
     from edge_agent.settings import load_settings
 
     choice = engines.choose_backend()

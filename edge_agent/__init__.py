@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from edge_agent.models.model import Model
-    from edge_agent.models.store import ModelStore
     from edge_agent.pipelines.pipeline import InferencePipeline
+    from edge_agent.serving.model import Model
     from edge_agent.settings import Settings
+    from edge_agent.store.model_store import ModelStore
 
 __all__ = ["InferencePipeline", "__version__", "get_model", "open_store"]
 
@@ -36,8 +36,8 @@ def __getattr__(name: str) -> object:
 
 def open_store(settings: Settings | None = None) -> ModelStore:
     """The model store the settings point at (environment by default)."""
-    from edge_agent.models.store import ModelStore
     from edge_agent.settings import Settings
+    from edge_agent.store.model_store import ModelStore
 
     settings = settings or Settings.from_env()
     return ModelStore(settings.models_dir, keep_revisions=settings.models.keep_revisions)
@@ -56,7 +56,7 @@ def get_model(model_id: str, settings: Settings | None = None, api_key: str | No
     store = open_store(settings)
     api_key = api_key or (settings.models.api_key.get_secret_value() if settings.models.api_key else None)
     if api_key and not settings.models.offline and not store.has(model_id):
-        from edge_agent.models.provision import pull_into_store
+        from edge_agent.provisioning.provisioner import pull_into_store
 
         pull_into_store(store, model_id, api_key, settings.models, settings.mqtt.device_id)
     return store.load(model_id, settings.engine_prefs)  # type: ignore[no-any-return]

@@ -131,8 +131,8 @@ def _print(obj: Any) -> None:
 
 def _infer(args: argparse.Namespace) -> int:
     import edge_agent
-    from edge_agent.heads import InferenceParams
     from edge_agent.images import load_image
+    from edge_agent.params import InferenceParams
 
     settings = _settings(args)
     model = edge_agent.get_model(args.model, settings)
@@ -206,8 +206,8 @@ def _models(args: argparse.Namespace) -> int:
 def _provisioner(settings: Any, store: Any) -> Any:
     """A provisioner of this process: a new version is checked against the stored one (golden set
     included), eviction protects what the configuration names, as in the daemon."""
-    from edge_agent.models.manager import ModelManager
-    from edge_agent.models.provision import Provisioner
+    from edge_agent.provisioning.provisioner import Provisioner
+    from edge_agent.serving.manager import ModelManager
 
     return Provisioner(settings, store, ModelManager(store, settings.engine_prefs), "cli")
 
@@ -257,7 +257,7 @@ class _ProgressBar:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    from edge_agent.models.accelerate_setup import TensorRTUnavailable, compile_model, offline_accelerator
+    from edge_agent.serving.accelerate_setup import TensorRTUnavailable, compile_model, offline_accelerator
 
     settings = _settings(args, **{"engine.precision": args.precision, "engine.dla_core": args.dla_core})
     try:

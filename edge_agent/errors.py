@@ -27,16 +27,9 @@ the original. Nothing here imports Flask: the HTTP layer maps this tree to JSON 
 
 from __future__ import annotations
 
+from engines.base import EdgeAgentError, EngineError
 
-class EdgeAgentError(Exception):
-    status: int = 500
-    code: str = "internal_error"
-
-    def __init__(self, message: str, public: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        # What a network caller may see, where the message holds local detail (paths on disk).
-        self.public = public if public is not None else message
+__all__ = ["EdgeAgentError", "EngineError"]  # the root and the engines' branch, defined in engines/base.py
 
 
 class InvalidInput(EdgeAgentError):

@@ -21,13 +21,13 @@ import numpy as np
 from edge_agent import __version__
 from edge_agent.atomic_files import write_text
 from edge_agent.events import EventBus, PredictionEvent
-from edge_agent.heads import InferenceParams
 from edge_agent.images import ImageLimits
 from edge_agent.metrics import Metrics
-from edge_agent.models.manager import BatchingPrefs, LoadedModel, ModelManager
-from edge_agent.models.store import ModelStore
+from edge_agent.params import InferenceParams
 from edge_agent.results import Result
+from edge_agent.serving.manager import BatchingPrefs, LoadedModel, ModelManager
 from edge_agent.settings import Settings
+from edge_agent.store.model_store import ModelStore
 from edge_agent.telemetry import RuntimeStats, SystemStats
 from edge_agent.url_fetch import UrlPolicy
 from engines import choose_backend
@@ -58,7 +58,7 @@ def _install_id(state_dir: Path) -> str:
 class Runtime:
     def __init__(self, settings: Settings, engine_backend: Any = None) -> None:
         """``engine_backend``: the TensorRT back-end to use instead of the one chosen for this machine
-        (tests give a stand-in; see ``models.accelerate.Backend``)."""
+        (tests give a stand-in; see ``serving.accelerate.Backend``)."""
         self.settings = settings
         s = settings.server
         self.version = __version__
@@ -80,7 +80,7 @@ class Runtime:
             on_batch=self._on_batch,
         )
         self.metrics.watch(self.manager.queue_depths, lambda: len(self.manager.loaded()))
-        from edge_agent.models.provision import Provisioner
+        from edge_agent.provisioning.provisioner import Provisioner
 
         self.provisioner = Provisioner(settings, self.store, self.manager, device_id=settings.mqtt.device_id,
                                        protected=self._models_in_use)
@@ -121,7 +121,7 @@ class Runtime:
             self.active_learning = ActiveLearning(al, settings.state_dir, self.bridge)
             self.events.subscribe(self.active_learning.sampler)
             self.metrics.watch_active_learning(self.active_learning.status)
-        from edge_agent.models.accelerate_setup import build_accelerator
+        from edge_agent.serving.accelerate_setup import build_accelerator
 
         self.accelerator = build_accelerator(
             settings, self.engine_choice, self.manager, backend=engine_backend,

@@ -62,7 +62,7 @@ def _timed(name: str, fn: Callable[[], tuple[bool | None, str]]) -> Check:
 
 def _sample() -> Any:
     from edge_agent.images import load_image
-    from edge_agent.models.accelerate_setup import SAMPLE_IMAGE
+    from edge_agent.serving.accelerate_setup import SAMPLE_IMAGE
 
     return load_image(SAMPLE_IMAGE)
 
@@ -80,11 +80,11 @@ def _expected(result: Any) -> tuple[bool, str]:
 def run(settings: Any, backend: Any = None, models: tuple[str, ...] = DEMO_MODELS,
         report: Callable[[Check], None] = lambda c: None) -> list[Check]:
     """Run every check; ``report`` is called as each ends. ``backend`` replaces TensorRT (tests)."""
-    from edge_agent.heads import InferenceParams
-    from edge_agent.models.accelerate_setup import TensorRTUnavailable, compile_model, offline_accelerator
-    from edge_agent.models.compare import disagreement
-    from edge_agent.models.model import Model
-    from edge_agent.models.store import ModelStore
+    from edge_agent.params import InferenceParams
+    from edge_agent.serving.accelerate_setup import TensorRTUnavailable, compile_model, offline_accelerator
+    from edge_agent.serving.compare import disagreement
+    from edge_agent.serving.model import Model
+    from edge_agent.store.model_store import ModelStore
     from engines import choose_backend
 
     checks: list[Check] = []

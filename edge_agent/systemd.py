@@ -135,7 +135,7 @@ class Monitor:
         """A loaded model runs a small image end to end (no model loaded: nothing to prove)."""
         import numpy as np
 
-        from edge_agent.heads import InferenceParams
+        from edge_agent.params import InferenceParams
 
         loaded = self.runtime.manager.loaded()
         if not loaded:

@@ -3,9 +3,11 @@
 An engine takes one pre-processed input batch and returns the raw output tensors. It knows nothing
 about images, tasks or classes: that belongs to the task heads in ``edge_agent.heads``.
 
-Error tree (everything an engine raises is one of these, with the runtime's exception chained)::
+Error tree (everything an engine raises is one of these, with the runtime's exception chained); it is
+the ``EngineError`` branch of the project's one tree, drawn in ``edge_agent/errors.py``::
 
-    EngineError
+    EdgeAgentError          the root of every error edge-agent raises
+    └── EngineError
     ├── EngineUnavailable   the runtime is not installed or no device answers (choose another back-end)
     ├── EngineLoadError     the model file could not be loaded by this runtime (corrupt or unsupported)
     └── EngineRunError      a run failed (bad input shape, out of memory, device error)
@@ -22,7 +24,25 @@ if TYPE_CHECKING:  # numpy only in annotations: the gunicorn master imports this
     import numpy as np
 
 
-class EngineError(Exception):
+class EdgeAgentError(Exception):
+    """The root of every error edge-agent raises (the whole tree is drawn in ``edge_agent/errors.py``).
+
+    It is defined here, in the lowest layer, so that ``engines`` (which never imports ``edge_agent``)
+    raises members of the same tree. ``message`` is for the log; ``public`` is what a network caller may
+    see, where the message holds local detail (paths on disk). ``code`` is the stable name of the error
+    in HTTP and MQTT answers.
+    """
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, public: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.public = public if public is not None else message
+
+
+class EngineError(EdgeAgentError):
     """Base of every error an engine raises."""
 
 

@@ -1,7 +1,7 @@
 """INT8 calibration: TensorRT's entropy calibrator fed with pre-processed frames from a ``.npy`` file.
 
 The daemon prepares the frames (a folder of images or the active-learning spool, pre-processed the
-way the model expects, see ``edge_agent.models.accelerate``) into one ``(N, 3, H, W)`` float32 file;
+way the model expects, see ``edge_agent.serving.accelerate``) into one ``(N, 3, H, W)`` float32 file;
 the build process memory-maps it and hands TensorRT one batch at a time through a device buffer.
 TensorRT's calibration cache is kept beside the engine cache, so a rebuild for another batch profile
 does not calibrate again.

@@ -29,7 +29,7 @@ def clean_environ(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[N
 
 @pytest.fixture
 def store(tmp_path: Path):  # type: ignore[no-untyped-def]
-    from edge_agent.models.store import ModelStore
+    from edge_agent.store.model_store import ModelStore
 
     return ModelStore(tmp_path / "state" / "models")
 

@@ -21,7 +21,7 @@ import jsonschema
 import numpy as np
 import pytest
 
-from edge_agent.heads import InferenceParams
+from edge_agent.params import InferenceParams
 from edge_agent.runtime import Runtime
 from edge_agent.settings import Settings, load_settings
 from engines.cache import EngineCache

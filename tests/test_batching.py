@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_agent.batching import DynamicBatcher
 from edge_agent.errors import ModelNotFound, NotReady, Overloaded
+from edge_agent.serving.batching import DynamicBatcher
 
 
 class Gate:
@@ -158,7 +158,7 @@ def test_close_refuses_new_work() -> None:
 
 
 def test_manager_loads_once_under_concurrent_first_requests(store: Any) -> None:
-    from edge_agent.models.manager import ModelManager
+    from edge_agent.serving.manager import ModelManager
 
     loads: list[str] = []
     manager = ModelManager(store, on_load=lambda mid, s: loads.append(mid), max_loaded=2)
@@ -182,8 +182,8 @@ def test_manager_loads_once_under_concurrent_first_requests(store: Any) -> None:
 
 def test_batched_results_equal_unbatched(store: Any) -> None:
     from edge_agent.demo.shapes import generate_scene
-    from edge_agent.heads import InferenceParams
-    from edge_agent.models.manager import BatchingPrefs, ModelManager
+    from edge_agent.params import InferenceParams
+    from edge_agent.serving.manager import BatchingPrefs, ModelManager
 
     images = [generate_scene(s, size=(240, 320)).image for s in range(6)]
     params = InferenceParams()
@@ -200,13 +200,13 @@ def test_batched_results_equal_unbatched(store: Any) -> None:
 
 
 def test_auto_batching_is_off_for_cpu_engines(store: Any) -> None:
-    from edge_agent.models.manager import BatchingPrefs, ModelManager
+    from edge_agent.serving.manager import BatchingPrefs, ModelManager
 
     runs: list[tuple[str, int]] = []
     auto, _ = ModelManager(store, on_batch=lambda mid, n, s: runs.append((mid, n))).get("shapes/1")
     assert "CPUExecutionProvider" in auto.model.engine.name and auto.batcher is None
     from edge_agent.demo.shapes import generate_scene
-    from edge_agent.heads import InferenceParams
+    from edge_agent.params import InferenceParams
 
     auto.infer([generate_scene(s, size=(120, 160)).image for s in range(3)], InferenceParams())
     assert runs == [("shapes/1", 3)]  # engine runs are still counted for /metrics

@@ -58,7 +58,7 @@ def wait_connected(runtime: Any, timeout: float = 10.0) -> None:
 
 
 def infer(runtime: Any, image: np.ndarray, source: str = "cam1", n: int = 1) -> None:
-    from edge_agent.heads import InferenceParams
+    from edge_agent.params import InferenceParams
 
     loaded, _ = runtime.model("shapes/1")
     for _ in range(n):

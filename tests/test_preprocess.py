@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent.heads import InferenceParams
 from edge_agent.heads.preprocess import preprocess_into
-from edge_agent.models.manifest import Preprocess, StaticCrop
+from edge_agent.params import InferenceParams
+from edge_agent.store.manifest import Preprocess, StaticCrop
 
 PARAMS = InferenceParams()
 

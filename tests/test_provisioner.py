@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 
 from edge_agent.errors import CloudUnavailable, NotReady, Unauthorized
-from edge_agent.models import provision
-from edge_agent.models.download import redact
-from edge_agent.models.manager import ModelManager
-from edge_agent.models.provision import Provisioner
-from edge_agent.models.store import ModelStore
+from edge_agent.provisioning import provisioner as provision
+from edge_agent.provisioning.download import redact
+from edge_agent.provisioning.provisioner import Provisioner
+from edge_agent.serving.manager import ModelManager
 from edge_agent.settings import ModelsSettings, Settings
+from edge_agent.store.model_store import ModelStore
 from fake_roboflow import FakeRoboflow, demo_package
 
 DEMO = Path(__file__).resolve().parents[1] / "edge_agent" / "demo" / "store"

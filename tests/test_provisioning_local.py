@@ -130,9 +130,9 @@ def test_python_api_and_pipelines_pull_with_a_key(tmp_path: Path) -> None:
 
 
 def test_the_disk_budget_evicts_unused_models_at_start(tmp_path: Path) -> None:
-    from edge_agent.models.store import ModelStore
     from edge_agent.runtime import Runtime
     from edge_agent.settings import EngineSettings, ModelsSettings, ServerSettings, Settings
+    from edge_agent.store.model_store import ModelStore
 
     store = ModelStore(tmp_path / "state" / "models")
     onnx = DEMO / "shapes/1/model.onnx"

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from edge_agent.errors import ActivationRefused, ChecksumMismatch, ModelImportError, ModelNotFound
-from edge_agent.models.checks import CheckReport, check_candidate, golden_images, require_ok
-from edge_agent.models.manager import ModelManager
-from edge_agent.models.model import Model
-from edge_agent.models.store import STAMP_FORMAT, ModelStore, Staged, sha256_of
-from edge_agent.models.usage import Usage
+from edge_agent.provisioning.checks import CheckReport, check_candidate, golden_images, require_ok
+from edge_agent.serving.manager import ModelManager
+from edge_agent.serving.model import Model
+from edge_agent.store.model_store import STAMP_FORMAT, ModelStore, Staged, sha256_of
+from edge_agent.store.usage import Usage
 from onnx_builders import constant_model, ultralytics_metadata
 
 
@@ -462,7 +462,7 @@ def test_disagreeing_candidate_is_refused(store: ModelStore, scenes: Path, tmp_p
 
 @pytest.mark.parametrize("model_id", ["shapes/1", "shapes-seg/1", "shapes-pose/1", "shapes-cls/1"])
 def test_every_demo_model_passes_against_itself(store: ModelStore, model_id: str) -> None:
-    from edge_agent.models.accelerate_setup import builtin_images
+    from edge_agent.serving.accelerate_setup import builtin_images
 
     report = check_candidate(store.load(model_id), serving=store.load(model_id), images=builtin_images(4),
                              tolerance=0.0)

@@ -29,11 +29,11 @@ from edge_agent.errors import (
     Unauthorized,
     UnsupportedModel,
 )
-from edge_agent.models import importers
-from edge_agent.models.download import DownloadPolicy, download, fetch_json, mask, redact
-from edge_agent.models.roboflow_api import pull_package
-from edge_agent.models.store import ModelStore
+from edge_agent.provisioning.download import DownloadPolicy, download, fetch_json, mask, redact
+from edge_agent.provisioning.roboflow_api import pull_package
 from edge_agent.settings import ModelsSettings
+from edge_agent.store import importers
+from edge_agent.store.model_store import ModelStore
 from fake_roboflow import FakeRoboflow, demo_package
 
 DEMO = Path(edge_agent.__file__).parent / "demo" / "store"

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from edge_agent.errors import InvalidModelId, ModelImportError, ModelLoadFailed, ModelNotFound, UnsupportedModel
-from edge_agent.models import importers
-from edge_agent.models.store import ModelStore
+from edge_agent.store import importers
+from edge_agent.store.model_store import ModelStore
 from onnx_builders import constant_model, ultralytics_metadata
 
 

@@ -20,15 +20,15 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_agent.batching import DynamicBatcher
 from edge_agent.errors import Overloaded
-from edge_agent.heads import InferenceParams
-from edge_agent.models.accelerate import Accelerator
-from edge_agent.models.accelerate_setup import build_accelerator
-from edge_agent.models.manager import BatchingPrefs, LoadedModel, ModelManager
-from edge_agent.models.model import Model
-from edge_agent.models.store import ModelStore, sha256_of
+from edge_agent.params import InferenceParams
+from edge_agent.serving.accelerate import Accelerator
+from edge_agent.serving.accelerate_setup import build_accelerator
+from edge_agent.serving.batching import DynamicBatcher
+from edge_agent.serving.manager import BatchingPrefs, LoadedModel, ModelManager
+from edge_agent.serving.model import Model
 from edge_agent.settings import load_settings
+from edge_agent.store.model_store import ModelStore, sha256_of
 from engines import choose_backend
 from onnx_builders import constant_model, ultralytics_metadata
 from trt_stand_in import StandInBackend

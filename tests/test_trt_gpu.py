@@ -13,10 +13,10 @@ import pytest
 
 import engines
 from edge_agent import selftest
-from edge_agent.heads import InferenceParams
-from edge_agent.models.accelerate_setup import compile_model, offline_accelerator
-from edge_agent.models.compare import disagreement
-from edge_agent.models.model import Model
+from edge_agent.params import InferenceParams
+from edge_agent.serving.accelerate_setup import compile_model, offline_accelerator
+from edge_agent.serving.compare import disagreement
+from edge_agent.serving.model import Model
 from edge_agent.settings import Settings, load_settings
 
 CHOICE = engines.choose_backend()

@@ -94,7 +94,7 @@ class StandInEngine:
 
 
 class StandInBackend:
-    """``models.accelerate.Backend`` without TensorRT."""
+    """``serving.accelerate.Backend`` without TensorRT."""
 
     build_module = "trt_stand_in"
 

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from edge_agent.demo.shapes import CLASSES, KEYPOINT_NAMES, VERTEX_COUNT
-from edge_agent.models.store import BUILTIN_ROOT, ModelStore
+from edge_agent.store.model_store import BUILTIN_ROOT, ModelStore
 
 DEMO_IDS = {
     "shapes-det.onnx": "shapes/1",

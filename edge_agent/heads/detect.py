@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_agent.heads import InferenceParams
 from edge_agent.heads.nms import nms
+from edge_agent.params import InferenceParams
 
 
 @dataclass

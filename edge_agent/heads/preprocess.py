@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_agent.heads import InferenceParams
-from edge_agent.models.manifest import Preprocess
+from edge_agent.params import InferenceParams
+from edge_agent.store.manifest import Preprocess
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ import math
 
 import numpy as np
 
-from edge_agent.heads import InferenceParams
 from edge_agent.heads.preprocess import Transform
+from edge_agent.params import InferenceParams
 
 
 def _grid_factor(params: InferenceParams, proto_h: int, input_h: int) -> float:

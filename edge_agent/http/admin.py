@@ -19,7 +19,7 @@ from edge_agent.http.schemas import (
     Status,
     ValidationErrorBody,
 )
-from edge_agent.models.manager import LoadedModel
+from edge_agent.serving.manager import LoadedModel
 
 models_tag = Tag(name="Models", description="Loading and unloading models (the model store is never touched)")
 service_tag = Tag(name="Service", description="Identity, health, readiness and metrics")

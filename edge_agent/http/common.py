@@ -13,10 +13,10 @@ import numpy as np
 from flask import current_app, g, request
 
 from edge_agent.errors import InvalidInput
-from edge_agent.heads import InferenceParams
-from edge_agent.models.manager import LoadedModel
+from edge_agent.params import InferenceParams
 from edge_agent.roboflow_json import to_roboflow
 from edge_agent.runtime import Runtime
+from edge_agent.serving.manager import LoadedModel
 
 # Route task names (v2) <-> the model store's task names.
 ROUTE_TASKS = {

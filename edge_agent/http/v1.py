@@ -15,10 +15,10 @@ from flask import Response, jsonify, request
 from flask_openapi3 import APIBlueprint, Tag
 
 from edge_agent.errors import ImageLoadError, InvalidInput
-from edge_agent.heads import InferenceParams
 from edge_agent.http import common
 from edge_agent.http.schemas import DetectionResponse, ErrorMessage, LegacyPath, LegacyQuery, ValidationErrorBody
 from edge_agent.images import decode_base64, from_bytes, from_npy, from_url
+from edge_agent.params import InferenceParams
 
 tag = Tag(name="Inference (v1, legacy)", description="Roboflow's hosted-API route `/{project}/{version}`")
 bp = APIBlueprint("v1", __name__, abp_tags=[tag], abp_responses={422: ValidationErrorBody})

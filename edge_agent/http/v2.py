@@ -10,7 +10,6 @@ from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, RootModel
 
 from edge_agent.errors import InvalidInput
-from edge_agent.heads import InferenceParams
 from edge_agent.http import common
 from edge_agent.http.schemas import (
     ClassificationRequest,
@@ -25,6 +24,7 @@ from edge_agent.http.schemas import (
     ValidationErrorBody,
 )
 from edge_agent.images import from_declaration
+from edge_agent.params import InferenceParams
 
 tag = Tag(name="Inference (v2)", description="Roboflow's `/infer/{task}` routes, as InferenceHTTPClient calls them")
 bp = APIBlueprint("v2", __name__, abp_tags=[tag], abp_responses={422: ValidationErrorBody})

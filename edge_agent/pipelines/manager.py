@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
 
 from edge_agent.errors import EdgeAgentError, InvalidInput
-from edge_agent.heads import InferenceParams
+from edge_agent.params import InferenceParams
 from edge_agent.pipelines.pipeline import InferencePipeline, JsonLinesSink, PreviewSink, Sink, VideoFileSink
 
 PIPELINE_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.heads import InferenceParams
+from edge_agent.params import InferenceParams
 from edge_agent.pipelines.sources import EndOfStream, Frame, VideoSource
 from edge_agent.results import Result
 

@@ -7,7 +7,7 @@
   is deleted and rebuilt, never served);
 - otherwise ONNX Runtime serves it at once and a build job is queued. One build runs at a time, in a
   child process at low priority (``engines.trt_build``). The plan is then loaded from its temporary
-  file and checked against ONNX Runtime on a few images (``models.compare``, FP16 tolerance, looser
+  file and checked against ONNX Runtime on a few images (``compare``, FP16 tolerance, looser
   for INT8); only a plan that passes enters the cache and replaces the ONNX Runtime engine through
   ``ModelManager.swap`` (no request fails over the switch). A build or a check that fails leaves the
   model on ONNX Runtime, says why in its status, and leaves a ``.failed`` marker under the key so the
@@ -52,11 +52,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from edge_agent.heads import InferenceParams
-from edge_agent.models.compare import FP_TOLERANCE, Tolerance, disagreement
-from edge_agent.models.manifest import Manifest
-from edge_agent.models.model import Model
-from edge_agent.models.store import sha256_of
+from edge_agent.params import InferenceParams
+from edge_agent.serving.compare import FP_TOLERANCE, Tolerance, disagreement
+from edge_agent.serving.model import Model
+from edge_agent.store.manifest import Manifest
+from edge_agent.store.model_store import sha256_of
 from engines import Choice, Engine, EngineError
 from engines.cache import EngineCache, EngineKey
 from engines.trt_build import BuildFailed, BuildProcess, BuildSpec

@@ -1,6 +1,6 @@
 """The model store's revision folders and the crash-safe renames that change an id's current version.
 
-Layout, under the store's root (``models.store`` has the rest)::
+Layout, under the store's root (``store.model_store`` has the rest)::
 
     <project>/<version>/                              the current version
     .revisions/<project>/<version>/<stamp>-<sha12>/   earlier versions (hard links where possible)
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from edge_agent import atomic_files
 from edge_agent.errors import InvalidModelId, ModelImportError, ModelLoadFailed, ModelNotFound
-from edge_agent.models.manifest import Manifest, parse_model_id
+from edge_agent.store.manifest import Manifest, parse_model_id
 
 log = logging.getLogger(__name__)
 

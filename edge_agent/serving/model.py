@@ -14,12 +14,13 @@ from typing import Any
 import numpy as np
 
 from edge_agent.errors import EngineFailure, InvalidInput
-from edge_agent.heads import InferenceParams, detect, segment
 from edge_agent.heads import classify as classify_head
+from edge_agent.heads import detect, segment
 from edge_agent.heads.preprocess import Transform, preprocess_into
 from edge_agent.images import ImageLimits, load_image
-from edge_agent.models.manifest import Manifest
+from edge_agent.params import InferenceParams
 from edge_agent.results import Classification, Detections, Result
+from edge_agent.store.manifest import Manifest
 from engines import Engine, EngineError
 
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from edge_agent import atomic_files
 
 if TYPE_CHECKING:
-    from edge_agent.models.store import ModelStore, Revision
+    from edge_agent.store.model_store import ModelStore, Revision
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ Layout (a person can read and repair it)::
 A second, read-only root holds the demo models shipped in the package; their ids cannot be taken by
 an install. A new version is first staged (``stage`` / ``stage_revision``: imported under
 ``.staging``, nothing current touched), may be loaded and checked there (``load_staged``,
-``models.checks``), and then ``commit``-ted or ``discard``-ed. ``install`` and ``rollback`` are
+``checks``), and then ``commit``-ted or ``discard``-ed. ``install`` and ``rollback`` are
 stage + commit without checks. Every change is written and fsynced aside and then renamed into place;
 ``clean()`` at start finishes or undoes whatever a power cut interrupted. The revision folders (their
 stamps and listing) and commit's rename sequence with its repair live in ``models.revisions``; this
@@ -47,10 +47,10 @@ from typing import Any, Literal, overload
 import engines
 from edge_agent import atomic_files
 from edge_agent.errors import ChecksumMismatch, ModelImportError, ModelLoadFailed, ModelNotFound
-from edge_agent.models import importers, revisions, usage
-from edge_agent.models.manifest import Manifest, parse_model_id
-from edge_agent.models.revisions import STAMP_FORMAT as STAMP_FORMAT
-from edge_agent.models.revisions import Revision as Revision
+from edge_agent.store import importers, revisions, usage
+from edge_agent.store.manifest import Manifest, parse_model_id
+from edge_agent.store.revisions import STAMP_FORMAT as STAMP_FORMAT
+from edge_agent.store.revisions import Revision as Revision
 
 log = logging.getLogger(__name__)
 
@@ -396,7 +396,7 @@ class ModelStore:
         ``engine_for(model_id, manifest, onnx_path)`` may supply the engine (a cached TensorRT plan);
         when it returns None, the ONNX file is loaded by ``engines.select_engine``.
         """
-        from edge_agent.models.model import Model
+        from edge_agent.serving.model import Model
 
         manifest, onnx = self.verified_onnx(model_id)
         engine = engine_for(model_id, manifest, onnx) if engine_for is not None else None
@@ -407,7 +407,7 @@ class ModelStore:
     @staticmethod
     def _model(model_id: str, manifest: Manifest, onnx: Path, prefs: Any) -> Any:
         import engines
-        from edge_agent.models.model import Model
+        from edge_agent.serving.model import Model
 
         try:
             engine = engines.select_engine(onnx, prefs)

@@ -28,12 +28,12 @@ from typing import Any
 import numpy as np
 
 from edge_agent.errors import ActivationRefused, EdgeAgentError
-from edge_agent.heads import InferenceParams
-from edge_agent.models import importers
-from edge_agent.models.compare import Tolerance, disagreement
-from edge_agent.models.manifest import Manifest
-from edge_agent.models.model import Model
+from edge_agent.params import InferenceParams
 from edge_agent.results import Result
+from edge_agent.serving.compare import Tolerance, disagreement
+from edge_agent.serving.model import Model
+from edge_agent.store import importers
+from edge_agent.store.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def require_ok(report: CheckReport) -> None:
 def golden_images(folder: Path | None, limit: int = GOLDEN_LIMIT) -> list[np.ndarray]:
     """Up to ``limit`` images (.jpg, .jpeg, .png, .bmp, .webp, sorted by name) of ``folder`` as BGR
     arrays; unreadable files are skipped, a missing or empty folder gives none (and a warning)."""
-    from edge_agent.models.accelerate_setup import folder_images
+    from edge_agent.serving.accelerate_setup import folder_images
 
     if folder is None:
         return []

@@ -1,14 +1,14 @@
 """Putting an ``Accelerator`` together: for the daemon's ``Runtime`` and for ``edge-agent compile`` / selftest.
 
-``build_accelerator`` wires an ``Accelerator`` (``models.accelerate``) to a ``ModelManager``: the
+``build_accelerator`` wires an ``Accelerator`` (``serving.accelerate``) to a ``ModelManager``: the
 TensorRT back-end, the engine cache, the ``[engine]`` settings, the images a new plan is checked on
 (``engine.check_images``, else frames the active-learning spool sampled, topped up by ``builtin_images``)
 and those INT8 calibrates on, the store's current sha256 and the swap. ``offline_accelerator`` and
 ``compile_model`` serve the CLI and the selftest, where nothing is served and builds run in the
 calling thread. ``folder_images``, ``builtin_images`` and ``decode_jpegs`` decode those images.
 
-``models.accelerate`` re-exports the names other modules import from it; so that either module can be
-imported first, this one imports ``models.accelerate`` inside the functions that need it.
+``serving.accelerate`` re-exports the names other modules import from it; so that either module can be
+imported first, this one imports ``serving.accelerate`` inside the functions that need it.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge_agent.errors import EdgeAgentError
-from edge_agent.models.model import Model
+from edge_agent.serving.model import Model
 from engines import Choice
 from engines.cache import EngineCache
 
 if TYPE_CHECKING:
-    from edge_agent.models.accelerate import Accelerator, Backend, EngineStatus
+    from edge_agent.serving.accelerate import Accelerator, Backend, EngineStatus
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def build_accelerator(settings: Any, choice: Choice, manager: Any, spool: Callab
                       backend: Backend | None = None) -> Accelerator | None:
     """The ``Accelerator`` for a ``ModelManager`` when TensorRT was chosen (or a ``backend`` is given),
     attached to the manager; None otherwise. ``spool()`` gives the active-learning spool, if any."""
-    from edge_agent.models.accelerate import Accelerator, AccelPrefs, TrtBackend
+    from edge_agent.serving.accelerate import Accelerator, AccelPrefs, TrtBackend
 
     if backend is None:
         if choice.backend != "tensorrt":
@@ -137,8 +137,8 @@ def offline_accelerator(settings: Any, backend: Backend | None = None,
                         cache_dir: Path | None = None) -> tuple[Accelerator, Any]:
     """An ``Accelerator`` and its ``ModelManager`` outside the daemon (``edge-agent compile``, selftest):
     nothing is served, builds run in the calling thread. ``cache_dir`` overrides the configured one."""
-    from edge_agent.models.manager import ModelManager
-    from edge_agent.models.store import ModelStore
+    from edge_agent.serving.manager import ModelManager
+    from edge_agent.store.model_store import ModelStore
     from engines import choose_backend
 
     choice = choose_backend(settings.engine_prefs)
@@ -155,7 +155,7 @@ def offline_accelerator(settings: Any, backend: Backend | None = None,
 def compile_model(accelerator: Accelerator, manager: Any, model_id: str, force: bool = False,
                   on_event: Callable[[dict[str, Any]], None] | None = None) -> EngineStatus:
     """The model's engine: from the cache when valid (unless ``force``), else built and checked now."""
-    from edge_agent.models.accelerate import EngineStatus
+    from edge_agent.serving.accelerate import EngineStatus
 
     manifest, onnx = manager.store.verified_onnx(model_id)
     key = accelerator.key(manifest)

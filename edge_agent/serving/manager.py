@@ -26,13 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.batching import DynamicBatcher
 from edge_agent.errors import ModelLoadFailed, ModelNotFound, NotReady
-from edge_agent.heads import InferenceParams
-from edge_agent.models.manifest import parse_model_id
-from edge_agent.models.model import Model
-from edge_agent.models.store import ModelStore
+from edge_agent.params import InferenceParams
 from edge_agent.results import Result
+from edge_agent.serving.batching import DynamicBatcher
+from edge_agent.serving.model import Model
+from edge_agent.store.manifest import parse_model_id
+from edge_agent.store.model_store import ModelStore
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class ModelManager:
         self._loading: dict[str, threading.Lock] = {}  # ids being loaded, each with its load lock
         self._generation: dict[str, int] = {}  # per id: bumped when the version served may change
         self.cold_starts = 0
-        self.accelerator: Any = None  # models.accelerate.Accelerator where TensorRT is used
+        self.accelerator: Any = None  # serving.accelerate.Accelerator where TensorRT is used
 
     def onnx_path(self, model_id: str) -> tuple[Any, Any]:
         """The manifest and ONNX path of a stored model (no checksum: it was verified when loaded)."""

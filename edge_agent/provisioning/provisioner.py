@@ -48,11 +48,11 @@ from edge_agent.errors import (
     NotReady,
     Unauthorized,
 )
-from edge_agent.models import checks
-from edge_agent.models.download import DownloadPolicy, download, redact
-from edge_agent.models.manifest import parse_model_id
-from edge_agent.models.roboflow_api import pull_package
-from edge_agent.models.store import ModelStore
+from edge_agent.provisioning import checks
+from edge_agent.provisioning.download import DownloadPolicy, download, redact
+from edge_agent.provisioning.roboflow_api import pull_package
+from edge_agent.store.manifest import parse_model_id
+from edge_agent.store.model_store import ModelStore
 
 log = logging.getLogger(__name__)
 

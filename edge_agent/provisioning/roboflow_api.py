@@ -26,9 +26,9 @@ from urllib.parse import quote, urlencode
 
 from edge_agent import atomic_files
 from edge_agent.errors import DownloadFailed, ModelNotFound, UnsupportedModel
-from edge_agent.models.download import DownloadPolicy, Progress, download, fetch_json
-from edge_agent.models.importers import ROBOFLOW_TASKS
-from edge_agent.models.manifest import parse_model_id
+from edge_agent.provisioning.download import DownloadPolicy, Progress, download, fetch_json
+from edge_agent.store.importers import ROBOFLOW_TASKS
+from edge_agent.store.manifest import parse_model_id
 
 log = logging.getLogger(__name__)
 

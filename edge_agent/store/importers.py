@@ -30,7 +30,7 @@ from typing import IO, Any, Literal, NoReturn
 
 import engines
 from edge_agent.errors import ModelImportError, UnsupportedModel
-from edge_agent.models.manifest import Layout, Preprocess, StaticCrop
+from edge_agent.store.manifest import Layout, Preprocess, StaticCrop
 
 ULTRALYTICS_TASKS = {
     "detect": "object-detection",

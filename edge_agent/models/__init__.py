@@ -1,1 +1,0 @@
-"""The model store and what it holds: manifests, importers, loaded models."""
