@@ -1,8 +1,8 @@
-"""How much the inference core adds to the bare model: ``Model.infer`` vs ONNX Runtime ``session.run``.
+"""How much the inference core adds to the bare model: ``Model.run`` vs ONNX Runtime ``session.run``.
 
 Both sides run in this process, in the same run, on the same model file and the same image:
   bare  = onnxruntime.InferenceSession.run on the already preprocessed tensor (the model alone)
-  core  = Model.infer_arrays on the decoded BGR image (preprocess + run + decode + NMS + mapping back)
+  core  = Model.run on the loaded BGR image (preprocess + run + decode + NMS + mapping back)
 Printed: medians, the ratio core/bare and the per-stage split of the core's extra time.
 
     python bench/core.py [--model shapes/1] [--runs 200] [--size 480x640]
@@ -53,10 +53,12 @@ def main() -> None:
     from edge_agent.heads import detect
     from edge_agent.heads.preprocess import preprocess_into
     from edge_agent.params import InferenceParams
+    from edge_agent.results import Detections
+    from edge_agent.serving.loading import load_model
 
     store = edge_agent.open_store()
     manifest, onnx_path = store.verified_onnx(args.model)
-    model = store.load(args.model)
+    model = load_model(manifest, onnx_path)
     image = generate_scene(7, size=(h, w)).image
     params = InferenceParams()
 
@@ -67,16 +69,17 @@ def main() -> None:
     raw = session.run(None, {name: tensor})
 
     bare = _median_ms(lambda: session.run(None, {name: tensor}), args.runs)
-    core = _median_ms(lambda: model.infer_arrays([image], params), args.runs)
+    core = _median_ms(lambda: model.run([image], params), args.runs)
     pre = _median_ms(lambda: preprocess_into(image, manifest.preprocess, tensor[0], params), args.runs)
     post = _median_ms(lambda: detect.select(raw[0][0], manifest.output.layout, len(manifest.class_names),
                                             params, manifest.class_names), args.runs)
-    found = len(model.infer_arrays([image], params)[0])  # type: ignore[arg-type]
+    result = model.run([image], params)[0]
+    found = f"{len(result)} detections" if isinstance(result, Detections) else "a classification"
 
     print(f"model {args.model} ({manifest.task}, input {manifest.input.width}x{manifest.input.height}), "
-          f"image {w}x{h}, {found} detections, onnxruntime {ort.__version__}, {args.runs} runs")
+          f"image {w}x{h}, {found}, onnxruntime {ort.__version__}, {args.runs} runs")
     print(f"{'bare session.run':<28}{bare:8.2f} ms   1.00")
-    print(f"{'Model.infer (decoded image)':<28}{core:8.2f} ms   {core / bare:.3f}x   (+{core - bare:.2f} ms)")
+    print(f"{'Model.run (loaded image)':<28}{core:8.2f} ms   {core / bare:.3f}x   (+{core - bare:.2f} ms)")
     print(f"{'  of which preprocess':<28}{pre:8.2f} ms")
     print(f"{'  of which select + NMS':<28}{post:8.3f} ms")
 

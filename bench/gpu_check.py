@@ -19,7 +19,7 @@ older than 580 (CUDA 12), install an onnxruntime-gpu release built for CUDA 12 i
 
 What runs, per model (edge_agent/demo/store/*/1/model.onnx; all four have a dynamic batch axis):
   latency at batch 1, p50/p90: bare InferenceSession on the CUDA provider, bare on the CPU provider, and
-      the project's engine (``[engine] providers = ["cuda"]`` -> ``EngineSettings.prefs()`` -> the model
+      the project's engine (``[engine] providers = ["cuda"]`` -> ``Settings.engine_prefs`` -> the model
       store -> ``engines.ort.OrtEngine``, run through ``Model.forward``); CPU/CUDA and project/bare ratios,
       and the largest difference between the CUDA and CPU outputs;
   batch throughput at 1/4/8/16 images per call (bare and project), images/s and the ratio to batch 1;
@@ -288,15 +288,15 @@ def print_model(model_id: str, r: dict[str, Any], clients: int) -> None:
 def setup(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     """The model store (the built-in demo models), and a manager with the settings the daemon would get
     from ``[engine] providers = ["cuda"]`` and ``[server] batching = "on"``."""
-    from edge_agent.serving.manager import BatchingPrefs, ModelManager
-    from edge_agent.settings import EngineSettings, ServerSettings
+    from edge_agent.serving.manager import ModelManager
+    from edge_agent.settings import load_settings
     from edge_agent.store.model_store import ModelStore
 
-    prefs = EngineSettings(backend="ort", providers=("cuda",), max_batch=max(BATCHES)).prefs()
-    server = ServerSettings(batching="on")
+    settings = load_settings(None, {"EDGE_AGENT_CONFIG": "", "EDGE_AGENT_STATE_DIR": str(tmp)},
+                             overrides={"engine.backend": "ort", "engine.providers": ("cuda",),
+                                        "engine.max_batch": max(BATCHES), "server.batching": "on"})
     store = ModelStore(tmp / "models")
-    manager = ModelManager(store, prefs, BatchingPrefs(True, server.max_batch, server.max_queue_delay_ms,
-                                                       server.max_queue))
+    manager = ModelManager(store, settings.engine_prefs)
     return {"store": store, "manager": manager, "sessions": {}, "clients": args.clients,
             "providers": [CPU] if args.cpu_anyway else [CUDA, CPU]}
 

@@ -3,7 +3,7 @@
     import edge_agent
     model = edge_agent.get_model("shapes/1")          # the bundled demo detector
     result = model.infer("image.jpg", confidence=0.5)
-    print(result.to_json())                           # Roboflow's JSON (spec §4.6)
+    print(result.to_json())                           # Roboflow's JSON (docs/http-api.md §4.6)
 
     pipeline = edge_agent.InferencePipeline.init("shapes/1", "video.mp4", on_prediction=print)
     pipeline.start(); pipeline.join()                 # every frame's result to the callback
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from edge_agent.pipelines.pipeline import InferencePipeline
+    from edge_agent.api import InferencePipeline
     from edge_agent.serving.model import Model
     from edge_agent.settings import Settings
     from edge_agent.store.model_store import ModelStore
@@ -28,7 +28,7 @@ __all__ = ["InferencePipeline", "__version__", "get_model", "open_store"]
 
 def __getattr__(name: str) -> object:
     if name == "InferencePipeline":  # loaded on first use: it brings OpenCV and the runtime
-        from edge_agent.pipelines.pipeline import InferencePipeline
+        from edge_agent.api import InferencePipeline  # lazy: the runtime
 
         return InferencePipeline
     raise AttributeError(f"module 'edge_agent' has no attribute {name!r}")
@@ -36,8 +36,8 @@ def __getattr__(name: str) -> object:
 
 def open_store(settings: Settings | None = None) -> ModelStore:
     """The model store the settings point at (environment by default)."""
-    from edge_agent.settings import Settings
-    from edge_agent.store.model_store import ModelStore
+    from edge_agent.settings import Settings  # lazy: pydantic
+    from edge_agent.store.model_store import ModelStore  # lazy: pydantic
 
     settings = settings or Settings.from_env()
     return ModelStore(settings.models_dir, keep_revisions=settings.models.keep_revisions)
@@ -50,13 +50,14 @@ def get_model(model_id: str, settings: Settings | None = None, api_key: str | No
     settings say ``[models] offline``) and kept in the store. Each call loads a fresh model; keep the
     returned object to reuse it.
     """
-    from edge_agent.settings import Settings
+    from edge_agent.serving.loading import load_stored  # lazy: pydantic, the engines
+    from edge_agent.settings import Settings  # lazy: pydantic
 
     settings = settings or Settings.from_env()
     store = open_store(settings)
     api_key = api_key or (settings.models.api_key.get_secret_value() if settings.models.api_key else None)
     if api_key and not settings.models.offline and not store.has(model_id):
-        from edge_agent.provisioning.provisioner import pull_into_store
+        from edge_agent.provisioning.provisioner import pull_into_store  # lazy: the download stack
 
         pull_into_store(store, model_id, api_key, settings.models, settings.mqtt.device_id)
-    return store.load(model_id, settings.engine_prefs)  # type: ignore[no-any-return]
+    return load_stored(store, model_id, settings.engine_prefs)

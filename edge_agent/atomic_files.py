@@ -1,12 +1,12 @@
 """Writes that survive power loss: a reader sees the old content or the new, never a torn file.
 
-Owns the temp-file, fsync, rename, fsync-the-directory sequence for files and whole directories.
+Owns the temp-file, fsync, rename, fsync-the-directory sequence for files, and the fsync of a whole
+directory tree before the caller renames it into place.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -52,21 +52,3 @@ def fsync_tree(root: Path) -> None:
                 os.close(fd)
         fsync_dir(Path(dirpath))
 
-
-def install_dir(staged: Path, target: Path, trash: Path) -> None:
-    """Move the fully written directory ``staged`` to ``target``, replacing any old one.
-
-    ``staged``, ``target`` and ``trash`` must be on one file system. The old directory is first
-    renamed into ``trash`` (so ``target`` is never half-written), then deleted.
-    """
-    fsync_tree(staged)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    old: Path | None = None
-    if target.exists():
-        trash.mkdir(parents=True, exist_ok=True)
-        old = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=trash))
-        os.rename(target, old / "old")
-    os.rename(staged, target)
-    fsync_dir(target.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

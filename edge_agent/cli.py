@@ -18,10 +18,15 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent import __version__
 from edge_agent.errors import EdgeAgentError
+
+if TYPE_CHECKING:  # annotations only: each command imports what it runs (``edge-agent config check`` stays light)
+    from edge_agent.provisioning.provisioner import Provisioner
+    from edge_agent.settings import Settings
+    from edge_agent.store.model_store import ModelStore, StoredModel
 
 DEFAULT_MODEL = "shapes/1"
 SAMPLE_IMAGE = Path(__file__).resolve().parent / "demo" / "sample.jpg"
@@ -105,9 +110,9 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _settings(args: argparse.Namespace, **flags: Any) -> Any:
+def _settings(args: argparse.Namespace, **flags: Any) -> Settings:
     """File, then environment, then these flags (``section.key`` -> value; None = not given)."""
-    from edge_agent.settings import load_settings
+    from edge_agent.settings import load_settings  # lazy: pydantic
 
     overrides = {k: v for k, v in flags.items() if v is not None}
     if args.state_dir:
@@ -130,9 +135,9 @@ def _print(obj: Any) -> None:
 
 
 def _infer(args: argparse.Namespace) -> int:
-    import edge_agent
-    from edge_agent.images import load_image
-    from edge_agent.params import InferenceParams
+    import edge_agent  # lazy: numpy, onnxruntime
+    from edge_agent.images import load_image  # lazy: cv2
+    from edge_agent.params import InferenceParams  # lazy: numpy
 
     settings = _settings(args)
     model = edge_agent.get_model(args.model, settings)
@@ -142,14 +147,14 @@ def _infer(args: argparse.Namespace) -> int:
         class_filter=tuple(c.strip() for c in args.class_filter.split(",")) if args.class_filter else None)
     # Command-line arguments are URLs or file paths, never base64 text.
     sources = [s if s.startswith(("http://", "https://")) else Path(s) for s in args.images] or [SAMPLE_IMAGE]
-    images = [load_image(src, auto_orient=model.manifest.preprocess.auto_orient) for src in sources]
-    results = model.infer_arrays(images, params)
+    images = [load_image(src, auto_orient=model.auto_orient(params)) for src in sources]
+    results = model.run(images, params)
     bodies = [r.to_json() for r in results]
     _print(bodies[0] if len(bodies) == 1 else bodies)
     if args.visualize:
-        import cv2
+        import cv2  # lazy: cv2
 
-        from edge_agent.visualize import draw
+        from edge_agent.visualize import draw  # lazy: cv2
 
         for i, (image, result) in enumerate(zip(images, results)):
             out = args.visualize if len(images) == 1 else args.visualize.with_name(
@@ -160,14 +165,14 @@ def _infer(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summary(stored: Any) -> dict[str, Any]:
+def _summary(stored: StoredModel) -> dict[str, Any]:
     m = stored.manifest
     return {"model_id": m.model_id, "task": m.task, "classes": len(m.class_names),
             "input": f"{m.input.width}x{m.input.height}", "builtin": stored.builtin}
 
 
 def _models(args: argparse.Namespace) -> int:
-    import edge_agent
+    import edge_agent  # lazy: numpy, onnxruntime
 
     settings = _settings(args)
     store = edge_agent.open_store(settings)
@@ -203,19 +208,19 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _provisioner(settings: Any, store: Any) -> Any:
+def _provisioner(settings: Settings, store: ModelStore) -> Provisioner:
     """A provisioner of this process: a new version is checked against the stored one (golden set
     included), eviction protects what the configuration names, as in the daemon."""
-    from edge_agent.provisioning.provisioner import Provisioner
-    from edge_agent.serving.manager import ModelManager
+    from edge_agent.provisioning.provisioner import Provisioner  # lazy: urllib3, onnxruntime
+    from edge_agent.serving.manager import ModelManager  # lazy: numpy, onnxruntime
 
     return Provisioner(settings, store, ModelManager(store, settings.engine_prefs), "cli")
 
 
-def _changed(settings: Any, result: dict[str, Any]) -> dict[str, Any]:
+def _changed(settings: Settings, result: dict[str, Any]) -> dict[str, Any]:
     """Ask a daemon running here to unload the model, so its next request loads the store's new version."""
-    import urllib.error
-    import urllib.request
+    import urllib.error  # lazy: only for URLs
+    import urllib.request  # lazy: only for URLs
 
     s = settings.server
     body = json.dumps({"model_id": result["model_id"]}).encode()
@@ -257,7 +262,11 @@ class _ProgressBar:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    from edge_agent.serving.accelerate_setup import TensorRTUnavailable, compile_model, offline_accelerator
+    from edge_agent.serving.accelerate_setup import (  # lazy: numpy and the serving modules
+        TensorRTUnavailable,
+        compile_model,
+        offline_accelerator,
+    )
 
     settings = _settings(args, **{"engine.precision": args.precision, "engine.dla_core": args.dla_core})
     try:
@@ -276,7 +285,7 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def _selftest(args: argparse.Namespace) -> int:
-    from edge_agent import selftest
+    from edge_agent import selftest  # lazy: onnxruntime, numpy
 
     def line(check: selftest.Check) -> None:
         if not args.json:
@@ -295,9 +304,9 @@ def _selftest(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from edge_agent.server import serve
-    from edge_agent.settings import systemd_environment
-    from edge_agent.systemd import setup_logging
+    from edge_agent.server import serve  # lazy: gunicorn, flask
+    from edge_agent.settings import systemd_environment  # lazy: pydantic
+    from edge_agent.systemd import setup_logging  # lazy: systemd-python
 
     sd_env = systemd_environment(consume=True)
     setup_logging(under_journal=sd_env.journal_stream is not None)

@@ -1,28 +1,56 @@
-"""The one exception tree of edge-agent. Each class carries an HTTP status and a stable ``code``.
+"""The one exception tree of edge-agent: every error the project raises is a member.
+
+Each class carries an HTTP status and a stable ``code``. The root and the engines' branch are defined
+in ``engines/base.py`` (the lowest layer, so that ``engines``, which never imports ``edge_agent``,
+raises members of this tree); the rest are defined here, except the three drawn with their module.
 
 ::
 
-    EdgeAgentError                 500 internal_error
+    EdgeAgentError                 500 internal_error       (engines/base.py) the root
+    ├── EngineError                500 internal_error       (engines/base.py) anything an engine raises;
+    │   │                                                   the serving layer translates it at its
+    │   │                                                   boundary (EngineFailure, ModelLoadFailed)
+    │   ├── EngineUnavailable      the runtime is not installed or no device answers
+    │   │   └── TensorRTUnavailable  (serving/accelerate_setup.py) no TensorRT here to build with
+    │   ├── EngineLoadError        the model file cannot be loaded by this runtime
+    │   ├── EngineRunError         a run failed (input shape, memory, device)
+    │   ├── BuildFailed            (engines/trt_build.py) a TensorRT build or its check made no usable plan
+    │   ├── BuildOutdated          (engines/trt_queue.py) the model was replaced while its plan was built
+    │   └── PycudaBuildError       (engines/pycuda_build.py) the pycuda wheel could not be built
+    │       └── BuildSkipped       an earlier build failed with the same prerequisites
     ├── InvalidInput               400 invalid_input        bad parameters from the caller
     │   ├── ImageLoadError         400 image_load_failed    "Could not load input image. Cause: ..."
     │   ├── InvalidModelId         400 invalid_model_id     not "<project>/<version>"
     │   ├── ModelImportError       400 model_import_failed  a file offered to the store is unusable
-    │   └── ChecksumMismatch       400 checksum_mismatch    a file is not the one its sha256 names
+    │   ├── ChecksumMismatch       400 checksum_mismatch    a file is not the one its sha256 names
+    │   ├── GstSourceError         400 video_source_unavailable  a GStreamer reference this device cannot run
+    │   └── CommandError           400 invalid_command      an MQTT command's arguments are wrong
+    │       ├── CommandNotJson     400 invalid_json         its payload is not a JSON object
+    │       ├── UnknownCommand     404 unknown_command      no command of that name
+    │       └── CommandTooLarge    413 too_large            its payload is over the size cap
     ├── Unauthorized               401 unauthorized         Roboflow's API refused the api_key
     ├── Forbidden                  403 forbidden            the key may not read that model / no upload key
     ├── ModelNotFound              404 model_not_found      no such id in the model store (or at Roboflow)
+    ├── PipelineNotFound           404 pipeline_not_found   no pipeline of that id
     ├── ActivationRefused          409 activation_refused   a new version failed its checks; the old serves
     ├── PayloadTooLarge            413 payload_too_large    an upload or download over its size cap
     ├── ModelLoadFailed            500 model_package_broken the stored package cannot be loaded
     ├── UnsupportedModel           501 unsupported_model    a task or layout we do not decode
     ├── EngineFailure              500 engine_failure       the runtime failed while running
+    ├── ConfigError                500 config_error         the configuration cannot be used (key and source)
     ├── DownloadFailed             502 download_failed      a model download broke off or was refused
+    ├── UploadFailed               502 upload_failed        an active-learning target refused or was away
     ├── Overloaded                 503 overloaded           queue full: retry later
     ├── CloudUnavailable           503 cloud_unavailable    Roboflow's API cannot be reached (reason given)
     └── NotReady                   503 not_ready            still starting or loading: retry later
 
-Engines raise ``engines.EngineError``; the model layer translates those at its boundary and chains
-the original. Nothing here imports Flask: the HTTP layer maps this tree to JSON in one handler.
+Mapped to answers in one place each: HTTP in the error handler of ``http/app.py`` (a member without a
+status of its own, such as an ``EngineError``, answers 500 "Internal error." and its detail goes only to
+the log), MQTT in ``mqtt.commands.Commands.handle`` (``type`` = ``code``). Nothing here imports Flask.
+
+Outside the tree, on purpose: exceptions that never leave the module raising them and are control flow,
+not errors (``pipelines.sources.EndOfStream``, ``pipelines.gst.GstOpenError``,
+``provisioning.download._Broken``: a body that broke off, fetched again).
 """
 
 from __future__ import annotations
@@ -38,7 +66,7 @@ class InvalidInput(EdgeAgentError):
 
 
 class ImageLoadError(InvalidInput):
-    """An image could not be read; ``cause`` is the public detail (spec §5 strings)."""
+    """An image could not be read; ``cause`` is the public detail (docs/http-api.md §5 strings)."""
 
     code = "image_load_failed"
 
@@ -115,3 +143,49 @@ class DownloadFailed(EdgeAgentError):
 class CloudUnavailable(EdgeAgentError):
     status = 503
     code = "cloud_unavailable"
+
+
+class PipelineNotFound(EdgeAgentError):
+    status = 404
+    code = "pipeline_not_found"
+
+
+class ConfigError(EdgeAgentError):
+    """The configuration cannot be used; the message names the key and its source (file and line,
+    environment variable, or flag)."""
+
+    code = "config_error"
+
+
+class GstSourceError(InvalidInput):
+    """A GStreamer video reference this device cannot run, and why; trying again will not help."""
+
+    code = "video_source_unavailable"
+
+
+class CommandError(InvalidInput):
+    """An MQTT command the device cannot take; its ``code`` is the reply's ``error.type``."""
+
+    code = "invalid_command"
+
+
+class CommandNotJson(CommandError):
+    code = "invalid_json"
+
+
+class UnknownCommand(CommandError):
+    status = 404
+    code = "unknown_command"
+
+
+class CommandTooLarge(CommandError):
+    status = 413
+    code = "too_large"
+
+
+class UploadFailed(EdgeAgentError):
+    """An active-learning upload target refused a sample or could not be reached (the sample waits in
+    the spool and is tried again)."""
+
+    status = 502
+    code = "upload_failed"

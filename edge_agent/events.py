@@ -1,5 +1,7 @@
-"""A small in-process event bus: producers (pipelines, HTTP requests when enabled) announce results;
-outlets (the MQTT bridge, later active learning) subscribe. Neither side knows the other.
+"""A small in-process event bus. ``Inference.infer`` announces the results of producers that name a
+source (pipelines; HTTP requests, as source ``http``, when an outlet wants them) as ``PredictionEvent``s;
+outlets subscribe (the runtime's per-source frame counts for telemetry, the MQTT bridge, the
+active-learning sampler). Neither side knows the other.
 
 ``publish`` calls each subscriber in the producer's thread, so a subscriber must only hand the event
 on (the bridge puts it on a bounded queue); an exception in one is logged, never raised to the
@@ -15,17 +17,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+
+import numpy as np
 
 from edge_agent.results import Result
+
+log = logging.getLogger(__name__)
 
 
 def timestamp(epoch: float | None = None) -> str:
     """RFC 3339 in UTC with milliseconds, the one time format of every outlet (MQTT, JSON lines)."""
     moment = datetime.fromtimestamp(time.time() if epoch is None else epoch, tz=timezone.utc)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,7 @@ class PredictionEvent:
     inferred_at: float  # epoch seconds: when its result was ready
     result: Result
     inference_id: str | None = None
-    image: Any = None  # the BGR frame (numpy), for outlets that keep frames (active learning); not copied
+    image: np.ndarray | None = None  # the BGR frame, for outlets that keep frames (active learning); not copied
 
 
 Subscriber = Callable[[PredictionEvent], object]

@@ -4,7 +4,7 @@ Accepted: numpy arrays (H x W, H x W x 1, H x W x 3, uint8, BGR), encoded bytes 
 decodes), base64 text (optionally a ``data:`` URI), file paths, PIL images and http(s) URLs.
 Limits: a cap on pixels (checked from the header before decoding where the format allows) and, for
 URLs, the policy of ``url_fetch``. Every failure is an ``ImageLoadError`` whose cause is a public,
-spec §5 style sentence.
+docs/http-api.md §5 style sentence.
 """
 
 from __future__ import annotations
@@ -50,20 +50,20 @@ def from_array(array: np.ndarray, limits: ImageLimits = ImageLimits()) -> np.nda
         raise ImageLoadError("Image has zero width or height.")
     _check_pixels(array.shape[1], array.shape[0], limits)
     if array.ndim == 2 or array.shape[2] == 1:
-        import cv2
+        import cv2  # lazy: cv2
 
         return cv2.cvtColor(array.reshape(array.shape[:2]), cv2.COLOR_GRAY2BGR)
     return array
 
 
 def from_bytes(data: bytes, limits: ImageLimits = ImageLimits(), auto_orient: bool = True) -> np.ndarray:
-    """Decode an encoded image file (JPEG, PNG, BMP, WebP, TIFF, ...)."""
-    import cv2
+    """Read an encoded image file (JPEG, PNG, BMP, WebP, TIFF, ...)."""
+    import cv2  # lazy: cv2
 
     if not data:
         raise ImageLoadError("Empty image payload.")
     try:
-        import imagesize
+        import imagesize  # lazy: imagesize
 
         width, height = imagesize.get(io.BytesIO(data))
     except Exception:  # unknown header: fall back to checking after the decode
@@ -78,7 +78,7 @@ def from_bytes(data: bytes, limits: ImageLimits = ImageLimits(), auto_orient: bo
     return image
 
 
-def decode_base64(text: str | bytes) -> bytes:
+def bytes_from_base64(text: str | bytes) -> bytes:
     """Base64 text (standard or URL-safe alphabet, optional data URI) to bytes."""
     if isinstance(text, bytes):
         try:
@@ -100,7 +100,7 @@ def decode_base64(text: str | bytes) -> bytes:
 
 
 def from_base64(text: str | bytes, limits: ImageLimits = ImageLimits(), auto_orient: bool = True) -> np.ndarray:
-    return from_bytes(decode_base64(text), limits, auto_orient)
+    return from_bytes(bytes_from_base64(text), limits, auto_orient)
 
 
 def from_file(path: str | Path, limits: ImageLimits = ImageLimits(), auto_orient: bool = True) -> np.ndarray:
@@ -124,7 +124,7 @@ def from_url(url: str, limits: ImageLimits = ImageLimits(), auto_orient: bool = 
 
 
 def from_pil(image: Any, limits: ImageLimits = ImageLimits(), auto_orient: bool = True) -> np.ndarray:
-    from PIL import ImageOps
+    from PIL import ImageOps  # lazy: PIL
 
     _check_pixels(image.width, image.height, limits)
     if auto_orient:
@@ -166,7 +166,7 @@ NPY_MAGIC = b"\x93NUMPY"
 
 
 def from_npy(data: bytes, limits: ImageLimits = ImageLimits()) -> np.ndarray:
-    """A ``.npy`` file (uint8, H x W or H x W x {1,3}) parsed with pickling disallowed (spec §9.1)."""
+    """A ``.npy`` file (uint8, H x W or H x W x {1,3}) parsed with pickling disallowed (docs/http-api.md §9.1)."""
     if not data.startswith(NPY_MAGIC):
         raise ImageLoadError("Could not deserialize pickle payload.")
     try:
@@ -183,7 +183,7 @@ NETWORK_ONLY_TYPES = ("multipart", "pil", "numpy_object", "file")
 
 def from_declaration(kind: str, value: Any, limits: ImageLimits, auto_orient: bool = True,
                      allow_numpy: bool = False) -> np.ndarray:
-    """The image object of the HTTP API (spec §2.1): ``{"type": kind, "value": value}``."""
+    """The image object of the HTTP API (docs/http-api.md §2.1): ``{"type": kind, "value": value}``."""
     kind = kind.lower() if isinstance(kind, str) else ""
     if kind == "file":
         raise ImageLoadError("Loading images from local filesystem is disabled.")
@@ -199,4 +199,4 @@ def from_declaration(kind: str, value: Any, limits: ImageLimits, auto_orient: bo
         return from_url(value, limits, auto_orient)
     if not allow_numpy:
         raise ImageLoadError("NumPy image type is not supported in this configuration of `inference`.")
-    return from_npy(decode_base64(value), limits)
+    return from_npy(bytes_from_base64(value), limits)

@@ -18,7 +18,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -30,7 +30,7 @@ class _Live(Collector):
         self._depths = depths
         self._loaded = loaded
 
-    def collect(self) -> Iterator[Any]:
+    def collect(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily("edge_agent_queue_depth", "Requests waiting for the engine, per model",
                                   labels=["model"])
         for model, n in sorted(self._depths().items()):
@@ -43,7 +43,7 @@ class _Mqtt(Collector):
     def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
         self._snapshot = snapshot
 
-    def collect(self) -> Iterator[Any]:
+    def collect(self) -> Iterator[Metric]:
         s = self._snapshot()
         yield GaugeMetricFamily("edge_agent_mqtt_connected", "1 while connected to the broker",
                                 value=int(s["connected"]))
@@ -66,7 +66,7 @@ class _Pipelines(Collector):
     def __init__(self, statuses: Callable[[], list[dict[str, Any]]]) -> None:
         self._statuses = statuses
 
-    def collect(self) -> Iterator[Any]:
+    def collect(self) -> Iterator[Metric]:
         families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
             "source_fps": GaugeMetricFamily("edge_agent_pipeline_source_fps", "Frames per second the source "
                                             "delivers (measured)", labels=["pipeline"]),
@@ -100,7 +100,7 @@ class _ActiveLearning(Collector):
     def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
         self._status = status
 
-    def collect(self) -> Iterator[Any]:
+    def collect(self) -> Iterator[Metric]:
         s = self._status()
         sampler = CounterMetricFamily("edge_agent_active_learning_frames", "Frames the sampler considered, "
                                       "by outcome", labels=["outcome"])
@@ -128,7 +128,7 @@ class _Provisioning(Collector):
     def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
         self._counts = counts
 
-    def collect(self) -> Iterator[Any]:
+    def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily("edge_agent_model_provisioning", "Models pulled from Roboflow's API, new "
                                      "versions activated, and versions refused by their checks", labels=["event"])
         for event, count in self._counts().items():

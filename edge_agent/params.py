@@ -15,7 +15,7 @@ MASK_DECODE_MODES = ("accurate", "fast", "tradeoff")
 
 @dataclass(frozen=True)
 class InferenceParams:
-    """Per-request options (spec §4.2-§4.4 names). Defaults are Roboflow's."""
+    """Per-request options (docs/http-api.md §4.2-§4.4 names). Defaults are Roboflow's."""
 
     confidence: float = 0.4
     iou_threshold: float = 0.3

@@ -1,8 +1,8 @@
 """The one result type that flows everywhere: ``Detections`` or ``Classification``, per image.
 
 Plain dataclasses of numpy arrays, validated on construction with expected-versus-actual messages.
-Formatting lives at the edges (``edge_agent.roboflow_json`` for the Roboflow JSON); ``to_json`` here
-only delegates to it so that Python users get the spec's JSON in one call.
+The Roboflow JSON is written in ``edge_agent.roboflow_json``; ``to_json`` here calls it so that Python
+users get Roboflow's JSON (docs/http-api.md §4.6) in one call.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from edge_agent import roboflow_json
 
 
 def _check(name: str, array: np.ndarray, shape: tuple[int | None, ...]) -> None:
@@ -66,7 +68,7 @@ class Detections:
 
     def masks(self) -> np.ndarray:
         """(N, H, W) bool masks rasterised from the polygons (empty polygons give empty masks)."""
-        import cv2
+        import cv2  # lazy: cv2
 
         h, w = self.image_size
         out = np.zeros((len(self), h, w), dtype=np.uint8)
@@ -76,10 +78,8 @@ class Detections:
         return out.astype(bool)
 
     def to_json(self, inference_id: str | None = None) -> dict[str, Any]:
-        """The Roboflow response object of spec §4.6 for this image."""
-        from edge_agent.roboflow_json import to_roboflow
-
-        return to_roboflow(self, inference_id)
+        """The Roboflow response object of docs/http-api.md §4.6 for this image."""
+        return roboflow_json.detections_response(self, inference_id)
 
 
 @dataclass
@@ -108,9 +108,7 @@ class Classification:
         return i, float(self.confidence[i])
 
     def to_json(self, inference_id: str | None = None) -> dict[str, Any]:
-        from edge_agent.roboflow_json import to_roboflow
-
-        return to_roboflow(self, inference_id)
+        return roboflow_json.classification_response(self, inference_id)
 
 
 Result = Detections | Classification

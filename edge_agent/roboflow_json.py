@@ -1,17 +1,21 @@
-"""Results to Roboflow's response JSON (spec §4.6): the formatting edge for HTTP and the Python API.
+"""Results to Roboflow's response JSON (docs/http-api.md §4.6): the formatting edge for HTTP and the Python API.
 
 Null fields are left out; coordinates are centre/size in original pixels; every detection gets a
 fresh ``detection_id``; keypoints under the threshold and slots the class does not name are omitted.
+
+``results`` imports this module and each result formats itself with it (``to_json``); this module
+names the result types for type checking only, so the two form no import cycle.
 """
 
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge_agent.results import Classification, Detections, Result
+if TYPE_CHECKING:  # types only: ``results`` imports this module, each result formats itself with it
+    from edge_agent.results import Classification, Detections, Result
 
 
 def _detections(result: Detections) -> list[dict[str, Any]]:
@@ -70,6 +74,10 @@ def _classification(result: Classification) -> dict[str, Any]:
 
 def to_roboflow(result: Result, inference_id: str | None = None) -> dict[str, Any]:
     """One image's response object; pass the same ``inference_id`` for every image of a batch."""
+    return result.to_json(inference_id)
+
+
+def _response(result: Result, inference_id: str | None) -> dict[str, Any]:
     body: dict[str, Any] = {
         "inference_id": inference_id or str(uuid.uuid4()),
         "time": round(result.time, 6),
@@ -77,8 +85,18 @@ def to_roboflow(result: Result, inference_id: str | None = None) -> dict[str, An
     }
     if result.frame_id is not None:
         body["frame_id"] = result.frame_id
-    if isinstance(result, Classification):
-        body.update(_classification(result))
-    else:
-        body["predictions"] = _detections(result)
+    return body
+
+
+def detections_response(result: Detections, inference_id: str | None = None) -> dict[str, Any]:
+    """``Detections.to_json``: the response object of one image's detections."""
+    body = _response(result, inference_id)
+    body["predictions"] = _detections(result)
+    return body
+
+
+def classification_response(result: Classification, inference_id: str | None = None) -> dict[str, Any]:
+    """``Classification.to_json``: the response object of one image's class scores."""
+    body = _response(result, inference_id)
+    body.update(_classification(result))
     return body

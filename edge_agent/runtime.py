@@ -2,8 +2,10 @@
 
 The model store, the model manager (with its batchers), metrics, the image-input limits of network
 callers, the per-install id, the readiness state, the event bus that results are announced on, the
-stream manager (pipelines), and the MQTT bridge and active learning when enabled. The HTTP app, the
-pipelines and the MQTT commands take a ``Runtime`` and share its model manager.
+pipeline manager, and the MQTT bridge and active learning when enabled. Each consumer gets
+its narrow piece, never the runtime: the HTTP app an ``HttpServices`` (``http_services``), the
+systemd monitor the ``Watched`` view the runtime itself provides (readiness, health, loaded models,
+the engine build, MQTT).
 """
 
 from __future__ import annotations
@@ -14,23 +16,33 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edge_agent import __version__
 from edge_agent.atomic_files import write_text
-from edge_agent.events import EventBus, PredictionEvent
+from edge_agent.events import EventBus
+from edge_agent.http.services import HttpServices
 from edge_agent.images import ImageLimits
+from edge_agent.inference import Inference
 from edge_agent.metrics import Metrics
 from edge_agent.params import InferenceParams
+from edge_agent.pipelines.manager import PipelineManager
+from edge_agent.provisioning.provisioner import Provisioner
 from edge_agent.results import Result
-from edge_agent.serving.manager import BatchingPrefs, LoadedModel, ModelManager
+from edge_agent.serving.accelerate_setup import build_accelerator
+from edge_agent.serving.manager import LoadedModel, ModelManager
 from edge_agent.settings import Settings
 from edge_agent.store.model_store import ModelStore
 from edge_agent.telemetry import RuntimeStats, SystemStats
 from edge_agent.url_fetch import UrlPolicy
 from engines import choose_backend
+from engines.trt_queue import PlanBackend
+
+if TYPE_CHECKING:  # built only when enabled: their modules load paho and the uploaders then
+    from edge_agent.active_learning import ActiveLearning
+    from edge_agent.mqtt.bridge import Bridge
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +68,9 @@ def _install_id(state_dir: Path) -> str:
 
 
 class Runtime:
-    def __init__(self, settings: Settings, engine_backend: Any = None) -> None:
+    def __init__(self, settings: Settings, engine_backend: PlanBackend | None = None) -> None:
         """``engine_backend``: the TensorRT back-end to use instead of the one chosen for this machine
-        (tests give a stand-in; see ``serving.accelerate.Backend``)."""
+        (tests give a stand-in; see ``engines.trt_queue.PlanBackend``)."""
         self.settings = settings
         s = settings.server
         self.version = __version__
@@ -69,25 +81,26 @@ class Runtime:
         self.events.subscribe(lambda event: self.stats.on_frame(event.source_id))
         self.store = ModelStore(settings.models_dir, keep_revisions=settings.models.keep_revisions)
         self.engine_choice = choose_backend(settings.engine_prefs)
+        self.accelerator = build_accelerator(
+            settings, self.engine_choice, backend=engine_backend,
+            spool=lambda: self.active_learning.spool if self.active_learning is not None else None)
         self.manager = ModelManager(
             self.store,
             self.engine_choice.ort_prefs,
-            BatchingPrefs({"on": True, "off": False}.get(s.batching), s.max_batch, s.max_queue_delay_ms,
-                          s.max_queue),
             max_loaded=s.max_loaded_models,
             aliases=s.aliases,
             on_load=self.metrics.on_load,
             on_batch=self._on_batch,
+            accelerator=self.accelerator,
         )
         self.metrics.watch(self.manager.queue_depths, lambda: len(self.manager.loaded()))
-        from edge_agent.provisioning.provisioner import Provisioner
-
         self.provisioner = Provisioner(settings, self.store, self.manager, device_id=settings.mqtt.device_id,
                                        protected=self._models_in_use)
         self.metrics.watch_provisioning(self.provisioner.counts)
+        self.inference = Inference(self.provisioner, self.manager, self.metrics, self.events)
         self.limits = ImageLimits(
             max_pixels=s.max_image_pixels,
-            allow_files=False,  # spec §9.3: never read server files for a network caller
+            allow_files=False,  # docs/http-api.md §9.3: never read server files for a network caller
             url_policy=UrlPolicy(
                 allow_urls=s.allow_url_input,
                 allow_http=s.allow_http_urls,
@@ -106,38 +119,34 @@ class Runtime:
         # HTTP results are announced (source "http") only when an outlet asked for them.
         wanted = (mqtt.enabled and mqtt.publish_http_predictions) or (al.enabled and al.sample_http_requests)
         self.http_source = "http" if wanted else None
-        self.bridge: Any = None
-        self.active_learning: Any = None
+        self.bridge: Bridge | None = None
+        self.active_learning: ActiveLearning | None = None
         self._system: SystemStats | None = None
-        from edge_agent.pipelines.manager import StreamManager
-
-        self.streams = StreamManager(self, settings.state_dir / "pipelines")
-        self.metrics.watch_pipelines(lambda: [p.status() for p in self.streams.list()])
+        self.pipelines = PipelineManager(self.inference, settings.state_dir / "pipelines")
+        self.metrics.watch_pipelines(lambda: [p.status() for p in self.pipelines.list()])
         if mqtt.enabled:
             self._build_bridge()
         if al.enabled:
-            from edge_agent.active_learning import ActiveLearning
+            from edge_agent.active_learning import ActiveLearning  # lazy: only when enabled
 
             self.active_learning = ActiveLearning(al, settings.state_dir, self.bridge)
             self.events.subscribe(self.active_learning.sampler)
             self.metrics.watch_active_learning(self.active_learning.status)
-        from edge_agent.serving.accelerate_setup import build_accelerator
-
-        self.accelerator = build_accelerator(
-            settings, self.engine_choice, self.manager, backend=engine_backend,
-            spool=lambda: self.active_learning.spool if self.active_learning is not None else None)
 
     def _on_batch(self, model_id: str, size: int, seconds: float) -> None:
         self.metrics.on_batch(model_id, size, seconds)
         self.stats.on_batch(model_id, size, seconds)
 
     def _build_bridge(self) -> None:
-        from edge_agent.mqtt import ha_discovery
-        from edge_agent.mqtt.bridge import Bridge
-        from edge_agent.mqtt.commands import runtime_commands
+        from edge_agent.mqtt import ha_discovery  # lazy: MQTT only when enabled
+        from edge_agent.mqtt.bridge import Bridge  # lazy: paho, only when MQTT is enabled
+        from edge_agent.mqtt.commands import CommandServices, device_commands  # lazy: MQTT only when enabled
 
         mqtt = self.settings.mqtt
-        self.commands = runtime_commands(self, lambda: bridge.snapshot())
+        services = CommandServices(device_id=mqtt.device_id, inference=self.inference, models=self.manager,
+                                   store=self.store, provisioner=self.provisioner, pipelines=self.pipelines,
+                                   status=self.status)
+        self.commands = device_commands(services, lambda: bridge.snapshot())
         discovery = None
         if mqtt.home_assistant:
             def discovery(source_id: str, class_names: tuple[str, ...]) -> list[tuple[str, bytes]]:
@@ -164,7 +173,7 @@ class Runtime:
             self.active_learning.start()
         for spec in self.settings.pipelines.streams:  # declared in the configuration
             try:
-                self.streams.start(spec)
+                self.pipelines.start(spec)
             except Exception as exc:  # one bad declaration does not stop the others
                 log.error("cannot start pipeline %s: %s", spec.pipeline_id, exc)
         preload = self.settings.server.preload_models
@@ -196,29 +205,35 @@ class Runtime:
         return self.ready.wait(timeout)
 
     def model(self, model_id: str, api_key: str | None = None) -> tuple[LoadedModel, bool]:
-        """The loaded model; an id the store lacks is first pulled from Roboflow's API with the caller's
-        ``api_key`` (or ``[models] api_key``) unless the device is configured offline."""
-        self.provisioner.pull(model_id, api_key)
-        return self.manager.get(model_id)
+        """``Inference.model`` (kept for callers that hold the runtime: the Python API's pipelines)."""
+        return self.inference.model(model_id, api_key)
+
+    def http_services(self) -> HttpServices:
+        """What the HTTP app uses of the daemon (``create_app`` takes this, never the runtime)."""
+        return HttpServices(
+            version=self.version, install_id=self.install_id, engine_choice=self.engine_choice,
+            server=self.settings.server, models_settings=self.settings.models, limits=self.limits,
+            metrics=self.metrics, inference=self.inference, models=self.manager, store=self.store,
+            provisioner=self.provisioner, pipelines=self.pipelines, readiness=self, engine_status=self.engine_status,
+            http_source=self.http_source, stopping=self.stopping)
+
+    def loaded_models(self) -> list[LoadedModel]:
+        """The models loaded now, least recently used first."""
+        return self.manager.loaded()
+
+    def mqtt_snapshot(self) -> dict[str, Any] | None:
+        """The MQTT bridge's connection state and outbox depth; None when MQTT is off."""
+        return self.bridge.snapshot() if self.bridge is not None else None
 
     def _models_in_use(self) -> set[str]:
         """Ids eviction must leave alone beyond the provisioner's own list: running pipelines' models."""
-        return {p.model_id for p in self.streams.list()}
+        return {p.model_id for p in self.pipelines.list()}
 
     def infer(self, loaded: LoadedModel, images: list[np.ndarray], params: InferenceParams,
               source: str | None = None, captured_at: float | None = None,
               inference_id: str | None = None, frame_ids: Sequence[int] | None = None) -> list[Result]:
-        """Run ``images``; with a ``source``, announce each result on the event bus (numbered by
-        ``frame_ids``, else 1, 2, ... per source)."""
-        results = loaded.infer(images, params)
-        self.metrics.images.labels(loaded.model_id).inc(len(images))
-        if source is not None and self.events.active:
-            now = time.time()
-            for i, result in enumerate(results):
-                frame_id = frame_ids[i] if frame_ids is not None else self.events.next_frame_id(source)
-                self.events.publish(PredictionEvent(source, loaded.model_id, frame_id, captured_at or now, now,
-                                                    result, inference_id, images[i]))
-        return results
+        """``Inference.infer``."""
+        return self.inference.infer(loaded, images, params, source, captured_at, inference_id, frame_ids)
 
     def engine_status(self, model_id: str) -> dict[str, Any]:
         """What serves ``model_id`` and where its TensorRT engine stands (state, progress, reason)."""
@@ -248,7 +263,7 @@ class Runtime:
                 "ready": self.ready.is_set(), "readiness": self.readiness_detail,
                 "models_loaded": [m.model_id for m in self.manager.loaded()],
                 "engine": self.engine_choice.backend, "engines": self.engines(),
-                "pipelines": {p.pipeline_id: p.state for p in self.streams.list()},
+                "pipelines": {p.pipeline_id: p.state for p in self.pipelines.list()},
                 "active_learning": self.active_learning.status() if self.active_learning is not None else None}
 
     def telemetry(self) -> dict[str, Any]:
@@ -257,7 +272,7 @@ class Runtime:
             self._system = SystemStats()
         return {"uptime_s": round(time.time() - self.started_at, 3), "version": self.version,
                 "system": self._system.snapshot(), **self.stats.take(),
-                "pipelines": {p.pipeline_id: _pipeline_figures(p.status()) for p in self.streams.list()},
+                "pipelines": {p.pipeline_id: _pipeline_figures(p.status()) for p in self.pipelines.list()},
                 "engines": self.engines(),
                 **({"active_learning": self.active_learning.status()} if self.active_learning is not None else {})}
 
@@ -265,7 +280,7 @@ class Runtime:
         """Why the runtime is not healthy (for the watchdog), or None."""
         if self.bridge is not None and not self.bridge.alive():
             return "the MQTT bridge thread has stopped"
-        pipelines = self.streams.list()
+        pipelines = self.pipelines.list()
         stuck = [p.pipeline_id for p in pipelines if p.stuck()]
         if stuck:
             return f"the thread of pipeline(s) {', '.join(stuck)} has stopped"
@@ -279,7 +294,7 @@ class Runtime:
         self.ready.clear()
         self.stopping.set()
         self.readiness_detail = "stopping"
-        self.streams.stop_all()  # producers first: their last results still reach the bridge
+        self.pipelines.stop_all()  # producers first: their last results still reach the bridge
         if self.active_learning is not None:
             self.active_learning.stop()  # before the bridge: its MQTT uploads go through it
         if self.bridge is not None:

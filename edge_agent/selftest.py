@@ -31,7 +31,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import numpy as np
+
+    from edge_agent.results import Result
+    from edge_agent.settings import Settings
     from engines import Choice
+    from engines.trt_queue import PlanBackend
 
 DEMO_MODELS = ("shapes/1", "shapes-seg/1", "shapes-pose/1", "shapes-cls/1")
 SAMPLE_SHAPES = 6  # objects in the bundled sample image
@@ -60,15 +65,15 @@ def _timed(name: str, fn: Callable[[], tuple[bool | None, str]]) -> Check:
     return Check(name, ok, detail, round(time.monotonic() - t0, 2))
 
 
-def _sample() -> Any:
-    from edge_agent.images import load_image
-    from edge_agent.serving.accelerate_setup import SAMPLE_IMAGE
+def _sample() -> np.ndarray:
+    from edge_agent.images import load_image  # lazy: cv2
+    from edge_agent.serving.accelerate_setup import SAMPLE_IMAGE  # lazy: numpy
 
     return load_image(SAMPLE_IMAGE)
 
 
-def _expected(result: Any) -> tuple[bool, str]:
-    from edge_agent.results import Classification
+def _expected(result: Result) -> tuple[bool, str]:
+    from edge_agent.results import Classification  # lazy: numpy
 
     if isinstance(result, Classification):
         total = float(result.confidence.sum())
@@ -77,15 +82,20 @@ def _expected(result: Any) -> tuple[bool, str]:
     return len(result) == SAMPLE_SHAPES, f"{len(result)} of the sample's {SAMPLE_SHAPES} shapes found"
 
 
-def run(settings: Any, backend: Any = None, models: tuple[str, ...] = DEMO_MODELS,
+def run(settings: Settings, backend: PlanBackend | None = None, models: tuple[str, ...] = DEMO_MODELS,
         report: Callable[[Check], None] = lambda c: None) -> list[Check]:
     """Run every check; ``report`` is called as each ends. ``backend`` replaces TensorRT (tests)."""
-    from edge_agent.params import InferenceParams
-    from edge_agent.serving.accelerate_setup import TensorRTUnavailable, compile_model, offline_accelerator
-    from edge_agent.serving.compare import disagreement
-    from edge_agent.serving.model import Model
-    from edge_agent.store.model_store import ModelStore
-    from engines import choose_backend
+    from edge_agent.params import InferenceParams  # lazy: numpy
+    from edge_agent.serving.accelerate_setup import (  # lazy: numpy, the serving modules
+        TensorRTUnavailable,
+        compile_model,
+        offline_accelerator,
+    )
+    from edge_agent.serving.compare import disagreement  # lazy: numpy
+    from edge_agent.serving.loading import load_stored  # lazy: onnxruntime
+    from edge_agent.serving.model import Model  # lazy: numpy
+    from edge_agent.store.model_store import ModelStore  # lazy: the store
+    from engines import choose_backend  # lazy: onnxruntime
 
     checks: list[Check] = []
 
@@ -106,8 +116,8 @@ def run(settings: Any, backend: Any = None, models: tuple[str, ...] = DEMO_MODEL
     reference: dict[str, Any] = {}
     for model_id in models:
         def ort_check(model_id: str = model_id) -> tuple[bool, str]:
-            model = store.load(model_id, choice.ort_prefs)
-            reference[model_id] = (model, model.infer_arrays([image], params))
+            model = load_stored(store, model_id, choice.ort_prefs)
+            reference[model_id] = (model, model.run([image], params))
             return _expected(reference[model_id][1][0])
         add(_timed(f"onnxruntime {model_id}", ort_check))
 
@@ -132,7 +142,7 @@ def run(settings: Any, backend: Any = None, models: tuple[str, ...] = DEMO_MODEL
             if engine is None:
                 return False, f"not loaded from the cache: {accelerator.status(model_id)}"
             try:
-                results = Model(manifest, engine).infer_arrays([image], params)
+                results = Model(manifest, engine).run([image], params)
             finally:
                 engine.close()
             if accelerator.builds != builds:
@@ -178,29 +188,24 @@ def as_dict(checks: list[Check]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------- why TensorRT is not used
 
 
-def why_no_tensorrt(choice: Choice, setting: str, pycuda_cache: Path,
-                    has_module: Callable[[str], bool] | None = None, system_root: Path = Path("/"),
+def why_no_tensorrt(choice: Choice, setting: str, pycuda_cache: Path, system_root: Path = Path("/"),
                     prefix: Path | None = None, env: Mapping[str, str] | None = None) -> str:
     """The ``tensorrt`` check's text where TensorRT is not used: ``choice.reason``, then one line per
-    missing piece saying what to do (``choose_backend`` stops at the first; the same module test,
-    ``has_module``, and its device probe are reused here for all of them). ``setting`` is
-    ``engine.backend``; ``system_root``, ``prefix`` (the environment, default ``sys.prefix``) and ``env``
-    let tests point at stand-ins."""
-    from engines import _has_module
-
-    has_module = has_module or _has_module
+    missing piece saying what to do (the reason gives the first; ``choice.missing`` names them all).
+    ``setting`` is ``engine.backend``; ``system_root``, ``prefix`` (the environment, default
+    ``sys.prefix``) and ``env`` let tests point at stand-ins."""
     d = choice.device
     if setting == "ort":
         return f"{choice.reason} (engine.backend = \"auto\" uses TensorRT where it is present)"
     if d.jetson_model is None and not d.cuda:
         return NO_GPU  # the "device" check above says what the CUDA driver answered
     lines = [choice.reason, "missing:"]
-    if not has_module("tensorrt"):
+    if "tensorrt" in choice.missing:
         lines.append("- " + _tensorrt_missing(d.jetson_model is not None, system_root, prefix or Path(sys.prefix)))
-    if not has_module("pycuda"):
+    if "pycuda" in choice.missing:
         first, *more = _pycuda_missing(pycuda_cache, system_root, env)
         lines += ["- " + first] + ["  " + line for line in more]
-    if not d.cuda:
+    if "cuda" in choice.missing:
         fix = ("JetPack's nvidia-l4t-cuda provides libcuda; the user running edge-agent needs the video and "
                "render groups" if d.jetson_model else "install the NVIDIA driver; nvidia-smi should list the GPU")
         lines.append(f"- a CUDA GPU that answers: {d.cuda_reason} ({fix})")
@@ -236,7 +241,7 @@ def _tensorrt_missing(jetson: bool, system_root: Path, prefix: Path) -> str:
 
 def _pycuda_missing(cache: Path, system_root: Path, env: Mapping[str, str] | None) -> list[str]:
     """Why pycuda is missing, one line each: the failed build's record, or what building it needs."""
-    from engines import pycuda_build
+    from engines import pycuda_build  # lazy: only on a Jetson
 
     failure = pycuda_build.latest_failure(cache)
     if failure is not None:

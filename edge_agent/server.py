@@ -12,12 +12,22 @@ import logging
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from gunicorn.app.base import BaseApplication
 
 from edge_agent.errors import EdgeAgentError
 from edge_agent.settings import Settings, SystemdEnv
+
+if TYPE_CHECKING:  # built in the worker only: the master stays small
+    from flask import Flask
+
+    from edge_agent.runtime import Runtime
+    from edge_agent.systemd import Monitor, Notifier
+
+# What ``signal.getsignal`` returns: a handler, SIG_DFL/SIG_IGN, or None.
+SignalHandler = Callable[[int, FrameType | None], Any] | int | None
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +38,10 @@ class EdgeAgentServer(BaseApplication):  # type: ignore[misc]
         self.settings = settings
         self.sd_env = sd_env
         self.reread = reread  # SIGHUP: read the configuration again (file, environment, flags)
-        self.notifier: Any = None  # made in the worker (load), which speaks to systemd
-        self.master_notifier: Any = None  # made in the master (when_ready): RELOADING, STOPPING
-        self.runtime: Any = None
-        self.monitor: Any = None
+        self.notifier: Notifier | None = None  # made in the worker (load), which speaks to systemd
+        self.master_notifier: Notifier | None = None  # made in the master (when_ready): RELOADING, STOPPING
+        self.runtime: Runtime | None = None
+        self.monitor: Monitor | None = None
         super().__init__()
 
     def reload(self) -> None:
@@ -53,31 +63,31 @@ class EdgeAgentServer(BaseApplication):  # type: ignore[misc]
         s = self.settings.server
         runtime_holder = self
 
-        def when_ready(arbiter: Any) -> None:
+        def when_ready(arbiter: object) -> None:
             # STOPPING=1 comes from the master, on the signals that stop it: on SIGHUP gunicorn
             # replaces its worker (the new one sends READY=1 again) and systemd must not see a stop.
             if runtime_holder.sd_env.notify_socket is None:
                 return
-            from edge_agent.systemd import Notifier
+            from edge_agent.systemd import Notifier  # lazy: only under systemd
 
             master = runtime_holder.master_notifier = Notifier(runtime_holder.sd_env.notify_socket)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
                 queued = signal.getsignal(sig)
 
-                def on_stop(signum: int, frame: Any, queued: Any = queued) -> None:
+                def on_stop(signum: int, frame: FrameType | None, queued: SignalHandler = queued) -> None:
                     master.notify("STOPPING=1", "STATUS=stopping: finishing in-flight requests")
                     if callable(queued):
                         queued(signum, frame)
 
                 signal.signal(sig, on_stop)
 
-        def post_worker_init(worker: Any) -> None:
+        def post_worker_init(worker: object) -> None:
             # Long-lived responses (the MJPEG preview) end as soon as the worker is told to stop, not at
             # graceful_timeout: the runtime's ``stopping`` is set before gunicorn's own handler runs.
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
                 queued = signal.getsignal(sig)
 
-                def on_stop(signum: int, frame: Any, queued: Any = queued) -> None:
+                def on_stop(signum: int, frame: FrameType | None, queued: SignalHandler = queued) -> None:
                     if runtime_holder.runtime is not None:
                         runtime_holder.runtime.stopping.set()
                     if callable(queued):
@@ -85,7 +95,7 @@ class EdgeAgentServer(BaseApplication):  # type: ignore[misc]
 
                 signal.signal(sig, on_stop)
 
-        def worker_exit(server: Any, worker: Any) -> None:
+        def worker_exit(server: object, worker: object) -> None:
             if runtime_holder.monitor is not None:
                 runtime_holder.monitor.stop()
             if runtime_holder.runtime is not None:
@@ -113,18 +123,19 @@ class EdgeAgentServer(BaseApplication):  # type: ignore[misc]
         for key, value in options.items():
             self.cfg.set(key, value)
 
-    def load(self) -> Any:
+    def load(self) -> Flask:
         """Called in the worker: build the runtime there, so that it owns the models."""
-        from edge_agent.http.app import create_app
-        from edge_agent.runtime import Runtime
-        from edge_agent.systemd import Monitor, Notifier
+        # The web stack, the models and their engines load in the worker, never in the master.
+        from edge_agent.http.app import create_app  # lazy: flask
+        from edge_agent.runtime import Runtime  # lazy: numpy, onnxruntime
+        from edge_agent.systemd import Monitor, Notifier  # lazy: urllib.request
 
-        self.notifier = Notifier(self.sd_env.notify_socket)
-        self.runtime = Runtime(self.settings)
-        app = create_app(self.runtime)
-        self.runtime.start()
-        self.monitor = Monitor(self.runtime, self.notifier, self.sd_env.watchdog_usec)
-        self.monitor.start()
+        notifier = self.notifier = Notifier(self.sd_env.notify_socket)
+        runtime = self.runtime = Runtime(self.settings)
+        app = create_app(runtime.http_services())
+        runtime.start()
+        monitor = self.monitor = Monitor(runtime, self.settings.server, notifier, self.sd_env.watchdog_usec)
+        monitor.start()
         return app
 
 

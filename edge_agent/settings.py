@@ -30,19 +30,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, FilePath, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, FilePath, SecretStr, TypeAdapter, ValidationError, model_validator
 
-from edge_agent.errors import EdgeAgentError
+from edge_agent.errors import ConfigError
+from edge_agent.pipeline_spec import PipelineSpec
+from edge_agent.sampling_strategies import Strategy
 from engines import EnginePrefs
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 (JetPack 6)
+    import tomli as tomllib
 
 PREFIX = "EDGE_AGENT_"
 DEFAULT_CONFIG = Path("/etc/edge-agent/config.toml")
-
-
-class ConfigError(EdgeAgentError):
-    """The configuration cannot be used; the message names the key and its source."""
-
-    code = "config_error"
 
 
 def _is_root() -> bool:
@@ -94,10 +95,6 @@ class EngineSettings(_Section):
         if self.opt_batch > self.max_batch:
             raise ValueError(f"opt_batch ({self.opt_batch}) must not exceed max_batch ({self.max_batch})")
         return self
-
-    def prefs(self) -> EnginePrefs:
-        return EnginePrefs(self.backend, self.providers, self.intra_op_threads, self.inter_op_threads,
-                           self.max_batch)
 
 
 class ServerSettings(_Section):
@@ -188,38 +185,48 @@ class MqttSettings(_Section):
         return self.tls or self.tls_ca_file is not None or self.tls_cert_file is not None
 
 
+def _first_error(exc: ValidationError, what: str) -> str:
+    """The first problem pydantic found in one table of a list, as ``<field>: <message>``."""
+    err = exc.errors(include_url=False)[0]
+    return f"{'.'.join(str(p) for p in err['loc']) or what}: {err['msg']}"
+
+
 class PipelinesSettings(_Section):
     """Pipelines the daemon starts itself (``[[pipelines.streams]]`` tables, docs/http.md#pipelines)."""
 
-    streams: tuple[Any, ...] = Field((), description="each: model_id, video_reference, pipeline_id, ...")
+    streams: tuple[PipelineSpec, ...] = Field((), description="each: model_id, video_reference, pipeline_id, ...")
 
-    @model_validator(mode="after")
-    def _specs(self) -> PipelinesSettings:
-        from edge_agent.pipelines.manager import PipelineSpec
-
+    @model_validator(mode="before")
+    @classmethod
+    def _specs(cls, data: Any) -> Any:
+        """Each table validated as a ``PipelineSpec`` here, so that a problem names its table:
+        ``[pipelines]: streams[1].model_id: ...``."""
+        if not isinstance(data, dict) or not isinstance(data.get("streams"), (list, tuple)):
+            return data
         specs = []
-        for i, item in enumerate(self.streams):
+        for i, item in enumerate(data["streams"]):
             try:
                 spec = item if isinstance(item, PipelineSpec) else PipelineSpec.model_validate(item)
             except ValidationError as exc:
-                err = exc.errors(include_url=False)[0]
-                where = ".".join(str(p) for p in err["loc"]) or "stream"
-                raise ValueError(f"streams[{i}].{where}: {err['msg']}") from None
+                raise ValueError(f"streams[{i}].{_first_error(exc, 'stream')}") from None
             if spec.pipeline_id is None:
                 raise ValueError(f"streams[{i}]: a declared pipeline needs a pipeline_id")
             specs.append(spec)
         ids = [s.pipeline_id for s in specs]
         if len(set(ids)) != len(ids):
             raise ValueError("streams: pipeline_id values must differ")
-        object.__setattr__(self, "streams", tuple(specs))
-        return self
+        return {**data, "streams": tuple(specs)}
+
+
+_STRATEGY: TypeAdapter[Strategy] = TypeAdapter(Strategy)
 
 
 class ActiveLearningSettings(_Section):
     """Sampling frames for labelling and uploading them (docs/active-learning.md)."""
 
     enabled: bool = False
-    strategies: tuple[Any, ...] = Field((), description="[[active_learning.strategies]] tables (Roboflow's types)")
+    strategies: tuple[Strategy, ...] = Field((), description="[[active_learning.strategies]] tables (Roboflow's "
+                                                            "types)")
     sample_http_requests: bool = Field(False, description="also sample the images of HTTP inference requests")
     targets: tuple[Literal["folder", "http", "mqtt"], ...] = Field(("folder",), description="where samples go")
     folder: Path | None = Field(None, description="YOLO data set (default <state>/dataset)")
@@ -240,26 +247,26 @@ class ActiveLearningSettings(_Section):
     retry_min_s: float = Field(5.0, gt=0)
     retry_max_s: float = Field(600.0, gt=0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _strategies(cls, data: Any) -> Any:
+        """Each table validated as a strategy here, so that a problem names its table:
+        ``[active_learning]: strategies[0].threshold: ...``."""
+        if not isinstance(data, dict) or not isinstance(data.get("strategies"), (list, tuple)):
+            return data
+        specs = []
+        for i, item in enumerate(data["strategies"]):
+            try:
+                specs.append(_STRATEGY.validate_python(item))
+            except ValidationError as exc:
+                raise ValueError(f"strategies[{i}].{_first_error(exc, 'strategy')}") from None
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise ValueError("strategies: names must differ (limits are counted per name)")
+        return {**data, "strategies": tuple(specs)}
+
     @model_validator(mode="after")
     def _check(self) -> ActiveLearningSettings:
-        if self.strategies:
-            from pydantic import TypeAdapter
-
-            from edge_agent.active_learning.sampling import Strategy
-
-            adapter: TypeAdapter[Any] = TypeAdapter(Strategy)
-            specs = []
-            for i, item in enumerate(self.strategies):
-                try:
-                    specs.append(adapter.validate_python(item))
-                except ValidationError as exc:
-                    err = exc.errors(include_url=False)[0]
-                    where = ".".join(str(p) for p in err["loc"]) or "strategy"
-                    raise ValueError(f"strategies[{i}].{where}: {err['msg']}") from None
-            names = [s.name for s in specs]
-            if len(set(names)) != len(names):
-                raise ValueError("strategies: names must differ (limits are counted per name)")
-            object.__setattr__(self, "strategies", tuple(specs))
         if self.enabled and not self.strategies:
             raise ValueError("enabled without strategies: add [[active_learning.strategies]]")
         if self.enabled and not self.targets:
@@ -323,7 +330,15 @@ class Settings(_Section):
 
     @property
     def engine_prefs(self) -> EnginePrefs:
-        return self.engine.prefs()
+        """The one engine configuration (``engines.EnginePrefs``): the [engine] section, and the
+        dynamic batching of [server]."""
+        e, s = self.engine, self.server
+        return EnginePrefs(
+            backend=e.backend, providers=e.providers, intra_op_threads=e.intra_op_threads,
+            inter_op_threads=e.inter_op_threads, max_batch=e.max_batch, opt_batch=e.opt_batch, precision=e.precision,
+            dla_core=e.dla_core, build_engines=e.build_engines, workspace_mb=e.workspace_mb,
+            calibration_frames=e.calibration_frames, batching={"on": True, "off": False}.get(s.batching),
+            batching_max_batch=s.max_batch, batching_max_delay_ms=s.max_queue_delay_ms, batching_max_queue=s.max_queue)
 
     @classmethod
     def defaults(cls, state_dir: Path, cache_dir: Path | None = None) -> Settings:
@@ -363,10 +378,6 @@ def _default_paths(env: Mapping[str, str]) -> dict[str, str]:
 
 
 def _read_toml(path: Path) -> tuple[dict[str, Any], str]:
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - Python 3.10 (JetPack 6)
-        import tomli as tomllib
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:

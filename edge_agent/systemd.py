@@ -8,6 +8,7 @@ does nothing. The gunicorn worker sends the notifications, so the unit needs ``N
 really answers a request, it sends ``READY=1``; then, every half ``WatchdogSec``, it checks that the
 runtime works (the port answers and a loaded model runs an inference) and only then sends
 ``WATCHDOG=1``, so a wedged daemon is restarted by systemd rather than pinged forever by a thread.
+It reads the daemon through ``Watched`` (the ``Runtime`` provides it), never the runtime as a whole.
 """
 
 from __future__ import annotations
@@ -19,8 +20,14 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from edge_agent.params import InferenceParams
+
+if TYPE_CHECKING:  # the gunicorn master imports this module and stays small
+    from edge_agent.serving.manager import LoadedModel
+    from edge_agent.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +43,7 @@ class Notifier:
         if self.socket_path is None:
             return
         try:
-            from systemd import daemon  # type: ignore[import-not-found,attr-defined,unused-ignore]
+            from systemd import daemon  # type: ignore[import-not-found,attr-defined,unused-ignore]  # lazy: optional
         except ImportError:
             self._send, self.via = self._datagram, "socket"
             return
@@ -83,13 +90,36 @@ def probe_host(host: str) -> str:
     return host
 
 
+class Watched(Protocol):
+    """What the monitor reads of the running daemon."""
+
+    @property
+    def ready(self) -> threading.Event: ...
+
+    @property
+    def readiness_detail(self) -> str: ...
+
+    def healthy(self) -> str | None:
+        """Why the daemon is not healthy, or None."""
+
+    def building(self) -> str | None:
+        """A line on the engine build in progress, if any."""
+
+    def loaded_models(self) -> Sequence[LoadedModel]:
+        """The loaded models, the most recently used last."""
+
+    def mqtt_snapshot(self) -> dict[str, Any] | None:
+        """``connected`` and ``outbox_depth`` of the MQTT bridge; None when MQTT is off."""
+
+
 class Monitor:
     """READY=1 once really serving, then WATCHDOG=1 only while the runtime works; STATUS= lines."""
 
-    def __init__(self, runtime: Any, notifier: Notifier, watchdog_usec: int | None) -> None:
-        self.runtime = runtime
+    def __init__(self, watched: Watched, server: ServerSettings, notifier: Notifier,
+                 watchdog_usec: int | None) -> None:
+        self.watched = watched
+        self.server = server
         self.notifier = notifier
-        server = runtime.settings.server
         host = probe_host(server.host)
         self.url = f"http://{'[' + host + ']' if ':' in host else host}:{server.port}/healthz"
         self.interval = watchdog_usec / 2e6 if watchdog_usec else None
@@ -104,22 +134,21 @@ class Monitor:
         self._stop.set()
 
     def status(self) -> str:
-        models = [m.model_id for m in self.runtime.manager.loaded()]
-        server = self.runtime.settings.server
-        state = self.runtime.readiness_detail
+        models = [m.model_id for m in self.watched.loaded_models()]
+        server = self.server
+        state = self.watched.readiness_detail
         text = (f"STATUS={state}; HTTP on {server.host}:{server.port}; "
                 f"models loaded: {', '.join(models) if models else 'none'}")
-        building = self.runtime.building()
+        building = self.watched.building()
         if building:
             text += f"; {building}"
-        bridge = getattr(self.runtime, "bridge", None)
-        if bridge is not None:
-            snap = bridge.snapshot()
+        snap = self.watched.mqtt_snapshot()
+        if snap is not None:
             text += f"; MQTT {'connected' if snap['connected'] else 'disconnected'}, outbox {snap['outbox_depth']}"
         return text
 
     def _runtime_ok(self) -> bool:
-        why = self.runtime.healthy()
+        why = self.watched.healthy()
         if why is not None:
             log.error("watchdog: %s", why)
         return why is None
@@ -133,16 +162,14 @@ class Monitor:
 
     def _inference_ok(self) -> bool:
         """A loaded model runs a small image end to end (no model loaded: nothing to prove)."""
-        import numpy as np
+        import numpy as np  # lazy: numpy, kept out of the gunicorn master
 
-        from edge_agent.params import InferenceParams
-
-        loaded = self.runtime.manager.loaded()
+        loaded = self.watched.loaded_models()
         if not loaded:
             return True
         try:
             # The model itself, not LoadedModel.infer: the probe stays out of the batcher and the metrics.
-            loaded[-1].model.infer_arrays([np.zeros((32, 32, 3), np.uint8)], InferenceParams())
+            loaded[-1].model.run([np.zeros((32, 32, 3), np.uint8)], InferenceParams())
             return True
         except Exception as exc:
             log.error("watchdog: inference on %s failed: %s", loaded[-1].model_id, exc)
@@ -151,7 +178,7 @@ class Monitor:
     def _run(self) -> None:
         self.notifier.notify(self.status())
         while not self._stop.is_set():  # READY=1 only when models are loaded and the port answers
-            if self.runtime.ready.is_set() and self._http_ok():
+            if self.watched.ready.is_set() and self._http_ok():
                 break
             self._stop.wait(0.1)
         else:
@@ -196,7 +223,7 @@ def setup_logging(under_journal: bool, level: int = logging.INFO) -> None:
         root.removeHandler(handler)
     if under_journal:
         try:
-            from systemd.journal import JournalHandler  # type: ignore[import-not-found,unused-ignore]
+            from systemd.journal import JournalHandler  # type: ignore[import-not-found,unused-ignore]  # lazy: optional
 
             root.addHandler(JournalHandler(SYSLOG_IDENTIFIER="edge-agent"))
             return

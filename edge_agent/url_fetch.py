@@ -1,5 +1,5 @@
 """Fetching an image over HTTP(S) under a policy: scheme, host lists, address ranges, redirects,
-a total timeout and a size cap (spec §9.2).
+a total timeout and a size cap (docs/http-api.md §9.2).
 
 The connection goes to the address that was checked (no second DNS lookup an attacker could
 rebind), proxies from the environment are never used, and every redirect hop is checked again.

@@ -1,12 +1,14 @@
-"""Drawing results on the image (boxes, mask outlines, keypoints, labels) with OpenCV's primitives.
+"""Drawing results on the image (boxes, mask outlines, keypoints, labels) with OpenCV's primitives,
+and encoding the drawn image as JPEG (HTTP's visualisation, the pipelines' live preview).
 
-Colours: the model's ``COLORS`` by class name, else the spec §4.7 palette by class index.
+Colours: the model's ``COLORS`` by class name, else the docs/http-api.md §4.7 palette by class index.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from edge_agent.errors import EdgeAgentError
 from edge_agent.results import Classification, Detections, Result
 
 PALETTE = ("#4892EA", "#00EEC3", "#FE4EF0", "#F4004E", "#FA7200", "#EEEE17", "#90FF00", "#78C1D2", "#8C29FF")
@@ -25,7 +27,7 @@ def colour_for(class_id: int, name: str, colours: dict[str, str] | None = None) 
 
 
 def _label(canvas: np.ndarray, text: str, x: int, y: int, colour: tuple[int, int, int]) -> None:
-    import cv2
+    import cv2  # lazy: cv2
 
     font, scale, thick = cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1
     (tw, th), base = cv2.getTextSize(text, font, scale, thick)
@@ -39,7 +41,7 @@ def _label(canvas: np.ndarray, text: str, x: int, y: int, colour: tuple[int, int
 def draw(image: np.ndarray, result: Result, labels: bool = True, stroke: int = 2,
          colours: dict[str, str] | None = None) -> np.ndarray:
     """A copy of ``image`` (BGR) with ``result`` drawn on it."""
-    import cv2
+    import cv2  # lazy: cv2
 
     canvas: np.ndarray = image.copy()
     if isinstance(result, Classification):
@@ -69,3 +71,13 @@ def draw(image: np.ndarray, result: Result, labels: bool = True, stroke: int = 2
         if labels:
             _label(canvas, f"{name} {result.confidence[k]:.2f}", x1, y1, colour)
     return canvas
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
+    """A BGR image as a JPEG file's bytes."""
+    import cv2  # lazy: cv2
+
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:  # pragma: no cover - OpenCV encodes any uint8 BGR image
+        raise EdgeAgentError(f"OpenCV could not encode a {image.shape} {image.dtype} image as JPEG")
+    return bytes(buf)

@@ -4,9 +4,12 @@ This package owns running a model file on a runtime. It never imports ``edge_age
 no runtime at import time: each back-end module imports its runtime inside its constructor, so an
 ARM CPU box never loads TensorRT and ``import engines`` stays cheap.
 
-``choose_backend(prefs)`` is the one place that decides between TensorRT (plans built from the ONNX
-and cached, ``engines.trt``/``trt_build``/``cache``) and ONNX Runtime, and says why;
-``select_engine(model_path, prefs)`` loads an ONNX file on an ONNX-file back-end (ONNX Runtime).
+``BACKENDS`` is the table of back-ends, in the order they are preferred: TensorRT, which runs plans
+built from the ONNX file and cached (``engines.trt_queue``: the back-end, the key and the build queue;
+``trt``, ``trt_build``, ``cache``), then ONNX Runtime, which loads the ONNX file itself.
+``choose_backend(prefs)`` walks the table and is the one place that decides which serves, and says
+why; ``plan_backend(choice)`` gives the chosen plan back-end; ``select_engine(model_path, prefs)``
+loads an ONNX file on an ONNX-file back-end.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from engines.device import DeviceInfo, probe
 
 __all__ = [
     "BACKENDS",
+    "BackendEntry",
     "Choice",
     "DeviceInfo",
     "Engine",
@@ -43,47 +47,82 @@ __all__ = [
     "TensorSpec",
     "choose_backend",
     "inspect_model",
+    "plan_backend",
     "select_engine",
 ]
 
 if TYPE_CHECKING:
     from engines.ort import ModelInfo
+    from engines.trt_queue import PlanBackend
 
 log = logging.getLogger(__name__)
 
-# Back-ends that load an ONNX file directly: name -> (module, class), in the order backend="auto" tries
-# them. TensorRT is not among them: it runs plans built from the ONNX (``choose_backend``).
-BACKENDS: dict[str, tuple[str, str]] = {
-    "ort": ("engines.ort", "OrtEngine"),
+
+@dataclass(frozen=True)
+class BackendEntry:
+    """One row of ``BACKENDS``.
+
+    label: what serves, as statuses and ``Choice.backend`` name it.
+    runs: "onnx" (the back-end loads the ONNX file: ``attr`` is an ``Engine`` class taking
+        ``(path, prefs)``) or "plan" (it runs plans built from the ONNX file: ``attr`` is a
+        ``trt_queue.PlanBackend`` class taking the ``DeviceInfo``).
+    needs: the modules it imports, each with what to say when it cannot be; gpu: it needs a CUDA GPU.
+    """
+
+    label: str
+    title: str  # for people: "TensorRT"
+    runs: str
+    module: str
+    attr: str
+    needs: tuple[tuple[str, str], ...] = ()
+    gpu: bool = False
+
+    def unmet(self, device: DeviceInfo, has_module: Callable[[str], bool]) -> list[tuple[str, str]]:
+        """What this machine lacks for the back-end, every piece: (name, why) with name a module or
+        "cuda" (a GPU that answers). Nothing is imported to find out."""
+        missing = [(name, why) for name, why in self.needs if not has_module(name)]
+        if self.gpu and not device.cuda:
+            missing.append(("cuda", f"no CUDA GPU answers: {device.cuda_reason}"))
+        return missing
+
+
+# The back-ends, keyed by the name ``engine.backend`` gives them, in the order they are preferred.
+BACKENDS: dict[str, BackendEntry] = {
+    "trt": BackendEntry("tensorrt", "TensorRT", "plan", "engines.trt_queue", "TrtBackend",
+                        needs=(("tensorrt", "TensorRT's Python bindings (tensorrt) are not installed"),
+                               ("pycuda", "pycuda is not installed (pip install 'edge-agent[jetson]')")),
+                        gpu=True),
+    "ort": BackendEntry("onnxruntime", "ONNX Runtime", "onnx", "engines.ort", "OrtEngine"),
 }
 
 
-def _load_backend(name: str) -> type:
+def _engine_class(name: str) -> Callable[[Path, EnginePrefs], Engine]:
     try:
-        module_name, class_name = BACKENDS[name]
+        row = BACKENDS[name]
     except KeyError:
         raise EngineUnavailable(
             f"unknown engine back-end {name!r}; known: {', '.join(BACKENDS)}"
         ) from None
-    module = importlib.import_module(module_name)
-    return getattr(module, class_name)  # type: ignore[no-any-return]
+    if row.runs != "onnx":
+        raise EngineUnavailable(f"engine back-end {name!r} runs plans built from the ONNX file, not the file "
+                                "itself (engines.trt_queue)")
+    engine_class: Callable[[Path, EnginePrefs], Engine] = getattr(importlib.import_module(row.module), row.attr)
+    return engine_class
 
 
 def select_engine(model_path: str | Path, prefs: EnginePrefs | None = None) -> Engine:
     """Load ``model_path`` on the best back-end that ``prefs`` allow.
 
-    With ``backend="auto"`` each back-end of the table is tried in order; one that reports
+    With ``backend="auto"`` each ONNX-file back-end of the table is tried in order; one that reports
     ``EngineUnavailable`` is skipped (and why is logged), while an ``EngineLoadError`` (a bad model)
     is raised at once, since another runtime would not fix the file.
     """
     prefs = prefs or EnginePrefs()
-    names = list(BACKENDS) if prefs.backend == "auto" else [prefs.backend]
+    names = [n for n, row in BACKENDS.items() if row.runs == "onnx"] if prefs.backend == "auto" else [prefs.backend]
     reasons: list[str] = []
     for name in names:
         try:
-            backend = _load_backend(name)
-            engine: Engine = backend(Path(model_path), prefs)
-            return engine
+            return _engine_class(name)(Path(model_path), prefs)
         except EngineUnavailable as exc:
             reasons.append(f"{name}: {exc}")
             log.info("engine back-end %s unavailable: %s", name, exc)
@@ -92,7 +131,7 @@ def select_engine(model_path: str | Path, prefs: EnginePrefs | None = None) -> E
 
 def inspect_model(model_path: str | Path) -> ModelInfo:
     """Describe an ONNX file (inputs, outputs, metadata_props) without building a serving engine."""
-    from engines.ort import inspect
+    from engines.ort import inspect  # lazy: numpy and onnxruntime (engines.ort)
 
     return inspect(Path(model_path))
 
@@ -101,15 +140,18 @@ def inspect_model(model_path: str | Path) -> ModelInfo:
 class Choice:
     """The back-end this machine serves with, and why.
 
-    backend: "tensorrt" (ONNX Runtime serves each model until its plan is built and checked) or
-    "onnxruntime". ``ort_prefs`` are the preferences for ONNX Runtime, with the CUDA provider added
-    where it and a GPU are present.
+    backend: the label of the row chosen: "tensorrt" (ONNX Runtime serves each model until its plan is
+    built and checked) or "onnxruntime". ``ort_prefs`` are the preferences for ONNX Runtime, with the
+    CUDA provider added where it and a GPU are present. ``missing`` names every piece the back-ends
+    preferred over ONNX Runtime lack here ("tensorrt", "pycuda", "cuda"), not only the first that
+    ``reason`` gives.
     """
 
     backend: str
     reason: str
     device: DeviceInfo
     ort_prefs: EnginePrefs
+    missing: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, object]:
         return {"backend": self.backend, "reason": self.reason, "onnxruntime_providers": list(self.ort_prefs.providers),
@@ -124,7 +166,7 @@ def _has_module(name: str) -> bool:
 
 
 def _ort_providers() -> list[str]:
-    import onnxruntime
+    import onnxruntime  # lazy: onnxruntime
 
     return list(onnxruntime.get_available_providers())
 
@@ -132,8 +174,9 @@ def _ort_providers() -> list[str]:
 def choose_backend(prefs: EnginePrefs | None = None, device: DeviceInfo | None = None,
                    has_module: Callable[[str], bool] = _has_module,
                    ort_providers: Callable[[], list[str]] = _ort_providers) -> Choice:
-    """TensorRT where ``prefs.backend`` allows it, its bindings and pycuda import and a CUDA GPU
-    answers; otherwise ONNX Runtime with its CUDA provider where present, else the CPU.
+    """The first plan back-end of ``BACKENDS`` (TensorRT) that ``prefs.backend`` allows and this
+    machine has all of (its modules import, a CUDA GPU answers); otherwise ONNX Runtime with its CUDA
+    provider where present, else the CPU.
 
     Nothing is imported to decide (``find_spec`` and the CUDA driver through ctypes), so the check
     is cheap on a CPU-only box. A ``backend = "trt"`` that cannot be honoured falls back to ONNX
@@ -141,15 +184,6 @@ def choose_backend(prefs: EnginePrefs | None = None, device: DeviceInfo | None =
     """
     prefs = prefs or EnginePrefs()
     device = device or probe()
-    missing = None
-    if prefs.backend not in ("auto", "trt"):
-        missing = f"engine.backend is {prefs.backend!r}"
-    elif not has_module("tensorrt"):
-        missing = "TensorRT's Python bindings (tensorrt) are not installed"
-    elif not has_module("pycuda"):
-        missing = "pycuda is not installed (pip install 'edge-agent[jetson]')"
-    elif not device.cuda:
-        missing = f"no CUDA GPU answers: {device.cuda_reason}"
     providers = tuple(prefs.providers)
     if not providers and device.cuda:
         try:
@@ -159,10 +193,33 @@ def choose_backend(prefs: EnginePrefs | None = None, device: DeviceInfo | None =
             pass
     ort_prefs = replace(prefs, backend="ort", providers=providers)
     serving = "ONNX Runtime on " + (", ".join(providers) + " then CPU" if providers else "the CPU")
-    if missing is None:
-        return Choice("tensorrt", f"TensorRT on {device.gpu_name} (compute capability "
-                      f"{device.compute_capability}); {serving} while an engine builds", device, ort_prefs)
-    reason = f"TensorRT not used: {missing}; {serving}"
-    level = logging.WARNING if prefs.backend == "trt" else logging.INFO
+    not_used: list[str] = []
+    missing: list[str] = []
+    for name, row in BACKENDS.items():
+        if row.runs != "plan":
+            continue
+        unmet = row.unmet(device, has_module)
+        missing += [piece for piece, _ in unmet]
+        if prefs.backend not in ("auto", name):
+            not_used.append(f"{row.title} not used: engine.backend is {prefs.backend!r}")
+        elif unmet:
+            not_used.append(f"{row.title} not used: {unmet[0][1]}")
+        else:
+            return Choice(row.label, f"{row.title} on {device.gpu_name} (compute capability "
+                          f"{device.compute_capability}); {serving} while an engine builds", device, ort_prefs,
+                          tuple(missing))
+    reason = "; ".join([*not_used, serving])
+    asked = BACKENDS.get(prefs.backend)  # a plan back-end asked for by name and not used: a warning
+    level = logging.WARNING if asked is not None and asked.runs == "plan" else logging.INFO
     log.log(level, "engine back-end: %s", reason)
-    return Choice("onnxruntime", reason, device, ort_prefs)
+    return Choice("onnxruntime", reason, device, ort_prefs, tuple(missing))
+
+
+def plan_backend(choice: Choice) -> PlanBackend | None:
+    """The plan back-end ``choice`` chose (``trt_queue.TrtBackend`` for TensorRT), or None where an
+    ONNX-file back-end serves."""
+    row = next((r for r in BACKENDS.values() if r.label == choice.backend and r.runs == "plan"), None)
+    if row is None:
+        return None
+    backend_class: Callable[[DeviceInfo], PlanBackend] = getattr(importlib.import_module(row.module), row.attr)
+    return backend_class(choice.device)

@@ -3,14 +3,19 @@
 An engine takes one pre-processed input batch and returns the raw output tensors. It knows nothing
 about images, tasks or classes: that belongs to the task heads in ``edge_agent.heads``.
 
-Error tree (everything an engine raises is one of these, with the runtime's exception chained); it is
+Error tree (everything ``engines`` raises is one of these, with the runtime's exception chained); it is
 the ``EngineError`` branch of the project's one tree, drawn in ``edge_agent/errors.py``::
 
-    EdgeAgentError          the root of every error edge-agent raises
+    EdgeAgentError              the root of every error edge-agent raises
     └── EngineError
-    ├── EngineUnavailable   the runtime is not installed or no device answers (choose another back-end)
-    ├── EngineLoadError     the model file could not be loaded by this runtime (corrupt or unsupported)
-    └── EngineRunError      a run failed (bad input shape, out of memory, device error)
+        ├── EngineUnavailable   the runtime is not installed or no device answers (choose another back-end)
+        │   └── TensorRTUnavailable   (edge_agent.serving.accelerate_setup) no TensorRT here to build with
+        ├── EngineLoadError     the model file could not be loaded by this runtime (corrupt or unsupported)
+        ├── EngineRunError      a run failed (bad input shape, out of memory, device error)
+        ├── BuildFailed         (engines.trt_build) a TensorRT build or its check produced no usable plan
+        ├── BuildOutdated       (engines.trt_queue) the model was replaced while its plan was built: not a failure
+        └── PycudaBuildError    (engines.pycuda_build) the pycuda wheel could not be built
+            └── BuildSkipped    an earlier build failed with the same prerequisites
 
 This module imports nothing outside the standard library.
 """
@@ -94,12 +99,31 @@ class Engine(Protocol):
 
 @dataclass(frozen=True)
 class EnginePrefs:
-    """What the caller would like; the selector decides what it gets.
+    """The one engine configuration: what the caller would like; ``engines.choose_backend`` decides
+    what it gets. Built from the settings file in one place (``edge_agent.settings.Settings.engine_prefs``).
 
+    Runtime choice and ONNX Runtime:
     backend: "auto" (best available), or a name from ``engines.BACKENDS``.
     providers: ONNX Runtime execution providers to try in order before the CPU, e.g. ("cuda",).
     intra_op_threads / inter_op_threads: 0 lets the runtime choose (all physical cores).
-    max_batch: the cap used when a model's batch axis is dynamic.
+    max_batch: the cap used when a model's batch axis is dynamic; the TensorRT profile's largest batch.
+
+    TensorRT (``engines.trt_queue``):
+    opt_batch: the batch size TensorRT tunes its kernels for (the profile's optimum).
+    precision: "fp16" (fp32 on GPUs without fast FP16), "fp32" or "int8".
+    dla_core: build for this DLA core, with GPU fallback; None: the GPU.
+    build_engines: build missing plans in the background.
+    workspace_mb: the builder's workspace; 0 derives it from free memory.
+    calibration_frames: INT8: how many frames calibrate.
+
+    Dynamic batching (``edge_agent.serving.batching``), the queue that gathers concurrent callers' images:
+    batching: on, off, or None (auto): batch on GPU engines, not on the CPU. On the CPU, ONNX Runtime
+        already spreads one image over every core, a batch costs about the same per image as single runs,
+        and the arena grows to the largest batch: bench/http.py measured lower throughput (0.64x vs 0.72x
+        of bare ONNX Runtime with 4 clients) and ~70 MB more peak RSS with batching on.
+    batching_max_batch: images in one batched run (also capped by the engine's own maximum).
+    batching_max_delay_ms: how long a batch waits for more images.
+    batching_max_queue: images waiting at most; beyond, callers are told to retry (``Overloaded``).
     """
 
     backend: str = "auto"
@@ -107,3 +131,13 @@ class EnginePrefs:
     intra_op_threads: int = 0
     inter_op_threads: int = 0
     max_batch: int = 8
+    opt_batch: int = 1
+    precision: str = "fp16"
+    dla_core: int | None = None
+    build_engines: bool = True
+    workspace_mb: int = 0
+    calibration_frames: int = 64
+    batching: bool | None = None
+    batching_max_batch: int = 8
+    batching_max_delay_ms: float = 0.0
+    batching_max_queue: int = 64

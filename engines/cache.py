@@ -73,7 +73,8 @@ class Lookup:
     rejected: str | None = None  # why an entry that was there was thrown away
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file, read in chunks of 1 MiB."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(1 << 20):
@@ -89,7 +90,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` to ``path`` atomically: a temp file beside it, fsync, rename, fsync the folder."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -158,7 +160,7 @@ class EngineCache:
             return "the plan file is missing"
         if size != want.get("bytes"):
             return f"the plan has {size} bytes, the sidecar says {want.get('bytes')} (truncated or replaced)"
-        if _sha256(plan) != want.get("sha256"):
+        if sha256_file(plan) != want.get("sha256"):
             return "the plan's sha256 does not match the sidecar (corrupt)"
         return None
 
@@ -171,23 +173,23 @@ class EngineCache:
         finally:
             os.close(fd)
         sidecar = {"format": FORMAT, "key": key.fields(),
-                   "plan": {"file": plan.name, "bytes": built_plan.stat().st_size, "sha256": _sha256(built_plan)},
+                   "plan": {"file": plan.name, "bytes": built_plan.stat().st_size, "sha256": sha256_file(built_plan)},
                    "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **meta}
         sidecar_path.unlink(missing_ok=True)  # from here until the new sidecar lands, the entry is absent
         os.replace(built_plan, plan)
         _fsync_dir(self.root)
-        _write_json(sidecar_path, sidecar)
+        write_json(sidecar_path, sidecar)
         return CacheEntry(key, plan, sidecar)
 
     def annotate(self, entry: CacheEntry, **meta: Any) -> None:
         """Add fields to an entry's sidecar (the verification result), atomically."""
         entry.sidecar.update(meta)
-        _write_json(self.paths(entry.key)[1], entry.sidecar)
+        write_json(self.paths(entry.key)[1], entry.sidecar)
 
     def mark_failed(self, key: EngineKey, reason: str) -> None:
         """Remember that building ``key`` failed, so that it is not retried on every start."""
         self.root.mkdir(parents=True, exist_ok=True)
-        _write_json(self.root / f"{key.digest}.failed", {"format": FORMAT, "key": key.fields(), "reason": reason,
+        write_json(self.root / f"{key.digest}.failed", {"format": FORMAT, "key": key.fields(), "reason": reason,
                                                          "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
 
     def failure(self, key: EngineKey) -> str | None:

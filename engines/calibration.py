@@ -1,8 +1,9 @@
 """INT8 calibration: TensorRT's entropy calibrator fed with pre-processed frames from a ``.npy`` file.
 
 The daemon prepares the frames (a folder of images or the active-learning spool, pre-processed the
-way the model expects, see ``edge_agent.serving.accelerate``) into one ``(N, 3, H, W)`` float32 file;
-the build process memory-maps it and hands TensorRT one batch at a time through a device buffer.
+way the model expects, see ``edge_agent.serving.accelerate``); the build queue (``engines.trt_queue``)
+writes them into one ``(N, 3, H, W)`` float32 file; the build process memory-maps it and hands
+TensorRT one batch at a time through a device buffer.
 TensorRT's calibration cache is kept beside the engine cache, so a rebuild for another batch profile
 does not calibrate again.
 """
@@ -16,12 +17,12 @@ import numpy as np
 
 
 def load_frames(path: Path) -> np.ndarray:
-    frames = np.load(path, mmap_mode="r")
+    frames: np.ndarray = np.load(path, mmap_mode="r")
     if frames.ndim != 4 or frames.shape[1] != 3 or frames.dtype != np.float32:
         raise ValueError(f"{path}: calibration frames must be (N, 3, H, W) float32, got {frames.shape} {frames.dtype}")
     if len(frames) == 0:
         raise ValueError(f"{path}: no calibration frames")
-    return frames  # type: ignore[no-any-return]
+    return frames
 
 
 def make_calibrator(trt: Any, cuda: Any, frames: np.ndarray, batch: int, cache_path: Path) -> Any:

@@ -61,7 +61,7 @@ class OrtEngine:
 
     def __init__(self, model_path: Path, prefs: EnginePrefs) -> None:
         try:
-            import onnxruntime as ort
+            import onnxruntime as ort  # lazy: onnxruntime
         except ImportError as exc:  # pragma: no cover - onnxruntime is a hard dependency
             raise EngineUnavailable(f"onnxruntime is not installed ({exc})") from exc
 
@@ -122,7 +122,7 @@ def inspect(model_path: Path) -> ModelInfo:
     Raises ``EngineLoadError`` naming the file when ONNX Runtime cannot load it, so a corrupt or
     unsupported file is caught before it enters the model store.
     """
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy: onnxruntime
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

@@ -16,7 +16,8 @@ its prerequisites stay the same, unless ``--force``.
 Does not own: whether TensorRT is used (``engines.choose_backend``), the package's wheelhouse
 (``packaging/build_deb.py``) or the postinst. Standard library and pip only; never imports edge_agent.
 
-Errors: ``PycudaBuildError`` (``.failure``: what failed, what is missing, where the log is)
+Errors (the ``EngineError`` branch of the project's tree, ``engines.base``):
+``PycudaBuildError`` (``.failure``: what failed, what is missing, where the log is)
         └── ``BuildSkipped``: an earlier build failed and nothing it depended on has changed.
 """
 
@@ -46,7 +47,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TextIO
 
-from engines.cache import _sha256, _write_json  # chunked sha256; temp + fsync + rename
+from engines.base import EngineError
+from engines.cache import sha256_file, write_json  # chunked sha256; temp + fsync + rename
 
 INSTALL_TIMEOUT_S = 600  # pip installing the built wheel, and importing it once
 BUILD_WHEELS = ("setuptools", "wheel", "packaging", "numpy")  # pycuda's build-system.requires, and wheel's own
@@ -54,7 +56,7 @@ FAILED, LOG = "failed.json", "build.log"
 _TARGETS = {"x86_64": ("x86_64-linux",), "aarch64": ("aarch64-linux", "sbsa-linux")}  # CUDA's targets/ folders
 
 
-class PycudaBuildError(Exception):
+class PycudaBuildError(EngineError):
     """The wheel could not be built; ``failure`` is what ``failed.json`` records."""
 
     def __init__(self, failure: Failure) -> None:
@@ -307,7 +309,7 @@ def cache_key(pycuda: str, cuda: str | None, numpy: str | None = None) -> str:
 def fingerprint(s: Survey, sdist: Path, find_links: Path) -> str:
     """Changes when anything the build depended on does: the pieces found, the sdist, the build wheels."""
     state = {"pieces": [(p.name, p.found) for p in s.pieces], "toolkit": str(s.toolkit.root), "cuda": s.toolkit.version,
-             "sdist": _sha256(sdist), "python": sys.version,
+             "sdist": sha256_file(sdist), "python": sys.version,
              "wheels": sorted(w.name for n in BUILD_WHEELS if (w := _wheel(find_links, n)) is not None)}
     return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
 
@@ -366,7 +368,7 @@ def build(sdist: Path, find_links: Path, cache: Path, force: bool = False, env: 
         except (OSError, ValueError, tarfile.TarError, zipfile.BadZipFile, subprocess.SubprocessError) as exc:
             f = Failure(folder.name, fp, time.strftime("%Y-%m-%dT%H:%M:%S%z"), str(exc),
                         [p.message() for p in s.missing()], str(folder / LOG), str(sdist), str(find_links))
-            _write_json(folder / FAILED, asdict(f))
+            write_json(folder / FAILED, asdict(f))
             raise PycudaBuildError(f) from exc
         (folder / FAILED).unlink(missing_ok=True)
         for other in cache.glob("pycuda-*"):  # wheels for an earlier CUDA, Python or pycuda: never used again

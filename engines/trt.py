@@ -31,11 +31,11 @@ log = logging.getLogger(__name__)
 def import_runtime() -> tuple[Any, Any]:
     """``(tensorrt, pycuda.driver)``, initialised, or ``EngineUnavailable`` saying which is missing."""
     try:
-        import tensorrt as trt
+        import tensorrt as trt  # lazy: tensorrt
     except ImportError as exc:
         raise EngineUnavailable(f"TensorRT's Python bindings are not installed ({exc})") from exc
     try:
-        import pycuda.driver as cuda
+        import pycuda.driver as cuda  # lazy: pycuda
     except ImportError as exc:
         raise EngineUnavailable(f"pycuda is not installed ({exc}); install edge-agent[jetson]") from exc
     try:

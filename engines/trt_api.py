@@ -23,6 +23,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from engines.base import EngineUnavailable
+
 
 @dataclass(frozen=True)
 class IoTensor:
@@ -42,7 +46,7 @@ class TrtApi:
         self.version: str = trt.__version__
         self.major = int(self.version.split(".")[0])
         if self.major < 8 or (self.major == 8 and int(self.version.split(".")[1]) < 5):
-            raise RuntimeError(f"TensorRT {self.version} is too old: 8.5 or newer is needed (named-tensor API)")
+            raise EngineUnavailable(f"TensorRT {self.version} is too old: 8.5 or newer is needed (named-tensor API)")
 
     # -- building -------------------------------------------------------------------------------
 
@@ -84,8 +88,6 @@ class TrtApi:
     # -- engines --------------------------------------------------------------------------------
 
     def nptype(self, dtype: Any) -> str:
-        import numpy as np
-
         return str(np.dtype(self.trt.nptype(dtype)).name)
 
     def io_tensors(self, engine: Any) -> list[IoTensor]:

@@ -20,9 +20,11 @@ monitor where the bindings have it. Version differences go through ``engines.trt
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -33,6 +35,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from engines.base import EngineError
+from engines.calibration import load_frames, make_calibrator
+from engines.trt_api import TrtApi
+
 log = logging.getLogger(__name__)
 
 MIB = 1 << 20
@@ -41,8 +47,8 @@ MAX_WORKSPACE = 4096 * MIB
 RESERVE = 512 * MIB  # left to the serving process and the system while a build runs
 
 
-class BuildFailed(Exception):
-    """The build did not produce a plan; the message says why (TensorRT's own words where it gave any)."""
+class BuildFailed(EngineError):
+    """The build did not produce a usable plan; the message says why (TensorRT's own words where it gave any)."""
 
 
 @dataclass(frozen=True)
@@ -143,9 +149,7 @@ def _monitor(trt: Any, progress: _Progress) -> Any:
 def build(spec: BuildSpec, emit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     """Build ``spec.onnx`` into ``spec.plan``; returns what the sidecar records. Needs TensorRT, a GPU
     and (for INT8) pycuda."""
-    import tensorrt as trt
-
-    from engines.trt_api import TrtApi
+    import tensorrt as trt  # lazy: tensorrt, in the build process only
 
     api = TrtApi(trt)
     t0 = time.monotonic()
@@ -174,10 +178,8 @@ def build(spec: BuildSpec, emit: Callable[[dict[str, Any]], None]) -> dict[str, 
             raise BuildFailed("INT8 asked for, but this GPU has no fast INT8")
         if not spec.calibration_frames:
             raise BuildFailed("INT8 needs calibration frames (engine.calibration_images, or the active-learning spool)")
-        import pycuda.autoinit  # noqa: F401  (a context for the calibrator's device buffer)
-        import pycuda.driver as cuda
-
-        from engines.calibration import load_frames, make_calibrator
+        import pycuda.autoinit  # noqa: F401  # lazy: pycuda, for INT8 only (a context for the calibrator's buffer)
+        import pycuda.driver as cuda  # lazy: pycuda
 
         config.set_flag(trt.BuilderFlag.INT8)
         calibrator = make_calibrator(trt, cuda, load_frames(Path(spec.calibration_frames)), spec.batch[1],
@@ -251,9 +253,6 @@ def _lower_priority() -> None:
     except OSError:
         pass
     try:
-        import ctypes
-        import signal
-
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
         if os.getppid() == 1:  # the parent is already gone
@@ -281,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = BuildSpec.from_json(args[0])
         emit(build(spec, emit))
         return 0
-    except BuildFailed as exc:
+    except EngineError as exc:  # BuildFailed, or EngineUnavailable from TrtApi (a TensorRT too old)
         emit({"event": "error", "message": str(exc)})
     except ImportError as exc:
         emit({"event": "error", "message": f"TensorRT is not usable here: {exc}"})

@@ -255,7 +255,7 @@ def _build(target: Target, arch: str, out: Path, wheelhouse: Path | None, versio
     shutil.copy(HERE / "config.toml", stage / "etc/edge-agent/config.toml")
     doc = stage / "usr/share/doc/edge-agent"
     doc.mkdir(parents=True)
-    for name in ("README.md", "docs/http.md", "docs/architecture.md", "docs/jetson.md"):
+    for name in ("README.md", "docs/http.md", "docs/http-api.md", "docs/architecture.md", "docs/jetson.md"):
         shutil.copy(ROOT / name, doc / Path(name).name)
     shutil.copy(HERE / "debian/copyright", doc / "copyright")
     changelog = (f"edge-agent ({version}) stable; urgency=medium\n\n  * Release {version}.\n\n"

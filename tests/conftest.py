@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,9 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from onnx_builders import constant_model, ultralytics_metadata  # noqa: E402
+from onnx_builders import constant_model, ultralytics_metadata
 
 
 @pytest.fixture(autouse=True)
@@ -25,6 +22,13 @@ def clean_environ(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[N
     monkeypatch.setenv("EDGE_AGENT_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("EDGE_AGENT_CONFIG", "")  # never the machine's /etc/edge-agent/config.toml
     yield
+
+
+@pytest.fixture
+def stand_in_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tests/ on the PYTHONPATH of child processes, so that a TensorRT build child imports trt_stand_in."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).resolve().parent),
+                                                      os.environ.get("PYTHONPATH", "")]))
 
 
 @pytest.fixture

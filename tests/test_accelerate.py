@@ -8,7 +8,6 @@ code. The same flows against real TensorRT are tests/test_trt_gpu.py (marked gpu
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 import urllib.request
@@ -23,6 +22,7 @@ import pytest
 
 from edge_agent.params import InferenceParams
 from edge_agent.runtime import Runtime
+from edge_agent.serving.accelerate import Accelerator
 from edge_agent.settings import Settings, load_settings
 from engines.cache import EngineCache
 from trt_stand_in import StandInBackend
@@ -30,10 +30,7 @@ from trt_stand_in import StandInBackend
 TESTS = Path(__file__).resolve().parent
 SAMPLE = cv2.imread(str(TESTS.parent / "edge_agent" / "demo" / "sample.jpg"))
 
-
-@pytest.fixture(autouse=True)
-def stand_in_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+pytestmark = pytest.mark.usefixtures("stand_in_path")  # the build child imports trt_stand_in
 
 
 def _settings(tmp_path: Path, **overrides: Any) -> Settings:
@@ -94,6 +91,11 @@ def runtimes() -> Iterator[list[Runtime]]:
         rt.stop()
 
 
+def _accelerator(runtime: Runtime) -> Accelerator:
+    assert runtime.accelerator is not None, "the runtime was given the TensorRT stand-in"
+    return runtime.accelerator
+
+
 def _runtime(runtimes: list[Runtime], settings: Settings, backend: StandInBackend) -> Runtime:
     rt = Runtime(settings, engine_backend=backend)
     runtimes.append(rt)
@@ -107,28 +109,36 @@ def test_served_at_once_built_in_the_background_then_switched_without_a_failed_r
     backend = StandInBackend()
     rt = _runtime(runtimes, _settings(tmp_path), backend)
     loaded, cold = rt.model("shapes/1")
-    assert cold and loaded.model.engine.name.startswith("onnxruntime")  # served at once
+    assert cold
+    assert loaded.model.engine.name.startswith("onnxruntime")  # served at once
     seen: list[dict[str, Any]] = []
     with Load(rt, "shapes/1") as load:
         building = _wait_state(rt, "shapes/1", {"building"})
-        assert building["backend"] == "onnxruntime" and building["key"]
+        assert building["backend"] == "onnxruntime"
+        assert building["key"]
         while rt.engine_status("shapes/1")["state"] in ("queued", "building", "verifying"):
             seen.append(rt.engine_status("shapes/1"))
             assert rt.building() is None or "shapes/1" in (rt.building() or "")
             time.sleep(0.1)
         final = rt.engine_status("shapes/1")
         time.sleep(0.5)  # requests after the switch
-    assert final["state"] == "tensorrt" and final["backend"] == "tensorrt", final
+    assert final["state"] == "tensorrt", final
+    assert final["backend"] == "tensorrt", final
     assert not load.errors, load.errors[:3]
-    assert load.engines.get("tensorrt-stand-in", 0) > 0 and any(k.startswith("onnxruntime") for k in load.engines)
+    assert load.engines.get("tensorrt-stand-in", 0) > 0
+    assert any(k.startswith("onnxruntime") for k in load.engines), load.engines
     assert set(load.counts) == {6}  # the same answer on both engines
     fractions = [s["progress"] for s in seen if s["state"] == "building" and s["progress"]]
-    assert fractions and max(fractions) > min(fractions)  # progress moved
-    assert any(s["state"] == "verifying" for s in seen) or final["reason"].startswith("built and checked")
+    assert fractions
+    assert max(fractions) > min(fractions)  # progress moved
+    assert any(s["state"] == "verifying" for s in seen) or final["reason"].startswith("built and checked"), (
+        [s["state"] for s in seen], final["reason"])
     assert rt.manager.peek("shapes/1").model.engine.name == "tensorrt-stand-in"  # type: ignore[union-attr]
     assert rt.manager.peek("shapes/1").batcher is not None  # type: ignore[union-attr]  # GPU engine: batched
-    entry = EngineCache(tmp_path / "cache").lookup(rt.accelerator.key(loaded.model.manifest)).entry  # type: ignore[union-attr]
-    assert entry is not None and entry.sidecar["verified"]["images"] == 8 and entry.sidecar["model_id"] == "shapes/1"
+    entry = EngineCache(tmp_path / "cache").lookup(_accelerator(rt).key(loaded.model.manifest)).entry
+    assert entry is not None
+    assert entry.sidecar["verified"]["images"] == 8
+    assert entry.sidecar["model_id"] == "shapes/1"
 
 
 def test_the_next_start_serves_from_the_cache_without_building(tmp_path: Path, runtimes: list[Runtime]) -> None:
@@ -142,9 +152,10 @@ def test_the_next_start_serves_from_the_cache_without_building(tmp_path: Path, r
     second = _runtime(runtimes, settings, backend)
     loaded, _ = second.model("shapes-cls/1")
     assert loaded.model.engine.name == "tensorrt-stand-in"  # no ONNX Runtime phase at all
-    assert second.accelerator.builds == 0  # type: ignore[union-attr]
+    assert _accelerator(second).builds == 0
     status = second.engine_status("shapes-cls/1")
-    assert status["state"] == "tensorrt" and "engine cache" in status["reason"]
+    assert status["state"] == "tensorrt"
+    assert "engine cache" in status["reason"]
     result = second.infer(loaded, [SAMPLE], InferenceParams())[0]
     assert result.top[0] in range(4)  # type: ignore[union-attr]
 
@@ -164,7 +175,7 @@ def test_a_truncated_plan_is_rebuilt_never_loaded(tmp_path: Path, runtimes: list
     assert loaded.model.engine.name.startswith("onnxruntime")
     assert "truncated" in (second.engine_status("shapes-cls/1")["reason"] or "")
     _wait_state(second, "shapes-cls/1", {"tensorrt"})
-    assert second.accelerator.builds == 1  # type: ignore[union-attr]
+    assert _accelerator(second).builds == 1
     assert plan.stat().st_size == (TESTS.parent / "edge_agent/demo/store/shapes-cls/1/model.onnx").stat().st_size
 
 
@@ -175,22 +186,30 @@ def test_an_engine_that_disagrees_with_onnx_runtime_never_serves(tmp_path: Path,
     with Load(rt, "shapes/1") as load:
         status = _wait_state(rt, "shapes/1", {"failed", "tensorrt"})
         time.sleep(0.3)
-    assert status["state"] == "failed" and "disagrees with ONNX Runtime" in status["reason"], status
-    assert "image 1" in status["reason"] and status["backend"] == "onnxruntime"
-    assert not load.errors and set(load.engines) == {rt.manager.peek("shapes/1").model.engine.name}  # type: ignore[union-attr]
-    assert backend.loaded and all(e.closed for e in backend.loaded)  # the bad engine was released
+    assert status["state"] == "failed", status
+    assert "disagrees with ONNX Runtime" in status["reason"], status
+    assert "image 1" in status["reason"]
+    assert status["backend"] == "onnxruntime"
+    assert not load.errors
+    assert set(load.engines) == {rt.manager.peek("shapes/1").model.engine.name}  # type: ignore[union-attr]
+    assert backend.loaded
+    assert all(e.closed for e in backend.loaded), [e for e in backend.loaded if not e.closed]  # bad engine released
     cache = EngineCache(tmp_path / "cache")
-    assert not list(cache.root.glob("*.plan")) and not list((cache.root / ".tmp").glob("*"))
+    assert not list(cache.root.glob("*.plan"))
+    assert not list((cache.root / ".tmp").glob("*"))
     rt.stop()
 
     again = _runtime(runtimes, settings, StandInBackend(scale=1.3))
     again.model("shapes/1")
     status = again.engine_status("shapes/1")
-    assert status["state"] == "failed" and "an earlier build failed" in status["reason"]
-    assert again.accelerator.builds == 0  # type: ignore[union-attr]  # not retried on every start
+    assert status["state"] == "failed"
+    assert "an earlier build failed" in status["reason"]
+    assert _accelerator(again).builds == 0  # not retried on every start
     manifest, onnx = again.manager.onnx_path("shapes/1")
-    forced = again.accelerator.build("shapes/1", manifest, onnx)  # type: ignore[union-attr]  # compile --force
-    assert forced.state == "failed" and again.accelerator.builds == 1  # type: ignore[union-attr]
+    forced = _accelerator(again).build("shapes/1", manifest, onnx,  # compile --force
+                                     again.manager.switch_over("shapes/1"))
+    assert forced.state == "failed"
+    assert _accelerator(again).builds == 1
 
 
 @pytest.mark.parametrize("mode, reason", [("fail", "ONNX parser refused"), ("crash", "killed by signal 9")])
@@ -200,7 +219,8 @@ def test_a_failed_build_leaves_onnx_runtime_serving_and_says_why(
     rt = _runtime(runtimes, _settings(tmp_path), StandInBackend())
     loaded, _ = rt.model("shapes-seg/1")
     status = _wait_state(rt, "shapes-seg/1", {"failed"})
-    assert reason in status["reason"] and status["backend"] == "onnxruntime"
+    assert reason in status["reason"]
+    assert status["backend"] == "onnxruntime"
     assert len(rt.infer(rt.model("shapes-seg/1")[0], [SAMPLE], InferenceParams())[0]) == 6
     assert rt.engines()["shapes-seg/1"]["state"] == "failed"
 
@@ -215,14 +235,16 @@ def test_stop_kills_a_running_build_and_caches_nothing(tmp_path: Path, runtimes:
     rt.stop()
     assert time.monotonic() - t0 < 2.5
     cache = EngineCache(tmp_path / "cache")
-    assert not list(cache.root.glob("*.plan")) and not list(cache.root.glob("*.failed"))
+    assert not list(cache.root.glob("*.plan"))
+    assert not list(cache.root.glob("*.failed"))
 
 
 def test_no_background_build_when_disabled(tmp_path: Path, runtimes: list[Runtime]) -> None:
     rt = _runtime(runtimes, _settings(tmp_path, **{"engine.build_engines": False}), StandInBackend())
     rt.model("shapes/1")
     time.sleep(0.3)
-    assert rt.accelerator.builds == 0 and rt.engine_status("shapes/1")["state"] == "onnxruntime"  # type: ignore[union-attr]
+    assert _accelerator(rt).builds == 0
+    assert rt.engine_status("shapes/1")["state"] == "onnxruntime"
 
 
 def test_http_shows_the_choice_the_build_and_the_engine(tmp_path: Path, runtimes: list[Runtime],
@@ -236,7 +258,7 @@ def test_http_shows_the_choice_the_build_and_the_engine(tmp_path: Path, runtimes
     monkeypatch.setenv("STAND_IN_MODE", "slow")
     rt = _runtime(runtimes, _settings(tmp_path), StandInBackend())
     port = free_port()
-    httpd = make_server("127.0.0.1", port, create_app(rt), threaded=True)
+    httpd = make_server("127.0.0.1", port, create_app(rt.http_services()), threaded=True)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
 
     def get(path: str, body: dict[str, Any] | None = None) -> Any:
@@ -248,23 +270,29 @@ def test_http_shows_the_choice_the_build_and_the_engine(tmp_path: Path, runtimes
 
     try:
         info = get("/info")
-        assert info["engine"]["backend"] == "onnxruntime" and "TensorRT not used" in info["engine"]["reason"]
+        assert info["engine"]["backend"] == "onnxruntime"
+        assert "TensorRT not used" in info["engine"]["reason"]
         get("/model/add", {"model_id": "shapes/1"})
         _wait_state(rt, "shapes/1", {"building"})
         ready = get("/readiness")
-        assert ready["status"] == "ready" and "building the TensorRT engine of shapes/1" in ready["engines"]
+        assert ready["status"] == "ready"
+        assert "building the TensorRT engine of shapes/1" in ready["engines"]
         model = get("/model/registry")["models"][0]
-        assert model["engine"]["state"] in ("building", "verifying") and model["engine"]["backend"] == "onnxruntime"
+        assert model["engine"]["state"] in ("building", "verifying")
+        assert model["engine"]["backend"] == "onnxruntime"
         from edge_agent.systemd import Monitor, Notifier
 
-        assert "building the TensorRT engine of shapes/1" in Monitor(rt, Notifier(None), 0).status()  # STATUS=
+        monitor = Monitor(rt, rt.settings.server, Notifier(None), 0)
+        assert "building the TensorRT engine of shapes/1" in monitor.status()  # STATUS=
         telemetry = rt.telemetry()["engines"]["shapes/1"]  # MQTT telemetry, checked against its schema
         schema = json.loads((TESTS.parent / "edge_agent/mqtt/schemas/telemetry.schema.json").read_text())
         jsonschema.validate(telemetry, {**schema["$defs"]["engine"], "$defs": schema["$defs"]})
-        assert telemetry["state"] in ("building", "verifying") and telemetry["backend"] == "onnxruntime"
+        assert telemetry["state"] in ("building", "verifying")
+        assert telemetry["backend"] == "onnxruntime"
         _wait_state(rt, "shapes/1", {"tensorrt"})
         model = get("/model/registry")["models"][0]
-        assert model["engine"]["state"] == "tensorrt" and model["engine"]["backend"] == "tensorrt"
+        assert model["engine"]["state"] == "tensorrt"
+        assert model["engine"]["backend"] == "tensorrt"
         assert "engines" not in get("/readiness")
     finally:
         httpd.shutdown()
@@ -285,10 +313,12 @@ def test_int8_calibration_frames_are_prepared_from_the_folder(tmp_path: Path, ru
     (folder / "notes.txt").write_text("not an image")
     rt = _runtime(runtimes, _settings(tmp_path, **{"engine.precision": "int8", "engine.calibration_images": str(folder),
                                                    "engine.calibration_frames": 8}), StandInBackend())
-    loaded, _ = rt.model("shapes/1")
+    rt.model("shapes/1")
     status = _wait_state(rt, "shapes/1", {"failed", "tensorrt"})
-    assert status["state"] == "tensorrt", status  # the stand-in ignores the frames; they were prepared and given
-    frames = rt.accelerator._calibration_frames("shapes/1", loaded.model.manifest,  # type: ignore[union-attr]
-                                                tmp_path / "x.plan")
-    array = np.load(frames)
-    assert array.shape == (8, 3, 320, 320) and array.dtype == np.float32 and 0.0 <= array.min() and array.max() <= 1.0
+    assert status["state"] == "tensorrt", status  # the stand-in builder read the frames the queue wrote
+    array = _accelerator(rt).calibration_tensors("shapes/1", rt.manager.switch_over("shapes/1"), 8)
+    assert array is not None
+    assert array.shape == (8, 3, 320, 320)
+    assert array.dtype == np.float32
+    assert 0.0 <= array.min()
+    assert array.max() <= 1.0

@@ -22,6 +22,9 @@ import numpy as np
 import pytest
 from pydantic import TypeAdapter
 
+from brokers import mosquitto_binary
+from edge_agent.active_learning.sampling import wants
+from helpers import circle_video
 from servers import free_port
 
 
@@ -40,7 +43,7 @@ def scenes() -> list[np.ndarray]:
 
 
 def strategy(**spec: Any) -> Any:
-    from edge_agent.active_learning.sampling import Strategy
+    from edge_agent.sampling_strategies import Strategy
 
     return TypeAdapter(Strategy).validate_python({"name": spec.pop("name", "s"), **spec})
 
@@ -64,31 +67,31 @@ def test_strategies_on_real_detections(detector: Any, scenes: list[np.ndarray]) 
     results = [detector.infer(image, confidence=0.3) for image in scenes]
     result = next(r for r in results if len(r) >= 2)
     n = len(result)
-    assert strategy(type="random", traffic_percentage=1.0).wants(result, rng)
-    assert not strategy(type="random", traffic_percentage=0.0).wants(result, rng)
-    kept = sum(strategy(type="random", traffic_percentage=0.3).wants(result, rng) for _ in range(2000))
+    assert wants(strategy(type="random", traffic_percentage=1.0), result, rng)
+    assert not wants(strategy(type="random", traffic_percentage=0.0), result, rng)
+    kept = sum(wants(strategy(type="random", traffic_percentage=0.3), result, rng) for _ in range(2000))
     assert 500 < kept < 700
     conf = float(result.confidence[0])
     near = strategy(type="close_to_threshold", threshold=conf, epsilon=0.001)
-    assert near.wants(result, rng)
-    assert not strategy(type="close_to_threshold", threshold=conf, epsilon=0.001,
-                        minimum_objects_close_to_threshold=n + 1).wants(result, rng)
+    assert wants(near, result, rng)
+    assert not wants(strategy(type="close_to_threshold", threshold=conf, epsilon=0.001,
+                              minimum_objects_close_to_threshold=n + 1), result, rng)
     far = [c for c in (0.05, 0.15) if not ((result.confidence >= c - 0.02) & (result.confidence <= c + 0.02)).any()]
-    assert not strategy(type="close_to_threshold", threshold=far[0], epsilon=0.02).wants(result, rng)
+    assert not wants(strategy(type="close_to_threshold", threshold=far[0], epsilon=0.02), result, rng)
     other = next(name for name in result.class_names if name not in result.class_name)
-    assert not strategy(type="close_to_threshold", threshold=conf, epsilon=0.001,
-                        selected_class_names=[other]).wants(result, rng)
-    assert strategy(type="detections_number_based", more_than=n - 1).wants(result, rng)
-    assert not strategy(type="detections_number_based", more_than=n).wants(result, rng)
-    assert strategy(type="detections_number_based", less_than=n + 1).wants(result, rng)
-    assert not strategy(type="detections_number_based", less_than=n).wants(result, rng)
+    assert not wants(strategy(type="close_to_threshold", threshold=conf, epsilon=0.001,
+                              selected_class_names=[other]), result, rng)
+    assert wants(strategy(type="detections_number_based", more_than=n - 1), result, rng)
+    assert not wants(strategy(type="detections_number_based", more_than=n), result, rng)
+    assert wants(strategy(type="detections_number_based", less_than=n + 1), result, rng)
+    assert not wants(strategy(type="detections_number_based", less_than=n), result, rng)
     first = result.class_name[0]
     count_first = result.class_name.count(first)
-    assert strategy(type="detections_number_based", more_than=count_first - 1,
-                    selected_class_names=[first]).wants(result, rng)
-    assert not strategy(type="detections_number_based", more_than=count_first,
-                        selected_class_names=[first]).wants(result, rng)
-    assert not strategy(type="classes_based", selected_class_names=["circle"]).wants(result, rng)  # not a classifier
+    assert wants(strategy(type="detections_number_based", more_than=count_first - 1,
+                          selected_class_names=[first]), result, rng)
+    assert not wants(strategy(type="detections_number_based", more_than=count_first,
+                              selected_class_names=[first]), result, rng)
+    assert not wants(strategy(type="classes_based", selected_class_names=["circle"]), result, rng)  # not a classifier
 
 
 def test_classes_based_and_close_to_threshold_on_a_real_classifier() -> None:
@@ -100,14 +103,14 @@ def test_classes_based_and_close_to_threshold_on_a_real_classifier() -> None:
     result = model.infer(image)
     top_name, top_conf = result.class_names[result.top[0]], result.top[1]
     rng = random.Random(0)
-    assert strategy(type="classes_based", selected_class_names=[top_name]).wants(result, rng)
+    assert wants(strategy(type="classes_based", selected_class_names=[top_name]), result, rng)
     others = [n for n in result.class_names if n != top_name]
-    assert not strategy(type="classes_based", selected_class_names=others).wants(result, rng)
-    assert strategy(type="close_to_threshold", threshold=top_conf, epsilon=0.001).wants(result, rng)
+    assert not wants(strategy(type="classes_based", selected_class_names=others), result, rng)
+    assert wants(strategy(type="close_to_threshold", threshold=top_conf, epsilon=0.001), result, rng)
     second = float(np.sort(result.confidence)[-2])
-    assert not strategy(type="close_to_threshold", threshold=second, epsilon=0.0001).wants(result, rng)
-    assert strategy(type="close_to_threshold", threshold=second, epsilon=0.0001, only_top_classes=False).wants(
-        result, rng)
+    assert not wants(strategy(type="close_to_threshold", threshold=second, epsilon=0.0001), result, rng)
+    assert wants(strategy(type="close_to_threshold", threshold=second, epsilon=0.0001, only_top_classes=False),
+                          result, rng)
 
 
 def _sampler(tmp_path: Path, strategies: list[Any], targets: tuple[str, ...] = ("folder",), **options: Any) -> Any:
@@ -128,15 +131,18 @@ def test_limits_hold_across_a_restart_and_near_duplicates_are_skipped(tmp_path: 
     for image in scenes[:5]:
         sampler(event(image, detector.infer(image)))
     sampler.stop()
-    assert sampler.stats["stored"] == 3 and sampler.stats["skipped_limit"] == 2
+    assert sampler.stats["stored"] == 3
+    assert sampler.stats["skipped_limit"] == 2
     again = _sampler(tmp_path, [every])  # the daemon restarted: the day's count was kept
     for image in scenes[5:7]:
         again(event(image, detector.infer(image)))
     again.stop()
-    assert again.stats["stored"] == 0 and again.stats["skipped_limit"] == 2
+    assert again.stats["stored"] == 0
+    assert again.stats["skipped_limit"] == 2
     assert again.spool.stats()["items"] == 3
     counts = again.spool.limit_counts()
-    assert counts[("every", "daily")][1] == 3 and counts[("every", "hourly")][1] == 3
+    assert counts[("every", "daily")][1] == 3
+    assert counts[("every", "hourly")][1] == 3
 
     dedup = _sampler(tmp_path / "dedup", [strategy(type="random", traffic_percentage=1.0)], dedup_distance=6)
     still = scenes[0]
@@ -144,7 +150,8 @@ def test_limits_hold_across_a_restart_and_near_duplicates_are_skipped(tmp_path: 
     for image in (still, noisy.astype(np.uint8), still, scenes[1]):  # a static camera, then a new scene
         dedup(event(image, detector.infer(image)))
     dedup.stop()
-    assert dedup.stats["stored"] == 2 and dedup.stats["skipped_duplicate"] == 2
+    assert dedup.stats["stored"] == 2
+    assert dedup.stats["skipped_duplicate"] == 2
 
 
 def test_the_yolo_folder_loads_back_with_the_right_boxes(tmp_path: Path, detector: Any,
@@ -259,21 +266,28 @@ def test_an_http_target_outage_loses_nothing_and_uploads_each_item_once(tmp_path
     uploader = Uploader(sampler.spool, target, retry_min_s=0.05, retry_max_s=0.2)
     uploader.start()
     wait(lambda: uploader.stats["failures"] >= 5)  # refused, retried with backoff, kept
-    assert sampler.spool.stats()["items"] == 5 and "Connection refused" in uploader.last_error
+    assert sampler.spool.stats()["items"] == 5
+    assert "Connection refused" in uploader.last_error
     api = UploadApi(port, fail_first=3)  # back, and still flaky at first
     try:
         wait(lambda: sampler.spool.stats()["items"] == 0, timeout=30)
     finally:
         uploader.stop()
         api.close()
-    assert len(api.images) == 5 and len(api.annotations) == 5
+    assert len(api.images) == 5
+    assert len(api.annotations) == 5
     assert sorted(api.annotations) == sorted(f"img-{name}" for name in api.images)
     for name, jpeg in api.images.items():
-        assert jpeg.startswith(b"\xff\xd8") and name.endswith(".jpg")
+        assert jpeg.startswith(b"\xff\xd8")
+        assert name.endswith(".jpg")
     annotation = next(iter(api.annotations.values()))
-    assert annotation["model_id"] == "shapes/1" and isinstance(annotation["predictions"], list)
+    assert annotation["model_id"] == "shapes/1"
+    assert isinstance(annotation["predictions"], list)
     uploads = [q for q in api.queries if "split" in q]
-    assert all(q["batch"] == ["batch-1"] and "night" in q["tag"] and "source:cam" in q["tag"] for q in uploads)
+    for q in uploads:
+        assert q["batch"] == ["batch-1"], q
+        assert "night" in q["tag"], q
+        assert "source:cam" in q["tag"], q
 
 
 WRITER = """
@@ -297,7 +311,8 @@ def test_kill_9_during_writes_leaves_the_spool_consistent_and_each_item_is_uploa
 
     path = tmp_path / "spool.sqlite3"
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == b"ready"
     time.sleep(0.7)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -307,15 +322,18 @@ def test_kill_9_during_writes_leaves_the_spool_consistent_and_each_item_is_uploa
     ns = sorted(json.loads(p)["n"] for (p,) in db.execute("SELECT predictions FROM items"))
     limit = db.execute("SELECT count FROM limits").fetchone()[0]
     db.close()
-    assert items > 0 and items == pending  # each committed item with its delivery, none half-written
-    assert ns == list(range(items)) and limit == items  # the limit count was written with each item
+    assert items > 0
+    assert items == pending  # each committed item with its delivery, none half-written
+    assert ns == list(range(items))
+    assert limit == items  # the limit count was written with each item
     spool = Spool(path, 10**6, 10**12)
     uploader = Uploader(spool, FolderTarget(tmp_path / "dataset"), retry_min_s=0.1)
     uploader.start()
     wait(lambda: spool.stats()["items"] == 0, timeout=60)
     uploader.stop()
     files = list((tmp_path / "dataset" / "shapes-1" / "images").glob("*.jpg"))
-    assert len(files) == items and uploader.stats["uploaded"] == items
+    assert len(files) == items
+    assert uploader.stats["uploaded"] == items
 
 
 def test_bounds_evict_the_oldest_and_count_them(tmp_path: Path) -> None:
@@ -326,20 +344,18 @@ def test_bounds_evict_the_oldest_and_count_them(tmp_path: Path) -> None:
         spool.add(Item(f"id{i}", float(i), "cam", "m/1", "s", 8, 8, b"x" * 100, {"image": {}}, ("a",)),
                   ("folder",), {})
     assert [d.item.id for d in spool.due("folder")] == ["id2", "id3", "id4"]
-    assert spool.stats()["evicted"] == 2 and spool.stats()["pending_folder"] == 3
+    assert spool.stats()["evicted"] == 2
+    assert spool.stats()["pending_folder"] == 3
 
 
+@pytest.mark.skipif(mosquitto_binary() is None, reason="mosquitto is not installed (.ci/run does)")
 def test_a_pipeline_samples_into_the_dataset_and_mqtt(tmp_path: Path) -> None:
     """The whole path in the daemon's runtime: a pipeline's frames, a strategy, the spool, two targets
     (the folder and a real mosquitto through the bridge's outbox)."""
-    from test_pipelines import circle_video
-
-    from brokers import Mosquitto, Subscriber, mosquitto_binary, validator
+    from brokers import Mosquitto, Subscriber, validator
     from edge_agent.runtime import Runtime
     from edge_agent.settings import load_settings
 
-    if mosquitto_binary() is None:
-        pytest.skip("mosquitto is not installed (.ci/run does)")
     broker = Mosquitto(tmp_path / "broker").start()
     video = tmp_path / "v.mp4"
     circle_video(video, frames=20)
@@ -368,9 +384,9 @@ limits = [{{type = "daily", value = 7}}]
     runtime = Runtime(load_settings(config, {}))
     runtime.start()
     try:
-        from edge_agent.pipelines.manager import PipelineSpec
+        from edge_agent.pipeline_spec import PipelineSpec
 
-        pipeline = runtime.streams.start(PipelineSpec(model_id="shapes/1", video_reference=str(video),
+        pipeline = runtime.pipelines.start(PipelineSpec(model_id="shapes/1", video_reference=str(video),
                                                       pipeline_id="door"))
         pipeline.join(60)
         messages = sub.wait_count("edge-agent/al1/active_learning/door", 7, timeout=30)
@@ -384,8 +400,10 @@ limits = [{{type = "daily", value = 7}}]
         runtime.stop()
         sub.close()
         broker.stop()
-    assert status["sampler"]["stored"] == 7 and status["sampler"]["skipped_limit"] == 13
-    assert status["targets"]["mqtt"]["uploaded"] == 7 and status["targets"]["folder"]["uploaded"] == 7
+    assert status["sampler"]["stored"] == 7
+    assert status["sampler"]["skipped_limit"] == 13
+    assert status["targets"]["mqtt"]["uploaded"] == 7
+    assert status["targets"]["folder"]["uploaded"] == 7
     validator("telemetry").validate(telemetry)
     assert telemetry["active_learning"]["sampler"]["stored"] == 7
     assert 'edge_agent_active_learning_uploaded_total{target="mqtt"} 7.0' in metrics
@@ -397,8 +415,10 @@ limits = [{{type = "daily", value = 7}}]
 
     validator("active_learning").validate(body)
     frame = cv2.imdecode(np.frombuffer(base64.b64decode(body["image"]["base64"]), np.uint8), cv2.IMREAD_COLOR)
-    assert frame.shape[:2] == (240, 320) and body["source_id"] == "door" and body["strategy"] == "some"
-    assert any(p["class"] == "circle" for p in body["predictions"]["predictions"])
+    assert frame.shape[:2] == (240, 320)
+    assert body["source_id"] == "door"
+    assert body["strategy"] == "some"
+    assert any(p["class"] == "circle" for p in body["predictions"]["predictions"]), body["predictions"]
     assert len(list((tmp_path / "state" / "dataset" / "shapes-1" / "images").glob("*.jpg"))) == 7
 
 

@@ -18,7 +18,8 @@ def test_get_model_and_infer_single_and_list() -> None:
     one = model.infer(scene.image, confidence=0.5)
     assert one.to_json()["image"] == {"width": 400, "height": 300}
     many = model.infer([scene.image, scene.image])
-    assert isinstance(many, list) and len(many) == 2
+    assert isinstance(many, list)
+    assert len(many) == 2
 
 
 def test_demo_ids_are_preinstalled() -> None:

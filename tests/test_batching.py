@@ -61,7 +61,8 @@ def test_a_lone_request_runs_in_its_own_thread_at_once() -> None:
     gate.release.set()
     b = DynamicBatcher("m", gate, max_batch=4)
     assert b.run_many([_t(1)]) == [12.0]
-    assert gate.threads == [threading.current_thread().name] and gate.sizes == [1]
+    assert gate.threads == [threading.current_thread().name]
+    assert gate.sizes == [1]
 
 
 def test_requests_arriving_while_the_engine_is_busy_share_the_next_run() -> None:
@@ -77,7 +78,8 @@ def test_requests_arriving_while_the_engine_is_busy_share_the_next_run() -> None
     assert first_out == [[12.0]]
     assert [out for _, out in others] == [[[24.0]], [[36.0]], [[48.0]], [[60.0]], [[72.0]]]
     assert gate.sizes == [1, 4, 1]  # no waiting for company; then at most max_batch per run
-    assert b.stats.items == 6 and b.stats.batches == 3
+    assert b.stats.items == 6
+    assert b.stats.batches == 3
 
 
 def test_max_delay_waits_for_a_fuller_batch() -> None:
@@ -143,7 +145,7 @@ def test_engine_failure_reaches_every_caller_of_the_batch_and_the_next_run_works
     gate.release.set()
     for t, _ in [(first, first_out), *others]:
         t.join(10)
-    assert all(isinstance(out[0], RuntimeError) for out in [first_out] + [o for _, o in others])
+    assert all(isinstance(out[0], RuntimeError) for out in [first_out] + [o for _, o in others]), (first_out, others)
     fail.clear()
     assert b.run_many([_t(1)]) == [12.0]
 
@@ -183,16 +185,18 @@ def test_manager_loads_once_under_concurrent_first_requests(store: Any) -> None:
 def test_batched_results_equal_unbatched(store: Any) -> None:
     from edge_agent.demo.shapes import generate_scene
     from edge_agent.params import InferenceParams
-    from edge_agent.serving.manager import BatchingPrefs, ModelManager
+    from edge_agent.serving.manager import ModelManager
+    from engines import EnginePrefs
 
     images = [generate_scene(s, size=(240, 320)).image for s in range(6)]
     params = InferenceParams()
-    plain, _ = ModelManager(store, batching=BatchingPrefs(enabled=False)).get("shapes-seg/1")
-    batched, _ = ModelManager(store, batching=BatchingPrefs(enabled=True, max_delay_ms=50)).get("shapes-seg/1")
+    plain, _ = ModelManager(store, EnginePrefs(batching=False)).get("shapes-seg/1")
+    batched, _ = ModelManager(store, EnginePrefs(batching=True, batching_max_delay_ms=50)).get("shapes-seg/1")
     expected = plain.infer(images, params)
     with ThreadPoolExecutor(6) as pool:
         got = list(pool.map(lambda im: batched.infer([im], params)[0], images))
-    assert batched.batcher is not None and batched.batcher.stats.batches < len(images)
+    assert batched.batcher is not None
+    assert batched.batcher.stats.batches < len(images)
     for e, g in zip(expected, got):
         np.testing.assert_allclose(g.xyxy, e.xyxy, atol=1e-3)
         assert g.class_id.tolist() == e.class_id.tolist()
@@ -200,15 +204,46 @@ def test_batched_results_equal_unbatched(store: Any) -> None:
 
 
 def test_auto_batching_is_off_for_cpu_engines(store: Any) -> None:
-    from edge_agent.serving.manager import BatchingPrefs, ModelManager
+    from edge_agent.serving.manager import ModelManager
+    from engines import EnginePrefs
 
     runs: list[tuple[str, int]] = []
     auto, _ = ModelManager(store, on_batch=lambda mid, n, s: runs.append((mid, n))).get("shapes/1")
-    assert "CPUExecutionProvider" in auto.model.engine.name and auto.batcher is None
+    assert "CPUExecutionProvider" in auto.model.engine.name
+    assert auto.batcher is None
     from edge_agent.demo.shapes import generate_scene
     from edge_agent.params import InferenceParams
 
     auto.infer([generate_scene(s, size=(120, 160)).image for s in range(3)], InferenceParams())
     assert runs == [("shapes/1", 3)]  # engine runs are still counted for /metrics
-    forced, _ = ModelManager(store, batching=BatchingPrefs(enabled=True)).get("shapes/1")
+    forced, _ = ModelManager(store, EnginePrefs(batching=True)).get("shapes/1")
     assert forced.batcher is not None
+
+
+def test_one_run_path_in_chunks_of_the_engine_batch(store: Any) -> None:
+    """``Model.run`` alone and ``LoadedModel.infer`` with and without a batcher give the same results;
+    no engine run takes more than the engine's maximum batch; every result carries the whole call's time."""
+    from edge_agent.demo.shapes import generate_scene
+    from edge_agent.params import InferenceParams
+    from edge_agent.serving.manager import ModelManager
+    from engines import EnginePrefs
+
+    images = [generate_scene(s, size=(120, 160)).image for s in range(5)]
+    params = InferenceParams(confidence=0.3)
+    runs: list[int] = []
+    plain, _ = ModelManager(store, EnginePrefs(batching=False, max_batch=2),
+                            on_batch=lambda mid, n, s: runs.append(n)).get("shapes/1")
+    batched, _ = ModelManager(store, EnginePrefs(batching=True, max_batch=2)).get("shapes/1")
+    assert plain.model.engine.max_batch == 2, "the demo detector's batch axis is dynamic, capped by max_batch"
+    alone = plain.model.run(images, params)
+    assert runs == [], "Model.run alone is not a served run: nothing reported"
+    unbatched = plain.infer(images, params)
+    assert runs == [2, 2, 1]
+    through_batcher = batched.infer(images, params)
+    assert batched.batcher is not None
+    assert batched.batcher.stats.sizes == {2: 2, 1: 1}
+    for name, results in (("unbatched", unbatched), ("batched", through_batcher)):
+        assert [len(r) for r in results] == [len(r) for r in alone], name
+        for a, b in zip(alone, results):
+            np.testing.assert_allclose(b.xyxy, a.xyxy, atol=1e-4, err_msg=name)
+        assert len({r.time for r in results}) == 1, f"{name}: one time for the whole call"

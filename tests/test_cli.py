@@ -48,20 +48,25 @@ def test_models_add_list_show_remove(tmp_path: Path, detector_onnx: Path) -> Non
     assert added.returncode == 0, added.stderr
     assert json.loads(added.stdout)["task"] == "object-detection"
     listed = {m["model_id"]: m for m in json.loads(run("models", "list", state=state).stdout)}
-    assert listed["mine/3"]["builtin"] is False and listed["shapes/1"]["builtin"] is True
+    assert listed["mine/3"]["builtin"] is False
+    assert listed["shapes/1"]["builtin"] is True
     shown = json.loads(run("models", "show", "mine/3", state=state).stdout)
-    assert shown["class_names"] == ["a", "b"] and shown["path"].startswith(str(state))
+    assert shown["class_names"] == ["a", "b"]
+    assert shown["path"].startswith(str(state))
     assert run("models", "remove", "mine/3", state=state).returncode == 0
     assert "mine/3" not in {m["model_id"] for m in json.loads(run("models", "list", state=state).stdout)}
 
 
 def test_errors_are_one_clear_line_and_exit_2(tmp_path: Path) -> None:
     missing = run("infer", str(tmp_path / "nope.jpg"), state=tmp_path)
-    assert missing.returncode == 2 and "Cannot read image file" in missing.stderr
+    assert missing.returncode == 2
+    assert "Cannot read image file" in missing.stderr
     assert "Traceback" not in missing.stderr
     unknown = run("infer", "--model", "ghost/1", state=tmp_path)
-    assert unknown.returncode == 2 and "'ghost/1' is not in the model store" in unknown.stderr
+    assert unknown.returncode == 2
+    assert "'ghost/1' is not in the model store" in unknown.stderr
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"garbage")
     broken = run("models", "add", str(bad), "--id", "bad/1", state=tmp_path)
-    assert broken.returncode == 2 and "bad.onnx: not a valid ONNX model" in broken.stderr
+    assert broken.returncode == 2
+    assert "bad.onnx: not a valid ONNX model" in broken.stderr

@@ -25,10 +25,8 @@ from pathlib import Path
 
 import pytest
 
+import build_deb
 import edge_agent
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "packaging"))
-import build_deb  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 VERSION = edge_agent.__version__
@@ -69,8 +67,9 @@ def test_file_list(deb: Path) -> None:
     wheels = [n for n in names if n.startswith("/opt/edge-agent/wheels/") and n.endswith(".whl")]
     for dep in ("numpy-", "onnxruntime-", "opencv_python_headless-", "flask-", "gunicorn-", "pydantic_core-", "pip-"):
         assert any(Path(w).name.startswith(dep) for w in wheels), dep
-    assert not any("opencv_python-" in w for w in wheels)  # the headless OpenCV only
-    assert not any(n.startswith("/opt/edge-agent/venv") or n.startswith("/opt/edge-agent/versions") for n in names)
+    assert not any("opencv_python-" in w for w in wheels), wheels  # the headless OpenCV only
+    assert not any(n.startswith("/opt/edge-agent/venv") or n.startswith("/opt/edge-agent/versions") for n in names), [
+        n for n in names if n.startswith(("/opt/edge-agent/venv", "/opt/edge-agent/versions"))]
     conffiles = subprocess.run(["dpkg-deb", "-I", str(deb), "conffiles"], capture_output=True, text=True).stdout
     assert conffiles.strip() == "/etc/edge-agent/config.toml"
 
@@ -83,7 +82,7 @@ def test_control_pins_the_targets_python(deb: Path) -> None:
     assert "python3.11" in depends
     assert "python3 (>= 3.11~)" in depends
     assert "python3 (<< 3.12~)" in depends
-    assert not any(d.startswith("python3-venv") for d in depends)  # pip runs from its own wheel
+    assert not any(d.startswith("python3-venv") for d in depends), depends  # pip runs from its own wheel
 
 
 @pytest.mark.skipif(shutil.which("lintian") is None, reason="lintian missing (.ci/run installs it)")
@@ -137,7 +136,8 @@ class ThrowawayRoot:
         (base / "rw").mkdir()
         self.holder = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", setup],
                                        stdout=subprocess.PIPE, text=True)
-        assert self.holder.stdout is not None and self.holder.stdout.readline().strip() == "ready"
+        assert self.holder.stdout is not None
+        assert self.holder.stdout.readline().strip() == "ready"
         self.started: list[subprocess.Popen[str]] = []
 
     def _cmd(self, script: str) -> list[str]:
@@ -220,6 +220,7 @@ def _throwaway_works() -> bool:
 
 @pytest.fixture
 def root(tmp_path: Path) -> Iterator[ThrowawayRoot]:
+    # A skip at run time: the probe mounts in a new namespace, worth doing only for a test that needs the root.
     if not _throwaway_works():
         pytest.skip("needs root, nsenter and overlayfs + tmpfs in a private mount namespace")
     r = ThrowawayRoot(tmp_path / "root")
@@ -413,7 +414,8 @@ def test_upgrades_never_break_serving(deb: Path, root: ThrowawayRoot, tmp_path: 
         dpkg = root.spawn("dpkg -i /tmp/v4.deb")
         deadline = time.monotonic() + 120
         while not root.sh("ls /opt/edge-agent/versions/*.partial").stdout.strip():
-            assert time.monotonic() < deadline and dpkg.poll() is None, "no build started"
+            assert time.monotonic() < deadline, "no build started"
+            assert dpkg.poll() is None, "dpkg exited before a build started"
             time.sleep(0.2)
         time.sleep(3)
         _kill_group(dpkg)
@@ -494,13 +496,12 @@ def test_a_version_that_does_not_start_is_switched_back(deb: Path, root: Throwaw
     assert _current(root).startswith(f"versions/{VERSION}.1+debian12.")
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="dpkg --root unpacks as root")
 def test_jetson_rootfs_staging(deb: Path, tmp_path: Path) -> None:
     """stage_rootfs.sh unpacks into a root file system (only the preinst runs, chroot-less, on the
     host) and enables the first-boot unit that configures the package on the device. A stand-in root
     with an empty dpkg database here; the real L4T rootfs is documented in docs/jetson.md (not run
     without one)."""
-    if os.geteuid() != 0:
-        pytest.skip("dpkg --root unpacks as root")
     rootfs = tmp_path / "rootfs"
     for d in ("etc/systemd/system", "var/lib/dpkg/info", "var/lib/dpkg/updates", "usr/bin", "lib/systemd/system"):
         (rootfs / d).mkdir(parents=True)
@@ -511,7 +512,8 @@ def test_jetson_rootfs_staging(deb: Path, tmp_path: Path) -> None:
     # a root without the package's Python is refused, and nothing is unpacked
     proc = subprocess.run(stage, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
-    assert "this package is built for Python 3.11" in proc.stderr and "but this system has python3.10" in proc.stderr
+    assert "this package is built for Python 3.11" in proc.stderr
+    assert "but this system has python3.10" in proc.stderr
     assert not (rootfs / "opt/edge-agent/wheels").exists()
 
     (rootfs / "usr/bin/python3.11").write_text("#!/bin/sh\n")  # an arm64 binary on a real root: not run here
@@ -572,7 +574,8 @@ def test_every_target_pins_one_python() -> None:
     assert names["debian12"] == ("3.11", ("amd64", "arm64"))
     assert names["ubuntu24.04"][0] == "3.12"
     tags = build_deb.platforms(build_deb.TARGETS["jetpack6"], "arm64")
-    assert tags[0] == "manylinux_2_35_aarch64" and "manylinux_2_36_aarch64" not in tags
+    assert tags[0] == "manylinux_2_35_aarch64"
+    assert "manylinux_2_36_aarch64" not in tags
 
 
 def test_jetpack6_package_carries_cp310_aarch64_wheels_for_glibc_2_35(tmp_path: Path) -> None:
@@ -592,7 +595,7 @@ def test_jetpack6_package_carries_cp310_aarch64_wheels_for_glibc_2_35(tmp_path: 
     for binary in ("numpy-1.", "onnxruntime-", "opencv_python_headless-", "pydantic_core-"):
         wheel = next(n for n in names if n.startswith(binary))
         assert "aarch64" in wheel, wheel
-    assert any(n.startswith("pycuda-") and n.endswith(".tar.gz") for n in names)
+    assert any(n.startswith("pycuda-") and n.endswith(".tar.gz") for n in names), names
     fields = _fields(deb)
     assert "Architecture: arm64" in fields
     assert "python3.10, python3 (>= 3.10~), python3 (<< 3.11~)" in fields

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
 import signal
 import subprocess
@@ -29,12 +28,6 @@ KEY = EngineKey(onnx_sha256="ab" * 32, tensorrt="10.3.0", gpu="Orin", compute_ca
                 precision="fp16", dla_core=None, batch=(1, 1, 8))
 
 
-@pytest.fixture
-def stand_in_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Child processes find tests/trt_stand_in.py."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
-
-
 def _built(cache: EngineCache, key: EngineKey, content: bytes = b"PLAN" * 1000) -> Path:
     tmp = cache.temp_plan(key)
     tmp.write_bytes(content)
@@ -50,17 +43,22 @@ def test_every_field_of_the_key_names_another_file() -> None:
         assert other.digest not in digests, name
         digests.add(other.digest)
     assert dataclasses.replace(KEY).digest == KEY.digest  # stable for equal keys
-    assert len(KEY.digest) == 32 and int(KEY.digest, 16) >= 0
+    assert len(KEY.digest) == 32
+    assert int(KEY.digest, 16) >= 0
 
 
 def test_store_then_lookup_gives_the_plan_and_its_sidecar(tmp_path: Path) -> None:
     cache = EngineCache(tmp_path)
     entry = cache.store(KEY, _built(cache, KEY), model_id="shapes/1", io=[{"name": "images"}], verified={"images": 4})
     found = cache.lookup(KEY)
-    assert found.entry is not None and found.rejected is None
-    assert found.entry.plan == entry.plan and found.entry.plan.read_bytes() == b"PLAN" * 1000
+    assert found.entry is not None
+    assert found.rejected is None
+    assert found.entry.plan == entry.plan
+    assert found.entry.plan.read_bytes() == b"PLAN" * 1000
     sidecar = json.loads(cache.paths(KEY)[1].read_text())
-    assert sidecar["key"] == KEY.fields() and sidecar["model_id"] == "shapes/1" and sidecar["plan"]["bytes"] == 4000
+    assert sidecar["key"] == KEY.fields()
+    assert sidecar["model_id"] == "shapes/1"
+    assert sidecar["plan"]["bytes"] == 4000
     assert sidecar["verified"] == {"images": 4}
     assert not list((cache.root / ".tmp").iterdir())  # the temp plan was moved, not copied
     assert cache.lookup(dataclasses.replace(KEY, precision="fp32")).entry is None  # another key: a miss
@@ -81,8 +79,10 @@ def test_a_damaged_entry_is_rejected_deleted_and_never_loaded(tmp_path: Path, da
     plan, sidecar = cache.paths(KEY)
     damage(plan, sidecar)
     found = cache.lookup(KEY)
-    assert found.entry is None and reason in (found.rejected or "")
-    assert not plan.exists() and not sidecar.exists()
+    assert found.entry is None
+    assert reason in (found.rejected or "")
+    assert not plan.exists()
+    assert not sidecar.exists()
     assert cache.lookup(KEY) == engines.cache.Lookup(None)  # gone: the next lookup is a plain miss
 
 
@@ -94,7 +94,8 @@ def test_a_sidecar_of_another_key_is_refused_and_says_which_fields_differ(tmp_pa
     for src, dst in zip(cache.paths(old), (plan, sidecar)):
         dst.write_bytes(src.read_bytes())  # someone copied the files under the new name
     found = cache.lookup(KEY)
-    assert found.entry is None and "l4t, tensorrt differ" in (found.rejected or "")
+    assert found.entry is None
+    assert "l4t, tensorrt differ" in (found.rejected or "")
 
 
 def test_a_jetpack_upgrade_misses_once_and_prune_removes_the_old_plans(tmp_path: Path) -> None:
@@ -104,7 +105,8 @@ def test_a_jetpack_upgrade_misses_once_and_prune_removes_the_old_plans(tmp_path:
     cache.store(KEY, _built(cache, KEY))
     assert cache.lookup(dataclasses.replace(KEY, tensorrt="10.7.0")).entry is None
     assert cache.prune(tensorrt="10.3.0") == 2  # the 8.6 plan and its sidecar
-    assert not any(p.exists() for p in cache.paths(old)) and cache.lookup(KEY).entry is not None
+    assert not any(p.exists() for p in cache.paths(old)), [p for p in cache.paths(old) if p.exists()]
+    assert cache.lookup(KEY).entry is not None
 
 
 def test_failure_markers_are_per_key(tmp_path: Path) -> None:
@@ -140,7 +142,8 @@ def test_kill_9_during_stores_leaves_a_valid_entry_or_none(tmp_path: Path) -> No
     for _ in range(12):
         proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path)], cwd=TESTS.parent,
                                 stdout=subprocess.PIPE, text=True)
-        assert proc.stdout is not None and proc.stdout.readline() == "stored\n"  # busy storing from now on
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "stored\n"  # busy storing from now on
         time.sleep(rng.random() * 0.3)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -229,16 +232,19 @@ def test_probe_reads_a_jetson_from_its_files(tmp_path: Path) -> None:
         (tmp_path / "dev" / name).touch()
     info = probe(tmp_path, cuda=False)
     assert info.jetson_model == "NVIDIA Jetson AGX Orin Developer Kit"
-    assert info.l4t_release == "36.4.0" and info.dla_cores == 2 and not info.cuda
+    assert info.l4t_release == "36.4.0"
+    assert info.dla_cores == 2
+    assert not info.cuda
     assert l4t_release("# R35 (release), REVISION: 4.1, GCID: 33958178") == "35.4.1"
     assert l4t_release("garbage") is None
 
 
+@pytest.mark.skipif(probe().cuda, reason="this machine has a CUDA GPU")
 def test_probe_of_this_machine_says_why_there_is_no_gpu() -> None:
     info = probe()
-    if info.cuda:
-        pytest.skip("this machine has a CUDA GPU")
-    assert info.gpu_name is None and info.cuda_reason != "ok" and info.cuda_reason
+    assert info.gpu_name is None
+    assert info.cuda_reason != "ok"
+    assert info.cuda_reason
 
 
 def _device(**changes: object) -> DeviceInfo:
@@ -249,7 +255,8 @@ def _device(**changes: object) -> DeviceInfo:
 def test_choice_with_tensorrt_absent_on_this_machine() -> None:
     choice = engines.choose_backend(engines.EnginePrefs())
     assert choice.backend == "onnxruntime"
-    assert choice.reason.startswith("TensorRT not used: ") and choice.ort_prefs.backend == "ort"
+    assert choice.reason.startswith("TensorRT not used: ")
+    assert choice.ort_prefs.backend == "ort"
 
 
 @pytest.mark.parametrize("modules, device, prefs, backend, says", [
@@ -264,14 +271,83 @@ def test_choice_names_the_reason(modules: set[str], device: DeviceInfo, prefs: e
                                  says: str) -> None:
     choice = engines.choose_backend(prefs, device, has_module=modules.__contains__,
                                     ort_providers=lambda: ["CPUExecutionProvider"])
-    assert choice.backend == backend and says in choice.reason
+    assert choice.backend == backend
+    assert says in choice.reason
 
 
 def test_onnx_runtime_gets_its_cuda_provider_where_present_and_a_gpu_answers() -> None:
     with_cuda = lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]  # noqa: E731
     choice = engines.choose_backend(engines.EnginePrefs(), _device(), has_module=lambda m: False,
                                     ort_providers=with_cuda)
-    assert choice.ort_prefs.providers == ("cuda",) and "ONNX Runtime on cuda then CPU" in choice.reason
+    assert choice.ort_prefs.providers == ("cuda",)
+    assert "ONNX Runtime on cuda then CPU" in choice.reason
     no_gpu = _device(gpu_name=None, cuda_reason="no driver")
     assert engines.choose_backend(engines.EnginePrefs(), no_gpu, has_module=lambda m: False,
                                   ort_providers=with_cuda).ort_prefs.providers == ()
+
+
+def test_the_choice_names_every_missing_piece_not_only_the_first() -> None:
+    no_gpu = _device(gpu_name=None, compute_capability=None, cuda_reason="no driver")
+    choice = engines.choose_backend(engines.EnginePrefs(), no_gpu, has_module=lambda m: False,
+                                    ort_providers=lambda: ["CPUExecutionProvider"])
+    assert choice.missing == ("tensorrt", "pycuda", "cuda")
+    assert "tensorrt) are not installed" in choice.reason  # the reason gives the first
+    ready = engines.choose_backend(engines.EnginePrefs(), _device(), has_module=lambda m: True,
+                                   ort_providers=lambda: ["CPUExecutionProvider"])
+    assert ready.missing == ()
+
+
+def test_tensorrt_is_a_row_of_the_table_that_runs_plans_not_onnx_files(tmp_path: Path) -> None:
+    from engines.trt_queue import TrtBackend
+
+    assert list(engines.BACKENDS) == ["trt", "ort"]  # the order back-ends are preferred in
+    assert engines.BACKENDS["trt"].runs == "plan"
+    with pytest.raises(engines.EngineUnavailable, match="runs plans built from the ONNX file"):
+        engines.select_engine(DEMO / "shapes-cls" / "1" / "model.onnx", engines.EnginePrefs(backend="trt"))
+    chosen = engines.choose_backend(engines.EnginePrefs(), _device(), has_module=lambda m: True,
+                                    ort_providers=lambda: ["CPUExecutionProvider"])
+    backend = engines.plan_backend(chosen)
+    assert isinstance(backend, TrtBackend)  # made without importing TensorRT
+    assert backend.device == chosen.device
+    assert engines.plan_backend(engines.choose_backend(engines.EnginePrefs(backend="ort"))) is None
+
+
+@pytest.mark.parametrize("fixed, prefs, batch", [
+    (None, engines.EnginePrefs(), (1, 1, 8)),
+    (None, engines.EnginePrefs(max_batch=16, opt_batch=4), (1, 4, 16)),
+    (None, engines.EnginePrefs(max_batch=2, opt_batch=4), (1, 2, 2)),  # opt never above max
+    (1, engines.EnginePrefs(max_batch=16), (1, 1, 1)),  # a fixed batch is the whole profile
+])
+def test_the_key_takes_the_batch_profile_from_the_model_or_the_prefs(
+        fixed: int | None, prefs: engines.EnginePrefs, batch: tuple[int, int, int]) -> None:
+    from engines.trt_queue import plan_key
+    from trt_stand_in import IDENTITY
+
+    key = plan_key(IDENTITY, prefs, "ab" * 32, fixed)
+    assert key.batch == batch
+    assert key.precision == prefs.precision
+    assert key.tensorrt == IDENTITY["tensorrt"]
+
+
+def test_every_error_of_the_tensorrt_side_belongs_to_the_tree() -> None:
+    from edge_agent.errors import EdgeAgentError
+    from edge_agent.serving.accelerate_setup import TensorRTUnavailable
+    from engines.pycuda_build import BuildSkipped, PycudaBuildError
+    from engines.trt_queue import BuildOutdated
+
+    assert issubclass(BuildFailed, engines.EngineError)
+    assert issubclass(BuildOutdated, engines.EngineError)
+    assert issubclass(PycudaBuildError, engines.EngineError)
+    assert issubclass(BuildSkipped, PycudaBuildError)
+    assert issubclass(TensorRTUnavailable, engines.EngineUnavailable)
+    assert issubclass(engines.EngineError, EdgeAgentError)
+
+
+def test_a_tensorrt_too_old_is_unavailable() -> None:
+    from types import SimpleNamespace
+
+    from engines.trt_api import TrtApi
+
+    with pytest.raises(engines.EngineUnavailable, match=r"TensorRT 8\.4\.3 is too old"):
+        TrtApi(SimpleNamespace(__version__="8.4.3"))
+    assert TrtApi(SimpleNamespace(__version__="10.3.0")).major == 10

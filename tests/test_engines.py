@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import engines
+from edge_agent.serving.loading import load_stored
 from engines.ort import choose_providers
 
 
@@ -29,7 +30,8 @@ def test_provider_order(wanted: tuple[str, ...], available: list[str], expected:
 def test_select_engine_runs_on_cpu(detector_onnx: Path) -> None:
     engine = engines.select_engine(detector_onnx, engines.EnginePrefs(intra_op_threads=1, max_batch=4))
     assert engine.name == "onnxruntime:CPUExecutionProvider"
-    assert engine.inputs[0].shape == (None, 3, 64, 64) and engine.inputs[0].dynamic_batch
+    assert engine.inputs[0].shape == (None, 3, 64, 64)
+    assert engine.inputs[0].dynamic_batch
     assert engine.max_batch == 4
     outputs = engine.run(np.zeros((3, 3, 64, 64), np.float32))
     assert outputs[0].shape == (3, 6, 3)
@@ -53,7 +55,7 @@ def test_engine_failure_reaches_the_caller_typed(store, detector_onnx: Path) -> 
     from edge_agent.errors import EngineFailure
 
     store.install(detector_onnx, "det/1")
-    model = store.load("det/1")
+    model = load_stored(store, "det/1")
     model.engine.close()  # a broken engine: every run fails
     with pytest.raises(EngineFailure, match="model det/1"):
         model.infer(np.zeros((64, 64, 3), np.uint8))

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_pipelines import RtspServer, _rtsp_available, wait
 
+from helpers import RtspServer, rtsp_available, wait
 from servers import free_port
 
 TAIL = ("videoconvert ! video/x-raw,format={BGR,BGRx,BGRA,I420,NV12} ! appsink name=sink max-buffers=1 drop=true "
@@ -45,7 +45,7 @@ def test_ci_has_the_gstreamer_bindings() -> None:
 
 
 def refused(*words: str) -> AbstractContextManager[Any]:
-    from edge_agent.pipelines.gst import GstSourceError
+    from edge_agent.errors import GstSourceError
 
     return pytest.raises(GstSourceError, match=".*".join(words))
 
@@ -112,27 +112,32 @@ def test_a_finite_pipeline_gives_every_frame_with_predictions_and_timestamps(run
     from edge_agent.pipelines.pipeline import InferencePipeline
 
     got: list[tuple[Any, Any]] = []
-    pipeline = InferencePipeline(runtime, "shapes/1", f"gst:{BALL}", sinks=[lambda f, r: got.append((f, r))])
+    pipeline = InferencePipeline(runtime.inference, "shapes/1", f"gst:{BALL}", sinks=[lambda f, r: got.append((f, r))])
     pipeline.start()
     pipeline.join(30)
     status = pipeline.status()
     assert status["state"] == "finished", status
     source = status["source"]
     # not live (videotestsrc prerolls): read like a file, every frame, none dropped, the end ends it
-    assert source["kind"] == "gstreamer" and source["live"] is False and source["dropped"] == 0
-    assert source["declared_fps"] == 30.0 and source["resolution"] == [320, 240]
+    assert source["kind"] == "gstreamer"
+    assert source["live"] is False
+    assert source["dropped"] == 0
+    assert source["declared_fps"] == 30.0
+    assert source["resolution"] == [320, 240]
     assert [f.frame_id for f, _ in got] == list(range(1, 61))
     assert [f.pts for f, _ in got] == pytest.approx([i / 30 for i in range(60)], abs=1e-6)  # the buffers' PTS
     errors = []
     for frame, result in got:
-        assert frame.image.shape == (240, 320, 3) and frame.image.dtype == np.uint8
+        assert frame.image.shape == (240, 320, 3)
+        assert frame.image.dtype == np.uint8
         ys, xs = np.nonzero(frame.image.min(axis=2) > 200)  # the ball, as the frame shows it
         circles = [i for i, name in enumerate(result.class_names) if name == "circle"]
         best = max((i for i in range(len(result)) if result.class_id[i] in circles),
                    key=lambda i: result.confidence[i])
         x0, y0, x1, y1 = result.xyxy[best]
         errors.append(float(np.hypot((x0 + x1) / 2 - xs.mean(), (y0 + y1) / 2 - ys.mean())))
-    assert np.median(errors) < 3.0 and max(errors) < 8.0, errors
+    assert np.median(errors) < 3.0, errors
+    assert max(errors) < 8.0, errors
 
 
 @needs_gst
@@ -158,7 +163,8 @@ def test_which_appsink_is_read_and_the_colour_order(launch: str, size: tuple[int
             frame = source.read(5)
             assert frame is not None, source.status()
             frames.append(frame)
-    assert len(frames) == 3 and frames[0].image.shape == (*size, 3)
+    assert len(frames) == 3
+    assert frames[0].image.shape == (*size, 3)
     if "solid-color" in launch:
         assert frames[0].image[0, 0].tolist() == [0, 0, 255]
 
@@ -184,7 +190,8 @@ def test_each_format_the_appsink_takes_becomes_the_same_bgr_image(fmt: str, size
         return grab.image
 
     reference, image = first("BGR"), first(fmt)
-    assert image.shape == (*size, 3) and image.dtype == np.uint8
+    assert image.shape == (*size, 3)
+    assert image.dtype == np.uint8
     difference = np.abs(image.astype(int) - reference.astype(int))
     # the same pixels, but where 4:2:0 chroma meets the edge between two colour bars (about 1 %)
     assert np.percentile(difference, 95) <= 2, np.percentile(difference, [50, 90, 95, 99])
@@ -211,21 +218,24 @@ def test_realtime_paces_a_pipeline_that_is_not_live_on_the_gstreamer_clock() -> 
     assert source.status()["source_fps"] < 40, source.status()  # never faster than the stream's rate
 
 
-@pytest.mark.skipif(not _rtsp_available() or not _gst_available(), reason="GStreamer (RTSP server, gi) missing")
+@pytest.mark.skipif(not rtsp_available() or not _gst_available(), reason="GStreamer (RTSP server, gi) missing")
 def test_a_live_rtsp_pipeline_reconnects_when_the_camera_comes_back(runtime: Any) -> None:
-    from edge_agent.pipelines.manager import PipelineSpec
+    from edge_agent.pipeline_spec import PipelineSpec
 
     port = free_port()
     server = RtspServer(port)
     try:
         reference = f"gst:rtspsrc location=rtsp://127.0.0.1:{port}/test latency=100 ! decodebin"
-        pipeline = runtime.streams.start(PipelineSpec(model_id="shapes/1", pipeline_id="gst-cam",
+        pipeline = runtime.pipelines.start(PipelineSpec(model_id="shapes/1", pipeline_id="gst-cam",
                                                       video_reference=reference))
         wait(lambda: pipeline.frames_inferred >= 20, timeout=30)
         status = pipeline.status()
         source = status["source"]
-        assert source["kind"] == "gstreamer" and source["live"] and source["resolution"] == [320, 240]
-        assert source["declared_fps"] == 15.0 and 8 < source["source_fps"] < 25
+        assert source["kind"] == "gstreamer"
+        assert source["live"]
+        assert source["resolution"] == [320, 240]
+        assert source["declared_fps"] == 15.0
+        assert 8 < source["source_fps"] < 25
         assert 0 < status["latency_s"] < 1.0  # from the capture (the buffer's PTS on the clock) to the result
         server.kill()
         wait(lambda: pipeline.source.state in ("reconnecting", "connecting"), timeout=20)
@@ -235,10 +245,12 @@ def test_a_live_rtsp_pipeline_reconnects_when_the_camera_comes_back(runtime: Any
         server = RtspServer(port)
         wait(lambda: pipeline.frames_inferred >= stalled_at + 10, timeout=30)
         status = pipeline.status()
-        assert status["state"] == "running" and status["source"]["state"] == "streaming"
+        assert status["state"] == "running"
+        assert status["source"]["state"] == "streaming"
         t0 = time.monotonic()
-        runtime.streams.terminate("gst-cam")
-        assert time.monotonic() - t0 < 2.0 and pipeline.state == "terminated"
+        runtime.pipelines.terminate("gst-cam")
+        assert time.monotonic() - t0 < 2.0
+        assert pipeline.state == "terminated"
     finally:
         server.kill()
 
@@ -273,7 +285,8 @@ def test_without_the_bindings_a_gstreamer_reference_says_what_to_install() -> No
             "    print(type(exc).__name__, exc.status, exc)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.startswith("GstSourceError 400 GStreamer's Python bindings cannot be imported"), out
-    assert "python3-gi" in out.stdout and "gir1.2-gstreamer-1.0" in out.stdout
+    assert "python3-gi" in out.stdout
+    assert "gir1.2-gstreamer-1.0" in out.stdout
 
 
 def _os_threads() -> int:
@@ -282,8 +295,8 @@ def _os_threads() -> int:
 
 @needs_gst
 def test_stop_delivers_no_frame_after_it_and_sets_the_pipeline_to_null(runtime: Any) -> None:
+    from edge_agent.pipeline_spec import PipelineSpec
     from edge_agent.pipelines.gst import GstCapture, gst_module
-    from edge_agent.pipelines.manager import PipelineSpec
     from edge_agent.pipelines.sources import VideoSource
 
     Gst = gst_module()
@@ -291,7 +304,8 @@ def test_stop_delivers_no_frame_after_it_and_sets_the_pipeline_to_null(runtime: 
     capture = GstCapture(live[4:] + " ! " + "videoconvert ! video/x-raw,format=BGR ! appsink", realtime=False,
                          open_timeout_s=5, cancelled=lambda: False)
     capture.open()
-    assert capture.live and capture.read() is not None
+    assert capture.live
+    assert capture.read() is not None
     capture.release()
     assert capture.pipeline.get_state(0)[1] == Gst.State.NULL
 
@@ -305,20 +319,21 @@ def test_stop_delivers_no_frame_after_it_and_sets_the_pipeline_to_null(runtime: 
         wait(lambda: source.frames_read >= 3, timeout=10)  # noqa: B023 - waited on before the next round
         source.stop()
         read_at_stop = source.frames_read
-        assert all(source.read(0.05) is None for _ in range(10))  # nothing handed out after stop
+        assert all(source.read(0.05) is None for _ in range(10)), "a frame was handed out after stop"
         wait(lambda: not readers(), timeout=3)
         assert source.frames_read <= read_at_stop + 1  # at most the one being read when stop() came
         counts.append(_os_threads())
     assert counts[-1] <= counts[0], counts
 
     got: list[int] = []
-    pipeline = runtime.streams.start(PipelineSpec(model_id="shapes/1", video_reference=live, pipeline_id="stopped"))
+    pipeline = runtime.pipelines.start(PipelineSpec(model_id="shapes/1", video_reference=live, pipeline_id="stopped"))
     pipeline.sinks.append(lambda frame, result: got.append(frame.frame_id))
     wait(lambda: len(got) >= 5, timeout=20)
-    runtime.streams.terminate("stopped")
+    runtime.pipelines.terminate("stopped")
     seen = len(got)
     time.sleep(0.5)
-    assert len(got) == seen and pipeline.state == "terminated"
+    assert len(got) == seen
+    assert pipeline.state == "terminated"
     wait(lambda: not readers(), timeout=3)
 
 

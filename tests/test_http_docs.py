@@ -31,12 +31,10 @@ from urllib.parse import urljoin, urlsplit
 import pytest
 import requests
 
+from helpers import CHROMIUM, needs_chromium
+
 REPO = Path(__file__).resolve().parent.parent
 ARTEFACTS_ENV = os.environ.get("EDGE_AGENT_TEST_ARTEFACTS")
-CHROMIUM = next((p for p in (shutil.which("chromium"), "/usr/bin/chromium", shutil.which("chromium-browser"),
-                             shutil.which("google-chrome")) if p and os.access(p, os.X_OK)), None)
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (CI installs it: "
-                                                              "apt-get install chromium)")
 DEVICE_HOST = "edge-agent.test"
 CHROMIUM_TIMEOUT = 60  # seconds of wall time per page; rendering takes 2-3 s
 PAGES = ("/docs", "/redoc")
@@ -113,8 +111,7 @@ def _keep_artefact(path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def rendered(http_server: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Rendered]:
-    if CHROMIUM is None:
-        pytest.skip("Chromium is not installed (CI installs it: apt-get install chromium)")
+    """The pages as Chromium rendered them (every test that asks for this is marked needs_chromium)."""
     out = tmp_path_factory.mktemp("http-docs")
     return {page: _render(http_server.url + page, out) for page in PAGES}
 

@@ -62,7 +62,7 @@ def _served_document() -> dict[str, Any]:
     from edge_agent.settings import Settings
 
     with tempfile.TemporaryDirectory() as state:
-        return copy.deepcopy(create_app(Runtime(Settings.defaults(Path(state)))).api_doc)
+        return copy.deepcopy(create_app(Runtime(Settings.defaults(Path(state))).http_services()).api_doc)
 
 
 SERVED = _served_document()

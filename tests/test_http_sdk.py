@@ -1,4 +1,4 @@
-"""Roboflow's own client (inference-sdk 1.8.3) and supervision against the real daemon (spec §7.11).
+"""Roboflow's own client (inference-sdk 1.8.3) and supervision against the real daemon (docs/http-api.md §7.11).
 
 Every call goes through gunicorn on a loopback port to the demo models of the built-in store; results
 are compared with the ground truth of generated scenes and with the in-process Python API.
@@ -76,7 +76,8 @@ def test_the_daemon_and_the_client_share_the_headless_opencv() -> None:
 def test_server_info(client: InferenceHTTPClient) -> None:
     info = client.get_server_info()
     assert info.name == "edge-agent"
-    assert info.version and info.uuid
+    assert info.version
+    assert info.uuid
     assert client.get_server_info().uuid == info.uuid  # stable
 
 
@@ -109,12 +110,14 @@ def test_v2_detection_family_with_supervision(client: InferenceHTTPClient, scene
     assert len(detections) == len(result["predictions"]) > 0
     assert set(detections.data["class_name"]) <= set(CLASSES)
     if model_id == SEG:
-        assert detections.mask is not None and detections.mask.shape == (len(detections), 480, 640)
+        assert detections.mask is not None
+        assert detections.mask.shape == (len(detections), 480, 640)
         assert detections.mask.sum(axis=(1, 2)).min() > 0
     if model_id == POSE:
         keypoints = sv.KeyPoints.from_inference(result)
         assert len(keypoints) == len(detections)
-        assert keypoints.xy.shape[2] == 2 and keypoints.xy.shape[1] >= 3
+        assert keypoints.xy.shape[2] == 2
+        assert keypoints.xy.shape[1] >= 3
 
 
 def test_v2_classification(client: InferenceHTTPClient) -> None:
@@ -123,7 +126,9 @@ def test_v2_classification(client: InferenceHTTPClient) -> None:
         image, truth = generate_classification(seed, size=(160, 160))
         result = client.infer(image, model_id=CLS)
         assert result["image"] == {"width": 160, "height": 160}
-        assert isinstance(result["predictions"], list) and "top" in result and "confidence" in result
+        assert isinstance(result["predictions"], list)
+        assert "top" in result
+        assert "confidence" in result
         hits += result["top"] == CLASSES[truth]
     assert hits >= 4  # the demo classifier's top-1 is ~0.64 (docs/demo-models.md)
 
@@ -137,7 +142,7 @@ def image_files(tmp_path_factory: pytest.TempPathFactory, scene: Any) -> Path:
 
 @pytest.fixture(scope="module")
 def image_url(image_files: Path) -> Iterator[str]:
-    """A plain HTTP server on loopback serving the scene (the SDK downloads URLs itself, spec §7.4)."""
+    """A plain HTTP server on loopback serving the scene (the SDK downloads URLs itself, docs/http-api.md §7.4)."""
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(image_files))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
@@ -193,7 +198,8 @@ def test_batches_come_back_in_order(http_server: Any) -> None:
     for config in configs:
         client.configure(config)
         results = client.infer(images, model_id=DET)
-        assert isinstance(results, list) and len(results) == 3
+        assert isinstance(results, list)
+        assert len(results) == 3
         assert [_summary(r) for r in results] == [_summary(r) for r in single]
         assert [len(sv.Detections.from_inference(r)) for r in results] == [len(r["predictions"]) for r in single]
     one = client.infer([images[0]], model_id=DET)
@@ -207,7 +213,8 @@ def test_configuration_changes_results(client: InferenceHTTPClient, scene: Any) 
     classes = [p["class"] for p in base["predictions"]]
     client.configure(InferenceConfiguration(confidence_threshold=0.99))
     strict = client.infer(scene.image, model_id=DET)
-    assert all(p["confidence"] >= 0.99 for p in strict["predictions"]) and len(strict["predictions"]) < n
+    assert all(p["confidence"] >= 0.99 for p in strict["predictions"]), [p["confidence"] for p in strict["predictions"]]
+    assert len(strict["predictions"]) < n
     client.configure(InferenceConfiguration(class_filter=[classes[0]]))
     assert {p["class"] for p in client.infer(scene.image, model_id=DET)["predictions"]} == {classes[0]}
     client.configure(InferenceConfiguration(max_detections=1))
@@ -229,7 +236,8 @@ def test_visualisation_formats(client: InferenceHTTPClient, scene: Any, fmt: str
         decoded = cv2.imdecode(np.frombuffer(base64.b64decode(vis), np.uint8), cv2.IMREAD_COLOR)
         assert decoded.shape == scene.image.shape
     elif fmt == "numpy":
-        assert isinstance(vis, np.ndarray) and vis.shape == scene.image.shape
+        assert isinstance(vis, np.ndarray)
+        assert vis.shape == scene.image.shape
     else:
         assert vis.size == (640, 480)
 
@@ -277,7 +285,8 @@ def test_legacy_keypoint_threshold(client: InferenceHTTPClient, scene: Any) -> N
     some = client.infer(scene.image, model_id=POSE)
     all_kp = [k for p in every["predictions"] for k in p["keypoints"]]
     kept = [k for p in some["predictions"] for k in p["keypoints"]]
-    assert kept and all(k["confidence"] >= 0.5 for k in kept)
+    assert kept
+    assert all(k["confidence"] >= 0.5 for k in kept), [k["confidence"] for k in kept]
     assert len(kept) == sum(k["confidence"] >= 0.5 for k in all_kp)
 
 

@@ -91,10 +91,10 @@ def test_bad_inputs_raise_image_load_error(source: object, cause: str) -> None:
 
 
 def test_raw_bytes_where_base64_was_expected() -> None:
-    from edge_agent.images import decode_base64
+    from edge_agent.images import bytes_from_base64
 
     with pytest.raises(ImageLoadError, match="raw bytes instead of a base64-encoded string"):
-        decode_base64(PNG)
+        bytes_from_base64(PNG)
 
 
 def test_pixel_cap_is_checked_from_the_header() -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from edge_agent.errors import InvalidInput
 from edge_agent.results import Classification, Detections
+from edge_agent.serving.loading import load_stored
 from onnx_builders import constant_model, ultralytics_metadata
 
 BLACK_64 = np.zeros((64, 64, 3), np.uint8)
@@ -17,12 +18,12 @@ BLACK_64 = np.zeros((64, 64, 3), np.uint8)
 def _install(store, tmp_path: Path, name: str, outputs, md, **kw):  # type: ignore[no-untyped-def]
     path = constant_model(tmp_path / f"{name}.onnx", outputs, metadata=md, **kw)
     store.install(path, f"{name}/1")
-    return store.load(f"{name}/1")
+    return load_stored(store, f"{name}/1")
 
 
 def test_yolov8_detection_nms_filter_and_letterbox(store, detector_onnx: Path) -> None:
     store.install(detector_onnx, "det/1")
-    model = store.load("det/1")
+    model = load_stored(store, "det/1")
     image = np.zeros((128, 256, 3), np.uint8)  # letterboxed: scale 0.25, 16 px of padding top and bottom
     r = model.infer(image)
     assert isinstance(r, Detections)
@@ -35,7 +36,8 @@ def test_yolov8_detection_nms_filter_and_letterbox(store, detector_onnx: Path) -
     assert len(model.infer(image, confidence=0.95)) == 0
     assert len(model.infer(image, max_candidates=1)) == 1
     batch = model.infer([image, image, image])
-    assert isinstance(batch, list) and [len(b) for b in batch] == [2, 2, 2]
+    assert isinstance(batch, list)
+    assert [len(b) for b in batch] == [2, 2, 2]
 
 
 def test_class_agnostic_nms_suppresses_across_classes(store, tmp_path: Path) -> None:
@@ -103,7 +105,8 @@ def test_empty_mask_keeps_detection_with_empty_polygon(store, tmp_path: Path) ->
     md = ultralytics_metadata("segment", ["blob"], (64, 64))
     model = _install(store, tmp_path, "seg0", {"output0": out, "output1": protos}, md)
     r = model.infer(BLACK_64)
-    assert len(r) == 1 and r.polygons[0].shape == (0, 2)
+    assert len(r) == 1
+    assert r.polygons[0].shape == (0, 2)
     assert r.to_json()["predictions"][0]["points"] == []
 
 
@@ -134,7 +137,8 @@ def test_single_label_classification(store, tmp_path: Path, row, expected) -> No
     assert isinstance(r, Classification)
     np.testing.assert_allclose(r.confidence, expected, atol=1e-5)
     body = r.to_json()
-    assert body["top"] == "y" and body["confidence"] == pytest.approx(round(float(np.max(expected)), 4))
+    assert body["top"] == "y"
+    assert body["confidence"] == pytest.approx(round(float(np.max(expected)), 4))
     ranked = sorted(zip("xyz", expected), key=lambda t: -t[1])
     assert [p["class"] for p in body["predictions"]] == [n for n, s in ranked if s >= 0.15]
 
@@ -144,7 +148,8 @@ def test_static_batch_model_runs_lists_one_by_one(store, tmp_path: Path) -> None
     out[:5, 0] = [32, 32, 20, 10, 0.9]
     md = ultralytics_metadata("detect", ["a", "b"], (64, 64))
     model = _install(store, tmp_path, "static", {"output0": out}, md, batch=1)
-    assert model.manifest.input.batch == 1 and model.engine.max_batch == 1
+    assert model.manifest.input.batch == 1
+    assert model.engine.max_batch == 1
     results = model.infer([BLACK_64] * 3)
     assert [len(r) for r in results] == [1, 1, 1]
 
@@ -158,7 +163,7 @@ def test_multilabel_classification(store, tmp_path: Path, row, expected) -> None
     path = constant_model(tmp_path / "ml.onnx", {"output0": np.array(row, np.float32)}, input_hw=(32, 32))
     store.install(path, "ml/1", task="classification", class_names=("rust", "crack", "dent"))
     store.update("ml/1", multilabel=True)
-    r = store.load("ml/1").infer(np.zeros((40, 40, 3), np.uint8), confidence=0.55)
+    r = load_stored(store, "ml/1").infer(np.zeros((40, 40, 3), np.uint8), confidence=0.55)
     np.testing.assert_allclose(r.confidence, expected, atol=1e-5)
     body = r.to_json()
     assert body["predicted_classes"] == [n for n, s in zip(("rust", "crack", "dent"), expected) if s > 0.55]

@@ -26,11 +26,13 @@ def test_order_ack_and_reopen(tmp_path: Path) -> None:
     assert [r.message.topic for r in rows] == ["t/0", "t/1", "t/2"]
     assert [r.message.topic for r in box.after(rows[-1].seq, 10)] == ["t/3", "t/4"]
     box.ack([rows[0].seq, rows[2].seq, 999])  # an unknown seq (dropped meanwhile) is no error
-    assert box.depth == 3 and box.bytes == sum(_msg(i).size for i in (1, 3, 4))
+    assert box.depth == 3
+    assert box.bytes == sum(_msg(i).size for i in (1, 3, 4))
     box.close()
     again = Outbox(tmp_path / "o.sqlite3", 100, 1 << 20)  # a restart finds what was not acknowledged
     assert [r.message.topic for r in again.after(0, 10)] == ["t/1", "t/3", "t/4"]
-    assert again.depth == 3 and again.bytes == sum(_msg(i).size for i in (1, 3, 4))
+    assert again.depth == 3
+    assert again.bytes == sum(_msg(i).size for i in (1, 3, 4))
     assert again.after(0, 1)[0].message == _msg(1)
 
 
@@ -42,7 +44,8 @@ def test_bounds_drop_the_oldest_predictions_first_and_count_them(tmp_path: Path)
     # only kept messages that cannot be dropped first are left: then the oldest of them go
     box.put([_msg(i, droppable=False) for i in range(7, 12)])
     assert [r.message.topic for r in box.after(0, 10)] == [f"t/{i}" for i in range(7, 12)]
-    assert box.dropped == 2 + 3 + 2 and box.depth == 5
+    assert box.dropped == 2 + 3 + 2
+    assert box.depth == 5
     box.close()
     assert Outbox(tmp_path / "o.sqlite3", 5, 1 << 20).dropped == 7  # the count is kept on disk
 
@@ -76,7 +79,8 @@ def test_kill_9_mid_write_leaves_whole_batches(tmp_path: Path, sync: str) -> Non
     path = tmp_path / "o.sqlite3"
     code = WRITER.replace("10**12)", f"10**12, sync={sync!r})")
     proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == b"ready"
     time.sleep(0.5)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -88,6 +92,7 @@ def test_kill_9_mid_write_leaves_whole_batches(tmp_path: Path, sync: str) -> Non
     for p in payloads:
         batch, j = p.split(":")
         batches.setdefault(batch, []).append(int(j))
-    assert all(js == list(range(50)) for js in batches.values())
+    for batch, js in batches.items():
+        assert js == list(range(50)), batch
     assert [int(b) for b in batches] == list(range(len(batches)))  # in order, none missing in between
     assert box.depth == len(payloads)

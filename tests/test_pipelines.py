@@ -12,65 +12,43 @@ from typing import Any
 import numpy as np
 import pytest
 
+from helpers import CHROMIUM, RtspServer, circle_video, needs_chromium, rtsp_available, wait
+from helpers import VIDEO_SIZE as SIZE
 from servers import free_port
 
 FRAMES = 40
-SIZE = (240, 320)  # h, w
-
-
-def circle_video(path: Path, frames: int = FRAMES, fps: float = 10.0) -> list[tuple[float, float]]:
-    """A white circle (r=28) moving left to right on grey; returns its centre in each frame."""
-    import cv2
-
-    h, w = SIZE
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, (w, h))
-    centres = []
-    for i in range(frames):
-        image = np.full((h, w, 3), 90, np.uint8)
-        cx, cy = 50.0 + i * (w - 100) / (frames - 1), 120.0
-        cv2.circle(image, (round(cx), round(cy)), 28, (240, 240, 240), -1, cv2.LINE_AA)
-        writer.write(image)
-        centres.append((cx, cy))
-    writer.release()
-    assert path.stat().st_size > 0
-    return centres
-
-
-def wait(predicate: Any, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def test_every_frame_of_a_file_is_inferred_and_follows_the_ground_truth(tmp_path: Path, runtime: Any) -> None:
     from edge_agent.pipelines.pipeline import InferencePipeline
 
-    centres = circle_video(tmp_path / "moving.mp4")
+    centres = circle_video(tmp_path / "moving.mp4", frames=FRAMES)
     got: list[tuple[dict[str, Any], np.ndarray]] = []
-    pipeline = InferencePipeline(runtime, "shapes/1", str(tmp_path / "moving.mp4"),
+    pipeline = InferencePipeline(runtime.inference, "shapes/1", str(tmp_path / "moving.mp4"),
                                  on_prediction=lambda body, image: got.append((body, image)))
     pipeline.start()
     pipeline.join(60)
     assert pipeline.state == "finished", pipeline.status()
     assert [body["frame_id"] for body, _ in got] == list(range(1, FRAMES + 1))  # none dropped, in order
-    assert all(image.shape[:2] == SIZE for _, image in got)
+    assert all(image.shape[:2] == SIZE for _, image in got), [image.shape for _, image in got]
     errors = []
     for (body, _), (cx, cy) in zip(got, centres):
         circles = [p for p in body["predictions"] if p["class"] == "circle"]
         assert circles, f"frame {body['frame_id']}: no circle in {body['predictions']}"
         best = max(circles, key=lambda p: p["confidence"])
         errors.append(float(np.hypot(best["x"] - cx, best["y"] - cy)))
-    assert np.median(errors) < 3.0 and max(errors) < 8.0, errors
+    assert np.median(errors) < 3.0, errors
+    assert max(errors) < 8.0, errors
     status = pipeline.status()
-    assert status["frames_inferred"] == FRAMES and status["source"]["dropped"] == 0
+    assert status["frames_inferred"] == FRAMES
+    assert status["source"]["dropped"] == 0
     assert status["source"]["declared_fps"] == pytest.approx(10.0)
 
 
 def test_outputs_and_image_folders(tmp_path: Path, runtime: Any) -> None:
     import cv2
 
-    from edge_agent.pipelines.manager import PipelineSpec
+    from edge_agent.pipeline_spec import PipelineSpec
 
     folder = tmp_path / "frames"
     folder.mkdir()
@@ -79,77 +57,84 @@ def test_outputs_and_image_folders(tmp_path: Path, runtime: Any) -> None:
         cv2.rectangle(image, (60 + 20 * i, 80), (120 + 20 * i, 140), (240, 240, 240), -1)
         cv2.imwrite(str(folder / f"{i:03d}.png"), image)
     (folder / "notes.txt").write_text("not an image")
-    pipeline = runtime.streams.start(PipelineSpec(model_id="shapes/1", video_reference=str(folder),
+    pipeline = runtime.pipelines.start(PipelineSpec(model_id="shapes/1", video_reference=str(folder),
                                                   pipeline_id="folder1", outputs=["jsonl", "video"]))
     pipeline.join(60)
     assert pipeline.state == "finished"
     out = runtime.settings.state_dir / "pipelines" / "folder1"
     lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert [line["frame_id"] for line in lines] == [1, 2, 3, 4, 5]
-    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["captured_at"]) for line in lines)
-    assert all(any(p["class"] == "square" for p in line["predictions"]) for line in lines)
+    for line in lines:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["captured_at"]), line["captured_at"]
+        assert any(p["class"] == "square" for p in line["predictions"]), line
     video = cv2.VideoCapture(str(out / "annotated.mp4"))
     assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
     video.release()
 
 
 def test_terminate_returns_at_once_on_a_dead_stream_and_it_keeps_reconnecting(runtime: Any) -> None:
-    from edge_agent.pipelines.manager import PipelineSpec
+    from edge_agent.pipeline_spec import PipelineSpec
 
     dead = f"rtsp://127.0.0.1:{free_port()}/nothing"  # nobody listens there
-    pipeline = runtime.streams.start(PipelineSpec(model_id="shapes/1", video_reference=dead, pipeline_id="dead"))
+    pipeline = runtime.pipelines.start(PipelineSpec(model_id="shapes/1", video_reference=dead, pipeline_id="dead"))
     wait(lambda: pipeline.source.reconnects >= 2)  # retried with backoff, not given up
     status = pipeline.status()
-    assert status["state"] == "running" and status["source"]["state"] in ("reconnecting", "connecting")
+    assert status["state"] == "running"
+    assert status["source"]["state"] in ("reconnecting", "connecting")
     assert status["source"]["last_error"]
     t0 = time.monotonic()
-    runtime.streams.terminate("dead")
-    assert time.monotonic() - t0 < 2.0 and pipeline.state == "terminated"
-    assert [p.pipeline_id for p in runtime.streams.list()] == []
+    runtime.pipelines.terminate("dead")
+    assert time.monotonic() - t0 < 2.0
+    assert pipeline.state == "terminated"
+    assert [p.pipeline_id for p in runtime.pipelines.list()] == []
 
 
 def test_a_missing_model_or_file_fails_the_pipeline_with_the_reason(tmp_path: Path, runtime: Any) -> None:
-    from edge_agent.pipelines.manager import PipelineSpec
+    from edge_agent.pipeline_spec import PipelineSpec
 
     video = tmp_path / "v.mp4"
     circle_video(video, frames=3)
-    bad_model = runtime.streams.start(PipelineSpec(model_id="nope/1", video_reference=str(video)))
-    bad_file = runtime.streams.start(PipelineSpec(model_id="shapes/1", video_reference=str(tmp_path / "no.mp4")))
-    paced_bad_file = runtime.streams.start(PipelineSpec(model_id="shapes/1", realtime=True,
+    bad_model = runtime.pipelines.start(PipelineSpec(model_id="nope/1", video_reference=str(video)))
+    bad_file = runtime.pipelines.start(PipelineSpec(model_id="shapes/1", video_reference=str(tmp_path / "no.mp4")))
+    paced_bad_file = runtime.pipelines.start(PipelineSpec(model_id="shapes/1", realtime=True,
                                                         video_reference=str(tmp_path / "no.mp4")))
     bad_model.join(30)
     bad_file.join(30)
     paced_bad_file.join(30)
     assert paced_bad_file.state == "failed"  # paced like a live source, but a missing file stays missing
-    assert bad_model.state == "failed" and "nope/1" in bad_model.status()["error"]
-    assert bad_file.state == "failed" and "no such video file" in bad_file.status()["error"]
+    assert bad_model.state == "failed"
+    assert "nope/1" in bad_model.status()["error"]
+    assert bad_file.state == "failed"
+    assert "no such video file" in bad_file.status()["error"]
 
 
 def test_pause_resume_and_max_fps(tmp_path: Path, runtime: Any) -> None:
-    from edge_agent.pipelines.manager import PipelineSpec
+    from edge_agent.pipeline_spec import PipelineSpec
 
     video = tmp_path / "v.mp4"
     circle_video(video, frames=60, fps=30.0)
     # paced at 30 fps, inferred at most 5 times a second: about 2 s of video gives ~10 results
-    pipeline = runtime.streams.start(PipelineSpec(model_id="shapes/1", video_reference=str(video), realtime=True,
+    pipeline = runtime.pipelines.start(PipelineSpec(model_id="shapes/1", video_reference=str(video), realtime=True,
                                                   max_fps=5, pipeline_id="paced"))
     pipeline.join(30)
     status = pipeline.status()
     assert status["state"] == "finished"
-    assert 6 <= status["frames_inferred"] <= 14 and status["frames_skipped"] > 30, status
+    assert 6 <= status["frames_inferred"] <= 14, status
+    assert status["frames_skipped"] > 30, status
     video2 = tmp_path / "v2.mp4"
     circle_video(video2, frames=200, fps=30.0)
-    pipeline = runtime.streams.start(PipelineSpec(model_id="shapes/1", video_reference=str(video2), realtime=True,
+    pipeline = runtime.pipelines.start(PipelineSpec(model_id="shapes/1", video_reference=str(video2), realtime=True,
                                                   pipeline_id="pausable"))
     wait(lambda: pipeline.frames_inferred > 3)
-    runtime.streams.pause("pausable")
+    runtime.pipelines.pause("pausable")
     time.sleep(0.3)
     frozen = pipeline.frames_inferred
     time.sleep(0.7)
-    assert pipeline.frames_inferred <= frozen + 1 and pipeline.state == "paused"
-    runtime.streams.resume("pausable")
+    assert pipeline.frames_inferred <= frozen + 1
+    assert pipeline.state == "paused"
+    runtime.pipelines.resume("pausable")
     wait(lambda: pipeline.frames_inferred > frozen + 3)
-    runtime.streams.terminate("pausable")
+    runtime.pipelines.terminate("pausable")
 
 
 def start_over_http(base: str, video: Path, pipeline_id: str) -> Any:
@@ -179,7 +164,9 @@ def test_stream_management_over_http_with_the_live_preview(tmp_path: Path, http_
 
     wait(lambda: report()["frames_inferred"] >= 3)
     rep = report()
-    assert rep["state"] == "running" and rep["source"]["kind"] == "file" and rep["source"]["live"] is True
+    assert rep["state"] == "running"
+    assert rep["source"]["kind"] == "file"
+    assert rep["source"]["live"] is True
     with requests.get(f"{base}/pipelines/http-cam/preview.mjpg", stream=True, timeout=10) as preview:
         assert preview.status_code == 200
         assert preview.headers["Content-Type"].startswith("multipart/x-mixed-replace; boundary=frame")
@@ -190,7 +177,8 @@ def test_stream_management_over_http_with_the_live_preview(tmp_path: Path, http_
                 break
     part = data.split(b"--frame")[1]
     header, _, body = part.partition(b"\r\n\r\n")
-    assert b"Content-Type: image/jpeg" in header and body.startswith(b"\xff\xd8")
+    assert b"Content-Type: image/jpeg" in header
+    assert body.startswith(b"\xff\xd8")
     import cv2
 
     jpeg = np.frombuffer(body[: int(header.split(b"Content-Length: ")[1].split(b"\r\n")[0])], np.uint8)
@@ -200,52 +188,30 @@ def test_stream_management_over_http_with_the_live_preview(tmp_path: Path, http_
     assert requests.post(f"{base}/inference_pipelines/http-cam/resume", timeout=10).status_code == 200
     assert requests.post(f"{base}/inference_pipelines/http-cam/terminate", timeout=10).status_code == 200
     missing = requests.get(f"{base}/inference_pipelines/http-cam/status", timeout=10)
-    assert missing.status_code == 404 and missing.json()["error"] == "pipeline_not_found"
+    assert missing.status_code == 404
+    assert missing.json()["error"] == "pipeline_not_found"
     bad = requests.post(f"{base}/inference_pipelines/initialise", json={"model_id": "shapes/1"}, timeout=10)
-    assert bad.status_code == 422 and "video_reference" in bad.text
+    assert bad.status_code == 422
+    assert "video_reference" in bad.text
     bad_id = requests.post(f"{base}/inference_pipelines/initialise", timeout=10,
                            json={"model_id": "shapes/1", "video_reference": 0, "pipeline_id": "../x"})
     assert bad_id.status_code == 422
 
 
-RTSP_SERVER = Path(__file__).resolve().parent / "rtsp_server.py"
-
-
-def _rtsp_available() -> bool:
-    import subprocess
-
-    probe = "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer"
-    return Path("/usr/bin/python3").exists() and subprocess.run(
-        ["/usr/bin/python3", "-c", probe], capture_output=True).returncode == 0
-
-
-class RtspServer:
-    def __init__(self, port: int) -> None:
-        import subprocess
-
-        self.proc = subprocess.Popen(["/usr/bin/python3", str(RTSP_SERVER), str(port)], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert line.strip() == b"ready", (line, self.proc.stderr.read() if self.proc.stderr else b"")
-
-    def kill(self) -> None:
-        self.proc.kill()  # a camera that loses power: no RTSP TEARDOWN, packets just stop
-        self.proc.wait(10)
-
-
-@pytest.mark.skipif(not _rtsp_available(), reason="GStreamer's RTSP server is not installed (.ci/run installs it)")
+@pytest.mark.skipif(not rtsp_available(), reason="GStreamer's RTSP server is not installed (.ci/run installs it)")
 def test_an_rtsp_camera_that_dies_and_comes_back_is_reconnected(runtime: Any) -> None:
-    from edge_agent.pipelines.manager import PipelineSpec
+    from edge_agent.pipeline_spec import PipelineSpec
 
     port = free_port()
     server = RtspServer(port)
     try:
-        pipeline = runtime.streams.start(PipelineSpec(model_id="shapes/1", pipeline_id="rtsp-cam",
+        pipeline = runtime.pipelines.start(PipelineSpec(model_id="shapes/1", pipeline_id="rtsp-cam",
                                                       video_reference=f"rtsp://127.0.0.1:{port}/test"))
         wait(lambda: pipeline.frames_inferred >= 40, timeout=60)
         source = pipeline.status()["source"]
-        assert source["kind"] == "stream" and source["live"] and source["resolution"] == [320, 240]
+        assert source["kind"] == "stream"
+        assert source["live"]
+        assert source["resolution"] == [320, 240]
         assert 8 < source["source_fps"] < 25  # served at 15 fps, measured on the stream
         assert source["stall_timeout_s"] == 2.0  # ten frame intervals, at least 2 s
         server.kill()
@@ -254,10 +220,11 @@ def test_an_rtsp_camera_that_dies_and_comes_back_is_reconnected(runtime: Any) ->
         server = RtspServer(port)  # the camera is back, same address
         wait(lambda: pipeline.frames_inferred >= stalled_at + 10, timeout=90)
         status = pipeline.status()
-        assert status["state"] == "running" and status["source"]["state"] == "streaming"
+        assert status["state"] == "running"
+        assert status["source"]["state"] == "streaming"
         assert status["source"]["reconnects"] >= 1
         t0 = time.monotonic()
-        runtime.streams.terminate("rtsp-cam")
+        runtime.pipelines.terminate("rtsp-cam")
         assert time.monotonic() - t0 < 2.0
     finally:
         server.kill()
@@ -273,7 +240,8 @@ def test_the_python_api(tmp_path: Path) -> None:
                                                  on_prediction=lambda body, image: got.append(body["frame_id"]))
     pipeline.start()
     pipeline.join(60)
-    assert got == [1, 2, 3, 4, 5] and pipeline.state == "finished"
+    assert got == [1, 2, 3, 4, 5]
+    assert pipeline.state == "finished"
     assert pipeline.params.confidence == 0.5
 
 
@@ -291,10 +259,11 @@ def test_pipelines_declared_in_the_configuration_start_with_the_runtime(tmp_path
     runtime = Runtime(load_settings(config, {}))
     runtime.start()
     try:
-        declared = runtime.streams.get("declared")
+        declared = runtime.pipelines.get("declared")
         declared.join(60)
-        assert declared.state == "finished" and declared.frames_inferred == 6
-        broken = runtime.streams.get("broken")
+        assert declared.state == "finished"
+        assert declared.frames_inferred == 6
+        broken = runtime.pipelines.get("broken")
         broken.join(30)
         assert broken.state == "failed"  # and the other one ran regardless
         lines = (tmp_path / "state/pipelines/declared/predictions.jsonl").read_text().splitlines()
@@ -303,16 +272,15 @@ def test_pipelines_declared_in_the_configuration_start_with_the_runtime(tmp_path
         runtime.stop()
 
 
+@needs_chromium
 def test_the_preview_shows_in_a_browser(tmp_path: Path, http_server: Any) -> None:
     """Headless Chromium (network closed) opens the MJPEG preview: the frame with its boxes drawn."""
     import subprocess
 
     import cv2
     import requests
-    from test_http_docs import CHROMIUM
 
-    if CHROMIUM is None:
-        pytest.skip("Chromium is not installed (CI installs it: apt-get install chromium)")
+    assert CHROMIUM is not None
     video = tmp_path / "long.mp4"
     circle_video(video, frames=600, fps=30.0)
     base = http_server.url
@@ -340,14 +308,15 @@ def test_the_preview_shows_in_a_browser(tmp_path: Path, http_server: Any) -> Non
 def test_the_watchdog_question_names_a_dead_pipeline_or_bridge_thread(tmp_path: Path, runtime: Any) -> None:
     import threading
 
-    from edge_agent.pipelines.manager import PipelineSpec
+    from edge_agent.pipeline_spec import PipelineSpec
 
     assert runtime.healthy() is None
     video = tmp_path / "v.mp4"
     circle_video(video, frames=3)
-    pipeline = runtime.streams.start(PipelineSpec(model_id="shapes/1", video_reference=str(video), pipeline_id="w"))
+    pipeline = runtime.pipelines.start(PipelineSpec(model_id="shapes/1", video_reference=str(video), pipeline_id="w"))
     pipeline.join(30)
-    assert pipeline.state == "finished" and runtime.healthy() is None  # finished is not stuck
+    assert pipeline.state == "finished"
+    assert runtime.healthy() is None  # finished is not stuck
     dead = threading.Thread(target=lambda: None)
     dead.start()
     dead.join()
@@ -367,7 +336,7 @@ def test_the_watchdog_question_names_a_dead_pipeline_or_bridge_thread(tmp_path: 
 
 def test_memory_stays_flat_on_a_live_stream(tmp_path: Path, runtime: Any) -> None:
     """A short soak (the 10-minute one is bench/pipeline.py --soak-minutes 10): 20 s of a 30 fps stream."""
-    from edge_agent.pipelines.manager import PipelineSpec
+    from edge_agent.pipeline_spec import PipelineSpec
 
     def rss_mb() -> float:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -377,7 +346,7 @@ def test_memory_stays_flat_on_a_live_stream(tmp_path: Path, runtime: Any) -> Non
 
     video = tmp_path / "long.mp4"
     circle_video(video, frames=750, fps=30.0)
-    pipeline = runtime.streams.start(PipelineSpec(model_id="shapes/1", video_reference=str(video), realtime=True,
+    pipeline = runtime.pipelines.start(PipelineSpec(model_id="shapes/1", video_reference=str(video), realtime=True,
                                                   pipeline_id="soak"))
     wait(lambda: pipeline.frames_inferred >= 100)  # warmed up: model, buffers, arenas
     samples = []
@@ -385,8 +354,9 @@ def test_memory_stays_flat_on_a_live_stream(tmp_path: Path, runtime: Any) -> Non
         samples.append(rss_mb())
         time.sleep(1.0)
     frames = pipeline.frames_inferred
-    runtime.streams.terminate("soak")
-    assert len(samples) >= 15 and frames > 400
+    runtime.pipelines.terminate("soak")
+    assert len(samples) >= 15
+    assert frames > 400
     assert samples[-1] - min(samples) < 15, samples  # MB; noise is a few MB
 
 

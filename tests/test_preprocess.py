@@ -37,7 +37,8 @@ def test_stretch_and_bgr_and_normalisation() -> None:
     out = np.empty((3, 50, 50), np.float32)
     spec = Preprocess(resize="stretch", color="bgr", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     t = preprocess_into(image, spec, out, PARAMS)
-    assert out[0].mean() == pytest.approx(1.0) and out[2].mean() == pytest.approx(-1.0)
+    assert out[0].mean() == pytest.approx(1.0)
+    assert out[2].mean() == pytest.approx(-1.0)
     np.testing.assert_allclose(t.points_to_original(np.array([[25.0, 25.0]])), [[100, 50]])
 
 

@@ -93,7 +93,8 @@ def test_uploads_need_the_server_key(tmp_path: Path) -> None:
     onnx_bytes = (DEMO / "shapes/1/model.onnx").read_bytes()
     with running_server(tmp_path / "state") as server:  # no server.api_key configured
         r = _put(server, "acme/1", onnx_bytes)
-        assert r.status_code == 403 and "server.api_key" in r.json()["message"]
+        assert r.status_code == 403
+        assert "server.api_key" in r.json()["message"]
         assert requests.post(f"{server.url}/models/acme/1/rollback", timeout=10).status_code == 403
         assert requests.get(f"{server.url}/models/acme/1", timeout=10).status_code == 404
 
@@ -104,19 +105,24 @@ def test_upload_checks_sha256_and_size_and_serves(keyed_server: Server) -> None:
     r = requests.put(f"{server.url}/models/acme/1", data=onnx_bytes, timeout=60)
     assert r.status_code == 401  # the key is required
     r = _put(server, "acme/1", onnx_bytes, sha256="0" * 64)
-    assert r.status_code == 400 and r.json()["error"] == "checksum_mismatch"
+    assert r.status_code == 400
+    assert r.json()["error"] == "checksum_mismatch"
     assert requests.get(f"{server.url}/models/acme/1", params={"api_key": KEY}, timeout=10).status_code == 404
     r = _put(server, "acme/1", b"")
-    assert r.status_code == 400 and "empty" in r.json()["message"]
+    assert r.status_code == 400
+    assert "empty" in r.json()["message"]
     r = _put(server, "acme/1", b"not an onnx file at all")
     assert r.status_code == 400, r.text
     r = _put(server, "acme/1", onnx_bytes, sha256=_sha(onnx_bytes))
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["activated"] is True and body["sha256"] == _sha(onnx_bytes) and body["check"]["ok"] is True
+    assert body["activated"] is True
+    assert body["sha256"] == _sha(onnx_bytes)
+    assert body["check"]["ok"] is True
     assert _classes(_infer(server, "acme/1")) == _classes(_infer(server, "shapes/1"))
     listed = requests.get(f"{server.url}/models", params={"api_key": KEY}, timeout=10).json()
-    assert any(m["model_id"] == "acme/1" and m["sha256"] == _sha(onnx_bytes) for m in listed["models"])
+    assert any(m["model_id"] == "acme/1" and m["sha256"] == _sha(onnx_bytes) for m in listed["models"]), [
+        (m["model_id"], m["sha256"]) for m in listed["models"]]
     assert listed["disk_bytes"] >= len(onnx_bytes)
 
 
@@ -129,25 +135,32 @@ def test_bad_version_refused_under_load_good_one_swapped_and_rolled_back(keyed_s
     with _Load(server, "acme/1") as load:
         # A classifier offered as a new version of a detector: loads, but is refused; the old one serves on.
         bad = _put(server, "acme/1", (DEMO / "shapes-cls/1/model.onnx").read_bytes())
-        assert bad.status_code == 409 and bad.json()["error"] == "activation_refused", bad.text
+        assert bad.status_code == 409, bad.text
+        assert bad.json()["error"] == "activation_refused", bad.text
         assert "task" in bad.json()["message"]
         info = requests.get(f"{server.url}/models/acme/1", params={"api_key": KEY}, timeout=10).json()
-        assert info["sha256"] == _sha(first) and info["revisions"] == []
+        assert info["sha256"] == _sha(first)
+        assert info["revisions"] == []
         good = _put(server, "acme/1", second, sha256=_sha(second))
-        assert good.status_code == 200 and good.json()["serving"] is True, good.text
+        assert good.status_code == 200, good.text
+        assert good.json()["serving"] is True, good.text
         time.sleep(0.3)
-    assert load.statuses and set(load.statuses) == {200}, sorted(set(load.statuses))
+    assert load.statuses, "no request ran during the swap"
+    assert set(load.statuses) == {200}, sorted(set(load.statuses))
     info = requests.get(f"{server.url}/models/acme/1", params={"api_key": KEY}, timeout=10).json()
-    assert info["sha256"] == _sha(second) and [r["sha256"] for r in info["revisions"]] == [_sha(first)]
+    assert info["sha256"] == _sha(second)
+    assert [r["sha256"] for r in info["revisions"]] == [_sha(first)]
     assert _classes(_infer(server, "acme/1")) == expected
 
     with _Load(server, "acme/1") as load:
         back = requests.post(f"{server.url}/models/acme/1/rollback", headers=AUTH, timeout=60)
-        assert back.status_code == 200 and back.json()["sha256"] == _sha(first), back.text
+        assert back.status_code == 200, back.text
+        assert back.json()["sha256"] == _sha(first), back.text
         time.sleep(0.3)
     assert set(load.statuses) == {200}
     info = requests.get(f"{server.url}/models/acme/1", params={"api_key": KEY}, timeout=10).json()
-    assert info["sha256"] == _sha(first) and [r["sha256"] for r in info["revisions"]] == [_sha(second)]
+    assert info["sha256"] == _sha(first)
+    assert [r["sha256"] for r in info["revisions"]] == [_sha(second)]
 
 
 def test_install_without_activation_then_activate(keyed_server: Server) -> None:
@@ -156,13 +169,16 @@ def test_install_without_activation_then_activate(keyed_server: Server) -> None:
     second = _variant(DEMO / "shapes/1/model.onnx", "later")
     assert _put(server, "acme/2", first).status_code == 200
     r = _put(server, "acme/2", second, activate="false")
-    assert r.status_code == 200 and r.json()["activated"] is False, r.text
+    assert r.status_code == 200, r.text
+    assert r.json()["activated"] is False, r.text
     revision = r.json()["revision"]
     info = requests.get(f"{server.url}/models/acme/2", params={"api_key": KEY}, timeout=10).json()
-    assert info["sha256"] == _sha(first) and _sha(second) in [r["sha256"] for r in info["revisions"]]
+    assert info["sha256"] == _sha(first)
+    assert _sha(second) in [r["sha256"] for r in info["revisions"]]
     r = requests.post(f"{server.url}/models/acme/2/activate", params={"revision": revision}, headers=AUTH,
                       timeout=60)
-    assert r.status_code == 200 and r.json()["sha256"] == _sha(second), r.text
+    assert r.status_code == 200, r.text
+    assert r.json()["sha256"] == _sha(second), r.text
 
 
 @pytest.fixture
@@ -202,7 +218,8 @@ def test_install_model_over_mqtt_with_progress(tmp_path: Path, file_server: tupl
                                                   m.json() for m in ms), timeout=60)
             final = [m.json() for m in replies if m.json().get("correlation_id") == "bad" and
                      "progress" not in m.json()][-1]
-            assert final["ok"] is False and final["error"]["type"] == "checksum_mismatch", final
+            assert final["ok"] is False, final
+            assert final["error"]["type"] == "checksum_mismatch", final
             missing = {"model_id": "acme/3", "url": f"{base_url}/nope.onnx", "sha256": _sha(data),
                        "correlation_id": "404"}
             sub.publish("edge-agent/prov1/commands/install_model", json.dumps(missing))
@@ -215,17 +232,21 @@ def test_install_model_over_mqtt_with_progress(tmp_path: Path, file_server: tupl
                 check.validate(m.json())
             mine = [m.json() for m in replies if m.json().get("correlation_id") == "good"]
             phases = [m["progress"]["phase"] for m in mine if "progress" in m]
-            assert "downloading" in phases and "checking" in phases, phases
-            assert mine[-1]["ok"] is True and mine[-1]["result"]["sha256"] == _sha(data), mine[-1]
+            assert "downloading" in phases, phases
+            assert "checking" in phases, phases
+            assert mine[-1]["ok"] is True, mine[-1]
+            assert mine[-1]["result"]["sha256"] == _sha(data), mine[-1]
             failed = [m.json() for m in replies if m.json().get("correlation_id") == "404" and "error" in m.json()]
-            assert failed and failed[0]["error"]["type"] == "download_failed", failed
+            assert failed, failed
+            assert failed[0]["error"]["type"] == "download_failed", failed
             assert _classes(_infer(server, "acme/3")) == _classes(_infer(server, "shapes/1"))
             sub.publish("edge-agent/prov1/commands/rollback_model",
                         json.dumps({"model_id": "acme/3", "correlation_id": "rb"}))
             replies = sub.wait_for(lambda ms: any(m.json().get("correlation_id") == "rb" and "progress" not in
                                                   m.json() for m in ms), timeout=60)
             rb = [m.json() for m in replies if m.json().get("correlation_id") == "rb" and "progress" not in m.json()]
-            assert rb[-1]["ok"] is False and rb[-1]["error"]["type"] in ("model_not_found", "model_import_failed")
+            assert rb[-1]["ok"] is False
+            assert rb[-1]["error"]["type"] in ("model_not_found", "model_import_failed")
     finally:
         sub.close()
         broker.stop()
@@ -237,11 +258,13 @@ def test_a_new_version_of_an_unloaded_model_is_checked_against_the_stored_one(ke
     assert _put(server, "acme/4", detector).status_code == 200
     requests.post(f"{server.url}/model/remove", json={"model_id": "acme/4"}, headers=AUTH, timeout=10)
     registry = requests.get(f"{server.url}/model/registry", headers=AUTH, timeout=10).json()
-    assert all(m["model_id"] != "acme/4" for m in registry["models"])
+    assert all(m["model_id"] != "acme/4" for m in registry["models"]), [m["model_id"] for m in registry["models"]]
     bad = _put(server, "acme/4", (DEMO / "shapes-cls/1/model.onnx").read_bytes())
-    assert bad.status_code == 409 and "task" in bad.json()["message"], bad.text
+    assert bad.status_code == 409, bad.text
+    assert "task" in bad.json()["message"], bad.text
     info = requests.get(f"{server.url}/models/acme/4", headers=AUTH, timeout=10).json()
-    assert info["sha256"] == _sha(detector) and info["loaded"] is False
+    assert info["sha256"] == _sha(detector)
+    assert info["loaded"] is False
 
 
 def test_corrupt_archives_are_refused_with_a_4xx(keyed_server: Server) -> None:
@@ -257,7 +280,8 @@ def test_corrupt_archives_are_refused_with_a_4xx(keyed_server: Server) -> None:
                               ("cut.tar.gz", b"\x1f\x8b\x08\x00" + b"\x00" * 64, "application/gzip")):
         r = requests.put(f"{server.url}/models/acme/5", data=data, timeout=60,
                          headers={**AUTH, "Content-Type": ctype})
-        assert r.status_code == 400 and r.json()["error"] == "model_import_failed", (name, r.text)
+        assert r.status_code == 400, (name, r.text)
+        assert r.json()["error"] == "model_import_failed", (name, r.text)
         assert ".staging" not in r.text
     r = requests.put(f"{server.url}/models/acme/5", data=whole, timeout=60,
                      headers={**AUTH, "Content-Type": "application/octet-stream"})  # sniffed as a zip
@@ -284,6 +308,8 @@ def test_a_version_that_disagrees_on_the_golden_set_is_refused(tmp_path: Path) -
         detector = (DEMO / "shapes/1/model.onnx").read_bytes()
         assert _put(server, "acme/6", detector).status_code == 200
         r = _put(server, "acme/6", stubborn.read_bytes())
-        assert r.status_code == 409 and "golden" in r.json()["message"], r.text
+        assert r.status_code == 409, r.text
+        assert "golden" in r.json()["message"], r.text
         r = _put(server, "acme/6", _variant(DEMO / "shapes/1/model.onnx", "same network"))
-        assert r.status_code == 200 and r.json()["check"]["images_compared"] == 4, r.text
+        assert r.status_code == 200, r.text
+        assert r.json()["check"]["images_compared"] == 4, r.text

@@ -105,7 +105,8 @@ def test_prerequisites_name_each_missing_piece_and_its_package(tmp_path: Path, p
         assert provider in s.missing()[0].message()
         assert s.missing()[0].message().startswith(f"{missing[0]}: not found (")
     else:
-        assert s.toolkit.version == "12.2" and s.lib_dirs["libcuda.so"] == str(tmp_path / "cuda-12.2/lib64/stubs")
+        assert s.toolkit.version == "12.2"
+        assert s.lib_dirs["libcuda.so"] == str(tmp_path / "cuda-12.2/lib64/stubs")
         assert pb.prerequisites(host(tmp_path), system_root=tmp_path / "empty-root") == [
             p for p in pb.survey(host(tmp_path), system_root=tmp_path / "empty-root").pieces if p.missing]
 
@@ -119,7 +120,8 @@ def test_python_h_names_the_dev_package_of_this_python(tmp_path: Path) -> None:
 def test_the_drivers_libcuda_serves_when_the_toolkit_has_no_stub(tmp_path: Path, python_h: Path) -> None:
     driver = _touch(tmp_path / "root/usr/lib" / MULTIARCH / "nvidia/libcuda.so")  # JetPack 6's place
     s = pb.survey(host(tmp_path, ("lib64/stubs/libcuda.so",)), system_root=tmp_path / "root", python_include=python_h)
-    assert s.missing() == [] and s.lib_dirs["libcuda.so"] == str(driver.parent)
+    assert s.missing() == []
+    assert s.lib_dirs["libcuda.so"] == str(driver.parent)
 
 
 def test_the_build_wheels_are_prerequisites_when_find_links_is_given(tmp_path: Path, python_h: Path) -> None:
@@ -272,20 +274,27 @@ def test_a_build_is_placed_whole_and_configured_for_the_toolkit(tmp_path: Path, 
     assert wheel == cache / _key() / "pycuda-2025.1.2-py3-none-any.whl"
     assert runs.read_text() == "build.log\n"  # while pip ran, the key's folder held no wheel, whole or part
     assert sorted(p.name for p in (cache / _key()).iterdir()) == ["build.log", wheel.name]
-    assert not stale.parent.parent.exists() and not older.parent.exists() and not list(cache.glob(".build-*"))
+    assert not stale.parent.parent.exists()
+    assert not older.parent.exists()
+    assert not list(cache.glob(".build-*"))
     assert said == [f"building pycuda 2025.1.2 for CUDA 12.2 ({_key()}); log: {cache / _key() / 'build.log'}"]
     with zipfile.ZipFile(wheel) as z:
         conf: dict[str, object] = {}
         exec(z.read("pycuda/siteconf.py").decode(), conf)
     cuda = tmp_path / "cuda-12.2"
-    assert conf["CUDA_ROOT"] == str(cuda) and conf["CUDA_INC_DIR"] == [str(cuda / "include")]
-    assert conf["CUDADRV_LIB_DIR"] == [str(cuda / "lib64/stubs")] and conf["CURAND_LIB_DIR"] == [str(cuda / "lib64")]
-    assert conf["LDFLAGS"] == [f"-Wl,-rpath,{cuda / 'lib64'}"] and conf["USE_SHIPPED_BOOST"] is True
+    assert conf["CUDA_ROOT"] == str(cuda)
+    assert conf["CUDA_INC_DIR"] == [str(cuda / "include")]
+    assert conf["CUDADRV_LIB_DIR"] == [str(cuda / "lib64/stubs")]
+    assert conf["CURAND_LIB_DIR"] == [str(cuda / "lib64")]
+    assert conf["LDFLAGS"] == [f"-Wl,-rpath,{cuda / 'lib64'}"]
+    assert conf["USE_SHIPPED_BOOST"] is True
     log = (cache / _key() / "build.log").read_text()
-    assert "pip wheel --no-deps --no-index --find-links" in log and "built in" in log
+    assert "pip wheel --no-deps --no-index --find-links" in log
+    assert "built in" in log
 
     again = pb.build(project["sdist"], project["wheels"], cache, env=env, system_root=tmp_path / "r")
-    assert again == wheel and runs.read_text() == "build.log\n"  # cached: pip did not run again
+    assert again == wheel
+    assert runs.read_text() == "build.log\n"  # cached: pip did not run again
 
 
 @needs_python_h
@@ -297,10 +306,14 @@ def test_a_missing_prerequisite_is_recorded_and_not_retried_until_it_is_installe
     with pytest.raises(pb.PycudaBuildError) as first:
         pb.build(*args, env=env, system_root=tmp_path / "r")
     f = first.value.failure
-    assert f.error == "not built: 1 of its prerequisites are missing" and len(f.missing) == 1
-    assert f.missing[0].startswith("curand.h: not found") and "libcurand-dev-12-2" in f.missing[0]
-    assert f.log == str(project["cache"] / _key() / "build.log") and f.sdist == str(project["sdist"])
-    assert pb.read_failure(project["cache"] / _key()) == f and pb.latest_failure(project["cache"]) == f
+    assert f.error == "not built: 1 of its prerequisites are missing"
+    assert len(f.missing) == 1
+    assert f.missing[0].startswith("curand.h: not found")
+    assert "libcurand-dev-12-2" in f.missing[0]
+    assert f.log == str(project["cache"] / _key() / "build.log")
+    assert f.sdist == str(project["sdist"])
+    assert pb.read_failure(project["cache"] / _key()) == f
+    assert pb.latest_failure(project["cache"]) == f
     assert "MISSING: curand.h" in Path(f.log).read_text()
 
     with pytest.raises(pb.BuildSkipped) as second:  # at the next upgrade: nothing changed, nothing tried
@@ -309,7 +322,9 @@ def test_a_missing_prerequisite_is_recorded_and_not_retried_until_it_is_installe
 
     _touch(tmp_path / "cuda-12.2/include/curand.h")  # the package installed: the prerequisites changed
     wheel = pb.build(*args, env=env, system_root=tmp_path / "r")
-    assert wheel.is_file() and not (wheel.parent / pb.FAILED).exists() and pb.latest_failure(project["cache"]) is None
+    assert wheel.is_file()
+    assert not (wheel.parent / pb.FAILED).exists()
+    assert pb.latest_failure(project["cache"]) is None
     assert runs.read_text().count("\n") == 1
 
 
@@ -359,7 +374,8 @@ def test_latest_failure_is_for_this_python_and_machine_only(tmp_path: Path) -> N
     other = tmp_path / f"pycuda-2025.1.2-cuda12.2-cp39-np2-{platform.machine()}"
     _touch(other / pb.FAILED, json.dumps({"key": other.name, "fingerprint": "x", "time": "t", "error": "e",
                                           "missing": [], "log": "l", "sdist": "s", "find_links": "w"}))
-    assert pb.latest_failure(tmp_path) is None and pb.read_failure(other) is not None
+    assert pb.latest_failure(tmp_path) is None
+    assert pb.read_failure(other) is not None
 
 
 def test_an_unsafe_sdist_is_refused(tmp_path: Path) -> None:
@@ -393,7 +409,8 @@ def test_the_postinst_command_builds_once_and_installs_into_a_fresh_venv(tmp_pat
     assert imported.stdout == "2025.1.2 True\n"
 
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0 and second.stdout.startswith(f"pycuda: cached {project['cache'] / key}/")
+    assert second.returncode == 0
+    assert second.stdout.startswith(f"pycuda: cached {project['cache'] / key}/")
 
 
 @needs_python_h
@@ -402,14 +419,17 @@ def test_the_cli_reports_missing_prerequisites_and_exits_1(tmp_path: Path, proje
     cmd = [sys.executable, "-m", "engines.pycuda_build", "--sdist", str(project["sdist"]),
            "--find-links", str(project["wheels"]), "--cache", str(project["cache"])]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1 and done.stderr.startswith("pycuda: build failed\n  not built: 1 of its")
+    assert done.returncode == 1
+    assert done.stderr.startswith("pycuda: build failed\n  not built: 1 of its")
     assert "\n  missing: libcurand.so: not found (looked in " in done.stderr
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert again.returncode == 1 and "nothing it needs has changed; --force retries" in again.stderr
+    assert again.returncode == 1
+    assert "nothing it needs has changed; --force retries" in again.stderr
 
     check = subprocess.run([sys.executable, "-m", "engines.pycuda_build", "--check"], env=env, capture_output=True,
                            text=True, timeout=120)
-    assert check.returncode == 1 and "  MISSING  libcurand.so: not found" in check.stdout
+    assert check.returncode == 1
+    assert "  MISSING  libcurand.so: not found" in check.stdout
     assert f"CUDA toolkit: {tmp_path / 'cuda-12.2'} (from CUDA_HOME), version 12.2" in check.stdout
 
 
@@ -424,10 +444,11 @@ NVCC = shutil.which("nvcc") or (shutil.which("nvcc", path="/usr/local/cuda/bin")
 @pytest.mark.skipif(not (NVCC and SDIST and WHEELS), reason="needs nvcc, and PYCUDA_SDIST (pycuda-<version>.tar.gz) "
                     "and PYCUDA_WHEELS (setuptools, wheel, packaging, numpy wheels for this Python)")
 def test_the_real_pycuda_builds_against_this_cuda(tmp_path: Path) -> None:
-    assert SDIST and WHEELS
+    assert SDIST
+    assert WHEELS
     wheel = pb.build(Path(SDIST), Path(WHEELS), tmp_path / "cache", timeout=1800)
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
-    assert any(n.startswith("pycuda/_driver.") and n.endswith(".so") for n in names)
+    assert any(n.startswith("pycuda/_driver.") and n.endswith(".so") for n in names), names
     assert wheel.name.startswith(f"pycuda-{pb.sdist_version(Path(SDIST))}-{TAG}-{TAG}-linux_")
     assert "Successfully built pycuda" in (wheel.parent / pb.LOG).read_text()

@@ -17,6 +17,7 @@ import pytest
 
 from edge_agent.errors import ActivationRefused, ChecksumMismatch, ModelImportError, ModelNotFound
 from edge_agent.provisioning.checks import CheckReport, check_candidate, golden_images, require_ok
+from edge_agent.serving.loading import load_model, load_stored
 from edge_agent.serving.manager import ModelManager
 from edge_agent.serving.model import Model
 from edge_agent.store.model_store import STAMP_FORMAT, ModelStore, Staged, sha256_of
@@ -65,7 +66,8 @@ def test_stage_touches_nothing_until_commit(store: ModelStore, versions: list[Pa
     store.install(versions[0], "det/1")
     before = entries(store)
     staged = store.stage(versions[1], "det/1", sha256=sha256_of(versions[1]))
-    assert isinstance(staged, Staged) and staged.path.parent == store.root / ".staging"
+    assert isinstance(staged, Staged)
+    assert staged.path.parent == store.root / ".staging"
     assert current_sha(store) == sha256_of(versions[0])
     assert [s.manifest.model_id for s in store.list() if not s.builtin] == ["det/1"]  # not the staged one
     assert {k: v for k, v in entries(store).items() if ".staging" not in k} == before
@@ -73,7 +75,8 @@ def test_stage_touches_nothing_until_commit(store: ModelStore, versions: list[Pa
     assert manifest.weights.sha256 == current_sha(store) == sha256_of(versions[1])
     assert (store.root / "det/1/model.onnx").read_bytes() == versions[1].read_bytes()
     [revision] = store.revisions("det/1")
-    assert revision.sha256 == sha256_of(versions[0]) and revision.model_id == "det/1"
+    assert revision.sha256 == sha256_of(versions[0])
+    assert revision.model_id == "det/1"
     assert sorted(p.name for p in revision.path.iterdir()) == ["model.json", "model.onnx"]
     assert revision.path.name == f"{revision.stamp}-{revision.sha256[:12]}"
     assert_clean(store)
@@ -138,11 +141,12 @@ def test_staged_revision_is_hard_linked_and_checkable(store: ModelStore, version
     staged = store.stage_revision("det/1")
     revision = store.revisions("det/1")[0]
     assert (staged.path / "model.onnx").stat().st_ino == (revision.path / "model.onnx").stat().st_ino
-    candidate = store.load_staged(staged)
+    candidate = load_model(staged.manifest, staged.onnx)
     assert candidate.manifest.weights.sha256 == sha256_of(versions[0])
-    assert check_candidate(candidate, serving=store.load("det/1"), images=[]).ok
+    assert check_candidate(candidate, serving=load_stored(store, "det/1"), images=[]).ok
     store.discard(staged)
-    assert current_sha(store) == sha256_of(versions[1]) and len(store.revisions("det/1")) == 1
+    assert current_sha(store) == sha256_of(versions[1])
+    assert len(store.revisions("det/1")) == 1
     assert_clean(store)
 
 
@@ -191,7 +195,8 @@ def test_kept_without_activating_then_activated(store: ModelStore, versions: lis
     store.install(versions[0], "det/1")
     kept = store.commit(store.stage(versions[1], "det/1"), current=False)
     assert current_sha(store) == sha256_of(versions[0])
-    assert kept.sha256 == sha256_of(versions[1]) and store.revisions("det/1")[0] == kept
+    assert kept.sha256 == sha256_of(versions[1])
+    assert store.revisions("det/1")[0] == kept
     with pytest.raises(ModelImportError, match="already installed; nothing to keep"):
         store.commit(store.stage(versions[0], "det/1"), current=False)
     assert store.rollback("det/1", to=kept.stamp).weights.sha256 == sha256_of(versions[1])
@@ -203,7 +208,8 @@ def test_remove_takes_the_revisions_along(store: ModelStore, versions: list[Path
     store.install(versions[0], "det/1")
     store.install(versions[1], "det/1", replace=True)
     store.remove("det/1")
-    assert not (store.root / ".revisions" / "det").exists() and not (store.root / "det").exists()
+    assert not (store.root / ".revisions" / "det").exists()
+    assert not (store.root / "det").exists()
     with pytest.raises(ModelNotFound):
         store.rollback("det/1")
 
@@ -266,11 +272,13 @@ def test_a_power_cut_at_any_rename_leaves_before_or_after(
         assert_clean(restarted)
         outcomes.append(state == after)
         if finished:
-            assert calls[0] < n and state == after
+            assert calls[0] < n
+            assert state == after
             break
     else:
         pytest.fail("the change never finished")
-    assert outcomes[0] is False and outcomes[-1] is True  # both sides were reached
+    assert outcomes[0] is False
+    assert outcomes[-1] is True  # both sides were reached
 
 
 def test_clean_repairs_hand_made_leftovers(store: ModelStore, versions: list[Path]) -> None:
@@ -305,7 +313,8 @@ def test_usage_survives_a_restart_and_is_written_at_most_once_a_minute(store: Mo
     store.touch("det/1", now=1000.0)
     assert ModelStore(store.root).last_used("det/1") == 1000.0
     store.touch("det/1", now=1030.0)  # in memory only
-    assert store.last_used("det/1") == 1030.0 and ModelStore(store.root).last_used("det/1") == 1000.0
+    assert store.last_used("det/1") == 1030.0
+    assert ModelStore(store.root).last_used("det/1") == 1000.0
     store.touch("det/1", now=1061.0)
     assert ModelStore(store.root).last_used("det/1") == 1061.0
     assert json.loads((store.root / ".usage.json").read_text()) == {"det/1": 1061.0}
@@ -317,7 +326,8 @@ def test_usage_file_unreadable_starts_afresh_and_removal_forgets(store: ModelSto
     store.install(versions[0], "det/1")
     (store.root / ".usage.json").write_text("{not json")
     usage = Usage(store.root)
-    assert usage.last_used("det/1") is None and "unreadable, starting a new one" in caplog.text
+    assert usage.last_used("det/1") is None
+    assert "unreadable, starting a new one" in caplog.text
     usage.touch("det/1", now=2000.0)
     assert json.loads((store.root / ".usage.json").read_text()) == {"det/1": 2000.0}
     reopened = ModelStore(store.root)
@@ -352,7 +362,8 @@ def test_disk_usage_counts_hard_links_once(store: ModelStore, versions: list[Pat
 def _restamp(store: ModelStore, model_id: str, days_ago: list[float], now: float) -> None:
     """Date the revisions of ``model_id`` (newest first) ``days_ago`` before ``now``, as if kept then."""
     revisions = store.revisions(model_id)
-    assert len(revisions) == len(days_ago) and days_ago == sorted(days_ago)
+    assert len(revisions) == len(days_ago)
+    assert days_ago == sorted(days_ago)
     for revision, days in zip(revisions, days_ago):
         stamp = datetime.fromtimestamp(now - days * 86400, timezone.utc).strftime(STAMP_FORMAT)
         revision.path.rename(revision.path.with_name(f"{stamp}-{revision.sha256[:12]}"))
@@ -384,7 +395,8 @@ def test_eviction_order_and_protection(store: ModelStore, tmp_path: Path) -> Non
     removed = store.evict(1, 30 * day, {"pinned/1"}, now=now)  # as small as can be
     assert removed == ["old/1"]  # recent/1 is in use, pinned/1 protected, the demo models built in
     assert {s.manifest.model_id for s in store.list()} >= {"shapes/1", "pinned/1", "recent/1"}
-    assert len(store.revisions("recent/1")) == 2 and len(store.revisions("pinned/1")) == 1
+    assert len(store.revisions("recent/1")) == 2
+    assert len(store.revisions("pinned/1")) == 1
     assert store.evict(0, 0, set(), now=now) == []  # no budget
 
 
@@ -421,32 +433,42 @@ def scenes(tmp_path: Path) -> Path:
 
 def test_golden_images(scenes: Path, tmp_path: Path) -> None:
     images = golden_images(scenes)
-    assert len(images) == 4 and images[0].shape == (48, 80, 3) and images[0].dtype == np.uint8
+    assert len(images) == 4
+    assert images[0].shape == (48, 80, 3)
+    assert images[0].dtype == np.uint8
     assert len(golden_images(scenes, limit=2)) == 2
-    assert golden_images(tmp_path / "missing") == [] and golden_images(None) == []
+    assert golden_images(tmp_path / "missing") == []
+    assert golden_images(None) == []
 
 
 def _load(store: ModelStore, path: Path, model_id: str) -> Model:
     staged = store.stage(path, model_id)
-    return store.load_staged(staged)  # type: ignore[no-any-return]
+    return load_model(staged.manifest, staged.onnx)
 
 
 def test_identical_candidate_is_accepted(store: ModelStore, scenes: Path, tmp_path: Path) -> None:
     serving = _load(store, det_onnx(tmp_path / "a.onnx"), "det/1")
     candidate = _load(store, det_onnx(tmp_path / "b.onnx"), "det/1")
     report = check_candidate(candidate, serving=serving, images=golden_images(scenes), tolerance=0.0)
-    assert report.ok and report.reason is None and report.images_compared == 4 and report.disagreeing == 0
-    assert report.seconds > 0 and report.as_dict()["model_id"] == "det/1"
+    assert report.ok
+    assert report.reason is None
+    assert report.images_compared == 4
+    assert report.disagreeing == 0
+    assert report.seconds > 0
+    assert report.as_dict()["model_id"] == "det/1"
     require_ok(report)
     first = check_candidate(candidate, serving=None, images=[])
-    assert first.ok and first.note == "not compared: nothing serves this id"
+    assert first.ok
+    assert first.note == "not compared: nothing serves this id"
 
 
 def test_disagreeing_candidate_is_refused(store: ModelStore, scenes: Path, tmp_path: Path) -> None:
     serving = _load(store, det_onnx(tmp_path / "a.onnx"), "det/1")
     moved = _load(store, det_onnx(tmp_path / "b.onnx", dx=12), "det/1")
     report = check_candidate(moved, serving=serving, images=golden_images(scenes), tolerance=0.1)
-    assert not report.ok and report.disagreeing == 4 and report.images_compared == 4
+    assert not report.ok
+    assert report.disagreeing == 4
+    assert report.images_compared == 4
     assert "4 of 4 golden images disagree" in str(report.reason)
     assert "image 1: reference detection a (0.90)" in str(report.first_disagreement)
     with pytest.raises(ActivationRefused, match="not activated: 4 of 4") as info:
@@ -457,16 +479,20 @@ def test_disagreeing_candidate_is_refused(store: ModelStore, scenes: Path, tmp_p
     assert check_candidate(slightly, serving=serving, images=golden_images(scenes), tolerance=0.0).ok
     more = _load(store, det_onnx(tmp_path / "d.onnx", names=("a", "b", "c")), "det/1")
     report = check_candidate(more, serving=serving, images=golden_images(scenes), tolerance=0.0)
-    assert report.ok and report.note is not None and "class lists differ" in report.note
+    assert report.ok
+    assert report.note is not None
+    assert "class lists differ" in report.note
 
 
 @pytest.mark.parametrize("model_id", ["shapes/1", "shapes-seg/1", "shapes-pose/1", "shapes-cls/1"])
 def test_every_demo_model_passes_against_itself(store: ModelStore, model_id: str) -> None:
     from edge_agent.serving.accelerate_setup import builtin_images
 
-    report = check_candidate(store.load(model_id), serving=store.load(model_id), images=builtin_images(4),
-                             tolerance=0.0)
-    assert report.ok and report.images_compared == 4 and report.disagreeing == 0, report
+    report = check_candidate(load_stored(store, model_id), serving=load_stored(store, model_id),
+                             images=builtin_images(4), tolerance=0.0)
+    assert report.ok, report
+    assert report.images_compared == 4, report
+    assert report.disagreeing == 0, report
 
 
 def _with_manifest(model: Model, **changes: Any) -> Model:
@@ -475,16 +501,16 @@ def _with_manifest(model: Model, **changes: Any) -> Model:
 
 
 def _seg_with_mask_channels(store: ModelStore, n: int) -> Model:
-    seg = store.load("shapes-seg/1")
+    seg = load_stored(store, "shapes-seg/1")
     return _with_manifest(seg, output=seg.manifest.output.model_copy(update={"mask_channels": n}))
 
 
 @pytest.mark.parametrize(("make", "serving", "reason"), [
-    (lambda store, tmp: store.load("shapes-cls/1"), "shapes/1",
+    (lambda store, tmp: load_stored(store, "shapes-cls/1"), "shapes/1",
      "the task changed: the serving version does object-detection, the new one classification"),
-    (lambda store, tmp: _with_manifest(store.load("shapes/1"), class_names=("a", "b")), "shapes/1",
+    (lambda store, tmp: _with_manifest(load_stored(store, "shapes/1"), class_names=("a", "b")), "shapes/1",
      "fits no known layout for 2 classes"),
-    (lambda store, tmp: _with_manifest(store.load("shapes-cls/1"), class_names=("x",)), None,
+    (lambda store, tmp: _with_manifest(load_stored(store, "shapes-cls/1"), class_names=("x",)), None,
      "a classifier of 1 classes should output [B, 1]"),
     (lambda store, tmp: _seg_with_mask_channels(store, 8), None, "fits no known layout"),
     (lambda store, tmp: _load(store, det_onnx(tmp / "nan.onnx", value=float("nan")), "det/1"), None,
@@ -493,22 +519,25 @@ def _seg_with_mask_channels(store: ModelStore, n: int) -> Model:
 def test_candidate_refused(store: ModelStore, tmp_path: Path, make: Callable[[ModelStore, Path], Model],
                            serving: str | None, reason: str) -> None:
     candidate = make(store, tmp_path)
-    report: CheckReport = check_candidate(candidate, serving=store.load(serving) if serving else None, images=[])
-    assert not report.ok and reason in str(report.reason)
+    reference = load_stored(store, serving) if serving else None
+    report: CheckReport = check_candidate(candidate, serving=reference, images=[])
+    assert not report.ok
+    assert reason in str(report.reason)
     with pytest.raises(ActivationRefused, match="not activated"):
         require_ok(report)
 
 
 def test_rollback_through_check_and_swap(store: ModelStore, versions: list[Path], scenes: Path) -> None:
-    """The daemon's path: stage_revision -> load_staged -> check -> commit -> swap; no cold start."""
+    """The daemon's path: stage_revision -> load_model -> check -> commit -> swap; no cold start."""
     store.install(versions[0], "det/1")
     store.install(versions[1], "det/1", replace=True)
     manager = ModelManager(store)
     serving, _ = manager.get("det/1")
     staged = store.stage_revision("det/1")
-    candidate = store.load_staged(staged)
+    candidate = load_model(staged.manifest, staged.onnx)
     require_ok(check_candidate(candidate, serving=serving.model, images=golden_images(scenes), tolerance=0.1))
     store.commit(staged)
     assert manager.swap("det/1", candidate) is not None
     now, cold = manager.get("det/1")
-    assert not cold and now.model.manifest.weights.sha256 == current_sha(store) == sha256_of(versions[0])
+    assert not cold
+    assert now.model.manifest.weights.sha256 == current_sha(store) == sha256_of(versions[0])

@@ -31,6 +31,7 @@ from edge_agent.errors import (
 )
 from edge_agent.provisioning.download import DownloadPolicy, download, fetch_json, mask, redact
 from edge_agent.provisioning.roboflow_api import pull_package
+from edge_agent.serving.loading import load_stored
 from edge_agent.settings import ModelsSettings
 from edge_agent.store import importers
 from edge_agent.store.model_store import ModelStore
@@ -76,7 +77,8 @@ def test_pulled_package_imports_as_the_demo_model(tmp_path: Path, cloud: FakeRob
     if project == "shapes-pose":
         expected.add("keypoints_metadata.json")
     assert {p.name for p in folder.iterdir()} == expected
-    assert all(KEY.encode() not in p.read_bytes() for p in folder.iterdir())
+    assert all(KEY.encode() not in p.read_bytes() for p in folder.iterdir()), [
+        p.name for p in folder.iterdir() if KEY.encode() in p.read_bytes()]
     draft, named = importers.from_roboflow(folder)
     demo = json.loads((DEMO / project / "1" / "model.json").read_text())
     assert named == model_id
@@ -89,16 +91,19 @@ def test_pulled_package_imports_as_the_demo_model(tmp_path: Path, cloud: FakeRob
     assert {**demo["output"], **draft.fields["output"]} == demo["output"]
     assert cloud.requests == {r: 1 for r in ("workspace", "project", "version", "ort", "weights", "environment")}
     ort_path = next(p for p in cloud.paths if p.startswith("/ort/"))
-    assert "device=edge-test" in ort_path and "dynamic=true" in ort_path and "nocache=true" in ort_path
+    assert "device=edge-test" in ort_path
+    assert "dynamic=true" in ort_path
+    assert "nocache=true" in ort_path
 
 
 def test_pulled_detector_predicts_like_the_demo(tmp_path: Path, cloud: FakeRoboflow) -> None:
     store = ModelStore(tmp_path / "models")
     manifest = store.install(pull(cloud, "shapes/1", tmp_path / "pkg"), "pulled-shapes/1")
-    assert manifest.source["kind"] == "roboflow" and manifest.colors  # the API's colours came along
+    assert manifest.source["kind"] == "roboflow"
+    assert manifest.colors  # the API's colours came along
 
-    want = store.load("shapes/1").infer(str(SAMPLE))
-    got = store.load("pulled-shapes/1").infer(str(SAMPLE))
+    want = load_stored(store, "shapes/1").infer(str(SAMPLE))
+    got = load_stored(store, "pulled-shapes/1").infer(str(SAMPLE))
     assert len(want) > 0
     np.testing.assert_array_equal(got.class_id, want.class_id)
     np.testing.assert_allclose(got.xyxy, want.xyxy, atol=1e-3)
@@ -152,8 +157,10 @@ def test_refusals(tmp_path: Path, cloud: FakeRoboflow, model_id: str, key: str, 
     cloud.fail_mode, cloud.fail_on = fail, {"ort"}
     with pytest.raises(error) as caught:
         pull(cloud, model_id, tmp_path / "pkg", key=key)
-    assert words in caught.value.message and words in caught.value.public
-    assert leftovers(tmp_path) == [] and cloud.requests["weights"] == 0
+    assert words in caught.value.message
+    assert words in caught.value.public
+    assert leftovers(tmp_path) == []
+    assert cloud.requests["weights"] == 0
 
 
 def test_unsupported_project_type(tmp_path: Path, cloud: FakeRoboflow) -> None:
@@ -196,7 +203,8 @@ def test_truncated_download_recovers_on_retry(tmp_path: Path, cloud: FakeRoboflo
     cloud.fail_mode, cloud.fail_on, cloud.fail_times = "truncate", {"weights"}, 1
     folder = pull(cloud, "shapes/1", tmp_path / "pkg")
     assert (folder / "weights.onnx").read_bytes() == cloud.packages["shapes/1"]["onnx"]
-    assert cloud.requests["weights"] == 2 and not list(folder.glob("*.part"))
+    assert cloud.requests["weights"] == 2
+    assert not list(folder.glob("*.part"))
 
 
 @pytest.mark.parametrize("route", ["workspace", "ort", "weights"])
@@ -228,7 +236,8 @@ def test_dropped_connection(tmp_path: Path, cloud: FakeRoboflow) -> None:
 def test_server_errors_are_retried(tmp_path: Path, cloud: FakeRoboflow, status: str, times: int) -> None:
     cloud.fail_mode, cloud.fail_times = status, times
     pull(cloud, "shapes/1", tmp_path / "pkg")
-    assert cloud.requests["workspace"] == times + 1 and cloud.failures == times
+    assert cloud.requests["workspace"] == times + 1
+    assert cloud.failures == times
 
 
 @pytest.mark.parametrize("route", ["workspace", "weights"])
@@ -258,8 +267,11 @@ def test_download_hashes_and_reports_progress(tmp_path: Path, cloud: FakeRoboflo
     sha, size = download(cloud.file_url("shapes/1"), tmp_path / "w.onnx", FAST,
                          sha256=hashlib.sha256(data).hexdigest().upper(), progress=lambda n, t: calls.append((n, t)))
     assert (sha, size) == (hashlib.sha256(data).hexdigest(), len(data))
-    assert (tmp_path / "w.onnx").read_bytes() == data and leftovers(tmp_path) == ["w.onnx"]
-    assert calls[0] == (0, len(data)) and calls[-1] == (len(data), len(data)) and len(calls) <= 10
+    assert (tmp_path / "w.onnx").read_bytes() == data
+    assert leftovers(tmp_path) == ["w.onnx"]
+    assert calls[0] == (0, len(data))
+    assert calls[-1] == (len(data), len(data))
+    assert len(calls) <= 10
     assert [n for n, _ in calls] == sorted(n for n, _ in calls)
 
 
@@ -267,7 +279,8 @@ def test_checksum_mismatch_leaves_dest_untouched(tmp_path: Path, cloud: FakeRobo
     (tmp_path / "w.onnx").write_bytes(b"old")
     with pytest.raises(ChecksumMismatch, match="expected 0000"):
         download(cloud.file_url("shapes/1"), tmp_path / "w.onnx", FAST, sha256="0" * 64)
-    assert (tmp_path / "w.onnx").read_bytes() == b"old" and leftovers(tmp_path) == ["w.onnx"]
+    assert (tmp_path / "w.onnx").read_bytes() == b"old"
+    assert leftovers(tmp_path) == ["w.onnx"]
 
 
 @pytest.mark.parametrize("mode", [None, "unsized"])  # Content-Length up front; counted while reading
@@ -348,7 +361,7 @@ def test_key_never_leaks(tmp_path: Path, packages: dict[str, Any], caplog: pytes
     assert KEY not in caplog.text
     assert not [r for r in caplog.records if KEY in r.getMessage()]
     urllib3_lines = [r.getMessage() for r in caplog.records if r.name.startswith("urllib3")]
-    assert any("api_key=rf***9w" in m for m in urllib3_lines)  # urllib3's own URL lines, masked
+    assert any("api_key=rf***9w" in m for m in urllib3_lines), urllib3_lines  # urllib3's own URL lines, masked
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and KEY.encode() in p.read_bytes()]
 
 

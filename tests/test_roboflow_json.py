@@ -1,4 +1,4 @@
-"""The Roboflow JSON of every task has the spec's shape, and supervision reads it unchanged."""
+"""The Roboflow JSON of every task has the shape of docs/http-api.md §4.6, and supervision reads it unchanged."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import supervision as sv
 
 from edge_agent.results import Classification, Detections
 from edge_agent.roboflow_json import to_roboflow
+from edge_agent.serving.loading import load_stored
 
 
 def _detections(**kw) -> Detections:  # type: ignore[no-untyped-def]
@@ -28,15 +29,18 @@ def _detections(**kw) -> Detections:  # type: ignore[no-untyped-def]
 def test_detection_json_shape_and_supervision() -> None:
     body = to_roboflow(_detections(), "req-1")
     json.dumps(body)  # serialisable as is
-    assert body["inference_id"] == "req-1" and body["image"] == {"width": 200, "height": 100}
+    assert body["inference_id"] == "req-1"
+    assert body["image"] == {"width": 200, "height": 100}
     first = body["predictions"][0]
     assert {k: first[k] for k in ("x", "y", "width", "height", "confidence", "class", "class_id")} == {
         "x": 30.0, "y": 50.0, "width": 40.0, "height": 60.0, "confidence": 0.9, "class": "dog", "class_id": 1}
     assert len({p["detection_id"] for p in body["predictions"]}) == 2
-    assert not any(v is None for p in body["predictions"] for v in p.values())
+    assert not any(v is None for p in body["predictions"] for v in p.values()), [
+        [k for k, v in p.items() if v is None] for p in body["predictions"]]
     det = sv.Detections.from_inference(body)
     np.testing.assert_allclose(det.xyxy, [[10, 20, 50, 80], [0, 0, 5, 5]])
-    assert det.class_id.tolist() == [1, 0] and list(det.data["class_name"]) == ["dog", "cat"]
+    assert det.class_id.tolist() == [1, 0]
+    assert list(det.data["class_name"]) == ["dog", "cat"]
 
 
 def test_segmentation_json_gives_supervision_masks() -> None:
@@ -45,15 +49,17 @@ def test_segmentation_json_gives_supervision_masks() -> None:
     body = to_roboflow(_detections(polygons=[square, small], task="instance-segmentation"))
     assert body["predictions"][0]["mask_format"] == "polygon"
     det = sv.Detections.from_inference(body)
-    assert det.mask is not None and det.mask.shape == (2, 100, 200)
+    assert det.mask is not None
+    assert det.mask.shape == (2, 100, 200)
     assert 2000 < det.mask[0].sum() < 2600
 
 
 def test_empty_mask_keeps_the_detection() -> None:
-    """Spec §4.6.3: an empty mask gives "points": [] and the detection stays (supervision then keeps boxes only)."""
+    """docs/http-api.md §4.6.3: an empty mask gives "points": [] and the detection stays (supervision keeps boxes)."""
     square = np.array([[10, 20], [50, 20], [50, 80], [10, 80]], np.float32)
     body = to_roboflow(_detections(polygons=[square, np.zeros((0, 2), np.float32)], task="instance-segmentation"))
-    assert body["predictions"][1]["points"] == [] and body["predictions"][1]["mask_format"] == "polygon"
+    assert body["predictions"][1]["points"] == []
+    assert body["predictions"][1]["mask_format"] == "polygon"
     assert len(sv.Detections.from_inference(body)) == 2
 
 
@@ -76,7 +82,8 @@ def test_keypoint_json_gives_supervision_keypoints() -> None:
 )
 def test_single_label_classification_json(scores, threshold, top, listed) -> None:  # type: ignore[no-untyped-def]
     body = to_roboflow(Classification(np.array(scores, np.float32), ("a", "b", "c"), (10, 20), threshold=threshold))
-    assert body["top"] == top and [p["class"] for p in body["predictions"]] == listed
+    assert body["top"] == top
+    assert [p["class"] for p in body["predictions"]] == listed
     assert body["confidence"] == (0.7 if top else 0.0)
 
 
@@ -84,7 +91,8 @@ def test_multilabel_classification_json() -> None:
     body = to_roboflow(Classification(np.array([0.8, 0.1, 0.5], np.float32), ("a", "b", "c"), (10, 20),
                                       multilabel=True, threshold=0.5))
     assert body["predicted_classes"] == ["a"]  # strictly greater than the threshold
-    assert set(body["predictions"]) == {"a", "b", "c"} and body["predictions"]["c"]["class_id"] == 2
+    assert set(body["predictions"]) == {"a", "b", "c"}
+    assert body["predictions"]["c"]["class_id"] == 2
     assert "top" not in body
 
 
@@ -99,7 +107,7 @@ def test_results_validate_their_shapes() -> None:
 
 def test_model_results_convert_cleanly(store, detector_onnx: Path) -> None:  # type: ignore[no-untyped-def]
     store.install(detector_onnx, "det/1")
-    result = store.load("det/1").infer(np.zeros((128, 256, 3), np.uint8))
+    result = load_stored(store, "det/1").infer(np.zeros((128, 256, 3), np.uint8))
     det = sv.Detections.from_inference(result.to_json())
     np.testing.assert_allclose(det.xyxy, result.xyxy, atol=0.1)
 

@@ -23,8 +23,6 @@ from engines import pycuda_build
 from engines.device import DeviceInfo, probe
 from trt_stand_in import StandInBackend
 
-TESTS = Path(__file__).resolve().parent
-
 
 def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "EDGE_AGENT_CONFIG": "", "EDGE_AGENT_STATE_DIR": str(tmp_path / "state"),
@@ -53,11 +51,13 @@ def test_selftest_command_passes_on_onnx_runtime_and_says_why_tensorrt_is_skippe
 
 def test_selftest_text_report_and_a_failing_check(tmp_path: Path) -> None:
     done = _cli(tmp_path, "selftest")
-    assert done.returncode == 0 and "selftest passed: 6 pass, 0 fail, 1 skip" in done.stdout
+    assert done.returncode == 0
+    assert "selftest passed: 6 pass, 0 fail, 1 skip" in done.stdout
     checks = selftest.run(load_settings(None, {"EDGE_AGENT_CONFIG": "", "EDGE_AGENT_STATE_DIR": str(tmp_path)}),
                           models=("shapes/1", "missing/9"))
     failed = [c for c in checks if c.ok is False]
-    assert [c.name for c in failed] == ["onnxruntime missing/9"] and "not in the model store" in failed[0].detail
+    assert [c.name for c in failed] == ["onnxruntime missing/9"]
+    assert "not in the model store" in failed[0].detail
     assert selftest.as_dict(checks)["ok"] is False
 
 
@@ -67,8 +67,7 @@ def test_compile_without_tensorrt_exits_2_with_the_reason(tmp_path: Path) -> Non
     assert "cannot build a TensorRT engine here: TensorRT not used:" in done.stderr
 
 
-def test_the_whole_selftest_with_the_tensorrt_stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+def test_the_whole_selftest_with_the_tensorrt_stand_in(tmp_path: Path, stand_in_path: None) -> None:
     settings = load_settings(None, {"EDGE_AGENT_CONFIG": "", "EDGE_AGENT_STATE_DIR": str(tmp_path / "state")},
                              overrides={"paths.cache_dir": str(tmp_path / "cache")})
     seen: list[str] = []
@@ -83,8 +82,9 @@ def test_the_whole_selftest_with_the_tensorrt_stand_in(tmp_path: Path, monkeypat
     assert len(list((tmp_path / "cache" / "engines").glob("*.plan"))) == 4
 
     again = selftest.run(settings, backend=StandInBackend())  # a second run finds every engine cached
-    assert all(c.ok for c in again)
-    assert all("engine cache" in c.detail for c in again if c.name.startswith("tensorrt engine"))
+    assert all(c.ok for c in again), [c for c in again if not c.ok]
+    assert all("engine cache" in c.detail for c in again if c.name.startswith("tensorrt engine")), [
+        c for c in again if c.name.startswith("tensorrt engine")]
 
 
 # ----------------------------------------------------------------------------- why TensorRT is not used
@@ -97,8 +97,7 @@ def _why(device: DeviceInfo, modules: set[str], cache: Path, backend: str = "aut
     """What the ``tensorrt`` check says, the back-end chosen with the same stand-in modules."""
     choice = engines.choose_backend(engines.EnginePrefs(backend=backend), device, has_module=modules.__contains__,
                                     ort_providers=lambda: ["CPUExecutionProvider"])
-    return selftest.why_no_tensorrt(choice, backend, cache, has_module=modules.__contains__,
-                                    **stand_ins)  # type: ignore[arg-type]
+    return selftest.why_no_tensorrt(choice, backend, cache, **stand_ins)  # type: ignore[arg-type]
 
 
 def _venv(tmp_path: Path, system_site: bool) -> Path:
@@ -146,7 +145,8 @@ def test_a_missing_tensorrt_module_says_what_to_install(tmp_path: Path, system_t
     lines = text.splitlines()
     assert lines[0] == "TensorRT not used: TensorRT's Python bindings (tensorrt) are not installed; ONNX Runtime on " \
                        "the CPU"
-    assert lines[1] == "missing:" and len(lines) == 3
+    assert lines[1] == "missing:"
+    assert len(lines) == 3
     assert says.format(root=root, py=PY, prefix=prefix) in lines[2]
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from edge_agent.cli import main
-from edge_agent.settings import SECTIONS, ConfigError, load_settings
+from edge_agent.errors import ConfigError
+from edge_agent.settings import SECTIONS, load_settings
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "packaging" / "config.toml"
 
@@ -32,17 +33,22 @@ def test_file_then_environment_then_flags(tmp_path: Path) -> None:
     assert s.server.port == 9100  # file
     assert s.server.threads == 7  # flag over environment over file
     assert s.server.url_allowed_hosts == ("a.example", "b.example")
-    assert s.server.preload_models == ("a/1",) and s.server.aliases == {"x-640": "coco/3"}
+    assert s.server.preload_models == ("a/1",)
+    assert s.server.aliases == {"x-640": "coco/3"}
     assert s.engine_prefs.providers == ("cuda",)
-    assert s.state_dir == tmp_path / "state" and s.models_dir == tmp_path / "state" / "models"
+    assert s.state_dir == tmp_path / "state"
+    assert s.models_dir == tmp_path / "state" / "models"
     assert s.config_file == path
     assert load_settings(path, {**env, "EDGE_AGENT_SERVER__THREADS": "5"}).server.threads == 5
 
 
 def test_no_file_means_defaults(tmp_path: Path) -> None:
     s = load_settings(None, {"EDGE_AGENT_CONFIG": "", "EDGE_AGENT_STATE_DIR": str(tmp_path)})
-    assert s.config_file is None and s.server.port == 9001 and s.server.batching == "auto"
-    assert s.state_dir == tmp_path and s.engine_prefs.backend == "auto"
+    assert s.config_file is None
+    assert s.server.port == 9001
+    assert s.server.batching == "auto"
+    assert s.state_dir == tmp_path
+    assert s.engine_prefs.backend == "auto"
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -90,11 +96,15 @@ def test_bad_environment_names_the_variable(env: dict[str, str], message: str) -
 def test_secrets_are_masked(tmp_path: Path) -> None:
     s = load_settings(_write(tmp_path, '[server]\napi_key = "hunter2"\n[mqtt]\nusername = "u"\npassword = "pw42"\n'),
                       {})
-    assert s.server.api_key is not None and s.server.api_key.get_secret_value() == "hunter2"
-    assert s.mqtt.password is not None and s.mqtt.password.get_secret_value() == "pw42"
-    assert s.public()["server"]["api_key"] == "***" and s.public()["mqtt"]["password"] == "***"
+    assert s.server.api_key is not None
+    assert s.server.api_key.get_secret_value() == "hunter2"
+    assert s.mqtt.password is not None
+    assert s.mqtt.password.get_secret_value() == "pw42"
+    assert s.public()["server"]["api_key"] == "***"
+    assert s.public()["mqtt"]["password"] == "***"
     for secret in ("hunter2", "pw42"):
-        assert secret not in repr(s) and secret not in str(s.public())
+        assert secret not in repr(s)
+        assert secret not in str(s.public())
 
 
 def test_example_config_is_complete_and_shows_the_defaults(tmp_path: Path) -> None:
@@ -119,7 +129,8 @@ def test_example_config_is_complete_and_shows_the_defaults(tmp_path: Path) -> No
             assert shown, f"{section}.{key} is missing from {EXAMPLE.name}"
             if (section, key) not in examples_only:
                 assert getattr(getattr(s, section), key) == getattr(getattr(defaults, section), key), key
-    assert s.paths.state_dir == Path("/var/lib/edge-agent") and s.paths.cache_dir == Path("/var/cache/edge-agent")
+    assert s.paths.state_dir == Path("/var/lib/edge-agent")
+    assert s.paths.cache_dir == Path("/var/cache/edge-agent")
 
 
 def test_config_check_and_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -128,12 +139,15 @@ def test_config_check_and_show(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert f"configuration ok: {good}" in capsys.readouterr().out
     assert main(["--config", str(good), "config", "show"]) == 0
     out = capsys.readouterr().out
-    assert '"port": 9123' in out and '"api_key": "***"' in out and "s3cret" not in out
+    assert '"port": 9123' in out
+    assert '"api_key": "***"' in out
+    assert "s3cret" not in out
     bad = tmp_path / "bad.toml"
     bad.write_text("[server]\nthreds = 4\n")
     assert main(["--config", str(bad), "config", "check"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "bad.toml line 2: unknown key 'server.threds'" in err
+    assert err.count("\n") == 0
+    assert "bad.toml line 2: unknown key 'server.threds'" in err
 
 
 def test_serve_with_a_bad_config_stops_at_once_naming_the_key(tmp_path: Path) -> None:

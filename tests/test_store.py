@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from edge_agent.errors import InvalidModelId, ModelImportError, ModelLoadFailed, ModelNotFound, UnsupportedModel
+from edge_agent.serving.loading import load_stored
 from edge_agent.store import importers
 from edge_agent.store.model_store import ModelStore
 from onnx_builders import constant_model, ultralytics_metadata
@@ -33,7 +34,8 @@ def test_ultralytics_import_reads_metadata(store: ModelStore, detector_onnx: Pat
     assert manifest.task == "object-detection"
     assert manifest.class_names == ("a", "b")
     assert (manifest.input.width, manifest.input.height, manifest.input.batch) == (64, 64, None)
-    assert manifest.preprocess.resize == "letterbox" and manifest.preprocess.pad_value == 114
+    assert manifest.preprocess.resize == "letterbox"
+    assert manifest.preprocess.pad_value == 114
     assert manifest.source["kind"] == "ultralytics"
     assert _store_entries(store) == ["det/1/model.json", "det/1/model.onnx"]
     on_disk = json.loads((store.root / "det/1/model.json").read_text())
@@ -100,7 +102,9 @@ def test_bad_models_leave_the_store_as_it_was(store: ModelStore, tmp_path: Path,
     with pytest.raises(error, match=message):
         store.install(make(tmp_path, detector_onnx), "bad/1")
     assert _store_entries(store) == before
-    assert not any((store.root / ".staging").iterdir()) if (store.root / ".staging").exists() else True
+    staging = store.root / ".staging"
+    if staging.exists():
+        assert not list(staging.iterdir())
 
 
 @pytest.mark.parametrize("model_id", ["nover", "a/b/c", "../x", "a/..", "a b/1", "/1", ""])
@@ -111,7 +115,7 @@ def test_invalid_model_ids(store: ModelStore, model_id: str) -> None:
 
 def test_unknown_model(store: ModelStore) -> None:
     with pytest.raises(ModelNotFound, match="'nope/1' is not in the model store"):
-        store.load("nope/1")
+        load_stored(store, "nope/1")
 
 
 def test_corrupt_weights_are_detected_at_load(store: ModelStore, detector_onnx: Path) -> None:
@@ -121,7 +125,7 @@ def test_corrupt_weights_are_detected_at_load(store: ModelStore, detector_onnx: 
     data[-5] ^= 0xFF
     onnx.write_bytes(bytes(data))
     with pytest.raises(ModelLoadFailed, match="checksum mismatch"):
-        store.load("det/1")
+        load_stored(store, "det/1")
 
 
 def test_broken_manifest_names_the_file_and_key(store: ModelStore, detector_onnx: Path) -> None:
@@ -178,9 +182,11 @@ def test_roboflow_folder_keeps_its_preprocessing(store: ModelStore, tmp_path: Pa
     assert manifest.model_id == "rf-project/7"
     pre = manifest.preprocess
     assert (pre.resize, pre.pad_value, pre.auto_orient) == ("letterbox", 0, True)
-    assert pre.static_crop is not None and pre.static_crop.x_min == 50
-    assert manifest.colors == {"a": "#FF0000"} and manifest.source["kind"] == "roboflow"
-    model = store.load("rf-project/7")
+    assert pre.static_crop is not None
+    assert pre.static_crop.x_min == 50
+    assert manifest.colors == {"a": "#FF0000"}
+    assert manifest.source["kind"] == "roboflow"
+    model = load_stored(store, "rf-project/7")
     # 512x128 image, right half kept: a 256x128 crop letterboxed to 64 (scale 0.25, 16 px pad),
     # then shifted by the 256 px crop offset.
     r = model.infer(np.zeros((128, 512, 3), np.uint8))
@@ -206,9 +212,11 @@ def test_roboflow_keypoints_and_stretch(store: ModelStore, tmp_path: Path) -> No
     meta[0]["keypoints"]["2"] = "foot"
     (folder / "keypoints_metadata.json").write_text(json.dumps(meta))
     manifest = store.install(folder, "pose/1")
-    assert manifest.preprocess.resize == "stretch" and manifest.preprocess.auto_orient is False
-    assert manifest.keypoint_names == {0: ("head", "hand", "foot")} and manifest.skeleton == {0: ((0, 1),)}
-    r = store.load("pose/1").infer(np.zeros((128, 256, 3), np.uint8))
+    assert manifest.preprocess.resize == "stretch"
+    assert manifest.preprocess.auto_orient is False
+    assert manifest.keypoint_names == {0: ("head", "hand", "foot")}
+    assert manifest.skeleton == {0: ((0, 1),)}
+    r = load_stored(store, "pose/1").infer(np.zeros((128, 256, 3), np.uint8))
     np.testing.assert_allclose(r.keypoints[0, :, :2], [[40, 20], [80, 40], [120, 60]], atol=1e-4)
 
 
@@ -247,7 +255,8 @@ def test_archives(store: ModelStore, tmp_path: Path, detector_onnx: Path) -> Non
 def test_update_descriptive_fields(store: ModelStore, detector_onnx: Path) -> None:
     store.install(detector_onnx, "det/1")
     updated = store.update("det/1", colors={"a": "#00FF00"}, class_names=("cat", "dog"))
-    assert store.get("det/1").manifest == updated and updated.class_names == ("cat", "dog")
+    assert store.get("det/1").manifest == updated
+    assert updated.class_names == ("cat", "dog")
     with pytest.raises(ModelImportError, match="weights and model_id cannot be updated"):
         store.update("det/1", weights={"file": "x", "sha256": "0" * 64, "bytes": 1})
     with pytest.raises(ModelImportError, match="invalid update"):
@@ -304,7 +313,8 @@ def test_install_with_replace_keeps_the_old_version_for_rollback(store: ModelSto
     store.install(other, "det/1", replace=True)
     assert [r.sha256 for r in store.revisions("det/1")] == [hashlib.sha256(detector_onnx.read_bytes()).hexdigest()]
     store.remove("det/1")
-    assert store.revisions("det/1") == [] and not (store.root / ".revisions" / "det").exists()
+    assert store.revisions("det/1") == []
+    assert not (store.root / ".revisions" / "det").exists()
 
 
 # -- damaged and hostile archives -----------------------------------------------------------------
@@ -415,7 +425,8 @@ def test_unpack_caps_members_and_bytes(tmp_path: Path, detector_onnx: Path) -> N
         with importers.unpacked(tarred, tmp_path / "into", max_bytes=499):
             pass
     with importers.unpacked(tarred, tmp_path / "into", max_bytes=500) as folder:
-        assert folder.parent == tmp_path / "into" and len(list(folder.iterdir())) == 5
+        assert folder.parent == tmp_path / "into"
+        assert len(list(folder.iterdir())) == 5
     assert list((tmp_path / "into").iterdir()) == []
 
 
@@ -443,4 +454,5 @@ def test_archive_named_onnx_is_read_as_an_archive(store: ModelStore, tmp_path: P
         z.write(tmp_path / "package.onnx", "model.onnx")
     with pytest.raises(ModelImportError, match="not a valid ONNX model"):
         store.install(tmp_path / "nested.zip", "nested/1")
-    assert list((store.root / ".staging").iterdir()) == [] and list(system_tmp.iterdir()) == []
+    assert list((store.root / ".staging").iterdir()) == []
+    assert list(system_tmp.iterdir()) == []

@@ -9,7 +9,6 @@ between two steps."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,14 +21,16 @@ import pytest
 
 from edge_agent.errors import Overloaded
 from edge_agent.params import InferenceParams
+from edge_agent.serving import manager as serving_manager
 from edge_agent.serving.accelerate import Accelerator
 from edge_agent.serving.accelerate_setup import build_accelerator
 from edge_agent.serving.batching import DynamicBatcher
-from edge_agent.serving.manager import BatchingPrefs, LoadedModel, ModelManager
+from edge_agent.serving.loading import load_model, load_stored
+from edge_agent.serving.manager import LoadedModel, ModelManager
 from edge_agent.serving.model import Model
 from edge_agent.settings import load_settings
 from edge_agent.store.model_store import ModelStore, sha256_of
-from engines import choose_backend
+from engines import EnginePrefs, choose_backend
 from onnx_builders import constant_model, ultralytics_metadata
 from trt_stand_in import StandInBackend
 
@@ -37,11 +38,7 @@ TESTS = Path(__file__).resolve().parent
 SAMPLE = cv2.imread(str(TESTS.parent / "edge_agent" / "demo" / "sample.jpg"))
 ID = "acme/1"
 
-
-@pytest.fixture(autouse=True)
-def stand_in_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The build child process imports the stand-in from tests/."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+pytestmark = pytest.mark.usefixtures("stand_in_path")  # the build child imports trt_stand_in
 
 
 def det_onnx(path: Path, x: float) -> Path:
@@ -66,7 +63,7 @@ def activate(store: ModelStore, manager: ModelManager, source: Path,
              between: Callable[[], None] = lambda: None) -> None:
     """What ``Provisioner._activate`` does once the checks passed: commit, swap, invalidate."""
     staged = store.stage(source, ID)
-    candidate = store.load_staged(staged)
+    candidate = load_model(staged.manifest, staged.onnx)
     store.commit(staged)
     between()
     if manager.swap(ID, candidate, only_if_loaded=True) is None:
@@ -92,20 +89,22 @@ def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
 
 
 def test_a_request_holding_a_swapped_out_model_runs_it_unbatched(store: ModelStore) -> None:
-    manager = ModelManager(store, batching=BatchingPrefs(enabled=True))
+    manager = ModelManager(store, EnginePrefs(batching=True))
     old, _ = manager.get("shapes/1")
     expected = old.infer([SAMPLE], InferenceParams())[0]
-    assert manager.swap("shapes/1", store.load("shapes/1")) is not None
-    assert old.batcher is not None and old.batcher.closed  # what used to answer 503 "being unloaded"
+    assert manager.swap("shapes/1", load_stored(store, "shapes/1")) is not None
+    assert old.batcher is not None
+    assert old.batcher.closed  # what used to answer 503 "being unloaded"
     result = old.infer([SAMPLE, SAMPLE], InferenceParams())
     assert [len(r) for r in result] == [len(expected)] * 2
     np.testing.assert_allclose(result[0].xyxy, expected.xyxy, atol=1e-3)  # type: ignore[union-attr]
-    assert manager.unload("shapes/1") and manager.peek("shapes/1") is None  # unload semantics unchanged
+    assert manager.unload("shapes/1")
+    assert manager.peek("shapes/1") is None  # unload semantics unchanged
 
 
 def test_an_open_batcher_still_refuses_when_its_queue_is_full(store: ModelStore) -> None:
     """Only a closed batcher's NotReady falls back; Overloaded still reaches the caller (503)."""
-    model = store.load("shapes-cls/1")
+    model = load_stored(store, "shapes-cls/1")
     entered, release = threading.Event(), threading.Event()
 
     def slow(tensors: Any) -> list[list[np.ndarray]]:
@@ -126,12 +125,14 @@ def test_an_open_batcher_still_refuses_when_its_queue_is_full(store: ModelStore)
     release.set()
     for t in (running, queued):
         t.join(10)
-    assert all(isinstance(r[0], list) and len(r[0]) == 1 for r in (first, second)), (first, second)
+    for r in (first, second):
+        assert isinstance(r[0], list), (first, second)
+        assert len(r[0]) == 1, (first, second)
 
 
 def test_no_request_fails_over_many_swaps_with_batching_on(store: ModelStore) -> None:
-    manager = ModelManager(store, batching=BatchingPrefs(enabled=True, max_batch=4))
-    models = [store.load("shapes/1"), store.load("shapes/1")]
+    manager = ModelManager(store, EnginePrefs(batching=True, batching_max_batch=4))
+    models = [load_stored(store, "shapes/1"), load_stored(store, "shapes/1")]
     expected = len(manager.get("shapes/1")[0].infer([SAMPLE], InferenceParams())[0])
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -158,22 +159,24 @@ def test_no_request_fails_over_many_swaps_with_batching_on(store: ModelStore) ->
     for t in threads:
         t.join(10)
     assert not errors, errors[:3]
-    assert swaps >= 200 and len(counts) >= 200 and set(counts) == {expected}
+    assert swaps >= 200
+    assert len(counts) >= 200
+    assert set(counts) == {expected}
 
 
 # -- 2. a cold load racing with an activation ---------------------------------------------------
 
 
-class GatedStore(ModelStore):
-    """A real store whose first ``load`` stops after reading the model until ``release`` is set."""
+class GatedLoads:
+    """The manager's ``load_stored``, really loading, whose first load stops after reading the model
+    until ``release`` is set."""
 
-    def __init__(self, root: Path) -> None:
-        super().__init__(root, builtin_root=None)
+    def __init__(self) -> None:
         self.entered, self.release = threading.Event(), threading.Event()
         self.loads: list[Model] = []
 
-    def load(self, model_id: str, prefs: Any = None, engine_for: Any = None) -> Any:
-        model = super().load(model_id, prefs, engine_for)
+    def __call__(self, store: ModelStore, model_id: str, prefs: Any = None, engine_for: Any = None) -> Model:
+        model = load_stored(store, model_id, prefs, engine_for)
         self.loads.append(model)
         if len(self.loads) == 1:
             self.entered.set()
@@ -188,12 +191,15 @@ class GatedStore(ModelStore):
     ("invalidate only", 2, 0),  # a spurious invalidate costs a load, never a wrong version
 ])
 def test_a_load_begun_before_an_activation_never_reinstates_the_old_version(
-        tmp_path: Path, versions: list[Path], meanwhile: str, loads: int, serves: int) -> None:
-    store = GatedStore(tmp_path / "models")
+        tmp_path: Path, versions: list[Path], meanwhile: str, loads: int, serves: int,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = GatedLoads()
+    monkeypatch.setattr(serving_manager, "load_stored", gate)
+    store = ModelStore(tmp_path / "models", builtin_root=None)
     store.install(versions[0], ID)
-    manager = ModelManager(store, batching=BatchingPrefs(enabled=True))
+    manager = ModelManager(store, EnginePrefs(batching=True))
     first, got_first = in_thread(lambda: manager.get(ID))
-    assert store.entered.wait(10)  # the old version is loaded, not yet served
+    assert gate.entered.wait(10)  # the old version is loaded, not yet served
     second, got_second = in_thread(lambda: manager.get(ID))  # waits for the first load
     assert manager.loading() == {ID}
     # Done in a thread: none of these may wait for the load in flight (it holds the id's load lock).
@@ -206,16 +212,21 @@ def test_a_load_begun_before_an_activation_never_reinstates_the_old_version(
     else:
         act, acted = in_thread(lambda: None)
     act.join(5)
-    assert not act.is_alive() and not isinstance(acted[0], BaseException), acted
-    store.release.set()
+    assert not act.is_alive(), acted
+    assert not isinstance(acted[0], BaseException), acted
+    gate.release.set()
     for t in (first, second):
         t.join(10)
     (loaded, cold), (other, other_cold) = got_first[0], got_second[0]
-    assert cold and not other_cold and other is loaded
+    assert cold
+    assert not other_cold
+    assert other is loaded
     assert sha(loaded) == sha(manager.peek(ID)) == sha256_of(versions[serves])
-    assert len(store.loads) == loads and manager.cold_starts == 1 and manager.loading() == set()
+    assert len(gate.loads) == loads
+    assert manager.cold_starts == 1
+    assert manager.loading() == set()
     if loads == 2:  # the stale load was thrown away: its engine released, its batcher closed
-        assert not hasattr(store.loads[0].engine, "_session")
+        assert not hasattr(gate.loads[0].engine, "_session")
     assert len(loaded.infer([SAMPLE], InferenceParams())[0]) == 1
 
 
@@ -236,10 +247,9 @@ def accelerated(tmp_path: Path, versions: list[Path]) -> Iterator[tuple[ModelSto
                              overrides={"paths.cache_dir": str(tmp_path / "cache"), "engine.build_engines": False})
     store = ModelStore(tmp_path / "models", builtin_root=None)
     store.install(versions[0], ID)
-    manager = ModelManager(store, batching=BatchingPrefs(enabled=True))
-    accelerator = build_accelerator(settings, choose_backend(settings.engine_prefs), manager,
-                                    backend=StandInBackend())
+    accelerator = build_accelerator(settings, choose_backend(settings.engine_prefs), backend=StandInBackend())
     assert accelerator is not None
+    manager = ModelManager(store, EnginePrefs(batching=True), accelerator=accelerator)
     loaded, _ = manager.get(ID)
     assert loaded.model.engine.name.startswith("onnxruntime")
     yield store, manager, accelerator
@@ -276,23 +286,29 @@ def test_an_engine_of_a_replaced_version_never_serves(
         if when == "while building" and event.get("event") == "progress" and event.get("fraction"):
             activate_once()
 
-    status = accelerator.build(ID, manifest, onnx, on_event=on_event)
-    assert done and status.state == "onnxruntime" and status.backend == "onnxruntime", status
+    status = accelerator.build(ID, manifest, onnx, manager.switch_over(ID), on_event=on_event)
+    assert done, status
+    assert status.state == "onnxruntime", status
+    assert status.backend == "onnxruntime", status
     assert "no longer the model's current version" in (status.reason or ""), status
     assert accelerator.status(ID) == status
     served = manager.peek(ID)
-    assert sha(served) == sha256_of(versions[1]) and served.model.engine.name.startswith("onnxruntime")  # type: ignore[union-attr]
-    assert accelerator.builds == builds and all(e.closed for e in backend.loaded)
+    assert sha(served) == sha256_of(versions[1])
+    assert served.model.engine.name.startswith("onnxruntime")  # type: ignore[union-attr]
+    assert accelerator.builds == builds
+    assert all(e.closed for e in backend.loaded), [e for e in backend.loaded if not e.closed]
     assert accelerator.cache.failure(key) is None  # not a failure: no marker, a later rollback may build it
     entry = accelerator.cache.lookup(key).entry
     assert (entry is not None) == cached
     assert not list((accelerator.cache.root / ".tmp").glob("*"))  # no temp plan or pinned ONNX left
     if cached:  # the plan is kept: a rollback to version 0 is served by it at once, without a build
-        assert entry is not None and entry.sidecar["verified"]["images"] > 0
+        assert entry is not None
+        assert entry.sidecar["verified"]["images"] > 0
         store.rollback(ID)
         manager.unload(ID)
         again, _ = manager.get(ID)
-        assert sha(again) == sha256_of(versions[0]) and again.model.engine.name == "tensorrt-stand-in"
+        assert sha(again) == sha256_of(versions[0])
+        assert again.model.engine.name == "tensorrt-stand-in"
         assert accelerator.builds == 1
 
 
@@ -301,20 +317,22 @@ def test_a_queued_build_of_a_replaced_version_is_skipped(
     store, manager, accelerator = accelerated
     manifest, onnx = manager.onnx_path(ID)
     activate(store, manager, versions[1])
-    accelerator.schedule(ID, manifest, onnx, force=True)
+    accelerator.schedule(ID, manifest, onnx, manager.switch_over(ID), force=True)
     deadline = time.monotonic() + 10
     while (status := accelerator.status(ID)) is None or status.state != "onnxruntime":
         assert time.monotonic() < deadline, status
         time.sleep(0.02)
-    assert accelerator.builds == 0 and "not building" in (status.reason or ""), status
+    assert accelerator.builds == 0, status
+    assert "not building" in (status.reason or ""), status
 
 
 def test_a_build_of_the_current_version_still_swaps_in(
         accelerated: tuple[ModelStore, ModelManager, Accelerator]) -> None:
     _, manager, accelerator = accelerated
     manifest, onnx = manager.onnx_path(ID)
-    status = accelerator.build(ID, manifest, onnx)
-    assert status.state == "tensorrt" and status.backend == "tensorrt", status
+    status = accelerator.build(ID, manifest, onnx, manager.switch_over(ID))
+    assert status.state == "tensorrt", status
+    assert status.backend == "tensorrt", status
     assert manager.peek(ID).model.engine.name == "tensorrt-stand-in"  # type: ignore[union-attr]
 
 
@@ -322,10 +340,10 @@ def test_swap_same_weights_refuses_another_version(
         accelerated: tuple[ModelStore, ModelManager, Accelerator], versions: list[Path]) -> None:
     """The accelerator's switch: the served model's sha256 is tested and replaced in one step."""
     store, manager, _ = accelerated
-    old = store.load(ID)
+    old = load_stored(store, ID)
     activate(store, manager, versions[1])
     assert manager.swap(ID, old, same_weights=True) is None
     assert sha(manager.peek(ID)) == sha256_of(versions[1])
-    assert manager.swap(ID, store.load(ID), same_weights=True) is not None
+    assert manager.swap(ID, load_stored(store, ID), same_weights=True) is not None
     manager.unload(ID)
-    assert manager.swap(ID, store.load(ID), same_weights=True) is None  # not loaded: nothing to switch
+    assert manager.swap(ID, load_stored(store, ID), same_weights=True) is None  # not loaded: nothing to switch

@@ -102,12 +102,15 @@ def test_ready_watchdog_status_and_a_clean_stop(tmp_path: Path, notify_socket: N
 
         config.write_text("[server]\nmax_batch_images = 1\n")
         reload_and_wait()
-        assert notify_socket.count("RELOADING") == 1 and notify_socket.count("STOPPING") == 0
+        assert notify_socket.count("RELOADING") == 1
+        assert notify_socket.count("STOPPING") == 0
         r = requests.post(f"{server.url}/infer/instance_segmentation", json=two, timeout=60)
-        assert r.status_code == 400 and "at most 1 images" in r.json()["message"]
+        assert r.status_code == 400
+        assert "at most 1 images" in r.json()["message"]
         config.write_text("[server]\nmax_batch_images = 0\n")  # refused; the running one stays
         reload_and_wait()
-        assert "configuration refused" in server.output() and "server.max_batch_images" in server.output()
+        assert "configuration refused" in server.output()
+        assert "server.max_batch_images" in server.output()
         assert requests.post(f"{server.url}/infer/instance_segmentation", json=two, timeout=60).status_code == 400
         config.write_text("[server]\nmax_batch_images = 16\n")
         reload_and_wait()
@@ -135,12 +138,14 @@ def test_ready_watchdog_status_and_a_clean_stop(tmp_path: Path, notify_socket: N
 
 
 def test_without_a_notify_socket_nothing_is_sent(tmp_path: Path) -> None:
-    assert not Notifier(None).enabled and Notifier(None).notify("READY=1") is False
+    assert not Notifier(None).enabled
+    assert Notifier(None).notify("READY=1") is False
 
 
 def test_notifier_speaks_the_datagram_protocol(notify_socket: NotifySocket) -> None:
     n = Notifier(str(notify_socket.path))
-    assert n.enabled and n.notify("STATUS=hello", "WATCHDOG=1")
+    assert n.enabled
+    assert n.notify("STATUS=hello", "WATCHDOG=1")
     _, fields = notify_socket.wait_for("STATUS", "hello", timeout=5)
     assert fields["WATCHDOG"] == "1"
     gone = Notifier(str(notify_socket.path.with_suffix(".gone")))
@@ -167,11 +172,11 @@ def test_watchdog_stops_pinging_when_inference_fails(tmp_path: Path, notify_sock
     settings = load_settings(None, {"EDGE_AGENT_CONFIG": "", "EDGE_AGENT_STATE_DIR": str(tmp_path)},
                              overrides={"server.host": "127.0.0.1", "server.port": port})
     runtime = Runtime(settings)
-    httpd = make_server("127.0.0.1", port, create_app(runtime), threaded=True)
+    httpd = make_server("127.0.0.1", port, create_app(runtime.http_services()), threaded=True)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     runtime.start()
     loaded, _ = runtime.manager.get("shapes/1")
-    monitor = Monitor(runtime, Notifier(str(notify_socket.path)), watchdog_usec=200_000)
+    monitor = Monitor(runtime, settings.server, Notifier(str(notify_socket.path)), watchdog_usec=200_000)
     monitor.start()
     try:
         notify_socket.wait_for("READY", "1", timeout=10)

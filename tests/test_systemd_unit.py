@@ -45,7 +45,8 @@ def _root(tmp_path: Path) -> Path:
 def test_unit_verifies(tmp_path: Path) -> None:
     proc = subprocess.run(["systemd-analyze", "verify", f"--root={_root(tmp_path)}", UNIT.name],
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0 and proc.stderr.strip() == "", proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip() == "", proc.stderr
 
 
 def test_security_exposure_stays_low(tmp_path: Path) -> None:
@@ -74,7 +75,8 @@ def test_unit_declares_what_the_daemon_relies_on() -> None:
               "KillMode": "mixed"}
     for key, value in expect.items():
         assert settings.get(key) == [value], key
-    assert int(settings["WatchdogSec"][0]) >= 10 and int(settings["StartLimitBurst"][0]) <= 10
+    assert int(settings["WatchdogSec"][0]) >= 10
+    assert int(settings["StartLimitBurst"][0]) <= 10
     assert settings["ExecStart"] == ["/usr/bin/edge-agent serve"]  # the launcher: current version's venv, or 78
     # 2: the configuration does not validate; 78 (EX_CONFIG): the launcher finds no installed version
     assert {"2", "78"} <= set(settings["RestartPreventExitStatus"][0].split())
@@ -96,7 +98,8 @@ def test_the_denied_system_calls_leave_the_work_alone() -> None:
     assert not NEEDED & denied
     assert {"setuid", "chroot", "init_module"} <= denied  # @privileged stays denied
     allow_list, allowed = effective_filter(text)
-    assert allow_list and NEEDED <= allowed
+    assert allow_list
+    assert NEEDED <= allowed
     assert _settings()["SystemCallErrorNumber"] == ["EPERM"]  # a refused call fails, the process lives
     assert _settings()["RestrictRealtime"] == ["yes"]  # what @resources no longer forbids: realtime
 
@@ -117,4 +120,5 @@ def test_a_bad_configuration_exits_with_a_code_that_prevents_restarts(tmp_path: 
     assert proc.returncode == 2, proc.stderr
     assert "2" in _settings()["RestartPreventExitStatus"][0].split()
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and str(path) in lines[0], proc.stderr
+    assert len(lines) == 1, proc.stderr
+    assert str(path) in lines[0], proc.stderr

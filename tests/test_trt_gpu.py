@@ -16,6 +16,7 @@ from edge_agent import selftest
 from edge_agent.params import InferenceParams
 from edge_agent.serving.accelerate_setup import compile_model, offline_accelerator
 from edge_agent.serving.compare import disagreement
+from edge_agent.serving.loading import load_stored
 from edge_agent.serving.model import Model
 from edge_agent.settings import Settings, load_settings
 
@@ -42,14 +43,15 @@ def test_every_batch_size_of_the_profile_agrees_with_onnx_runtime(tmp_path: Path
     assert status.state == "tensorrt", status
     manifest, onnx = manager.store.verified_onnx("shapes/1")
     engine = accelerator.cached_engine("shapes/1", manifest, onnx)
-    assert engine is not None and engine.max_batch == 8
-    reference = manager.store.load("shapes/1", CHOICE.ort_prefs)
+    assert engine is not None
+    assert engine.max_batch == 8
+    reference = load_stored(manager.store, "shapes/1", CHOICE.ort_prefs)
     images = [selftest._sample()] + [np.roll(selftest._sample(), 40 * i, axis=1) for i in range(1, 8)]
     params = InferenceParams()
     model = Model(manifest, engine)
     try:
         for n in (1, 4, 8):
-            assert disagreement(reference.infer_arrays(images[:n], params), model.infer_arrays(images[:n], params)) \
+            assert disagreement(reference.run(images[:n], params), model.run(images[:n], params)) \
                 is None
     finally:
         engine.close()
@@ -64,12 +66,12 @@ def test_one_engine_from_several_threads(tmp_path: Path) -> None:
     assert engine is not None
     model = Model(manifest, engine)
     image = selftest._sample()
-    expected = model.infer_arrays([image], InferenceParams())
+    expected = model.run([image], InferenceParams())
     errors: list[str] = []
 
     def worker() -> None:
         for _ in range(50):
-            why = disagreement(expected, model.infer_arrays([image], InferenceParams()))
+            why = disagreement(expected, model.run([image], InferenceParams()))
             if why:
                 errors.append(why)
 

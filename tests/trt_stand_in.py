@@ -53,6 +53,14 @@ def main() -> int:
         print("stand-in builder: some TensorRT-like log line on stderr", file=sys.stderr, flush=True)
         emit({"event": "error", "message": "TensorRT's ONNX parser refused the model: stand-in failure"})
         return 1
+    if spec["precision"] == "int8":  # the calibration frames the queue wrote must be what TensorRT reads
+        from engines.calibration import load_frames
+
+        try:
+            load_frames(Path(spec["calibration_frames"] or ""))
+        except (OSError, ValueError) as exc:
+            emit({"event": "error", "message": f"stand-in builder: bad calibration frames: {exc}"})
+            return 1
     steps = 6 if mode == "slow" else 3
     for i in range(steps):
         emit({"event": "progress", "phase": "Building engine", "fraction": round((i + 1) / steps, 3)})
@@ -94,7 +102,7 @@ class StandInEngine:
 
 
 class StandInBackend:
-    """``serving.accelerate.Backend`` without TensorRT."""
+    """``engines.trt_queue.PlanBackend`` without TensorRT."""
 
     build_module = "trt_stand_in"
 

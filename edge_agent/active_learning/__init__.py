@@ -8,13 +8,16 @@ from typing import Any
 
 from edge_agent.active_learning.sampler import Sampler
 from edge_agent.active_learning.spool import Spool
-from edge_agent.active_learning.uploaders import FolderTarget, HttpTarget, MqttTarget, Target, Uploader
+from edge_agent.active_learning.uploaders import FolderTarget, HttpTarget, MqttOutlet, MqttTarget, Target, Uploader
+from edge_agent.errors import ConfigError
+from edge_agent.settings import ActiveLearningSettings
 
 
 class ActiveLearning:
-    """The sampler (an event-bus subscriber), the spool and one uploader per target."""
+    """The sampler (an event-bus subscriber), the spool and one uploader per target. ``bridge``: the
+    MQTT bridge, for the ``mqtt`` target."""
 
-    def __init__(self, settings: Any, state_dir: Path, bridge: Any = None) -> None:
+    def __init__(self, settings: ActiveLearningSettings, state_dir: Path, bridge: MqttOutlet | None = None) -> None:
         self.settings = settings
         self.spool = Spool(state_dir / "active_learning" / "spool.sqlite3", settings.spool_max_items,
                            settings.spool_max_bytes, settings.spool_sync)
@@ -23,10 +26,14 @@ class ActiveLearning:
             if name == "folder":
                 targets.append(FolderTarget(settings.folder or state_dir / "dataset"))
             elif name == "http":
+                if not settings.http_base_url or not settings.http_project:  # the settings refuse this
+                    raise ConfigError("the http target needs http_base_url and http_project")
                 key = settings.http_api_key.get_secret_value() if settings.http_api_key else None
                 targets.append(HttpTarget(settings.http_base_url, settings.http_project, key,
                                           settings.http_batch_name, settings.http_split))
             elif name == "mqtt":
+                if bridge is None:  # the settings refuse this
+                    raise ConfigError("active_learning.targets has mqtt but [mqtt] is not enabled")
                 targets.append(MqttTarget(bridge))
         self.uploaders = [Uploader(self.spool, t, settings.retry_min_s, settings.retry_max_s,
                                    settings.bandwidth_kbps * 1000) for t in targets]

@@ -19,9 +19,14 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from edge_agent.active_learning.sampling import WINDOWS, dhash, hamming
+import numpy as np
+
+from edge_agent.active_learning.sampling import WINDOWS, dhash, hamming, wants
 from edge_agent.active_learning.spool import Item, Spool
 from edge_agent.events import PredictionEvent
+from edge_agent.roboflow_json import to_roboflow
+from edge_agent.sampling_strategies import Strategy
+from edge_agent.visualize import encode_jpeg
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +34,7 @@ RECENT_HASHES = 16  # per source: a frame this close to any of the last kept one
 
 
 class Sampler:
-    def __init__(self, strategies: Sequence[Any], spool: Spool, targets: tuple[str, ...], *,
+    def __init__(self, strategies: Sequence[Strategy], spool: Spool, targets: tuple[str, ...], *,
                  jpeg_quality: int = 75, max_image_size: int = 1280, dedup_distance: int = 6,
                  queue_size: int = 64, sources: Callable[[str], bool] = lambda s: True,
                  on_stored: Callable[[], None] = lambda: None, seed: int | None = None) -> None:
@@ -44,8 +49,8 @@ class Sampler:
         self._stats_lock = threading.Lock()  # producers are many threads (HTTP requests, pipelines)
         self._counts = spool.limit_counts()  # (strategy, window) -> (bucket, count)
         self._recent: dict[str, deque[int]] = {}
-        self._queue: queue.Queue[tuple[PredictionEvent, Any, dict[tuple[str, str], tuple[str, int]]] | None] = \
-            queue.Queue(queue_size)
+        self._queue: queue.Queue[tuple[PredictionEvent, Strategy, dict[tuple[str, str], tuple[str, int]]] | None] \
+            = queue.Queue(queue_size)
         self._thread: threading.Thread | None = None
         self.stats = {"considered": 0, "sampled": 0, "skipped_limit": 0, "skipped_duplicate": 0,
                       "dropped_queue_full": 0, "stored": 0, "evicted": 0, "write_errors": 0}
@@ -57,11 +62,12 @@ class Sampler:
     # ------------------------------------------------------------------ the producer's thread
 
     def __call__(self, event: PredictionEvent) -> None:
-        if event.image is None or not self._accepts_source(event.source_id):
+        image = event.image
+        if image is None or not self._accepts_source(event.source_id):
             return
         self._count("considered")
         for strategy in self.strategies:
-            if not strategy.applies(event.source_id, event.model_id) or not strategy.wants(event.result, self._rng):
+            if not strategy.applies(event.source_id, event.model_id) or not wants(strategy, event.result, self._rng):
                 continue
             now = time.gmtime()
             with self._lock:
@@ -69,7 +75,7 @@ class Sampler:
             if used is None:
                 self._count("skipped_limit")
                 continue
-            if self.dedup_distance and self._duplicate(event):
+            if self.dedup_distance and self._duplicate(event.source_id, image):
                 self._give_back(used)
                 self._count("skipped_duplicate")
                 return
@@ -82,9 +88,9 @@ class Sampler:
             self._count("sampled")
             return  # a frame is sampled once, by the first strategy that wants it
 
-    def _take_limits(self, strategy: Any, now: time.struct_time) -> dict[tuple[str, str], tuple[str, int]] | None:
+    def _take_limits(self, strategy: Strategy, now: time.struct_time) -> dict[tuple[str, str], tuple[str, int]] | None:
         """Count the frame against the strategy's limits; None (and nothing counted) if one is reached."""
-        updated = {}
+        updated: dict[tuple[str, str], tuple[str, int]] = {}
         for limit in strategy.limits:
             key = (strategy.name, limit.type)
             bucket = time.strftime(WINDOWS[limit.type], now)
@@ -103,9 +109,9 @@ class Sampler:
                     current = self._counts[key][1]
                     self._counts[key] = (bucket, max(0, current - 1))
 
-    def _duplicate(self, event: PredictionEvent) -> bool:
-        digest = dhash(event.image)
-        recent = self._recent.setdefault(event.source_id, deque(maxlen=RECENT_HASHES))
+    def _duplicate(self, source_id: str, image: np.ndarray) -> bool:
+        digest = dhash(image)
+        recent = self._recent.setdefault(source_id, deque(maxlen=RECENT_HASHES))
         if any(hamming(digest, seen) <= self.dedup_distance for seen in recent):
             return True
         recent.append(digest)
@@ -161,12 +167,12 @@ class Sampler:
                 log.warning("active-learning spool full: evicted %d oldest item(s)", evicted)
             self._on_stored()
 
-    def _item(self, event: PredictionEvent, strategy: Any) -> Item:
-        import cv2
-
-        from edge_agent.roboflow_json import to_roboflow
+    def _item(self, event: PredictionEvent, strategy: Strategy) -> Item:
+        import cv2  # lazy: cv2
 
         image = event.image
+        if image is None:  # never: only events with a frame are queued
+            raise ValueError("a sampled event without its frame")
         h, w = image.shape[:2]
         scale = min(1.0, self.max_image_size / max(h, w)) if self.max_image_size else 1.0
         body = to_roboflow(event.result, event.inference_id)
@@ -174,13 +180,10 @@ class Sampler:
             image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
                                interpolation=cv2.INTER_AREA)
             body = _scaled(body, scale)
-        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
-        if not ok:  # pragma: no cover - OpenCV encodes any uint8 BGR image
-            raise RuntimeError("JPEG encoding failed")
         return Item(id=str(uuid.uuid4()), created=event.captured_at, source_id=event.source_id,
                     model_id=event.model_id, strategy=strategy.name, width=image.shape[1], height=image.shape[0],
-                    jpeg=jpeg.tobytes(), predictions=body, class_names=tuple(event.result.class_names),
-                    tags=tuple(strategy.tags))
+                    jpeg=encode_jpeg(image, self.jpeg_quality), predictions=body,
+                    class_names=tuple(event.result.class_names), tags=tuple(strategy.tags))
 
 
 def _scaled(body: dict[str, Any], scale: float) -> dict[str, Any]:

@@ -1,46 +1,37 @@
-"""Sampling strategies with Roboflow's names and semantics, their limits, and near-duplicate skipping.
-
-Strategies (``type``): ``random`` (``traffic_percentage``), ``close_to_threshold`` (``threshold``,
-``epsilon``, ``probability``, ``minimum_objects_close_to_threshold``, ``only_top_classes``,
-``selected_class_names``), ``classes_based`` (classification: the predicted class is one of
-``selected_class_names``), ``detections_number_based`` (``more_than`` / ``less_than`` detections of
-``selected_class_names``). Each may carry ``limits`` (``minutely``, ``hourly``, ``daily``) whose counts
-live in the spool's database, so a restart does not reset them; ``sources`` and ``models`` narrow where
-a strategy applies.
+"""How the sampler decides: whether a strategy wants a result (``wants``, with each strategy type's
+semantics: docs/active-learning.md), the time windows that strategies' limits are counted in, and
+near-duplicate skipping (a 64-bit difference hash and its Hamming distance). The strategies' declared
+fields are in ``edge_agent.sampling_strategies``, with the settings that validate them.
 """
 
 from __future__ import annotations
 
 import random
-from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from edge_agent.results import Classification, Detections, Result
+from edge_agent.sampling_strategies import (
+    ClassesBasedStrategy,
+    CloseToThresholdStrategy,
+    DetectionsNumberBasedStrategy,
+    RandomStrategy,
+    Strategy,
+)
+
+WINDOWS = {"minutely": "%Y-%m-%dT%H:%M", "hourly": "%Y-%m-%dT%H", "daily": "%Y-%m-%d"}
 
 
-class Limit(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    type: Literal["minutely", "hourly", "daily"]
-    value: int = Field(ge=0)
-
-
-class _Strategy(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-    limits: tuple[Limit, ...] = ()
-    sources: tuple[str, ...] = Field((), description="only these sources (empty: all)")
-    models: tuple[str, ...] = Field((), description="only these models (empty: all)")
-    tags: tuple[str, ...] = ()
-
-    def applies(self, source_id: str, model_id: str) -> bool:
-        return (not self.sources or source_id in self.sources) and (not self.models or model_id in self.models)
-
-    def wants(self, result: Result, rng: random.Random) -> bool:  # pragma: no cover - each type has its own
-        raise NotImplementedError
+def wants(strategy: Strategy, result: Result, rng: random.Random) -> bool:
+    """Whether ``strategy`` wants ``result`` sampled (its limits and near-duplicates are the sampler's
+    to check)."""
+    if isinstance(strategy, RandomStrategy):
+        return rng.random() < strategy.traffic_percentage
+    if isinstance(strategy, CloseToThresholdStrategy):
+        return _close_to_threshold(strategy, result, rng)
+    if isinstance(strategy, ClassesBasedStrategy):
+        return _classes_based(strategy, result, rng)
+    return _detections_number_based(strategy, result, rng)
 
 
 def _names(result: Detections, selected: tuple[str, ...] | None) -> np.ndarray:
@@ -48,87 +39,50 @@ def _names(result: Detections, selected: tuple[str, ...] | None) -> np.ndarray:
     return names if not selected else names[np.isin(names, list(selected))]
 
 
-class RandomStrategy(_Strategy):
-    type: Literal["random"] = "random"
-    traffic_percentage: float = Field(ge=0, le=1)
-
-    def wants(self, result: Result, rng: random.Random) -> bool:
-        return rng.random() < self.traffic_percentage
-
-
-class CloseToThresholdStrategy(_Strategy):
-    type: Literal["close_to_threshold"] = "close_to_threshold"
-    threshold: float = Field(ge=0, le=1)
-    epsilon: float = Field(ge=0, le=1)
-    probability: float = Field(1.0, ge=0, le=1)
-    minimum_objects_close_to_threshold: int = Field(1, ge=1)
-    only_top_classes: bool = True
-    selected_class_names: tuple[str, ...] | None = None
-
-    def wants(self, result: Result, rng: random.Random) -> bool:
-        low, high = self.threshold - self.epsilon, self.threshold + self.epsilon
-        if isinstance(result, Classification):
-            names = np.asarray(result.class_names, dtype=object)
-            scores = result.confidence
-            if self.only_top_classes and not result.multilabel:
-                top, _ = result.top
-                names, scores = names[top:top + 1], scores[top:top + 1]
-            if self.selected_class_names:
-                keep = np.isin(names, list(self.selected_class_names))
-                names, scores = names[keep], scores[keep]
-            close = int(((scores >= low) & (scores <= high)).sum())
-        else:
-            scores = result.confidence
-            if self.selected_class_names and len(result):
-                scores = scores[np.isin(_names(result, None), list(self.selected_class_names))]
-            close = int(((scores >= low) & (scores <= high)).sum())
-        return close >= self.minimum_objects_close_to_threshold and rng.random() < self.probability
+def _close_to_threshold(strategy: CloseToThresholdStrategy, result: Result, rng: random.Random) -> bool:
+    low, high = strategy.threshold - strategy.epsilon, strategy.threshold + strategy.epsilon
+    if isinstance(result, Classification):
+        names = np.asarray(result.class_names, dtype=object)
+        scores = result.confidence
+        if strategy.only_top_classes and not result.multilabel:
+            top, _ = result.top
+            names, scores = names[top:top + 1], scores[top:top + 1]
+        if strategy.selected_class_names:
+            keep = np.isin(names, list(strategy.selected_class_names))
+            names, scores = names[keep], scores[keep]
+        close = int(((scores >= low) & (scores <= high)).sum())
+    else:
+        scores = result.confidence
+        if strategy.selected_class_names and len(result):
+            scores = scores[np.isin(_names(result, None), list(strategy.selected_class_names))]
+        close = int(((scores >= low) & (scores <= high)).sum())
+    return close >= strategy.minimum_objects_close_to_threshold and rng.random() < strategy.probability
 
 
-class ClassesBasedStrategy(_Strategy):
-    """Classification results whose predicted class (or, multi-label, any predicted class) is selected."""
-
-    type: Literal["classes_based"] = "classes_based"
-    selected_class_names: tuple[str, ...] = Field(min_length=1)
-    probability: float = Field(1.0, ge=0, le=1)
-
-    def wants(self, result: Result, rng: random.Random) -> bool:
-        if not isinstance(result, Classification):
-            return False
-        if result.multilabel:
-            predicted = {n for n, c in zip(result.class_names, result.confidence) if c > result.threshold}
-        else:
-            predicted = {result.class_names[result.top[0]]}
-        return bool(predicted & set(self.selected_class_names)) and rng.random() < self.probability
+def _classes_based(strategy: ClassesBasedStrategy, result: Result, rng: random.Random) -> bool:
+    if not isinstance(result, Classification):
+        return False
+    if result.multilabel:
+        predicted = {n for n, c in zip(result.class_names, result.confidence) if c > result.threshold}
+    else:
+        predicted = {result.class_names[result.top[0]]}
+    return bool(predicted & set(strategy.selected_class_names)) and rng.random() < strategy.probability
 
 
-class DetectionsNumberBasedStrategy(_Strategy):
-    type: Literal["detections_number_based"] = "detections_number_based"
-    more_than: int | None = Field(None, ge=0)
-    less_than: int | None = Field(None, ge=0)
-    selected_class_names: tuple[str, ...] | None = None
-    probability: float = Field(1.0, ge=0, le=1)
-
-    def wants(self, result: Result, rng: random.Random) -> bool:
-        if not isinstance(result, Detections):
-            return False
-        n = len(_names(result, self.selected_class_names))
-        if self.more_than is not None and n <= self.more_than:
-            return False
-        if self.less_than is not None and n >= self.less_than:
-            return False
-        return rng.random() < self.probability
-
-
-Strategy = Annotated[RandomStrategy | CloseToThresholdStrategy | ClassesBasedStrategy | DetectionsNumberBasedStrategy,
-                     Field(discriminator="type")]
-
-WINDOWS = {"minutely": "%Y-%m-%dT%H:%M", "hourly": "%Y-%m-%dT%H", "daily": "%Y-%m-%d"}
+def _detections_number_based(strategy: DetectionsNumberBasedStrategy, result: Result, rng: random.Random) -> bool:
+    if not isinstance(result, Detections):
+        return False
+    n = len(_names(result, strategy.selected_class_names))
+    if strategy.more_than is not None and n <= strategy.more_than:
+        return False
+    if strategy.less_than is not None and n >= strategy.less_than:
+        return False
+    return rng.random() < strategy.probability
 
 
 def dhash(image: np.ndarray) -> int:
     """A 64-bit difference hash: grey 9x8 thumbnail, one bit per horizontal neighbour comparison."""
-    import cv2
+    import cv2  # lazy: cv2
 
     small = cv2.resize(image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), (9, 8),
                        interpolation=cv2.INTER_AREA)

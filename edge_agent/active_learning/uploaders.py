@@ -24,25 +24,27 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 from edge_agent.active_learning.spool import Delivery, Spool
 from edge_agent.atomic_files import write_bytes, write_text
+from edge_agent.errors import UploadFailed
 from edge_agent.events import timestamp
+from edge_agent.mqtt import topics as t
+from edge_agent.mqtt.outbox import Message
+from edge_agent.settings import MqttSettings
 
 log = logging.getLogger(__name__)
-
-
-class UploadError(Exception):
-    pass
 
 
 class Target(Protocol):
     name: str
 
     def send(self, delivery: Delivery, spool: Spool) -> None:
-        """Deliver, or raise; ``spool.save_state`` keeps progress of a multi-step upload."""
+        """Deliver, or raise (``UploadFailed``, or ``OSError`` for the folder); ``spool.save_state``
+        keeps progress of a multi-step upload."""
 
 
 # ------------------------------------------------------------------------------------------- folder
@@ -120,7 +122,7 @@ class HttpTarget:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - configured URL
                 answer: dict[str, Any] = json.loads(response.read() or b"{}")
         except (OSError, ValueError) as exc:  # HTTPError is an OSError; the key stays out of the message
-            raise UploadError(f"{path}: {getattr(exc, 'code', '')} {getattr(exc, 'reason', exc)}") from None
+            raise UploadFailed(f"{path}: {getattr(exc, 'code', '')} {getattr(exc, 'reason', exc)}") from None
         return answer
 
     def send(self, delivery: Delivery, spool: Spool) -> None:
@@ -134,7 +136,7 @@ class HttpTarget:
                                  *tags], body, ctype)
             image_id = answer.get("id")
             if not image_id or not (answer.get("success") or answer.get("duplicate")):
-                raise UploadError(f"image upload not accepted: {str(answer)[:200]}")
+                raise UploadFailed(f"image upload not accepted: {str(answer)[:200]}")
             state["image_id"] = str(image_id)
             spool.save_state(item.id, self.name, state)
         annotation = json.dumps({**item.predictions, "model_id": item.model_id, "class_names": list(item.class_names)})
@@ -142,25 +144,36 @@ class HttpTarget:
                             [("name", f"{item.id}.json"), ("prediction", "true")], annotation.encode(),
                             "application/json")
         if not answer.get("success"):
-            raise UploadError(f"annotation not accepted: {str(answer)[:200]}")
+            raise UploadFailed(f"annotation not accepted: {str(answer)[:200]}")
 
 
 # --------------------------------------------------------------------------------------------- mqtt
 
 
+class MqttOutlet(Protocol):
+    """The MQTT bridge, as the ``mqtt`` target uses it."""
+
+    @property
+    def settings(self) -> MqttSettings: ...
+
+    @property
+    def topics(self) -> t.Topics: ...
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+    def submit(self, item: Message, on_ack: Callable[[], None] | None = None) -> bool: ...
+
+
 class MqttTarget:
     name = "mqtt"
 
-    def __init__(self, bridge: Any, timeout: float = 30.0) -> None:
+    def __init__(self, bridge: MqttOutlet, timeout: float = 30.0) -> None:
         self.bridge = bridge
         self.timeout = timeout
 
     def send(self, delivery: Delivery, spool: Spool) -> None:
-        from edge_agent.mqtt import topics as t
-        from edge_agent.mqtt.outbox import Message
-
         if not self.bridge.snapshot()["connected"]:  # not into the outbox while down: a retry would repeat it
-            raise UploadError("the MQTT bridge is not connected")
+            raise UploadFailed("the MQTT bridge is not connected")
         item = delivery.item
         body = {**t.envelope(self.bridge.settings.device_id), "item_id": item.id, "source_id": item.source_id,
                 "model_id": item.model_id, "strategy": item.strategy, "captured_at": timestamp(item.created),
@@ -170,9 +183,9 @@ class MqttTarget:
         acked = threading.Event()
         message = Message(self.bridge.topics.active_learning(item.source_id), t.dumps(body), qos=1)
         if not self.bridge.submit(message, on_ack=acked.set):
-            raise UploadError("the MQTT bridge's hand-off is full")
+            raise UploadFailed("the MQTT bridge's hand-off is full")
         if not acked.wait(self.timeout):
-            raise UploadError("no PUBACK from the broker yet")
+            raise UploadFailed("no PUBACK from the broker yet")
 
 
 # ------------------------------------------------------------------------------------------ uploader

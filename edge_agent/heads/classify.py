@@ -1,4 +1,4 @@
-"""Classification outputs to per-class scores (spec §10.7.5)."""
+"""Classification outputs to per-class scores (docs/http-api.md §10.7.5)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import numpy as np
 
 def _softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max())
-    return e / e.sum()  # type: ignore[no-any-return]
+    probabilities: np.ndarray = e / e.sum()
+    return probabilities
 
 
 def scores(row: np.ndarray, layout: str, multilabel: bool) -> np.ndarray:

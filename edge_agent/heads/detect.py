@@ -1,6 +1,6 @@
 """Decoding YOLO-family detection outputs (boxes, and the extra columns of masks and keypoints).
 
-Layouts (spec §10.7), per image:
+Layouts (docs/http-api.md §10.7), per image:
   yolov8   (4 + nc + extra, N): cx, cy, w, h, class scores, then extra columns
   yolov5   (N, 5 + nc + extra): cx, cy, w, h, objectness, class scores, extra (confidence = objectness,
            as Roboflow does)

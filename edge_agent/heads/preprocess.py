@@ -1,4 +1,4 @@
-"""From a decoded BGR image to one slot of the engine's input batch, and back again for coordinates.
+"""From a loaded BGR image to one slot of the engine's input batch, and back again for coordinates.
 
 Owns the preprocessing steps of a manifest (static crop, contrast, grayscale, then letterbox,
 stretch or centre crop, colour order and normalisation), written straight into the batch buffer,
@@ -8,11 +8,46 @@ and the ``Transform`` that maps network-input coordinates to original-image pixe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from edge_agent.params import InferenceParams
-from edge_agent.store.manifest import Preprocess
+
+
+class CropSpec(Protocol):
+    """Percentages (0-100) of the image kept before resizing."""
+
+    @property
+    def x_min(self) -> float: ...
+    @property
+    def y_min(self) -> float: ...
+    @property
+    def x_max(self) -> float: ...
+    @property
+    def y_max(self) -> float: ...
+
+
+class PreprocessSpec(Protocol):
+    """The preprocessing steps of a model as ``preprocess_into`` reads them: the fields of
+    ``store.manifest.Preprocess``, the schema, which sits a layer above the heads."""
+
+    @property
+    def resize(self) -> str: ...
+    @property
+    def pad_value(self) -> int: ...
+    @property
+    def color(self) -> str: ...
+    @property
+    def mean(self) -> tuple[float, float, float]: ...
+    @property
+    def std(self) -> tuple[float, float, float]: ...
+    @property
+    def static_crop(self) -> CropSpec | None: ...
+    @property
+    def contrast(self) -> str | None: ...
+    @property
+    def grayscale(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -39,7 +74,7 @@ class Transform:
         return self.points_to_original(xyxy.reshape(-1, 2, 2)).reshape(-1, 4)
 
 
-def _static_crop(image: np.ndarray, spec: Preprocess) -> tuple[np.ndarray, int, int]:
+def _static_crop(image: np.ndarray, spec: PreprocessSpec) -> tuple[np.ndarray, int, int]:
     crop = spec.static_crop
     assert crop is not None
     h, w = image.shape[:2]
@@ -50,7 +85,7 @@ def _static_crop(image: np.ndarray, spec: Preprocess) -> tuple[np.ndarray, int, 
 
 
 def _contrast(image: np.ndarray, kind: str) -> np.ndarray:
-    import cv2
+    import cv2  # lazy: cv2
 
     if kind == "contrast-stretching":
         lo, hi = np.percentile(image, (2, 98))
@@ -68,7 +103,7 @@ def _contrast(image: np.ndarray, kind: str) -> np.ndarray:
 
 
 def _resized(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    import cv2
+    import cv2  # lazy: cv2
 
     if image.shape[1] == width and image.shape[0] == height:
         return image
@@ -76,7 +111,7 @@ def _resized(image: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def preprocess_into(
-    image: np.ndarray, spec: Preprocess, out: np.ndarray, params: InferenceParams
+    image: np.ndarray, spec: PreprocessSpec, out: np.ndarray, params: InferenceParams
 ) -> Transform:
     """Write ``image`` (H x W x 3 BGR uint8) into ``out`` (3 x H_in x W_in float32); return its transform."""
     crop_x = crop_y = 0
@@ -85,7 +120,7 @@ def preprocess_into(
     if spec.contrast is not None and not params.disable_preproc_contrast:
         image = _contrast(image, spec.contrast)
     if spec.grayscale and not params.disable_preproc_grayscale:
-        import cv2
+        import cv2  # lazy: cv2
 
         image = cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
 

@@ -1,4 +1,4 @@
-"""Instance masks from prototype coefficients to polygons in original-image pixels (spec §10.7.3).
+"""Instance masks from prototype coefficients to polygons in original-image pixels (docs/http-api.md §10.7.3).
 
 Only the part of the prototype grid under each box is computed: the mask logits of a crop are
 ``coeffs @ protos[:, crop]``, upsampled to the resolution that ``mask_decode_mode`` asks for,
@@ -35,7 +35,7 @@ def polygons(
     params: InferenceParams,
 ) -> list[np.ndarray]:
     """One (P, 2) float32 outline per detection, in original-image pixels ((0, 2) if the mask is empty)."""
-    import cv2
+    import cv2  # lazy: cv2
 
     nm, mh, mw = protos.shape
     sx, sy = input_hw[1] / mw, input_hw[0] / mh

@@ -1,4 +1,4 @@
-"""Model management and service routes (spec §6): registry, add, remove, clear, info, health,
+"""Model management and service routes (docs/http-api.md §6): registry, add, remove, clear, info, health,
 readiness, Prometheus metrics, and the legacy `/clear_cache` and `/start/...` routes."""
 
 from __future__ import annotations
@@ -37,12 +37,12 @@ def _description(loaded: LoadedModel) -> dict[str, Any]:
         "vram_bytes": None,
         "request_aliases": [],
         "request_paths": [f"/{loaded.model_id}", f"/infer/{common.TASK_ROUTES[m.task]}"],
-        "engine": common.runtime().engine_status(loaded.model_id),
+        "engine": common.services().engine_status(loaded.model_id),
     }
 
 
 def _registry() -> Response:
-    models = [_description(m) for m in common.runtime().manager.loaded()]
+    models = [_description(m) for m in common.services().models.loaded()]
     return jsonify({"models": models, **{k: None for k in Registry.model_fields if k != "models"}})
 
 
@@ -63,14 +63,14 @@ def model_add(body: ModelAddRequest) -> Any:
 @bp.post("/model/remove", tags=[models_tag], responses={200: Registry})
 def model_remove(body: ModelRemoveRequest) -> Any:
     """Unload a model (not an error when it is not loaded). Its files stay in the store."""
-    common.runtime().manager.unload(body.model_id)
+    common.services().models.unload(body.model_id)
     return _registry()
 
 
 @bp.post("/model/clear", tags=[models_tag], responses={200: Registry})
 def model_clear() -> Any:
     """Unload every model."""
-    common.runtime().manager.clear()
+    common.services().models.clear()
     return _registry()
 
 
@@ -82,7 +82,7 @@ _CLEARED = {"description": 'the JSON string "Cache Cleared"',
 @bp.get("/clear_cache", tags=[models_tag], responses={200: _CLEARED})
 def clear_cache() -> Any:
     """Legacy: unload every model; answers the JSON string "Cache Cleared"."""
-    common.runtime().manager.clear()
+    common.services().models.clear()
     return jsonify("Cache Cleared")
 
 
@@ -97,9 +97,9 @@ def start(path: LegacyPath) -> Any:
 @bp.get("/info", tags=[service_tag], responses={200: ServerInfo})
 def info() -> Any:
     """Server name, version, this installation's stable id, and the inference back-end chosen (and why)."""
-    rt = common.runtime()
-    return jsonify({"name": "edge-agent", "version": rt.version, "uuid": rt.install_id,
-                    "engine": rt.engine_choice.as_dict()})
+    found = common.services()
+    return jsonify({"name": "edge-agent", "version": found.version, "uuid": found.install_id,
+                    "engine": found.engine_choice.as_dict()})
 
 
 @bp.get("/healthz", tags=[service_tag], responses={200: Status, 503: Status})
@@ -112,16 +112,16 @@ def healthz() -> Any:
 def readiness() -> Any:
     """Ready once the preloaded models are loaded (by ONNX Runtime while their TensorRT engines build:
     ``engines`` then says which build runs and how far it is)."""
-    rt = common.runtime()
-    building = rt.building()
+    readiness = common.services().readiness
+    building = readiness.building()
     extra = {"engines": building} if building else {}
-    if rt.ready.is_set():
+    if readiness.ready.is_set():
         return jsonify({"status": "ready", **extra})
-    return jsonify({"status": "not ready", "reason": rt.readiness_detail, **extra}), 503
+    return jsonify({"status": "not ready", "reason": readiness.readiness_detail, **extra}), 503
 
 
 @bp.get("/metrics", tags=[service_tag], responses={200: _TEXT})
 def metrics() -> Any:
     """Prometheus text format: requests, latencies, batch sizes, queue depth, model load times."""
-    rt = common.runtime()
-    return Response(rt.metrics.render(), content_type=rt.metrics.CONTENT_TYPE)
+    found = common.services().metrics
+    return Response(found.render(), content_type=found.CONTENT_TYPE)

@@ -1,5 +1,9 @@
-"""``create_app(runtime)``: the Flask app (flask-openapi3) with its blueprints, the one error handler,
-request limits, the optional API key, CORS, response headers (spec §1.5) and request metrics.
+"""``create_app(services)``: the Flask app (flask-openapi3) with its blueprints, the one error handler,
+request limits, the optional API key, CORS, response headers (docs/http-api.md §1.5) and request metrics.
+
+The app receives an ``HttpServices`` (what the routes use of the daemon), never the runtime. Every
+error that leaves a route is answered here, in ``_error``: the routes raise members of the
+``edge_agent.errors`` tree and never format an error body themselves.
 
 OpenAPI is generated from the pydantic declarations of the routes and served at ``/openapi.json``;
 Swagger UI at ``/docs`` and ReDoc at ``/redoc`` use the UI files shipped inside the
@@ -13,7 +17,9 @@ import logging
 import time
 from typing import Any
 
-from flask import Response, g, jsonify, render_template_string, request
+from flask import Response, jsonify, render_template_string, request
+from flask.json.provider import DefaultJSONProvider
+from flask.typing import ResponseReturnValue
 from flask_openapi3 import Info, OpenAPI
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
@@ -27,25 +33,26 @@ from edge_agent.errors import (
     Overloaded,
 )
 from edge_agent.http import admin, common, models, streams, v1, v2
-from edge_agent.runtime import Runtime
+from edge_agent.http.services import HttpServices
 
 log = logging.getLogger(__name__)
 
-# Spec §1.3: routes that never need the API key.
+# docs/http-api.md §1.3: routes that never need the API key.
 OPEN_PATHS = ("/", "/docs", "/redoc", "/openapi.json", "/info", "/healthz", "/readiness", "/metrics")
 OPEN_PREFIXES = ("/swagger/", "/redoc/")
 
-# Spec §5: the public message of each kind of server-side failure (our detail goes in "reason").
+# docs/http-api.md §5: the public message of each kind of server-side failure (our detail goes in "reason").
+INTERNAL_ERROR = "Internal error."
 PUBLIC_MESSAGES: dict[type[EdgeAgentError], str] = {
     ModelNotFound: "Requested Roboflow resource not found. Make sure that workspace, project or model you "
                    "referred in request exists.",
     ModelLoadFailed: "Model package is broken.",
-    EngineFailure: "Internal error.",
+    EngineFailure: INTERNAL_ERROR,
     NotReady: "Model is temporarily not ready - retry request.",
     Overloaded: "Model is temporarily not ready - retry request.",
 }
 
-# Roboflow routes edge-agent does not implement (spec §6.2): a clear 501 instead of the legacy catch-all.
+# Roboflow routes edge-agent does not implement (docs/http-api.md §6.2): a clear 501 instead of the legacy catch-all.
 UNSUPPORTED = ("/infer/workflows", "/infer/workflows/<path:rest>", "/workflows/run", "/workflows/<path:rest>",
                "/<workspace>/workflows/<path:rest>", "/infer/lmm", "/clip/<path:rest>", "/sam/<path:rest>",
                "/sam2/<path:rest>", "/doctr/<path:rest>", "/gaze/<path:rest>", "/cogvlm/<path:rest>",
@@ -60,7 +67,26 @@ DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 's
 DOCS_PAGES = ("/", "/docs", "/redoc", "/swagger")
 
 
+class CompactJSON(DefaultJSONProvider):
+    """JSON answers as compact as Roboflow's, keys in the order the code writes them."""
+
+    sort_keys = False
+    compact = True
+
+
+def _internal(exc: EdgeAgentError) -> bool:
+    """A member of the tree with no code of its own (the root itself, the engines' ``EngineError``
+    branch) is a failure inside the daemon: its text may name local paths and is only logged."""
+    return exc.code == EdgeAgentError.code
+
+
+def _error_status(exc: EdgeAgentError) -> int:
+    return 500 if _internal(exc) else exc.status
+
+
 def _error_body(exc: EdgeAgentError) -> dict[str, Any]:
+    if _internal(exc):
+        return {"message": INTERNAL_ERROR, "error": exc.code}
     for cls in type(exc).__mro__:
         if cls in PUBLIC_MESSAGES:
             return {"message": PUBLIC_MESSAGES[cls], "reason": exc.public, "error": exc.code}
@@ -71,7 +97,7 @@ _LOCATIONS = {"LegacyQuery": "query", "LegacyPath": "path"}
 
 
 def _validation_error(e: ValidationError) -> Response:
-    """Spec §5: 422 with pydantic v2's error list under ``detail`` (large inputs left out)."""
+    """docs/http-api.md §5: 422 with pydantic v2's error list under ``detail`` (large inputs left out)."""
     detail = []
     where = _LOCATIONS.get(e.title, "body")
     for err in e.errors(include_url=False, include_context=False):
@@ -86,19 +112,19 @@ def _validation_error(e: ValidationError) -> Response:
 
 
 def _docs_page() -> str:
-    from flask_openapi3_swagger.templates import swagger_html_string
+    from flask_openapi3_swagger.templates import swagger_html_string  # lazy: only /docs needs the template
 
     # The template links its assets relative to the page (swagger/...), which /docs serves from /swagger/.
     return render_template_string(swagger_html_string, doc_url="openapi.json", swagger_config=SWAGGER_CONFIG,
                                   oauth_config=None)
 
 
-def create_app(rt: Runtime) -> OpenAPI:
-    server = rt.settings.server
+def create_app(services: HttpServices) -> OpenAPI:
+    server = services.server
     api_key = server.api_key.get_secret_value() if server.api_key is not None else ""
     app = OpenAPI(
         "edge_agent",
-        info=Info(title="edge-agent", version=rt.version,
+        info=Info(title="edge-agent", version=services.version,
                   description="Roboflow-compatible inference API of an edge-agent device (port 9001)."),
         doc_prefix="",
         doc_url="/openapi.json",
@@ -108,9 +134,8 @@ def create_app(rt: Runtime) -> OpenAPI:
     )
     app.config["MAX_CONTENT_LENGTH"] = server.max_body_bytes
     app.config["SWAGGER_CONFIG"] = SWAGGER_CONFIG
-    app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.json.compact = True  # type: ignore[attr-defined]
-    app.extensions["edge_agent"] = rt
+    app.json = CompactJSON(app)
+    app.extensions[common.SERVICES_KEY] = services
     app.register_api(admin.bp)
     app.register_api(models.bp)
     app.register_api(v2.bp)
@@ -126,9 +151,8 @@ def create_app(rt: Runtime) -> OpenAPI:
         app.add_url_rule(rule, f"unsupported_{i}", _unsupported, methods=["GET", "POST"])
 
     @app.before_request
-    def _start() -> Any:
-        g.t0 = time.perf_counter()
-        g.model_id = ""
+    def _start() -> ResponseReturnValue | None:
+        request.environ[common.STATE_KEY] = common.RequestState()
         if api_key and not _open(request.path) and request.method != "OPTIONS":
             if not _key_ok(api_key):
                 return jsonify({"status": 401, "message": "Unauthorized api_key"}), 401
@@ -136,17 +160,18 @@ def create_app(rt: Runtime) -> OpenAPI:
 
     @app.after_request
     def _finish(response: Response) -> Response:
-        elapsed = time.perf_counter() - g.get("t0", time.perf_counter())
-        model_id = g.get("model_id", "")
+        state = common.request_state()
+        elapsed = time.perf_counter() - state.started
+        model_id = state.model_id
         h = response.headers
-        h["X-Processing-Time"] = f"{g.get('processing_time', elapsed):.6f}"
+        processing = state.processing_time if state.processing_time is not None else elapsed
+        h["X-Processing-Time"] = f"{processing:.6f}"
         if model_id:
             h["X-Model-Id"] = model_id
-            load_time = g.get("load_time")
-            h["X-Model-Cold-Start"] = "true" if load_time is not None else "false"
-            h["X-Model-Cold-Start-Count"] = str(rt.manager.cold_starts)
-            if load_time is not None:
-                h["X-Model-Load-Time"] = f"{load_time:.6f}"
+            h["X-Model-Cold-Start"] = "true" if state.load_time is not None else "false"
+            h["X-Model-Cold-Start-Count"] = str(services.models.cold_starts)
+            if state.load_time is not None:
+                h["X-Model-Load-Time"] = f"{state.load_time:.6f}"
         if server.cors_origins:
             h["Access-Control-Allow-Origin"] = server.cors_origins
             h["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
@@ -154,16 +179,17 @@ def create_app(rt: Runtime) -> OpenAPI:
         if request.path in DOCS_PAGES:
             h["Content-Security-Policy"] = DOCS_CSP
         rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        rt.metrics.observe_request(rule, model_id, response.status_code, elapsed)
+        services.metrics.observe_request(rule, model_id, response.status_code, elapsed)
         return response
 
     @app.errorhandler(Exception)
-    def _error(exc: Exception) -> Any:
+    def _error(exc: Exception) -> ResponseReturnValue:
         if isinstance(exc, EdgeAgentError):
-            if exc.status >= 500:
-                log.warning("%s %s: %s", request.method, request.path, exc, exc_info=exc.status == 500)
+            status = _error_status(exc)
+            if status >= 500:
+                log.warning("%s %s: %s", request.method, request.path, exc, exc_info=status == 500)
             response = jsonify(_error_body(exc))
-            response.status_code = exc.status
+            response.status_code = status
             if isinstance(exc, (Overloaded, NotReady)):
                 response.headers["Retry-After"] = "1"
             return response
@@ -178,17 +204,17 @@ def create_app(rt: Runtime) -> OpenAPI:
                 return jsonify({"detail": exc.name}), 404
             return jsonify({"message": exc.description or exc.name}), exc.code or 400
         log.exception("%s %s failed", request.method, request.path)
-        return jsonify({"message": "Internal error."}), 500
+        return jsonify({"message": INTERNAL_ERROR}), 500
 
     return app
 
 
-def _unknown_task(task: str) -> Any:
+def _unknown_task(task: str) -> ResponseReturnValue:
     known = ", ".join(f"/infer/{t}" for t in common.ROUTE_TASKS)
     return jsonify({"message": f"Unknown task '{task}'. Routes: {known}."}), 404
 
 
-def _unsupported(**_: Any) -> Any:
+def _unsupported(**_: str) -> ResponseReturnValue:
     return jsonify({"message": f"Not supported by edge-agent: {request.path}"}), 501
 
 

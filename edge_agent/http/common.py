@@ -1,5 +1,6 @@
-"""What the v1 and v2 routes share: loading the model for a request, decoding its images under the
-server's limits, running them and formatting the results (spec §4.6, §4.7)."""
+"""What the v1 and v2 routes share: the services of the app, the state of a request, loading the
+model for a request, reading its images under the server's limits, running them and formatting the
+results (docs/http-api.md §4.6, §4.7)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,19 @@ import base64
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flask import current_app, g, request
+from flask import current_app, request
 
 from edge_agent.errors import InvalidInput
+from edge_agent.http.services import HttpServices
 from edge_agent.params import InferenceParams
+from edge_agent.results import Result
 from edge_agent.roboflow_json import to_roboflow
-from edge_agent.runtime import Runtime
 from edge_agent.serving.manager import LoadedModel
+from edge_agent.visualize import draw, encode_jpeg
 
 # Route task names (v2) <-> the model store's task names.
 ROUTE_TASKS = {
@@ -27,13 +31,42 @@ ROUTE_TASKS = {
 }
 TASK_ROUTES = {task: route for route, task in ROUTE_TASKS.items()}
 
+SERVICES_KEY = "edge_agent"  # in app.extensions
+STATE_KEY = "edge_agent.request"  # in the WSGI environ of a request
 
-def runtime() -> Runtime:
-    return current_app.extensions["edge_agent"]  # type: ignore[no-any-return]
+
+def services() -> HttpServices:
+    """The services of the app that handles the current request (given to ``create_app``)."""
+    found = current_app.extensions[SERVICES_KEY]
+    if not isinstance(found, HttpServices):  # pragma: no cover - create_app stores nothing else there
+        raise TypeError(f"app.extensions[{SERVICES_KEY!r}] is not HttpServices: {found!r}")
+    return found
+
+
+@dataclass
+class RequestState:
+    """What a request learns on its way, for its response headers and metrics."""
+
+    started: float = field(default_factory=time.perf_counter)  # perf_counter at arrival
+    model_id: str = ""  # the model it ran, if any
+    load_time: float | None = None  # seconds this request spent loading the model (cold start)
+    processing_time: float | None = None  # seconds of inference, when it ran a model
+
+    def arrived_at(self) -> float:
+        """Wall-clock time at arrival."""
+        return time.time() - (time.perf_counter() - self.started)
+
+
+def request_state() -> RequestState:
+    """The state of the current request (made at its start by the app; made here if it was not)."""
+    state = request.environ.get(STATE_KEY)
+    if not isinstance(state, RequestState):
+        state = request.environ[STATE_KEY] = RequestState()
+    return state
 
 
 def given_keys() -> list[str]:
-    """The request's API keys, in spec §1.3 precedence: query, then Bearer header, then JSON body
+    """The request's API keys, in docs/http-api.md §1.3 precedence: query, then Bearer header, then JSON body
     (the SDK's literal ``api_key=None`` is no key)."""
     keys = []
     query_key = request.args.get("api_key")
@@ -53,22 +86,23 @@ def load_model(model_id: str) -> LoadedModel:
     """Load (or find) the model and note it for the response headers and metrics. A model the store
     lacks is pulled from Roboflow's API with the request's key (when the device is online)."""
     keys = given_keys()
-    loaded, cold = runtime().model(model_id, keys[0] if keys else None)
-    g.model_id = loaded.model_id
+    loaded, cold = services().inference.model(model_id, keys[0] if keys else None)
+    state = request_state()
+    state.model_id = loaded.model_id
     if cold:
-        g.load_time = loaded.load_seconds
+        state.load_time = loaded.load_seconds
     return loaded
 
 
-def decode_images(loaded: LoadedModel, loaders: Sequence[Callable[[bool], np.ndarray]],
-                  params: InferenceParams) -> list[np.ndarray]:
-    """Call each image loader with the auto-orient flag this model and request call for (spec §2.2)."""
-    orient = loaded.model.manifest.preprocess.auto_orient and not params.disable_preproc_auto_orient
+def load_images(loaded: LoadedModel, loaders: Sequence[Callable[[bool], np.ndarray]],
+                params: InferenceParams) -> list[np.ndarray]:
+    """Call each image loader with the auto-orient flag this model and request call for (docs/http-api.md §2.2)."""
+    orient = loaded.model.auto_orient(params)
     return [load(orient) for load in loaders]
 
 
 def confidence_value(value: float | str, default: float = 0.4) -> float:
-    """``"best"``/``"default"`` mean the model's default threshold (spec §4.2)."""
+    """``"best"``/``"default"`` mean the model's default threshold (docs/http-api.md §4.2)."""
     if isinstance(value, str):
         if value.lower() in ("best", "default"):
             return default
@@ -79,28 +113,18 @@ def confidence_value(value: float | str, default: float = 0.4) -> float:
     return float(value)
 
 
-def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
-    import cv2
-
-    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:  # pragma: no cover - OpenCV encodes any uint8 BGR image
-        raise RuntimeError("JPEG encoding failed")
-    return bytes(buf)
-
-
-def visualization(loaded: LoadedModel, image: np.ndarray, result: Any, labels: bool, stroke: int) -> bytes:
-    from edge_agent.visualize import draw
-
+def visualization(loaded: LoadedModel, image: np.ndarray, result: Result, labels: bool, stroke: int) -> bytes:
     return encode_jpeg(draw(image, result, labels=labels, stroke=stroke, colours=loaded.model.manifest.colors))
 
 
 def run(loaded: LoadedModel, images: list[np.ndarray], params: InferenceParams, inference_id: str | None,
         visualize: bool, labels: bool, stroke: int) -> list[dict[str, Any]]:
-    """Infer and format; every item of a batch carries the same ``inference_id`` (spec §4.6)."""
-    rt = runtime()
+    """Infer and format; every item of a batch carries the same ``inference_id`` (docs/http-api.md §4.6)."""
+    found = services()
+    state = request_state()
     inference_id = inference_id or str(uuid.uuid4())
-    arrived = time.time() - (time.perf_counter() - g.t0) if "t0" in g else None
-    results = rt.infer(loaded, images, params, source=rt.http_source, captured_at=arrived, inference_id=inference_id)
+    results = found.inference.infer(loaded, images, params, source=found.http_source,
+                                    captured_at=state.arrived_at(), inference_id=inference_id)
     bodies = []
     for image, result in zip(images, results):
         body = to_roboflow(result, inference_id)
@@ -108,5 +132,5 @@ def run(loaded: LoadedModel, images: list[np.ndarray], params: InferenceParams, 
             body["visualization"] = base64.b64encode(
                 visualization(loaded, image, result, labels, stroke)).decode("ascii")
         bodies.append(body)
-    g.processing_time = max((r.time for r in results), default=0.0)
+    state.processing_time = max((r.time for r in results), default=0.0)
     return bodies

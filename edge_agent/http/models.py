@@ -37,9 +37,8 @@ _CHANGE: dict[Any, Any] = {200: ActivationResult, 400: ErrorMessage, 401: ErrorM
                            404: ErrorMessage, 409: ErrorMessage, 413: ErrorMessage}
 
 
-
 def _require_key() -> None:
-    if common.runtime().settings.server.api_key is None:
+    if common.services().server.api_key is None:
         raise Forbidden("Changing the model store over HTTP needs the server's API key: set server.api_key "
                         "in the configuration and send it with the request.")
 
@@ -47,17 +46,17 @@ def _require_key() -> None:
 @bp.get("/models", responses={200: StoredModels})
 def list_models() -> Any:
     """Every model in the store (built-in demo models included), with its revisions and the disk use."""
-    rt = common.runtime()
-    models = [rt.provisioner.describe(s.manifest.model_id) for s in rt.store.list()]
-    budget = rt.settings.models.disk_budget_mb
-    return jsonify({"models": models, "disk_bytes": rt.store.disk_usage(),
+    found = common.services()
+    models = [found.provisioner.describe(s.manifest.model_id) for s in found.store.list()]
+    budget = found.models_settings.disk_budget_mb
+    return jsonify({"models": models, "disk_bytes": found.store.disk_usage(),
                     "disk_budget_bytes": budget * 1024 * 1024 if budget else None})
 
 
 @bp.get("/models/<project>/<version>", responses={200: StoredModelInfo, 400: ErrorMessage, 404: ErrorMessage})
 def describe(path: LegacyPath) -> Any:
     """One stored model: task, sha256, size, whether it is loaded, its revisions."""
-    return jsonify(common.runtime().provisioner.describe(f"{path.project}/{path.version}"))
+    return jsonify(common.services().provisioner.describe(f"{path.project}/{path.version}"))
 
 
 def _receive(folder: Path, limit: int, sha256: str | None) -> Path:
@@ -98,13 +97,13 @@ def upload(path: LegacyPath, query: ModelUploadQuery) -> Any:
     With `sha256`, a different file is refused. The new version is loaded beside the serving one and
     checked before it serves (409 with the reason when it fails; the old version serves on)."""
     _require_key()
-    rt = common.runtime()
-    staging = rt.store.root / ".staging"
+    found = common.services()
+    staging = found.store.root / ".staging"
     staging.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="upload.", dir=staging))
     try:
-        source = _receive(folder, rt.settings.models.max_upload_bytes, query.sha256)
-        result = rt.provisioner.install_file(source, f"{path.project}/{path.version}", activate=query.activate)
+        source = _receive(folder, found.models_settings.max_upload_bytes, query.sha256)
+        result = found.provisioner.install_file(source, f"{path.project}/{path.version}", activate=query.activate)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return jsonify(result)
@@ -115,11 +114,11 @@ def rollback(path: LegacyPath, query: RollbackQuery) -> Any:
     """Serve the newest earlier revision again (or the one `to` names), after the same checks as an
     upload; the version it replaces is kept, so a rollback can be undone."""
     _require_key()
-    return jsonify(common.runtime().provisioner.rollback(f"{path.project}/{path.version}", query.to))
+    return jsonify(common.services().provisioner.rollback(f"{path.project}/{path.version}", query.to))
 
 
 @bp.post("/models/<project>/<version>/activate", responses=_CHANGE)
 def activate(path: LegacyPath, query: ActivateQuery) -> Any:
     """Serve a kept revision (one uploaded with `activate=false`), after the same checks."""
     _require_key()
-    return jsonify(common.runtime().provisioner.activate(f"{path.project}/{path.version}", query.revision))
+    return jsonify(common.services().provisioner.activate(f"{path.project}/{path.version}", query.revision))

@@ -1,6 +1,6 @@
 """Request and response schemas of the HTTP API, declared once (pydantic) for validation and OpenAPI.
 
-Field names, defaults and shapes follow ../shared/spec/http-api.md (§3, §4, §6). Unknown fields are
+Field names, defaults and shapes follow docs/http-api.md (§3, §4, §6). Unknown fields are
 ignored (the SDK sends several that only matter to Roboflow). Response models document the shapes;
 responses themselves are built by ``edge_agent.roboflow_json`` (null fields left out).
 """
@@ -35,8 +35,8 @@ class _Model(BaseModel):
 
 
 class ImageInput(_Model):
-    """One image. Over HTTP: ``base64`` (any format OpenCV decodes), ``url`` (https, checked per spec
-    §9.2) or, when the server enables it, ``numpy`` (base64 of a ``.npy`` file; pickles are refused)."""
+    """One image. Over HTTP: ``base64`` (any format OpenCV decodes), ``url`` (https, checked per
+    docs/http-api.md §9.2) or, when the server enables it, ``numpy`` (base64 of a ``.npy`` file; never unpickled)."""
 
     type: str = Field(description="base64 | url | numpy (case-insensitive)", examples=["base64"])
     value: Any = Field(None, description="base64 text (a data: URI prefix is allowed), or a URL")
@@ -187,14 +187,14 @@ class ValidationErrorItem(BaseModel):
 
 
 class ValidationErrorBody(BaseModel):
-    """Spec §5: request validation errors (pydantic v2's list, FastAPI's envelope)."""
+    """docs/http-api.md §5: request validation errors (pydantic v2's list, FastAPI's envelope)."""
 
     detail: list[ValidationErrorItem]
 
 
 class ErrorMessage(BaseModel):
     message: str
-    reason: str | None = Field(None, description="edge-agent's detail, when the spec's message is generic")
+    reason: str | None = Field(None, description="edge-agent's detail, when Roboflow's message is generic")
 
 
 # ---------------------------------------------------------------------------------------- responses

@@ -1,20 +1,21 @@
-"""Stream management (docs/http.md): Roboflow's ``/inference_pipelines/...`` shape (list, initialise,
-status, pause, resume, terminate) over the runtime's ``StreamManager``, and the live MJPEG preview
+"""Pipeline management (docs/http.md): Roboflow's ``/inference_pipelines/...`` shape (list, initialise,
+status, pause, resume, terminate) over the daemon's ``PipelineManager``, and the live MJPEG preview
 ``GET /pipelines/{pipeline_id}/preview.mjpg``. The MQTT pipeline commands do the same operations."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from flask import Response, jsonify, stream_with_context
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, Field
 
-from edge_agent.errors import Overloaded
+from edge_agent.errors import Overloaded, PipelineNotFound
 from edge_agent.http import common
 from edge_agent.http.schemas import ErrorMessage, ValidationErrorBody
-from edge_agent.pipelines.manager import PIPELINE_ID, PipelineNotFound, PipelineSpec
+from edge_agent.pipeline_spec import PIPELINE_ID, PipelineSpec
 
 tag = Tag(name="Pipelines", description="Video pipelines: start, watch, pause, resume, terminate")
 bp = APIBlueprint("streams", __name__, abp_responses={422: ValidationErrorBody})
@@ -53,34 +54,34 @@ def _ok(pipeline_id: str | None, **extra: Any) -> Response:
 @bp.get("/inference_pipelines/list", tags=[tag], responses={200: ListResponse})
 def list_pipelines() -> Any:
     """The pipelines the device runs (finished and failed ones too, until terminated)."""
-    return _ok(None, pipelines=[p.pipeline_id for p in common.runtime().streams.list()])
+    return _ok(None, pipelines=[p.pipeline_id for p in common.services().pipelines.list()])
 
 
 @bp.post("/inference_pipelines/initialise", tags=[tag], responses={200: CommandResponse, 400: ErrorMessage})
 def initialise(body: PipelineSpec) -> Any:
     """Start a pipeline: a source, a model, parameters. Its results go to MQTT (when enabled) as
     ``predictions/<pipeline_id>``, to the preview, and to the files named in ``outputs``."""
-    pipeline = common.runtime().streams.start(body)
+    pipeline = common.services().pipelines.start(body)
     return _ok(pipeline.pipeline_id)
 
 
 @bp.get("/inference_pipelines/<pipeline_id>/status", tags=[tag], responses={200: StatusResponse, 404: ErrorMessage})
 def status(path: PipelinePath) -> Any:
     """State, source and inference figures of a pipeline."""
-    return _ok(path.pipeline_id, report=common.runtime().streams.get(path.pipeline_id).status())
+    return _ok(path.pipeline_id, report=common.services().pipelines.get(path.pipeline_id).status())
 
 
 @bp.post("/inference_pipelines/<pipeline_id>/pause", tags=[tag], responses={200: CommandResponse, 404: ErrorMessage})
 def pause(path: PipelinePath) -> Any:
     """Stop inferring (a live source keeps only its newest frame meanwhile)."""
-    common.runtime().streams.pause(path.pipeline_id)
+    common.services().pipelines.pause(path.pipeline_id)
     return _ok(path.pipeline_id)
 
 
 @bp.post("/inference_pipelines/<pipeline_id>/resume", tags=[tag], responses={200: CommandResponse, 404: ErrorMessage})
 def resume(path: PipelinePath) -> Any:
     """Infer again after a pause."""
-    common.runtime().streams.resume(path.pipeline_id)
+    common.services().pipelines.resume(path.pipeline_id)
     return _ok(path.pipeline_id)
 
 
@@ -88,7 +89,7 @@ def resume(path: PipelinePath) -> Any:
          responses={200: CommandResponse, 404: ErrorMessage})
 def terminate(path: PipelinePath) -> Any:
     """Stop and forget a pipeline; answers at once, also when its source is dead or its model loads."""
-    common.runtime().streams.terminate(path.pipeline_id)
+    common.services().pipelines.terminate(path.pipeline_id)
     return _ok(path.pipeline_id)
 
 
@@ -96,16 +97,18 @@ def terminate(path: PipelinePath) -> Any:
 def preview(path: PipelinePath) -> Any:
     """The live preview: frames with boxes, masks, keypoints and labels drawn, as MJPEG
     (``multipart/x-mixed-replace``, for a browser's ``<img>``), up to 10 frames a second."""
-    rt = common.runtime()
-    pipeline = rt.streams.get(path.pipeline_id)
-    sink = rt.streams.previews.get(path.pipeline_id)
+    found = common.services()
+    pipeline = found.pipelines.get(path.pipeline_id)
+    sink = found.pipelines.previews.get(path.pipeline_id)
     if sink is None:  # terminated just now
         raise PipelineNotFound(f"no pipeline {path.pipeline_id!r}")
     if sink.watchers >= MAX_PREVIEW_WATCHERS:
         raise Overloaded(f"at most {MAX_PREVIEW_WATCHERS} previews at once")
 
-    def parts() -> Any:
-        for jpeg in sink.frames(lambda: pipeline.done or rt.stopping.is_set()):
+    stopping = found.stopping
+
+    def parts() -> Iterator[bytes]:
+        for jpeg in sink.frames(lambda: pipeline.done or stopping.is_set()):
             yield (b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: " + str(len(jpeg)).encode()
                    + b"\r\n\r\n" + jpeg + b"\r\n")
 

@@ -1,23 +1,25 @@
-"""The v1 ("legacy") route ``POST|GET /{project}/{version}`` in every body form of spec §3.
+"""The v1 ("legacy") route ``POST|GET /{project}/{version}`` in every body form of docs/http-api.md §3.
 
-Body resolution, exactly in the spec's order: ``?image=<url>`` wins; else a Content-Type is
+Body resolution, exactly in the order of docs/http-api.md §3.3: ``?image=<url>`` wins; else a Content-Type is
 required; multipart puts the image file in the part named ``file``; anything else is the raw body,
 read as base64 text (never JSON-parsed, whatever the Content-Type says) or, with
 ``image_type=numpy`` and the server allowing it, as a ``.npy`` file. A raw JPEG/PNG body is also
-accepted (spec §12 #13). ``confidence``/``overlap`` of 1 or more are percentages.
+accepted (docs/http-api.md §12 #13). ``confidence``/``overlap`` of 1 or more are percentages.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from flask import Response, jsonify, request
 from flask_openapi3 import APIBlueprint, Tag
 
 from edge_agent.errors import ImageLoadError, InvalidInput
 from edge_agent.http import common
 from edge_agent.http.schemas import DetectionResponse, ErrorMessage, LegacyPath, LegacyQuery, ValidationErrorBody
-from edge_agent.images import decode_base64, from_bytes, from_npy, from_url
+from edge_agent.images import bytes_from_base64, from_bytes, from_npy, from_url
 from edge_agent.params import InferenceParams
 
 tag = Tag(name="Inference (v1, legacy)", description="Roboflow's hosted-API route `/{project}/{version}`")
@@ -31,10 +33,10 @@ def _percent(value: float, floor: float = 0.0) -> float:
     return max(value, floor)
 
 
-def _legacy_body(query: LegacyQuery) -> Any:
-    """A loader `f(auto_orient) -> image` for the request's image, per spec §3.3."""
-    rt = common.runtime()
-    limits = rt.limits
+def _legacy_body(query: LegacyQuery) -> Callable[[bool], np.ndarray]:
+    """A loader `f(auto_orient) -> image` for the request's image, per docs/http-api.md §3.3."""
+    found = common.services()
+    limits = found.limits
     if query.image:
         url = query.image
         return lambda orient: from_url(url, limits, orient)
@@ -49,12 +51,12 @@ def _legacy_body(query: LegacyQuery) -> Any:
         return lambda orient: from_bytes(data, limits, orient)
     body = request.get_data(cache=False)
     if query.image_type.lower() == "numpy":
-        if not rt.settings.server.allow_numpy:
+        if not found.server.allow_numpy:
             raise ImageLoadError("NumPy image type is not supported in this configuration of `inference`.")
         return lambda orient: from_npy(body, limits)
-    if body.startswith(_IMAGE_MAGIC):  # spec §12 #13: raw JPEG/PNG bytes are an image too
+    if body.startswith(_IMAGE_MAGIC):  # docs/http-api.md §12 #13: raw JPEG/PNG bytes are an image too
         return lambda orient: from_bytes(body, limits, orient)
-    return lambda orient: from_bytes(decode_base64(body), limits, orient)
+    return lambda orient: from_bytes(bytes_from_base64(body), limits, orient)
 
 
 def _legacy(path: LegacyPath, query: LegacyQuery) -> Any:
@@ -81,9 +83,9 @@ def _legacy(path: LegacyPath, query: LegacyQuery) -> Any:
         disable_preproc_static_crop=query.disable_preproc_static_crop,
         **fields,
     )
-    images = common.decode_images(loaded, [loader], params)
+    images = common.load_images(loaded, [loader], params)
     if fmt == "image":
-        results = common.runtime().infer(loaded, images, params)
+        results = common.services().inference.infer(loaded, images, params)
         jpeg = common.visualization(loaded, images[0], results[0], query.labels, query.stroke)
         return Response(jpeg, mimetype="image/jpeg")
     body = common.run(loaded, images, params, None, visualize, query.labels, query.stroke)[0]

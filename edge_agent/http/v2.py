@@ -1,4 +1,4 @@
-"""v2 routes: `POST /infer/{task}` (spec §4). One image in gives one object out; a list gives a list."""
+"""v2 routes: `POST /infer/{task}` (docs/http-api.md §4). One image in gives one object out; a list gives a list."""
 
 from __future__ import annotations
 
@@ -39,8 +39,8 @@ def _many(model: type[BaseModel]) -> type[RootModel[Any]]:
 
 
 def _infer(route_task: str, body: InferenceRequest, extra: dict[str, Any]) -> Any:
-    rt = common.runtime()
-    limit = rt.settings.server.max_batch_images
+    found = common.services()
+    limit = found.server.max_batch_images
     images: list[ImageInput] = body.image if isinstance(body.image, list) else [body.image]
     if len(images) > limit:
         raise InvalidInput(f"Batch too large: at most {limit} images per request.")
@@ -60,11 +60,11 @@ def _infer(route_task: str, body: InferenceRequest, extra: dict[str, Any]) -> An
         disable_preproc_static_crop=body.disable_preproc_static_crop,
         **extra,
     )
-    allow_numpy = rt.settings.server.allow_numpy
+    allow_numpy = found.server.allow_numpy
     loaders = [
-        (lambda orient, im=im: from_declaration(im.type, im.value, rt.limits, orient, allow_numpy)) for im in images
+        (lambda orient, im=im: from_declaration(im.type, im.value, found.limits, orient, allow_numpy)) for im in images
     ]
-    decoded = common.decode_images(loaded, loaders, params)
+    decoded = common.load_images(loaded, loaders, params)
     bodies = common.run(loaded, decoded, params, body.id, body.visualize_predictions,
                         body.visualization_labels, body.visualization_stroke_width)
     return jsonify(bodies if isinstance(body.image, list) else bodies[0])

@@ -37,12 +37,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.events import PredictionEvent
 from edge_agent.mqtt import topics as t
 from edge_agent.mqtt.outbox import Message, Outbox
 from edge_agent.settings import MqttSettings
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as mqtt
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +107,7 @@ class Bridge:
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         # Everything below belongs to the bridge thread.
-        self._client: Any = None
+        self._client: mqtt.Client | None = None
         self._protocol = "5" if settings.protocol in ("auto", "5") else "3.1.1"
         self._phase = "idle"  # idle (waiting to try) -> connecting (CONNACK awaited) -> connected
         self._fallback = False
@@ -241,7 +244,7 @@ class Bridge:
         client = self._client
         sock = client.socket() if client is not None else None
         rlist: list[Any] = [self._wake_r] + ([sock] if sock is not None else [])
-        wlist: list[Any] = [sock] if sock is not None and client.want_write() else []
+        wlist: list[Any] = [sock] if client is not None and sock is not None and client.want_write() else []
         if sock is not None and hasattr(sock, "pending") and sock.pending():
             timeout = 0.0  # TLS has decrypted bytes waiting that select cannot see
         try:
@@ -254,7 +257,7 @@ class Bridge:
                     pass
             except (BlockingIOError, OSError):
                 pass
-        if sock is not None:
+        if client is not None and sock is not None:
             if sock in readable or (hasattr(sock, "pending") and sock.pending()):
                 client.loop_read()
             if sock in writable and client.socket() is not None:
@@ -264,9 +267,9 @@ class Bridge:
 
     # ------------------------------------------------------------------ connection
 
-    def _new_client(self) -> Any:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
+    def _new_client(self) -> mqtt.Client:
+        import paho.mqtt.client as mqtt  # lazy: paho
+        from paho.mqtt.enums import CallbackAPIVersion  # lazy: paho
 
         s = self.settings
         v5 = self._protocol == "5"
@@ -277,7 +280,7 @@ class Bridge:
         if s.username is not None:
             client.username_pw_set(s.username, s.password.get_secret_value() if s.password else None)
         if s.uses_tls:
-            import ssl
+            import ssl  # lazy: ssl
 
             client.tls_set(ca_certs=str(s.tls_ca_file) if s.tls_ca_file else None,
                            certfile=str(s.tls_cert_file) if s.tls_cert_file else None,
@@ -322,7 +325,7 @@ class Bridge:
         self._next_attempt = time.monotonic() + random.uniform(s.reconnect_min_s, ceiling)
 
     @staticmethod
-    def _close(client: Any) -> None:
+    def _close(client: mqtt.Client | None) -> None:
         if client is not None and client.socket() is not None:
             client.on_disconnect = None
             client.disconnect()
@@ -449,28 +452,30 @@ class Bridge:
         return out
 
     def _send(self, direct: Direct) -> None:
-        if not self._connected:
+        client = self._client
+        if not self._connected or client is None:
             return
         m = direct.message
         properties = None
         if direct.correlation_data is not None and self._protocol == "5":
-            from paho.mqtt.packettypes import PacketTypes
-            from paho.mqtt.properties import Properties
+            from paho.mqtt.packettypes import PacketTypes  # lazy: paho
+            from paho.mqtt.properties import Properties  # lazy: paho
 
             properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             properties.CorrelationData = direct.correlation_data
-        self._client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain, properties=properties)
+        client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain, properties=properties)
 
     def _pump(self) -> None:
         """Hand outbox rows to paho in order while connected, keeping at most ``max_inflight`` unacked."""
-        if not self._connected or self._outbox is None:
+        client = self._client
+        if not self._connected or self._outbox is None or client is None:
             return
         room = self.settings.max_inflight - len(self._inflight)
         if room <= 0:
             return
         for stored in self._outbox.after(self._handed, room):
             m = stored.message
-            info = self._client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
+            info = client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
             self._inflight[info.mid] = stored.seq
             self._handed = stored.seq
 

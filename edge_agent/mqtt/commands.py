@@ -4,11 +4,14 @@ A request is a JSON object on ``<prefix>/<device>/commands/<name>``; the reply g
 response topic with the request's correlation data when given, else to
 ``<prefix>/<device>/responses/<name>``, and always carries the request's ``correlation_id`` field (for
 MQTT 3.1.1 clients). Every request gets exactly one reply: ``ok: true`` with a ``result``, or
-``ok: false`` with an ``error`` naming the problem. A long command (``install_model``) also sends
-progress replies before it (``ok: true`` with ``progress`` and no ``result``). Handlers run one at a time
-on threads of their own, so a slow one never holds up the MQTT connection: downloads (``install_model``,
-``load_model``, which may pull) queue on one, rollbacks and activations on another, the rest on a
-third, so a long download never holds up ``status`` or an emergency rollback.
+``ok: false`` with an ``error``: its ``type`` is the ``code`` of the error raised, a member of the one
+tree in ``edge_agent.errors`` (a bug in a handler is ``internal_error``), and its ``message`` says what
+went wrong; ``Commands.handle`` is the one place that turns an error into a reply. A long command
+(``install_model``) also sends progress replies before it (``ok: true`` with ``progress`` and no
+``result``). Handlers run one at a time on threads of their own, so a slow one never holds up the
+MQTT connection: downloads (``install_model``, ``load_model``, which may pull) queue on one, rollbacks
+and activations on another, the rest on a third, so a long download never holds up ``status`` or an
+emergency rollback.
 """
 
 from __future__ import annotations
@@ -19,12 +22,19 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from edge_agent.errors import EdgeAgentError
+from edge_agent.errors import CommandError, CommandNotJson, CommandTooLarge, EdgeAgentError, UnknownCommand
+from edge_agent.inference import Inference
 from edge_agent.mqtt.topics import envelope
+from edge_agent.pipeline_spec import PIPELINE_ID, PipelineSpec
+from edge_agent.pipelines.manager import PipelineManager
+from edge_agent.provisioning.provisioner import Progress
+from edge_agent.serving.manager import LoadedModel
+from edge_agent.store.model_store import StoredModel
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +73,8 @@ class ActivateModelArgs(ModelArgs):
     revision: str = Field(min_length=1, max_length=80)
 
 
-class CommandError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+class PipelineArgs(Args):
+    pipeline_id: str = Field(pattern=PIPELINE_ID)
 
 
 Handler = Callable[..., dict[str, Any]]
@@ -108,22 +116,20 @@ class Commands:
             correlation_id = data.pop("correlation_id", None)
             if correlation_id is not None and not isinstance(correlation_id, (str, int)):
                 correlation_id = None
-                raise CommandError("invalid_command", "correlation_id must be a string or an integer")
+                raise CommandError("correlation_id must be a string or an integer")
             if name not in self._table:
-                raise CommandError("unknown_command", f"unknown command '{name}' (commands: {', '.join(self.names)})")
+                raise UnknownCommand(f"unknown command '{name}' (commands: {', '.join(self.names)})")
             model, handler = self._table[name]
             try:
                 args = model.model_validate(data)
             except ValidationError as exc:
-                raise CommandError("invalid_command", _validation_message(exc)) from None
+                raise CommandError(_validation_message(exc)) from None
             if len(inspect.signature(handler).parameters) > 1:
                 result = handler(args, self._progress(reply, correlation_id, respond))
             else:
                 result = handler(args)
             reply.update(ok=True, result=result)
-        except CommandError as exc:
-            reply.update(ok=False, error={"type": exc.code, "message": str(exc)})
-        except EdgeAgentError as exc:
+        except EdgeAgentError as exc:  # the one place an error becomes a reply: ``type`` is the tree's code
             reply.update(ok=False, error={"type": exc.code, "message": exc.public})
         except Exception as exc:  # a bug in a handler: reported, and the bridge goes on
             log.exception("MQTT command %s failed", name)
@@ -150,16 +156,16 @@ class Commands:
     @staticmethod
     def _parse(payload: bytes) -> dict[str, Any]:
         if len(payload) > MAX_COMMAND_BYTES:
-            raise CommandError("too_large", f"a command payload is at most {MAX_COMMAND_BYTES} bytes, "
+            raise CommandTooLarge(f"a command payload is at most {MAX_COMMAND_BYTES} bytes, "
                                             f"got {len(payload)}")
         if not payload.strip():
             return {}
         try:
             data = json.loads(payload)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CommandError("invalid_json", f"the payload is not JSON: {exc}") from None
+            raise CommandNotJson(f"the payload is not JSON: {exc}") from None
         if not isinstance(data, dict):
-            raise CommandError("invalid_json", f"the payload must be a JSON object, got {type(data).__name__}")
+            raise CommandNotJson(f"the payload must be a JSON object, got {type(data).__name__}")
         return data
 
     def close(self) -> None:
@@ -176,67 +182,98 @@ def _validation_message(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def runtime_commands(runtime: Any, bridge_snapshot: Callable[[], dict[str, Any]]) -> Commands:
-    """The commands of a runtime: models, pipelines and status."""
-    commands = Commands(runtime.settings.mqtt.device_id)
+class LoadedModels(Protocol):
+    """The model manager's operations the model commands call."""
 
-    def describe(loaded: Any) -> dict[str, Any]:
+    def loaded(self) -> list[LoadedModel]: ...
+
+    def unload(self, model_id: str) -> bool: ...
+
+
+class StoredModels(Protocol):
+    """What ``list_models`` reads of the model store."""
+
+    def list(self) -> list[StoredModel]: ...
+
+
+class ModelChanges(Protocol):
+    """The provisioner's operations behind ``install_model``, ``rollback_model`` and ``activate_model``."""
+
+    def install_url(self, url: str, model_id: str, *, sha256: str | None, activate: bool = True,
+                    progress: Progress | None = None) -> dict[str, Any]: ...
+
+    def rollback(self, model_id: str, to: str | None = None, progress: Progress | None = None) -> dict[str, Any]: ...
+
+    def activate(self, model_id: str, revision: str, progress: Progress | None = None) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class CommandServices:
+    """What the commands use of the daemon, and nothing more."""
+
+    device_id: str  # the topic level of this device, in every reply
+    inference: Inference  # load_model: loads (and pulls) the way HTTP requests and pipelines do
+    models: LoadedModels
+    store: StoredModels
+    provisioner: ModelChanges
+    pipelines: PipelineManager  # the pipeline commands: the same operations as the HTTP routes
+    status: Callable[[], dict[str, Any]]  # the device's status (version, readiness, models, engines, ...)
+
+
+def device_commands(services: CommandServices, bridge_snapshot: Callable[[], dict[str, Any]]) -> Commands:
+    """The device's commands: models, pipelines and status."""
+    commands = Commands(services.device_id)
+    provisioner, pipelines = services.provisioner, services.pipelines
+
+    def describe(loaded: LoadedModel) -> dict[str, Any]:
         m = loaded.model.manifest
         return {"model_id": loaded.model_id, "task": m.task, "classes": list(m.class_names),
                 "load_seconds": round(loaded.load_seconds, 3)}
 
     def load_model(args: LoadModelArgs) -> dict[str, Any]:
-        loaded, cold = runtime.model(args.model_id, args.api_key.get_secret_value() if args.api_key else None)
+        api_key = args.api_key.get_secret_value() if args.api_key else None
+        loaded, cold = services.inference.model(args.model_id, api_key)
         return {**describe(loaded), "was_loaded": not cold}
 
-    provisioner = runtime.provisioner
+    def install_model(args: InstallModelArgs, progress: Progress) -> dict[str, Any]:
+        return provisioner.install_url(args.url, args.model_id, sha256=args.sha256, activate=args.activate,
+                                       progress=progress)
 
-    def install_model(args: InstallModelArgs, progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-        return provisioner.install_url(args.url, args.model_id, sha256=args.sha256,  # type: ignore[no-any-return]
-                                       activate=args.activate, progress=progress)
+    def rollback_model(args: RollbackModelArgs, progress: Progress) -> dict[str, Any]:
+        return provisioner.rollback(args.model_id, args.to, progress)
 
-    def rollback_model(args: RollbackModelArgs, progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-        return provisioner.rollback(args.model_id, args.to, progress)  # type: ignore[no-any-return]
-
-    def activate_model(args: ActivateModelArgs, progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-        return provisioner.activate(args.model_id, args.revision, progress)  # type: ignore[no-any-return]
+    def activate_model(args: ActivateModelArgs, progress: Progress) -> dict[str, Any]:
+        return provisioner.activate(args.model_id, args.revision, progress)
 
     def unload_model(args: ModelArgs) -> dict[str, Any]:
-        return {"model_id": args.model_id, "unloaded": runtime.manager.unload(args.model_id)}
+        return {"model_id": args.model_id, "unloaded": services.models.unload(args.model_id)}
 
     def list_models(args: NoArgs) -> dict[str, Any]:
-        loaded = {m.model_id for m in runtime.manager.loaded()}
+        loaded = {m.model_id for m in services.models.loaded()}
         return {"models": [{"model_id": s.manifest.model_id, "task": s.manifest.task,
                             "loaded": s.manifest.model_id in loaded, "builtin": s.builtin}
-                           for s in runtime.store.list()]}
+                           for s in services.store.list()]}
 
     def status(args: NoArgs) -> dict[str, Any]:
-        return {**runtime.status(), "mqtt": bridge_snapshot(), "commands": commands.names}
-
-    from edge_agent.pipelines.manager import PIPELINE_ID, PipelineSpec
-
-    class PipelineArgs(Args):
-        pipeline_id: str = Field(pattern=PIPELINE_ID)
-
-    streams = runtime.streams
+        return {**services.status(), "mqtt": bridge_snapshot(), "commands": commands.names}
 
     def start_pipeline(args: PipelineSpec) -> dict[str, Any]:
-        return streams.start(args).status()  # type: ignore[no-any-return]
+        return pipelines.start(args).status()
 
     def stop_pipeline(args: PipelineArgs) -> dict[str, Any]:
-        return streams.terminate(args.pipeline_id).status()  # type: ignore[no-any-return]
+        return pipelines.terminate(args.pipeline_id).status()
 
     def pause_pipeline(args: PipelineArgs) -> dict[str, Any]:
-        return streams.pause(args.pipeline_id).status()  # type: ignore[no-any-return]
+        return pipelines.pause(args.pipeline_id).status()
 
     def resume_pipeline(args: PipelineArgs) -> dict[str, Any]:
-        return streams.resume(args.pipeline_id).status()  # type: ignore[no-any-return]
+        return pipelines.resume(args.pipeline_id).status()
 
     def pipeline_status(args: PipelineArgs) -> dict[str, Any]:
-        return streams.get(args.pipeline_id).status()  # type: ignore[no-any-return]
+        return pipelines.get(args.pipeline_id).status()
 
     def list_pipelines(args: NoArgs) -> dict[str, Any]:
-        return {"pipelines": [p.status() for p in streams.list()]}
+        return {"pipelines": [p.status() for p in pipelines.list()]}
 
     commands.register("start_pipeline", PipelineSpec, start_pipeline)
     commands.register("stop_pipeline", PipelineArgs, stop_pipeline)

@@ -16,6 +16,7 @@ from typing import Any
 
 from edge_agent.events import PredictionEvent, timestamp
 from edge_agent.results import Classification
+from edge_agent.roboflow_json import to_roboflow
 
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
 
@@ -78,8 +79,6 @@ def envelope(device_id: str, epoch: float | None = None) -> dict[str, Any]:
 
 def prediction_payload(device_id: str, event: PredictionEvent) -> dict[str, Any]:
     """One inferred frame: where and when it came from, and the Roboflow-format result."""
-    from edge_agent.roboflow_json import to_roboflow
-
     return {
         **to_roboflow(event.result, event.inference_id),
         **envelope(device_id, event.inferred_at),

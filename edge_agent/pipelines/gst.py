@@ -14,7 +14,7 @@ Reference forms (docs/http.md#video-references):
     rtsp+hw://host/path[?codec=h264|h265&latency=ms&transport=tcp|udp]   RTSP, Jetson hardware decoder
     v4l2:/dev/videoN[?width=&height=&fps=&format=raw|mjpeg]    a V4L2 camera through GStreamer
 
-Errors: ``GstSourceError`` (400, ``video_source_unavailable``) for what will not get better by trying
+Errors: ``errors.GstSourceError`` (400, ``video_source_unavailable``) for what will not get better by trying
 again (no bindings, a missing element, a launch description GStreamer refuses, frames in a format the
 source does not convert, a pipeline that is not live failing); ``GstOpenError`` for a pipeline that
 did not start or deliver its first frame (a live source connects again with backoff).
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
 import time
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.errors import InvalidInput
+from edge_agent.errors import GstSourceError
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +62,11 @@ RTSP_OPTIONS = ("codec", "latency", "transport")
 V4L2_OPTIONS = ("width", "height", "fps", "format")
 
 
-class GstSourceError(InvalidInput):
-    """A GStreamer reference this device cannot run, and why; trying again will not help."""
-
-    code = "video_source_unavailable"
-
-
 class GstOpenError(Exception):
-    """The pipeline did not start or deliver a first frame (a camera away, a server down)."""
+    """The pipeline did not start or deliver a first frame (a camera away, a server down).
+
+    Control flow between ``GstCapture`` and ``sources.VideoSource``, which connects again or turns it
+    into a ``GstSourceError``; it never leaves the pipelines package, so it is not in the error tree."""
 
 
 # ---------------------------------------------------------------------------------- references (pure)
@@ -232,8 +230,7 @@ def _keep_the_c_unwinder() -> None:
     thrown by libraries that bind those symbols later (ONNX Runtime, protobuf), and such a throw aborts
     or crashes the process (seen: ONNX Runtime refusing a damaged model after Gst.init, with onnx
     loaded). With libgcc_s global first, the lookup finds it first."""
-    import ctypes
-    import os
+    import ctypes  # lazy: ctypes
 
     try:
         ctypes.CDLL("libgcc_s.so.1", mode=os.RTLD_GLOBAL)
@@ -246,10 +243,10 @@ def gst_module() -> Any:
     """``gi.repository.Gst``, initialised; ``GstSourceError`` saying what to install where it is not."""
     _keep_the_c_unwinder()
     try:
-        import gi
+        import gi  # lazy: gi
 
         gi.require_version("Gst", "1.0")
-        from gi.repository import Gst
+        from gi.repository import Gst  # lazy: gi
     except (ImportError, ValueError) as exc:
         raise GstSourceError(
             f"GStreamer's Python bindings cannot be imported ({exc}): install python3-gi and "
@@ -284,7 +281,7 @@ def check(launch: str) -> None:
 
 
 def _parse(Gst: Any, launch: str) -> Any:
-    from gi.repository import GLib
+    from gi.repository import GLib  # lazy: gi
 
     try:
         element = Gst.parse_launch_full(launch, None, Gst.ParseFlags.FATAL_ERRORS)
@@ -471,7 +468,7 @@ def to_bgr(fmt: str, width: int, height: int, data: bytes) -> np.ndarray:
     meta, so upstream never hands it other strides) as a writable BGR image, as OpenCV's sources give:
     BGR is copied out of ``data`` (bytes, read-only); the others are converted by OpenCV into a new
     array."""
-    import cv2
+    import cv2  # lazy: cv2
 
     if fmt in ("BGR", "BGRx", "BGRA"):
         channels = 3 if fmt == "BGR" else 4

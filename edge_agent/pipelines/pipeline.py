@@ -1,31 +1,42 @@
 """An inference pipeline: one video source, one model, parameters, sinks.
 
-Its thread takes frames from the source, runs them through ``Runtime.infer`` (the same model manager
-and batching path as HTTP requests, so pipelines and requests share one loaded model) and announces
-each result on the runtime's event bus with the pipeline's id as source, the frame's number and its
-capture time: the MQTT bridge (and later active learning) take them from there. Sinks of its own (a
-Python callback, a JSON-lines file, an annotated video file, the live MJPEG preview) get the frame and
-its result; a failing sink is logged and counted, never stops the pipeline.
+Its thread gets the model from the ``Inference`` it was given (pulled from Roboflow's API first when
+the store lacks it and a key is at hand), takes frames from the source and runs each through
+``Inference.infer``: the same model manager and batching path as HTTP requests, so pipelines and
+requests share one loaded model. ``Inference.infer`` announces each result on the event bus with the
+pipeline's id as source, the frame's number and its capture time; the MQTT bridge and active learning
+take them from there. When the model served for its id changes (a new version, a TensorRT engine, an
+unload), the next frame runs on the new one. Sinks of its own (a Python callback, a JSON-lines file,
+an annotated video file, the live MJPEG preview) get the frame and its result; a failing sink is logged
+and counted, never stops the pipeline.
 
 ``terminate`` returns at once in every state (loading the model, a dead source, paused).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edge_agent.events import timestamp
+from edge_agent.inference import Inference
 from edge_agent.params import InferenceParams
 from edge_agent.pipelines.sources import EndOfStream, Frame, VideoSource
 from edge_agent.results import Result
+from edge_agent.roboflow_json import to_roboflow
+from edge_agent.serving.manager import LoadedModel
+from edge_agent.visualize import draw, encode_jpeg
+
+if TYPE_CHECKING:
+    import cv2
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +52,6 @@ class JsonLinesSink:
         self.pipeline_id = pipeline_id
 
     def __call__(self, frame: Frame, result: Result) -> None:
-        import json
-
-        from edge_agent.events import timestamp
-        from edge_agent.roboflow_json import to_roboflow
-
         body = {**to_roboflow(result), "source_id": self.pipeline_id, "frame_id": frame.frame_id,
                 "captured_at": timestamp(frame.captured_at)}
         self._file.write(json.dumps(body, separators=(",", ":")) + "\n")
@@ -61,12 +67,10 @@ class VideoFileSink:
     def __init__(self, path: Path, fps: float, colours: dict[str, str] | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.fps, self.colours = path, fps, colours
-        self._writer: Any = None
+        self._writer: cv2.VideoWriter | None = None
 
     def __call__(self, frame: Frame, result: Result) -> None:
-        import cv2
-
-        from edge_agent.visualize import draw
+        import cv2  # lazy: cv2
 
         image = draw(frame.image, result, colours=self.colours)
         if self._writer is None:
@@ -95,15 +99,12 @@ class PreviewSink:
     def __call__(self, frame: Frame, result: Result) -> None:
         if self.watchers <= 0 or time.monotonic() - self._last < 1.0 / self.max_fps:
             return
-        from edge_agent.http.common import encode_jpeg
-        from edge_agent.visualize import draw
-
         jpeg = encode_jpeg(draw(frame.image, result, colours=self.colours), quality=80)
         with self._cond:
             self._jpeg, self._seq, self._last = jpeg, self._seq + 1, time.monotonic()
             self._cond.notify_all()
 
-    def frames(self, stop: Callable[[], bool], timeout: float = 1.0) -> Any:
+    def frames(self, stop: Callable[[], bool], timeout: float = 1.0) -> Iterator[bytes]:
         """JPEG frames as they come, until ``stop()``; a watcher while iterating."""
         with self._cond:
             self.watchers += 1
@@ -123,15 +124,15 @@ class PreviewSink:
 
 
 class InferencePipeline:
-    """A running (or finished) pipeline. ``runtime`` is the daemon's ``Runtime`` (or one of its own for
-    the Python API: see ``InferencePipeline.init``)."""
+    """A running (or finished) pipeline. ``inference`` gives it its model and runs it: the daemon's (see
+    ``PipelineManager``), or for the Python API that of a runtime of its own (``edge_agent.api``)."""
 
-    def __init__(self, runtime: Any, model_id: str, video_reference: str | int, *,
+    def __init__(self, inference: Inference, model_id: str, video_reference: str | int, *,
                  pipeline_id: str | None = None, params: InferenceParams | None = None,
                  max_fps: float | None = None, realtime: bool = False, sinks: Sequence[Sink] = (),
                  on_prediction: Callable[[dict[str, Any], np.ndarray], None] | None = None,
                  source_options: dict[str, Any] | None = None, api_key: str | None = None) -> None:
-        self.runtime = runtime
+        self._inference = inference
         self.model_id = model_id
         self._api_key = api_key  # pulls the model from Roboflow's API when the store lacks it; never shown
         self.pipeline_id = pipeline_id or uuid.uuid4().hex[:12]
@@ -140,8 +141,6 @@ class InferencePipeline:
         self.source = VideoSource(video_reference, realtime=realtime, **(source_options or {}))
         self.sinks: list[Sink] = list(sinks)
         if on_prediction is not None:
-            from edge_agent.roboflow_json import to_roboflow
-
             def callback(frame: Frame, result: Result) -> None:
                 on_prediction({**to_roboflow(result), "frame_id": frame.frame_id}, frame.image)
 
@@ -161,18 +160,6 @@ class InferencePipeline:
         self._last_done: float | None = None
         self._last_progress = time.monotonic()  # a frame taken (inferred or skipped), or a reason not to
         self.last_latency_s: float | None = None  # capture -> result ready, of the last frame
-
-    @classmethod
-    def init(cls, model_id: str, video_reference: str | int, on_prediction: Callable[..., None] | None = None,
-             **options: Any) -> InferencePipeline:
-        """The Python API: a pipeline with a runtime of its own (models from the local store)."""
-        from edge_agent.runtime import Runtime
-        from edge_agent.settings import Settings
-
-        names = {f.name for f in dataclasses.fields(InferenceParams)}
-        params = InferenceParams(**{k: options.pop(k) for k in list(options) if k in names})
-        return cls(Runtime(Settings.from_env()), model_id, video_reference, params=params,
-                   on_prediction=on_prediction, **options)
 
     # ------------------------------------------------------------------ control
 
@@ -226,7 +213,7 @@ class InferencePipeline:
     def _run(self) -> None:
         try:
             self.state = "loading"
-            loaded, _ = self.runtime.model(self.model_id, self._api_key)
+            loaded, _ = self._inference.model(self.model_id, self._api_key)
             if self._stop.is_set():
                 return
             self.source.start()
@@ -249,8 +236,8 @@ class InferencePipeline:
                 if self._throttled(frame):
                     self.frames_skipped += 1
                     continue
-                if self.runtime.manager.peek(self.model_id) is not loaded:  # a new version, an engine, an unload
-                    loaded, _ = self.runtime.model(self.model_id, self._api_key)
+                if self._inference.serving(self.model_id) is not loaded:  # a new version, an engine, an unload
+                    loaded, _ = self._inference.model(self.model_id, self._api_key)
                 self._infer(loaded, frame)
         except Exception as exc:  # model missing or broken, engine failure: the pipeline says why
             log.error("pipeline %s failed: %s", self.pipeline_id, exc)
@@ -271,8 +258,8 @@ class InferencePipeline:
             return False
         return frame.monotonic - self._last_inferred < 1.0 / self.max_fps
 
-    def _infer(self, loaded: Any, frame: Frame) -> None:
-        result = self.runtime.infer(loaded, [frame.image], self.params, source=self.pipeline_id,
+    def _infer(self, loaded: LoadedModel, frame: Frame) -> None:
+        result = self._inference.infer(loaded, [frame.image], self.params, source=self.pipeline_id,
                                     captured_at=frame.captured_at, frame_ids=[frame.frame_id])[0]
         now = time.monotonic()
         if self._last_done is not None:

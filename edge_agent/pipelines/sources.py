@@ -16,7 +16,7 @@ PyGObject (``gst.py``), behind the same small ``Capture`` contract, so everythin
   read timeout ends it later; a GStreamer reader notices within 0.1 s and sets its pipeline to NULL)
   and a fresh one connects.
 - A reference that cannot work here (a GStreamer element or the bindings missing) is refused when the
-  source is made: ``gst.GstSourceError``, an ``InvalidInput`` (HTTP 400), never a retry loop.
+  source is made: ``GstSourceError``, an ``InvalidInput`` (HTTP 400), never a retry loop.
 """
 
 from __future__ import annotations
@@ -28,11 +28,15 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from edge_agent.errors import GstSourceError
 from edge_agent.pipelines import gst
+
+if TYPE_CHECKING:
+    import cv2
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +54,10 @@ class Frame:
 
 
 class EndOfStream(Exception):
-    """A file or folder was read to its end (live sources never end)."""
+    """A file or folder was read to its end (live sources never end).
+
+    Control flow from ``VideoSource.read`` to the pipeline's loop, not an error: it never leaves the
+    pipelines package, so it is not in the error tree."""
 
 
 class Capture(Protocol):
@@ -69,8 +76,8 @@ class Capture(Protocol):
 
 
 class _CvCapture:
-    def __init__(self, capture: Any, finite: bool) -> None:
-        import cv2
+    def __init__(self, capture: cv2.VideoCapture, finite: bool) -> None:
+        import cv2  # lazy: cv2
 
         self._capture, self.finite, self.error = capture, finite, ""
         fps = capture.get(cv2.CAP_PROP_FPS)
@@ -241,7 +248,7 @@ class VideoSource:
                     self._read_folder(generation)
                     return
                 capture = self._open(generation)
-            except gst.GstSourceError as exc:  # an element or the bindings went missing: no retry helps
+            except GstSourceError as exc:  # an element or the bindings went missing: no retry helps
                 permanent = True
                 self.last_error = str(exc)
             except Exception as exc:
@@ -263,7 +270,7 @@ class VideoSource:
             attempt = 0
             try:
                 end = self._pump(capture, generation)
-            except gst.GstSourceError as exc:  # frames the source cannot use (not BGR)
+            except GstSourceError as exc:  # frames the source cannot use (not BGR)
                 self.last_error, end = str(exc), "failed"
             finally:
                 capture.release()
@@ -292,7 +299,7 @@ class VideoSource:
         self.state = "connecting"
         if self.kind == "gstreamer":
             return self._open_gst(generation)
-        import cv2
+        import cv2  # lazy: cv2
 
         ref = self.reference
         if self.kind == "usb":
@@ -321,7 +328,7 @@ class VideoSource:
         except gst.GstOpenError as exc:
             capture.release()
             if capture.finite:  # a file-like pipeline that fails will fail again, like a file
-                raise gst.GstSourceError(f"the GStreamer pipeline failed: {exc}") from exc
+                raise GstSourceError(f"the GStreamer pipeline failed: {exc}") from exc
             raise
         except BaseException:
             capture.release()
@@ -371,7 +378,7 @@ class VideoSource:
         return "lost"
 
     def _read_folder(self, generation: int) -> None:
-        import cv2
+        import cv2  # lazy: cv2
 
         folder = Path(str(self.reference))
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)

@@ -3,8 +3,8 @@
 Owns ``check_candidate`` (the candidate runs, its raw outputs fit its manifest, it does the serving
 version's task, and on the golden images it agrees with the serving version), ``CheckReport``,
 ``require_ok`` and ``golden_images``. It loads, stores and swaps nothing: the caller stages
-(``ModelStore.stage`` / ``stage_revision``), loads (``ModelStore.load_staged``), checks here, and
-only then commits (``ModelStore.commit``) and swaps (``ModelManager.swap``).
+(``ModelStore.stage`` / ``stage_revision``), loads (``serving.loading.load_model``), checks here,
+and only then commits (``ModelStore.commit``) and swaps (``ModelManager.swap``).
 
 The golden-set rule: every golden image is run through both versions with the default
 ``InferenceParams``; an image disagrees when ``compare.disagreement`` finds a difference beyond
@@ -30,6 +30,7 @@ import numpy as np
 from edge_agent.errors import ActivationRefused, EdgeAgentError
 from edge_agent.params import InferenceParams
 from edge_agent.results import Result
+from edge_agent.serving.accelerate_setup import folder_images
 from edge_agent.serving.compare import Tolerance, disagreement
 from edge_agent.serving.model import Model
 from edge_agent.store import importers
@@ -67,8 +68,6 @@ def require_ok(report: CheckReport) -> None:
 def golden_images(folder: Path | None, limit: int = GOLDEN_LIMIT) -> list[np.ndarray]:
     """Up to ``limit`` images (.jpg, .jpeg, .png, .bmp, .webp, sorted by name) of ``folder`` as BGR
     arrays; unreadable files are skipped, a missing or empty folder gives none (and a warning)."""
-    from edge_agent.serving.accelerate_setup import folder_images
-
     if folder is None:
         return []
     images = folder_images(Path(folder), limit)
@@ -92,7 +91,7 @@ def synthetic_image(manifest: Manifest) -> np.ndarray:
 
 
 def _warm_up(candidate: Model, image: np.ndarray) -> str | None:
-    """Run the candidate once; why it cannot serve, or None."""
+    """Run the candidate once, step by step to see its raw outputs; why it cannot serve, or None."""
     params = InferenceParams()
     try:
         prepared = candidate.prepare(image, params)
@@ -149,11 +148,11 @@ def check_candidate(candidate: Model, *, serving: Model | None, images: Sequence
                            f"({len(serving.manifest.class_names)} -> {len(candidate.manifest.class_names)} classes)")
     params = InferenceParams()
     try:
-        reference = serving.infer_arrays(images, params)
+        reference = serving.run(images, params)
     except EdgeAgentError as exc:  # nothing to compare with; the candidate's own checks passed
         return report(note=f"not compared: the serving version fails on the golden images: {exc}")
     try:
-        results = candidate.infer_arrays(images, params)
+        results = candidate.run(images, params)
     except EdgeAgentError as exc:
         return report(f"it fails on the golden images: {exc}")
     disagreeing, first = _disagreeing(reference, results, compare_tolerance)

@@ -145,7 +145,7 @@ class DownloadPolicy:
 
 
 def _retry(policy: DownloadPolicy) -> urllib3.Retry:
-    from urllib3 import Retry
+    from urllib3 import Retry  # lazy: urllib3
 
     # One budget per kind of failure (other: TLS and the like); redirects are not failures.
     return Retry(total=None, connect=policy.retries, read=policy.retries, status=policy.retries,
@@ -186,7 +186,7 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 def _reason(exc: BaseException, host: str, timeout_s: float) -> str:
     """What went wrong with a connection, said without the URL."""
-    from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
+    from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError  # lazy: urllib3
 
     for e in _chain(exc):
         if isinstance(e, socket.gaierror):
@@ -211,7 +211,7 @@ def _reason(exc: BaseException, host: str, timeout_s: float) -> str:
 
 def _cloud_message(resp: urllib3.BaseHTTPResponse) -> str:
     """The ``message`` of an error body such as ``{"error": {"message": ...}}``, if there is one."""
-    from urllib3.exceptions import HTTPError
+    from urllib3.exceptions import HTTPError  # lazy: urllib3
 
     try:
         doc = json.loads(resp.read(64 * 1024) or b"null")
@@ -242,7 +242,7 @@ def _refusal(resp: urllib3.BaseHTTPResponse, host: str, shown: str, key: str | N
 
 
 def _pool() -> urllib3.PoolManager:
-    import urllib3
+    import urllib3  # lazy: urllib3
 
     _guard_library_logs()
     return urllib3.PoolManager()
@@ -251,8 +251,8 @@ def _pool() -> urllib3.PoolManager:
 def _open(pool: urllib3.PoolManager, url: str, policy: DownloadPolicy, retry: urllib3.Retry,
           deadline: float, host: str) -> urllib3.BaseHTTPResponse:
     """Send the GET (urllib3 retries connection errors, timeouts and 5xx/429); the body is not read yet."""
-    from urllib3 import Timeout
-    from urllib3.exceptions import HTTPError, MaxRetryError, ResponseError
+    from urllib3 import Timeout  # lazy: urllib3
+    from urllib3.exceptions import HTTPError, MaxRetryError, ResponseError  # lazy: urllib3
 
     remaining = deadline - time.monotonic()
     if remaining <= 0:
@@ -278,7 +278,7 @@ def _let_go(resp: urllib3.BaseHTTPResponse) -> None:
 
 def fetch_json(url: str, policy: DownloadPolicy) -> Any:
     """GET ``url`` and parse its JSON body (at most ``MAX_JSON_BYTES``); errors as in the module docstring."""
-    from urllib3.exceptions import HTTPError, ProtocolError
+    from urllib3.exceptions import HTTPError, ProtocolError  # lazy: urllib3
 
     host, shown, key = _check_url(url), redact(url), _key_in(url)
     pool = _pool()
@@ -324,7 +324,7 @@ class _Broken(Exception):
 
 
 def _has_read1() -> bool:
-    import urllib3
+    import urllib3  # lazy: urllib3
 
     major, minor = (int(p) for p in str(getattr(urllib3, "__version__", "1.0")).split(".")[:2])
     return (major, minor) >= (2, 1)
@@ -333,7 +333,7 @@ def _has_read1() -> bool:
 def _stream(resp: urllib3.BaseHTTPResponse, out: IO[bytes], policy: DownloadPolicy, host: str,
             deadline: float, progress: Progress | None) -> tuple[str, int]:
     """Copy the body into ``out`` while hashing; sizes, deadline and truncation checked."""
-    from urllib3.exceptions import HTTPError, ProtocolError, ReadTimeoutError
+    from urllib3.exceptions import HTTPError, ProtocolError, ReadTimeoutError  # lazy: urllib3
 
     length = resp.headers.get("Content-Length")
     total = int(length) if length is not None and length.isdigit() else None
@@ -380,7 +380,7 @@ def _stream(resp: urllib3.BaseHTTPResponse, out: IO[bytes], policy: DownloadPoli
 
 def _fetch_into(url: str, out: IO[bytes], policy: DownloadPolicy, progress: Progress | None) -> tuple[str, int]:
     """The GET and the copy, again from the start while a broken body has retries left."""
-    from urllib3.exceptions import MaxRetryError, ProtocolError
+    from urllib3.exceptions import MaxRetryError, ProtocolError  # lazy: urllib3
 
     host, shown, key = _check_url(url), redact(url), _key_in(url)
     deadline = time.monotonic() + policy.deadline_s

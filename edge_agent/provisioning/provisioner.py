@@ -51,8 +51,11 @@ from edge_agent.errors import (
 from edge_agent.provisioning import checks
 from edge_agent.provisioning.download import DownloadPolicy, download, redact
 from edge_agent.provisioning.roboflow_api import pull_package
+from edge_agent.serving.loading import load_model, load_stored
+from edge_agent.serving.manager import ModelManager
+from edge_agent.settings import ModelsSettings, Settings
 from edge_agent.store.manifest import parse_model_id
-from edge_agent.store.model_store import ModelStore
+from edge_agent.store.model_store import ModelStore, Staged
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +74,8 @@ def check_sha256(sha256: str | None) -> str | None:
     return sha256.lower()
 
 
-def pull_into_store(store: ModelStore, model_id: str, api_key: str, cfg: Any, device_id: str,
-                    progress: Progress | None = None, commit_lock: Any = None) -> bool:
+def pull_into_store(store: ModelStore, model_id: str, api_key: str, cfg: ModelsSettings, device_id: str,
+                    progress: Progress | None = None, commit_lock: threading.Lock | None = None) -> bool:
     """Fetch ``model_id`` from Roboflow's API (``cfg``: ``[models]``) and install it (no checks beyond
     the importer's: nothing serves this id yet; loading it is the check). A package the importer
     refuses is Roboflow's fault, not the caller's: ``DownloadFailed`` (502). Under ``commit_lock`` the
@@ -120,7 +123,7 @@ class _Pull:
 
 
 class Provisioner:
-    def __init__(self, settings: Any, store: ModelStore, manager: Any, device_id: str,
+    def __init__(self, settings: Settings, store: ModelStore, manager: ModelManager, device_id: str,
                  protected: Callable[[], set[str]] = set) -> None:
         self.settings = settings
         self.cfg = settings.models
@@ -281,19 +284,19 @@ class Provisioner:
         if stored.builtin:
             return None, False
         try:
-            return self.store.load(model_id, self.engine_prefs), True
+            return load_stored(self.store, model_id, self.engine_prefs), True
         except (EdgeAgentError, OSError) as exc:  # a damaged current version must not block its repair
             log.warning("checking the new version of %s without the stored one, which cannot be loaded: %s",
                         model_id, exc)
             return None, False
 
-    def _activate(self, staged: Any, activate: bool, progress: Progress | None) -> dict[str, Any]:
+    def _activate(self, staged: Staged, activate: bool, progress: Progress | None) -> dict[str, Any]:
         model_id = staged.model_id
         with self._activation:
             try:
                 if progress is not None:
                     progress({"phase": "checking"})
-                candidate = self.store.load_staged(staged, self.engine_prefs)
+                candidate = load_model(staged.manifest, staged.onnx, self.engine_prefs)
                 try:
                     reference, temporary = self._reference(model_id)
                     try:
@@ -325,7 +328,7 @@ class Provisioner:
             if swapped is None:
                 candidate.close()
                 self.manager.invalidate(model_id)  # a load of the old version in flight is not kept
-            self._schedule_engine(model_id)
+            self.manager.schedule_engine(model_id)  # the new ONNX file has its own engine key
             self.activations += 1
             self.evict_quietly(model_id)
             log.info("activated %s (sha256 %s)%s", model_id, manifest.weights.sha256[:12],
@@ -333,11 +336,6 @@ class Provisioner:
             return {"model_id": model_id, "activated": True, "serving": swapped is not None,
                     "sha256": manifest.weights.sha256, "check": report.as_dict()}
 
-    def _schedule_engine(self, model_id: str) -> None:
-        accelerator = self.manager.accelerator
-        if accelerator is not None and self.manager.peek(model_id) is not None:
-            manifest, onnx = self.manager.onnx_path(model_id)
-            accelerator.schedule(model_id, manifest, onnx)  # the new ONNX has its own engine key
 
     def _golden(self) -> list[Any]:
         return checks.golden_images(self.cfg.check_images) if self.cfg.check_images else []

@@ -1,4 +1,4 @@
-"""Pulling a model from Roboflow's API into a Roboflow-layout folder (spec §10.1), as Roboflow's own
+"""Pulling a model from Roboflow's API into a Roboflow-layout folder (docs/http-api.md §10.1), as Roboflow's own
 inference server does for its "ort" packages.
 
 The requests, in order (every one carries ``api_key``)::

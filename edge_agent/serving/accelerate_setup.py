@@ -1,14 +1,12 @@
 """Putting an ``Accelerator`` together: for the daemon's ``Runtime`` and for ``edge-agent compile`` / selftest.
 
-``build_accelerator`` wires an ``Accelerator`` (``serving.accelerate``) to a ``ModelManager``: the
-TensorRT back-end, the engine cache, the ``[engine]`` settings, the images a new plan is checked on
-(``engine.check_images``, else frames the active-learning spool sampled, topped up by ``builtin_images``)
-and those INT8 calibrates on, the store's current sha256 and the swap. ``offline_accelerator`` and
-``compile_model`` serve the CLI and the selftest, where nothing is served and builds run in the
-calling thread. ``folder_images``, ``builtin_images`` and ``decode_jpegs`` decode those images.
-
-``serving.accelerate`` re-exports the names other modules import from it; so that either module can be
-imported first, this one imports ``serving.accelerate`` inside the functions that need it.
+``build_accelerator`` makes an ``Accelerator`` (``serving.accelerate``) for the back-end chosen: the
+TensorRT back-end (``engines.plan_backend``), the engine cache, the build queue with the engine
+configuration (``Settings.engine_prefs``), the images a new plan is checked on (``engine.check_images``,
+else frames the active-learning spool sampled, topped up by ``builtin_images``) and those INT8
+calibrates on. The ``ModelManager`` then receives it through its constructor. ``offline_accelerator``
+and ``compile_model`` serve the CLI and the selftest, where nothing is served and builds run in the
+calling thread. ``folder_images``, ``builtin_images`` and ``read_jpegs`` read those images.
 """
 
 from __future__ import annotations
@@ -16,17 +14,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from edge_agent.errors import EdgeAgentError
-from edge_agent.serving.model import Model
-from engines import Choice
+from edge_agent.serving.accelerate import Accelerator
+from edge_agent.serving.manager import ModelManager
+from edge_agent.store.model_store import ModelStore
+from engines import Choice, EngineUnavailable, choose_backend, plan_backend
 from engines.cache import EngineCache
+from engines.trt_queue import BuildQueue, EngineStatus, PlanBackend
 
-if TYPE_CHECKING:
-    from edge_agent.serving.accelerate import Accelerator, Backend, EngineStatus
+if TYPE_CHECKING:  # pydantic: the settings are only passed through here
+    from edge_agent.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,8 @@ _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
 def folder_images(folder: Path | None, n: int) -> list[np.ndarray]:
-    """Up to ``n`` images of ``folder`` (sorted by name), decoded to BGR; unreadable files are skipped."""
-    import cv2
+    """Up to ``n`` images of ``folder`` (sorted by name), read as BGR; unreadable files are skipped."""
+    import cv2  # lazy: cv2
 
     if folder is None or not Path(folder).is_dir():
         return []
@@ -53,9 +53,9 @@ def folder_images(folder: Path | None, n: int) -> list[np.ndarray]:
 
 def builtin_images(n: int) -> list[np.ndarray]:
     """The bundled sample image and generated scenes of shapes (deterministic)."""
-    import cv2
+    import cv2  # lazy: cv2
 
-    from edge_agent.demo.shapes import generate_scene
+    from edge_agent.demo.shapes import generate_scene  # lazy: cv2
 
     sample = cv2.imread(str(SAMPLE_IMAGE), cv2.IMREAD_COLOR)
     images = [sample] if sample is not None else []
@@ -66,28 +66,32 @@ def builtin_images(n: int) -> list[np.ndarray]:
     return images[:n]
 
 
-def decode_jpegs(blobs: list[bytes]) -> list[np.ndarray]:
-    import cv2
+def read_jpegs(blobs: list[bytes]) -> list[np.ndarray]:
+    """The JPEG files ``blobs`` as BGR images; unreadable ones are skipped."""
+    import cv2  # lazy: cv2
 
-    decoded = (cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR) for b in blobs)
-    return [img for img in decoded if img is not None]
+    images = (cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR) for b in blobs)
+    return [img for img in images if img is not None]
 
 
-def build_accelerator(settings: Any, choice: Choice, manager: Any, spool: Callable[[], Any] = lambda: None,
-                      backend: Backend | None = None) -> Accelerator | None:
-    """The ``Accelerator`` for a ``ModelManager`` when TensorRT was chosen (or a ``backend`` is given),
-    attached to the manager; None otherwise. ``spool()`` gives the active-learning spool, if any."""
-    from edge_agent.serving.accelerate import Accelerator, AccelPrefs, TrtBackend
+class JpegSpool(Protocol):
+    """Where sampled frames are kept: the active-learning spool."""
 
+    def recent_jpegs(self, model_id: str, limit: int) -> list[bytes]: ...
+
+
+def build_accelerator(settings: Settings, choice: Choice, spool: Callable[[], JpegSpool | None] = lambda: None,
+                      backend: PlanBackend | None = None) -> Accelerator | None:
+    """The ``Accelerator`` when a plan back-end (TensorRT) was chosen or a ``backend`` is given (tests
+    give a stand-in); None otherwise. ``spool()`` gives the active-learning spool, if any."""
+    backend = backend or plan_backend(choice)
     if backend is None:
-        if choice.backend != "tensorrt":
-            return None
-        backend = TrtBackend(choice)
+        return None
     e = settings.engine
 
     def sampled(model_id: str, n: int) -> list[np.ndarray]:
         s = spool()
-        return decode_jpegs(s.recent_jpegs(model_id, n)) if s is not None else []
+        return read_jpegs(s.recent_jpegs(model_id, n)) if s is not None else []
 
     def check_images(model_id: str, n: int) -> list[np.ndarray]:
         chosen = folder_images(e.check_images, n)
@@ -98,65 +102,33 @@ def build_accelerator(settings: Any, choice: Choice, manager: Any, spool: Callab
     def calibration(model_id: str, n: int) -> list[np.ndarray]:
         return folder_images(e.calibration_images, n) or sampled(model_id, n)
 
-    def reference(model_id: str) -> Model:
-        served = manager.peek(model_id)
-        if served is not None and served.model.engine.name.startswith("onnxruntime"):
-            return served.model  # type: ignore[no-any-return]
-        return manager.store.load(model_id, manager.engine_prefs)  # type: ignore[no-any-return]
-
-    cache = EngineCache(settings.paths.cache_dir)
-    prefs = AccelPrefs(precision=e.precision, dla_core=e.dla_core, max_batch=e.max_batch, opt_batch=e.opt_batch,
-                       build=e.build_engines, workspace_mb=e.workspace_mb, calibration_frames=e.calibration_frames)
-
-    def current(model_id: str) -> str | None:
-        try:
-            return manager.onnx_path(model_id)[0].weights.sha256  # type: ignore[no-any-return]
-        except (EdgeAgentError, OSError):  # removed, or unreadable: not the version built, either way
-            return None
-
-    def on_ready(model_id: str, model: Model) -> Any:
-        return manager.swap(model_id, model, same_weights=True)
-
-    accelerator = Accelerator(backend, cache, prefs, reference, on_ready, check_images, calibration, current)
-    manager.accelerator = accelerator
-    try:
-        ident = accelerator.identity()
-        removed = cache.prune(tensorrt=ident["tensorrt"])
-        if removed:
-            log.info("engine cache: removed %d file(s) built by another TensorRT version", removed)
-    except Exception as exc:  # identity needs TensorRT to import; a failure shows per model later
-        log.warning("engine cache: cannot prune: %s", exc)
-    return accelerator
+    queue = BuildQueue(backend, EngineCache(settings.paths.cache_dir), settings.engine_prefs)
+    queue.prune()
+    return Accelerator(queue, check_images, calibration)
 
 
-class TensorRTUnavailable(Exception):
+class TensorRTUnavailable(EngineUnavailable):
     """TensorRT cannot be used on this machine; the message says why."""
 
 
-def offline_accelerator(settings: Any, backend: Backend | None = None,
-                        cache_dir: Path | None = None) -> tuple[Accelerator, Any]:
+def offline_accelerator(settings: Settings, backend: PlanBackend | None = None,
+                        cache_dir: Path | None = None) -> tuple[Accelerator, ModelManager]:
     """An ``Accelerator`` and its ``ModelManager`` outside the daemon (``edge-agent compile``, selftest):
     nothing is served, builds run in the calling thread. ``cache_dir`` overrides the configured one."""
-    from edge_agent.serving.manager import ModelManager
-    from edge_agent.store.model_store import ModelStore
-    from engines import choose_backend
-
     choice = choose_backend(settings.engine_prefs)
     if backend is None and choice.backend != "tensorrt":
         raise TensorRTUnavailable(choice.reason)
-    manager = ModelManager(ModelStore(settings.models_dir), choice.ort_prefs)
     if cache_dir is not None:
         settings = settings.model_copy(update={"paths": settings.paths.model_copy(update={"cache_dir": cache_dir})})
-    accelerator = build_accelerator(settings, choice, manager, backend=backend)
-    assert accelerator is not None
-    return accelerator, manager
+    accelerator = build_accelerator(settings, choice, backend=backend)
+    if accelerator is None:
+        raise TensorRTUnavailable(choice.reason)
+    return accelerator, ModelManager(ModelStore(settings.models_dir), choice.ort_prefs, accelerator=accelerator)
 
 
-def compile_model(accelerator: Accelerator, manager: Any, model_id: str, force: bool = False,
+def compile_model(accelerator: Accelerator, manager: ModelManager, model_id: str, force: bool = False,
                   on_event: Callable[[dict[str, Any]], None] | None = None) -> EngineStatus:
     """The model's engine: from the cache when valid (unless ``force``), else built and checked now."""
-    from edge_agent.serving.accelerate import EngineStatus
-
     manifest, onnx = manager.store.verified_onnx(model_id)
     key = accelerator.key(manifest)
     if not force:
@@ -168,4 +140,4 @@ def compile_model(accelerator: Accelerator, manager: Any, model_id: str, force: 
         if engine is not None:
             engine.close()
             return accelerator.status(model_id) or EngineStatus(model_id, "tensorrt", "tensorrt", key=key.digest)
-    return accelerator.build(model_id, manifest, onnx, key, on_event)
+    return accelerator.build(model_id, manifest, onnx, manager.switch_over(model_id), key, on_event)

@@ -1,6 +1,6 @@
 """Dynamic batching: concurrent callers of one model share one engine run.
 
-Each caller decodes and preprocesses its image in its own thread and calls ``run_many``. There is no
+Each caller loads and preprocesses its image in its own thread and calls ``run_many``. There is no
 batching thread: a caller that finds the engine free runs it itself, on whatever is queued (its own
 tensors first in line, up to ``max_batch``), then hands every other caller in that batch its result.
 Callers that find the engine busy queue their tensors and wait; when the run ends, one of them takes
@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Generic, TypeVar
 
 import numpy as np
 
@@ -32,7 +32,7 @@ from edge_agent.errors import NotReady, Overloaded
 
 log = logging.getLogger(__name__)
 
-RunBatch = Callable[[Sequence[np.ndarray]], list[Any]]
+Out = TypeVar("Out")  # what the engine run gives back per tensor
 
 
 @dataclass
@@ -44,24 +44,24 @@ class BatchStats:
     sizes: dict[int, int] = field(default_factory=dict)  # batch size -> how many runs had it
 
 
-class _Item:
+class _Item(Generic[Out]):
     __slots__ = ("tensor", "done", "result", "error")
+    result: Out  # set, with done, when its batch ran; a failed batch sets error instead
 
     def __init__(self, tensor: np.ndarray) -> None:
         self.tensor = tensor
         self.done = False
-        self.result: Any = None
         self.error: BaseException | None = None
 
 
-class DynamicBatcher:
+class DynamicBatcher(Generic[Out]):
     """Gathers concurrent callers' tensors into engine batches. ``run_batch(tensors)`` returns one
     item per tensor; ``run_many(tensors)`` returns the caller's items, in order."""
 
     def __init__(
         self,
         name: str,
-        run_batch: RunBatch,
+        run_batch: Callable[[Sequence[np.ndarray]], list[Out]],
         max_batch: int,
         max_delay_s: float = 0.0,
         max_queue: int = 64,
@@ -75,7 +75,7 @@ class DynamicBatcher:
         self.max_queue = max(1, max_queue)
         self._run_batch = run_batch
         self._on_batch = on_batch
-        self._queue: collections.deque[_Item] = collections.deque()
+        self._queue: collections.deque[_Item[Out]] = collections.deque()
         self._cond = threading.Condition()  # guards the queue and the done flags
         self._engine = threading.Lock()  # held by the caller that runs the engine
         self._closed = False
@@ -91,9 +91,9 @@ class DynamicBatcher:
         """Images waiting for the engine (not counting the batch being run)."""
         return len(self._queue)
 
-    def run_many(self, tensors: Sequence[np.ndarray]) -> list[Any]:
+    def run_many(self, tensors: Sequence[np.ndarray]) -> list[Out]:
         """Run one caller's (1, 3, H, W) tensors, batched with whatever else is waiting."""
-        items = [_Item(t) for t in tensors]
+        items: list[_Item[Out]] = [_Item(t) for t in tensors]
         with self._cond:
             if self._closed:
                 raise NotReady(f"model {self.name} is being unloaded - retry request.")
@@ -110,7 +110,7 @@ class DynamicBatcher:
                 raise item.error
         return [item.result for item in items]
 
-    def _wait_or_run(self, item: _Item) -> None:
+    def _wait_or_run(self, item: _Item[Out]) -> None:
         while not item.done:
             if self._engine.acquire(blocking=False):
                 try:
@@ -125,7 +125,7 @@ class DynamicBatcher:
                     if not item.done:
                         self._cond.wait(0.05)
 
-    def _take(self) -> list[_Item]:
+    def _take(self) -> list[_Item[Out]]:
         deadline = time.monotonic() + self.max_delay_s
         with self._cond:
             while True:
@@ -145,16 +145,17 @@ class DynamicBatcher:
         t0 = time.perf_counter()
         try:
             outputs = self._run_batch([item.tensor for item in batch])
-            error: BaseException | None = None
         except BaseException as exc:  # handed to every caller of this batch; the next batch still runs
-            outputs, error = [None] * len(batch), exc
+            with self._cond:
+                for item in batch:
+                    item.error, item.done = exc, True
+                self._cond.notify_all()
+            return
         elapsed = time.perf_counter() - t0
         with self._cond:
             for item, out in zip(batch, outputs):
-                item.result, item.error, item.done = out, error, True
+                item.result, item.done = out, True
             self._cond.notify_all()
-        if error is not None:
-            return
         n = len(batch)
         self.stats.batches += 1
         self.stats.items += n

@@ -49,7 +49,8 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     inter = np.prod(np.clip(br - tl, 0, None), axis=2)
     area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
     area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)  # type: ignore[no-any-return]
+    iou: np.ndarray = inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+    return iou
 
 
 def _unmatched(ref: Detections, cand: Detections, tol: Tolerance, what: str) -> str | None:

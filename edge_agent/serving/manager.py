@@ -22,40 +22,29 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
 
 import numpy as np
 
-from edge_agent.errors import ModelLoadFailed, ModelNotFound, NotReady
+from edge_agent.errors import EdgeAgentError, ModelLoadFailed, ModelNotFound, NotReady
 from edge_agent.params import InferenceParams
 from edge_agent.results import Result
+from edge_agent.serving.accelerate import Accelerator, SwitchOver
 from edge_agent.serving.batching import DynamicBatcher
+from edge_agent.serving.loading import load_stored
 from edge_agent.serving.model import Model
-from edge_agent.store.manifest import parse_model_id
+from edge_agent.store.manifest import Manifest, parse_model_id
 from edge_agent.store.model_store import ModelStore
+from engines import EnginePrefs
+from engines.trt_queue import EngineStatus
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BatchingPrefs:
-    """``enabled=None`` (auto): batch on GPU engines, not on the CPU.
-
-    On the CPU, ONNX Runtime already spreads one image over every core, a batch costs about the same
-    per image as single runs, and the arena grows to the largest batch: bench/http.py measured lower
-    throughput (0.64x vs 0.72x of bare ORT with 4 clients) and ~70 MB more peak RSS with batching on.
-    """
-
-    enabled: bool | None = None
-    max_batch: int = 8  # also capped by the engine's own maximum
-    max_delay_ms: float = 0.0
-    max_queue: int = 64
 
 
 @dataclass
 class LoadedModel:
     model: Model
-    batcher: DynamicBatcher | None
+    batcher: DynamicBatcher[list[np.ndarray]] | None
     load_seconds: float
     loaded_at: float = field(default_factory=time.time)
     on_batch: Callable[[int, float], None] | None = None  # (images, seconds) per engine run outside a batcher
@@ -65,39 +54,26 @@ class LoadedModel:
         return self.model.model_id
 
     def infer(self, images: Sequence[np.ndarray], params: InferenceParams) -> list[Result]:
-        """Decoded BGR images to results, each image prepared and decoded in the calling thread (and the
-        engine run there too, unless another caller's run takes these images along)."""
-        t0 = time.perf_counter()
-        prepared = [self.model.prepare(image, params) for image in images]
-        tensors = [p.tensor for p in prepared]
+        """Loaded BGR images to results by ``Model.run``: each image prepared and decoded in the calling
+        thread, the engine run through the batcher where there is one (else in this thread)."""
+        return self.model.run(images, params, self._forward)
+
+    def _forward(self, tensors: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
+        """One chunk's engine run: through the batcher (another caller's run may take these tensors
+        along), else in the calling thread, reported to ``on_batch``."""
         batcher = self.batcher
-        if batcher is None or batcher.closed:
-            outputs = self._forward(tensors)
-        else:
+        if batcher is not None and not batcher.closed:
             try:
-                outputs = batcher.run_many(tensors)
+                return batcher.run_many(tensors)
             except NotReady:
                 if not batcher.closed:
                     raise
                 # Swapped or unloaded since this caller took the model: its engine is still valid (it
                 # is freed only when the last holder lets go), so run it here rather than fail.
-                outputs = self._forward(tensors)
-        results = [self.model.decode(out, p, params) for out, p in zip(outputs, prepared)]
-        elapsed = time.perf_counter() - t0
-        for r in results:
-            r.time = elapsed
-        return results
-
-    def _forward(self, tensors: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
-        """The engine run in the calling thread, unbatched, in chunks of the engine's maximum batch."""
-        outputs: list[list[np.ndarray]] = []
-        step = self.model.engine.max_batch
-        for start in range(0, len(tensors), step):
-            chunk = tensors[start:start + step]
-            t_run = time.perf_counter()
-            outputs.extend(self.model.forward(chunk))
-            if self.on_batch is not None:
-                self.on_batch(len(chunk), time.perf_counter() - t_run)
+        t_run = time.perf_counter()
+        outputs = self.model.forward(tensors)
+        if self.on_batch is not None:
+            self.on_batch(len(tensors), time.perf_counter() - t_run)
         return outputs
 
 
@@ -105,16 +81,19 @@ class ModelManager:
     def __init__(
         self,
         store: ModelStore,
-        engine_prefs: Any = None,
-        batching: BatchingPrefs = BatchingPrefs(),
+        engine_prefs: EnginePrefs = EnginePrefs(),
         max_loaded: int = 8,
         aliases: Mapping[str, str] | None = None,
         on_load: Callable[[str, float], None] | None = None,
         on_batch: Callable[[str, int, float], None] | None = None,
+        accelerator: Accelerator | None = None,
     ) -> None:
+        """``engine_prefs``: how models load on ONNX Runtime and how they are batched; ``accelerator``:
+        TensorRT where it is used (a cached plan serves at once; otherwise ONNX Runtime serves and a
+        build is queued)."""
         self.store = store
         self.engine_prefs = engine_prefs
-        self.batching = batching
+        self.accelerator = accelerator
         self.max_loaded = max(1, max_loaded)
         self.aliases = dict(aliases or {})
         self._on_load = on_load
@@ -124,12 +103,12 @@ class ModelManager:
         self._loading: dict[str, threading.Lock] = {}  # ids being loaded, each with its load lock
         self._generation: dict[str, int] = {}  # per id: bumped when the version served may change
         self.cold_starts = 0
-        self.accelerator: Any = None  # serving.accelerate.Accelerator where TensorRT is used
 
-    def onnx_path(self, model_id: str) -> tuple[Any, Any]:
+    def onnx_path(self, model_id: str) -> tuple[Manifest, Path]:
         """The manifest and ONNX path of a stored model (no checksum: it was verified when loaded)."""
         stored = self.store.get(model_id)
-        return stored.manifest, stored.path / stored.manifest.weights.file
+        manifest: Manifest = stored.manifest
+        return manifest, stored.path / manifest.weights.file
 
     def resolve(self, model_id: str) -> str:
         return self.aliases.get(model_id, model_id)
@@ -179,10 +158,44 @@ class ModelManager:
         for old in evicted:
             log.info("unloading %s (least recently used; at most %d models loaded)", old.model_id, self.max_loaded)
             self._retire(old)
-        if self.accelerator is not None and not loaded.model.engine.name.startswith("tensorrt"):
-            manifest, onnx = self.onnx_path(model_id)
-            self.accelerator.schedule(model_id, manifest, onnx)  # served by ONNX Runtime until it is ready
+        if not loaded.model.engine.name.startswith("tensorrt"):
+            self._schedule(model_id)  # served by ONNX Runtime until it is ready
         return loaded, True
+
+    # -- TensorRT -------------------------------------------------------------------------------
+
+    def schedule_engine(self, model_id: str) -> EngineStatus | None:
+        """Queue a TensorRT build for ``model_id`` if it is loaded and ONNX Runtime serves it (the
+        provisioner calls it after activating a version: the new ONNX file has its own engine key)."""
+        loaded = self.peek(model_id)
+        if loaded is None or loaded.model.engine.name.startswith("tensorrt"):
+            return None
+        return self._schedule(loaded.model_id)
+
+    def _schedule(self, model_id: str) -> EngineStatus | None:
+        if self.accelerator is None:
+            return None
+        manifest, onnx = self.onnx_path(model_id)
+        return self.accelerator.schedule(model_id, manifest, onnx, self.switch_over(model_id))
+
+    def switch_over(self, model_id: str) -> SwitchOver:
+        """What the accelerator needs to check a new engine of ``model_id`` and serve it: the model
+        served now as the reference, this manager's swap, the version the store holds now."""
+        model_id = self.resolve(model_id)
+
+        def reference() -> Model:
+            served = self.peek(model_id)
+            if served is not None and served.model.engine.name.startswith("onnxruntime"):
+                return served.model
+            return load_stored(self.store, model_id, self.engine_prefs)
+
+        def current_sha256() -> str | None:
+            try:
+                return self.onnx_path(model_id)[0].weights.sha256
+            except (EdgeAgentError, OSError):  # removed, or unreadable: not the version built, either way
+                return None
+
+        return SwitchOver(reference, self.swap, current_sha256)
 
     def _load_current(self, model_id: str) -> tuple[LoadedModel, list[LoadedModel]]:
         """Load ``model_id`` (its load lock held) and make it served, unless a swap or ``invalidate``
@@ -214,14 +227,14 @@ class ModelManager:
         t0 = time.perf_counter()
         cached = self.accelerator.cached_engine if self.accelerator is not None else None
         try:
-            model: Model = self.store.load(model_id, self.engine_prefs, engine_for=cached)
+            model: Model = load_stored(self.store, model_id, self.engine_prefs, cached)
         except (ModelNotFound, ModelLoadFailed, FileNotFoundError):
             # The store reads without a lock: a load that falls between the two renames of a commit or
             # a rollback of this id finds it missing or half there. Once more, after the commit.
             if not self.store.revisions(model_id):
                 raise
             time.sleep(0.2)
-            model = self.store.load(model_id, self.engine_prefs, engine_for=cached)
+            model = load_stored(self.store, model_id, self.engine_prefs, cached)
         seconds = time.perf_counter() - t0
         self.store.touch(model_id)  # the last use, for the store's eviction of unused models
         log.info("loaded %s (%s, engine %s) in %.2f s", model_id, model.task, model.engine.name, seconds)
@@ -239,12 +252,13 @@ class ModelManager:
             def on_batch(n: int, seconds: float) -> None:
                 hook(model_id, n, seconds)
 
-        b = self.batching
-        enabled = b.enabled if b.enabled is not None else "CPUExecutionProvider" not in model.engine.name
+        p = self.engine_prefs
+        # Auto: batch on GPU engines, not on the CPU (why: ``EnginePrefs``).
+        enabled = p.batching if p.batching is not None else "CPUExecutionProvider" not in model.engine.name
         if enabled:
             batcher = DynamicBatcher(
-                model_id, model.forward, max_batch=min(b.max_batch, model.engine.max_batch),
-                max_delay_s=b.max_delay_ms / 1000.0, max_queue=b.max_queue, on_batch=on_batch)
+                model_id, model.forward, max_batch=min(p.batching_max_batch, model.engine.max_batch),
+                max_delay_s=p.batching_max_delay_ms / 1000.0, max_queue=p.batching_max_queue, on_batch=on_batch)
         return LoadedModel(model, batcher, seconds, on_batch=on_batch)
 
     def swap(self, model_id: str, model: Model, *, only_if_loaded: bool = True,

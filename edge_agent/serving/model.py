@@ -1,13 +1,17 @@
-"""A loaded model: manifest + engine + the task head, behind ``infer``.
+"""A loaded model (manifest + engine + the task heads) and the one way to run it, ``Model.run``.
 
-Owns the path of one inference: images -> preprocess into one batch buffer -> ``Engine.run`` ->
-decode -> results. Engine errors are translated here into the ``edge_agent.errors`` tree.
+Every inference in the project goes through ``run``: HTTP requests and pipeline frames (through
+``LoadedModel.infer``, which hands it the model's batcher), the Python API's ``Model.infer``, the
+CLI's ``infer``, the checks before a switch, selftest and the watchdog. One run: images ->
+``prepare`` (preprocess each into its own (1, 3, H, W) tensor) -> ``forward`` (one engine run per
+chunk of at most the engine's maximum batch) -> ``decode`` (the task heads) -> results, timed.
+Engine errors are translated here into the ``edge_agent.errors`` tree.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,13 +19,16 @@ import numpy as np
 
 from edge_agent.errors import EngineFailure, InvalidInput
 from edge_agent.heads import classify as classify_head
-from edge_agent.heads import detect, segment
+from edge_agent.heads import detect, keypoints, segment
 from edge_agent.heads.preprocess import Transform, preprocess_into
 from edge_agent.images import ImageLimits, load_image
 from edge_agent.params import InferenceParams
 from edge_agent.results import Classification, Detections, Result
 from edge_agent.store.manifest import Manifest
 from engines import Engine, EngineError
+
+# Per tensor, its rows of every output: ``Model.forward``, or a batcher that gathers several callers.
+Forward = Callable[[Sequence[np.ndarray]], list[list[np.ndarray]]]
 
 
 @dataclass(frozen=True)
@@ -52,7 +59,7 @@ class Model:
         limits: ImageLimits = ImageLimits(),
         **options: Any,
     ) -> Result | list[Result]:
-        """Infer on one image or a list of images (any form ``load_image`` accepts).
+        """Infer on one image or a list of images (any form ``load_image`` accepts): the Python API.
 
         Options are the fields of ``InferenceParams`` (confidence, iou_threshold, class_filter, ...).
         A list in gives a list out; one image gives one result.
@@ -64,32 +71,42 @@ class Model:
                 raise InvalidInput(f"unknown inference option: {exc}") from None
         single = not isinstance(images, (list, tuple))
         sources = [images] if single else list(images)
-        orient = self.manifest.preprocess.auto_orient and not params.disable_preproc_auto_orient
-        decoded = [load_image(s, limits, auto_orient=orient) for s in sources]
-        results = self.infer_arrays(decoded, params)
+        orient = self.auto_orient(params)
+        results = self.run([load_image(s, limits, auto_orient=orient) for s in sources], params)
         return results[0] if single else results
 
-    def infer_arrays(self, images: Sequence[np.ndarray], params: InferenceParams) -> list[Result]:
-        """Infer on decoded H x W x 3 BGR images, in chunks of at most the engine's batch size."""
+    def auto_orient(self, params: InferenceParams) -> bool:
+        """Whether an image is turned upright by its EXIF orientation before it is run: the model's
+        preprocessing asks for it and the request does not turn it off."""
+        return self.manifest.preprocess.auto_orient and not params.disable_preproc_auto_orient
+
+    def run(self, images: Sequence[np.ndarray], params: InferenceParams,
+            forward: Forward | None = None) -> list[Result]:
+        """Loaded H x W x 3 BGR images to their results, in chunks of at most the engine's batch size.
+
+        Each chunk is prepared, run through ``forward`` (default: the engine itself, in this thread)
+        and decoded before the next is prepared, so memory stays bounded for any number of images.
+        Every result's ``time`` is the seconds the whole call took.
+        """
+        run_engine = self.forward if forward is None else forward
+        t0 = time.perf_counter()
         results: list[Result] = []
         step = self.engine.max_batch
         for start in range(0, len(images), step):
-            t0 = time.perf_counter()
-            chunk = images[start:start + step]
-            prepared = [self.prepare(image, params) for image in chunk]
-            outputs = self.forward([p.tensor for p in prepared])
-            batch_results = [self.decode(out, p, params) for out, p in zip(outputs, prepared)]
-            elapsed = time.perf_counter() - t0
-            for r in batch_results:
-                r.time = elapsed
-            results.extend(batch_results)
+            prepared = [self.prepare(image, params) for image in images[start:start + step]]
+            outputs = run_engine([p.tensor for p in prepared])
+            results.extend(self.decode(out, p, params) for out, p in zip(outputs, prepared))
+        elapsed = time.perf_counter() - t0
+        for r in results:
+            r.time = elapsed
         return results
 
-    # The three steps of one inference, separable so that a batcher can gather the ``forward`` of
-    # several callers while each caller prepares and decodes its own image in its own thread.
+    # The three steps of ``run``, separable so that a batcher can gather the ``forward`` of several
+    # callers while each caller prepares and decodes its own images in its own thread, and so that
+    # the checks before a switch can look at the raw outputs.
 
     def prepare(self, image: np.ndarray, params: InferenceParams) -> Prepared:
-        """Preprocess one decoded BGR image into its own (1, 3, H, W) input tensor."""
+        """Preprocess one loaded BGR image into its own (1, 3, H, W) input tensor."""
         spec = self.manifest.input
         tensor = np.empty((1, 3, spec.height, spec.width), dtype=np.float32)
         transform = preprocess_into(image, self.manifest.preprocess, tensor[0], params)
@@ -122,47 +139,32 @@ class Model:
 
     def decode(self, outputs: list[np.ndarray], prepared: Prepared, params: InferenceParams) -> Result:
         """One image's engine outputs (leading axis of 1) to its result, in original-image pixels."""
-        return self._decode(outputs, 0, prepared.transform, prepared.image_hw, params)
-
-    def _decode(
-        self,
-        outputs: list[np.ndarray],
-        i: int,
-        transform: Transform,
-        image_hw: tuple[int, int],
-        params: InferenceParams,
-    ) -> Result:
         m = self.manifest
-        size = (int(image_hw[0]), int(image_hw[1]))
+        size = prepared.image_hw
         if m.task == "classification":
-            scores = classify_head.scores(outputs[0][i], m.output.layout, m.multilabel)
+            scores = classify_head.scores(outputs[0][0], m.output.layout, m.multilabel)
             return Classification(scores, m.class_names, size, m.multilabel, params.confidence)
 
-        cand = detect.select(outputs[0][i], m.output.layout, len(m.class_names), params, m.class_names)
-        xyxy = transform.boxes_to_original(cand.xyxy)
-        polygons = keypoints = names = None
+        transform = prepared.transform
+        cand = detect.select(outputs[0][0], m.output.layout, len(m.class_names), params, m.class_names)
+        polygons = points = names = None
         if m.task == "instance-segmentation":
             nm = m.output.mask_channels
             polygons = segment.polygons(
-                cand.extra[:, :nm], outputs[1][i], cand.xyxy, (m.input.height, m.input.width), transform, params
+                cand.extra[:, :nm], outputs[1][0], cand.xyxy, (m.input.height, m.input.width), transform, params
             )
         elif m.task == "keypoint-detection":
-            k, d = m.output.keypoints, m.output.keypoint_dims
-            raw = cand.extra[:, : k * d].reshape(-1, k, d)
-            keypoints = np.ones((len(raw), k, 3), dtype=np.float32)
-            keypoints[..., :2] = transform.points_to_original(raw[..., :2])
-            if d == 3:
-                keypoints[..., 2] = raw[..., 2]
+            points = keypoints.points(cand.extra, m.output.keypoints, m.output.keypoint_dims, transform)
             names = [m.keypoint_names_for(int(c)) for c in cand.class_id]
         return Detections(
-            xyxy=xyxy,
+            xyxy=transform.boxes_to_original(cand.xyxy),
             confidence=cand.confidence,
             class_id=cand.class_id,
             class_names=m.class_names,
             image_size=size,
             task=m.task,
             polygons=polygons,
-            keypoints=keypoints,
+            keypoints=points,
             keypoint_names=names,
             keypoint_threshold=params.keypoint_confidence,
         )

@@ -3,7 +3,7 @@
 Sources:
   * an ONNX file exported by ultralytics (YOLOv5u/v8/11: detect, segment, pose, classify): task,
     names, imgsz and kpt_shape come from its ``metadata_props``;
-  * a Roboflow model folder (spec §10): model_type.json, environment.json, class_names.txt,
+  * a Roboflow model folder (docs/http-api.md §10): model_type.json, environment.json, class_names.txt,
     weights.onnx | yolov5s_weights.onnx | best.onnx, keypoints_metadata.json;
   * a .zip or .tar(.gz) archive holding either of the above.
 Every problem is a ``ModelImportError`` naming the file and what is wrong. Nothing here writes to the
@@ -26,11 +26,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal, NoReturn
+from typing import IO, TYPE_CHECKING, Any, Literal, NoReturn
 
 import engines
 from edge_agent.errors import ModelImportError, UnsupportedModel
-from edge_agent.store.manifest import Layout, Preprocess, StaticCrop
+from edge_agent.store.manifest import Layout, Manifest, Preprocess, StaticCrop
+
+if TYPE_CHECKING:
+    from engines.ort import ModelInfo
 
 ULTRALYTICS_TASKS = {
     "detect": "object-detection",
@@ -57,11 +60,19 @@ def _literal(md: dict[str, str], key: str, where: Path) -> Any:
         raise ModelImportError(f"{where}: metadata {key!r} is not readable: {md[key]!r}") from exc
 
 
-def _inspect(path: Path) -> engines.ModelInfo:  # type: ignore[name-defined]
+def _inspect(path: Path) -> ModelInfo:
     try:
         return engines.inspect_model(path)
     except engines.EngineError as exc:
         raise ModelImportError(str(exc)) from exc
+
+
+def declared_output_shapes(onnx: Path) -> list[tuple[int | None, ...]]:
+    """The output shapes ``onnx`` declares (None for a symbolic axis), for ``shape_problem``."""
+    try:
+        return [tuple(o.shape) for o in engines.inspect_model(onnx).outputs]
+    except engines.EngineError as exc:
+        raise ModelImportError(f"{onnx}: cannot read its output shapes: {exc}") from exc
 
 
 def _names(raw: Any, where: Path) -> tuple[str, ...]:
@@ -97,9 +108,8 @@ def detect_layout(shape: tuple[int | None, ...], nc: int, extra: int, where: Pat
         "yolov5": b == 5 + nc + extra,
         "end2end": b == 6 + extra and (a is None or a <= 1000),
     }
-    if hint in fits and fits[hint]:
-        return hint  # type: ignore[return-value]
-    for layout in ("yolov8", "yolov5", "end2end"):
+    layouts: tuple[Layout, ...] = ("yolov8", "yolov5", "end2end")
+    for layout in sorted(layouts, key=lambda name: name != hint):  # the hinted layout first
         if fits[layout]:
             return layout
     raise ModelImportError(
@@ -453,7 +463,7 @@ def _untar(tar: tarfile.TarFile, dest: Path, budget: _Budget) -> None:
             budget.copy(src, target)
 
 
-def shape_problem(manifest: Any, shapes: Sequence[Sequence[int | None]], where: Path) -> str | None:
+def shape_problem(manifest: Manifest, shapes: Sequence[Sequence[int | None]], where: Path) -> str | None:
     """Why output shapes (declared by an ONNX file, or those of a run) do not fit ``manifest``, or
     None: the layout rule of ``detect_layout`` with the manifest's class count, mask channels and
     keypoints, the classifier's [B, classes] and segmentation's prototype output."""

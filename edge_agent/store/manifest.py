@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edge_agent.errors import InvalidModelId, ModelLoadFailed
 
 Task = Literal["object-detection", "instance-segmentation", "keypoint-detection", "classification"]
-TASKS: tuple[str, ...] = Task.__args__  # type: ignore[attr-defined]
+TASKS: tuple[str, ...] = get_args(Task)
 DETECTION_TASKS = ("object-detection", "instance-segmentation", "keypoint-detection")
 
 _ID_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

@@ -10,19 +10,19 @@ Layout (a person can read and repair it)::
                                              instant of a commit (put back or deleted by clean())
     <root>/.staging/                         candidates being imported or checked (removed on start)
     <root>/.trash/                           folders being deleted
-    <root>/.usage.json                       {model id: last use, Unix seconds} (``models.usage``)
+    <root>/.usage.json                       {model id: last use, Unix seconds} (``store.usage``)
 
 A second, read-only root holds the demo models shipped in the package; their ids cannot be taken by
 an install. A new version is first staged (``stage`` / ``stage_revision``: imported under
-``.staging``, nothing current touched), may be loaded and checked there (``load_staged``,
-``checks``), and then ``commit``-ted or ``discard``-ed. ``install`` and ``rollback`` are
+``.staging``, nothing current touched), may be loaded and checked there (``serving.loading``,
+``provisioning.checks``), and then ``commit``-ted or ``discard``-ed. ``install`` and ``rollback`` are
 stage + commit without checks. Every change is written and fsynced aside and then renamed into place;
 ``clean()`` at start finishes or undoes whatever a power cut interrupted. The revision folders (their
-stamps and listing) and commit's rename sequence with its repair live in ``models.revisions``; this
+stamps and listing) and commit's rename sequence with its repair live in ``store.revisions``; this
 module owns importing, staging, the public API and the locks: changes hold a thread lock and an
 ``flock`` on the root folder, so the CLI and the daemon take turns.
 
-The last use of each model and eviction under a disk budget live in ``models.usage``; ``touch``,
+The last use of each model and eviction under a disk budget live in ``store.usage``; ``touch``,
 ``last_used``, ``disk_usage`` and ``evict`` here delegate to it (``evict`` under the store's lock).
 ``update`` re-checks a changed class count, task or output entry against the ONNX file's outputs.
 """
@@ -44,7 +44,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, overload
 
-import engines
 from edge_agent import atomic_files
 from edge_agent.errors import ChecksumMismatch, ModelImportError, ModelLoadFailed, ModelNotFound
 from edge_agent.store import importers, revisions, usage
@@ -66,11 +65,16 @@ class StoredModel:
 
 @dataclass(frozen=True)
 class Staged:
-    """A candidate under ``.staging``, not serving: ``load_staged`` it, then ``commit`` or ``discard``."""
+    """A candidate under ``.staging``, not serving: load and check it (``serving.loading.load_model``
+    on its ``manifest`` and ``onnx``, verified when staged), then ``commit`` or ``discard`` it."""
 
     model_id: str
     manifest: Manifest
     path: Path
+
+    @property
+    def onnx(self) -> Path:
+        return self.path / self.manifest.weights.file
 
 
 def _copy_hashing(src: Path, dst: Path) -> tuple[str, int]:
@@ -246,10 +250,6 @@ class ModelStore:
                                 f"(keep_revisions = {self.keep_revisions})")
         return revisions.pick(found, model_id, to)
 
-    def load_staged(self, staged: Staged, prefs: Any = None) -> Any:
-        """A ``Model`` running the staged candidate (ONNX Runtime or the back-end ``prefs`` choose)."""
-        return self._model(staged.model_id, staged.manifest, staged.path / staged.manifest.weights.file, prefs)
-
     def discard(self, staged: Staged) -> None:
         """Forget a staged candidate (nothing happens when it was committed or discarded already)."""
         shutil.rmtree(staged.path, ignore_errors=True)
@@ -291,7 +291,7 @@ class ModelStore:
     def rollback(self, model_id: str, to: str | None = None) -> Manifest:
         """Make the newest revision (or the one ``to`` names) current again, without checks; the version
         it replaces becomes the newest revision, so a rollback can itself be rolled back. The daemon
-        instead goes ``stage_revision`` -> ``load_staged`` -> ``checks`` -> ``commit`` -> swap."""
+        instead goes ``stage_revision`` -> load -> ``checks`` -> ``commit`` -> swap."""
         staged = self.stage_revision(model_id, to)
         try:
             manifest = self.commit(staged)
@@ -362,7 +362,7 @@ class ModelStore:
                 shutil.rmtree(leftover, ignore_errors=True)
             revisions.repair_all(self.root, self.keep_revisions)
 
-    # -- last use and the disk budget (models.usage) -------------------------------------------
+    # -- last use and the disk budget (store.usage) --------------------------------------------
 
     def touch(self, model_id: str, *, now: float | None = None, force: bool = False) -> None:
         """Record that ``model_id`` was used (``Usage.touch``: written at most once a minute per id)."""
@@ -387,33 +387,6 @@ class ModelStore:
         now = time.time() if now is None else now
         with self._exclusive():
             return usage.evict(self, budget_bytes, min_idle_s, protected, now)
-
-    # -- loading --------------------------------------------------------------------------------
-
-    def load(self, model_id: str, prefs: Any = None, engine_for: Any = None) -> Any:
-        """A ready ``Model`` for ``model_id`` (checksum verified, engine built).
-
-        ``engine_for(model_id, manifest, onnx_path)`` may supply the engine (a cached TensorRT plan);
-        when it returns None, the ONNX file is loaded by ``engines.select_engine``.
-        """
-        from edge_agent.serving.model import Model
-
-        manifest, onnx = self.verified_onnx(model_id)
-        engine = engine_for(model_id, manifest, onnx) if engine_for is not None else None
-        if engine is not None:
-            return Model(manifest, engine)
-        return self._model(model_id, manifest, onnx, prefs)
-
-    @staticmethod
-    def _model(model_id: str, manifest: Manifest, onnx: Path, prefs: Any) -> Any:
-        import engines
-        from edge_agent.serving.model import Model
-
-        try:
-            engine = engines.select_engine(onnx, prefs)
-        except engines.EngineError as exc:
-            raise ModelLoadFailed(f"model {model_id}: {exc}") from exc
-        return Model(manifest, engine)
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -479,8 +452,4 @@ def _layout_facts(manifest: Manifest) -> tuple[Any, ...]:
 def _output_mismatch(manifest: Manifest, onnx: Path) -> str | None:
     """Why the output shapes ``onnx`` declares do not fit ``manifest``, or None (the importer's rule,
     as ``checks.output_problem`` applies it to the shapes of a run)."""
-    try:
-        shapes = [tuple(o.shape) for o in engines.inspect_model(onnx).outputs]
-    except engines.EngineError as exc:
-        raise ModelImportError(f"{onnx}: cannot read its output shapes: {exc}") from exc
-    return importers.shape_problem(manifest, shapes, onnx)
+    return importers.shape_problem(manifest, importers.declared_output_shapes(onnx), onnx)

@@ -1,0 +1,47 @@
+"""``PipelineSpec``: what a pipeline runs, declared once for its three sources: the body of
+``POST /inference_pipelines/initialise``, the MQTT ``start_pipeline`` command, and a
+``[[pipelines.streams]]`` table of the configuration (validated with the settings, at start).
+
+It sits with the settings, below the pipelines that run it, so that the settings validate the
+configuration's pipelines without importing the code that runs them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
+
+PIPELINE_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+def _whole_float_to_int(value: object) -> object:
+    """JSON Schema counts 5.0 as an integer; strict pydantic would refuse it."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+JsonInt = Annotated[int, BeforeValidator(_whole_float_to_int)]
+
+
+class PipelineSpec(BaseModel):
+    """What a pipeline runs: the body of ``POST /inference_pipelines/initialise`` and of the MQTT
+    ``start_pipeline`` command."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)  # no "yes" for true, no "5" for 5
+
+    model_id: str = Field(min_length=1, max_length=256, description="project/version or an alias")
+    video_reference: str | int = Field(description="file path, image folder, rtsp:// or http(s):// URL, "
+                                                   "camera index or /dev/videoN, GStreamer: gst:<launch>, "
+                                                   "csi:N, rtsp+hw://, v4l2:/dev/videoN (docs/http.md)")
+    pipeline_id: str | None = Field(None, pattern=PIPELINE_ID, description="default: generated")
+    confidence: float = Field(0.4, ge=0, le=1)
+    iou_threshold: float = Field(0.3, ge=0, le=1)
+    class_filter: list[str] | None = None
+    max_detections: JsonInt = Field(300, ge=1)
+    max_fps: float | None = Field(None, gt=0, description="infer at most this many frames a second")
+    realtime: bool = Field(False, description="files: pace at their frame rate, newest frame wins "
+                                              "(default: every frame, as fast as the model goes)")
+    outputs: list[Literal["jsonl", "video"]] = Field(default_factory=list,
+                                                     description="files under <state>/pipelines/<id>/")
+    api_key: SecretStr | None = Field(None, max_length=512, description="Roboflow API key: the model is pulled from "
+                                                                  "Roboflow's API when the store lacks it")
