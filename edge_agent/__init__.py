@@ -52,6 +52,7 @@ def get_model(model_id: str, settings: Settings | None = None, api_key: str | No
     """
     from edge_agent.serving.loading import load_stored  # lazy: pydantic, the engines
     from edge_agent.settings import Settings  # lazy: pydantic
+    from engines import choose_backend  # lazy: the device probe
 
     settings = settings or Settings.from_env()
     store = open_store(settings)
@@ -60,4 +61,6 @@ def get_model(model_id: str, settings: Settings | None = None, api_key: str | No
         from edge_agent.provisioning.provisioner import pull_into_store  # lazy: the download stack
 
         pull_into_store(store, model_id, api_key, settings.models, settings.mqtt.device_id)
-    return load_stored(store, model_id, settings.engine_prefs)
+    # ONNX Runtime's preferences (CUDA provider where present): TensorRT plans are the daemon's, built
+    # and checked in the background; ``engine.backend = "trt"`` must not stop the Python API.
+    return load_stored(store, model_id, choose_backend(settings.engine_prefs).ort_prefs)

@@ -213,8 +213,9 @@ def _provisioner(settings: Settings, store: ModelStore) -> Provisioner:
     included), eviction protects what the configuration names, as in the daemon."""
     from edge_agent.provisioning.provisioner import Provisioner  # lazy: urllib3, onnxruntime
     from edge_agent.serving.manager import ModelManager  # lazy: numpy, onnxruntime
+    from engines import choose_backend  # lazy: the device probe
 
-    return Provisioner(settings, store, ModelManager(store, settings.engine_prefs), "cli")
+    return Provisioner(settings, store, ModelManager(store, choose_backend(settings.engine_prefs).ort_prefs), "cli")
 
 
 def _changed(settings: Settings, result: dict[str, Any]) -> dict[str, Any]:

@@ -14,11 +14,8 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from edge_agent import __version__
 from edge_agent.atomic_files import write_text
@@ -27,10 +24,8 @@ from edge_agent.http.services import HttpServices
 from edge_agent.images import ImageLimits
 from edge_agent.inference import Inference
 from edge_agent.metrics import Metrics
-from edge_agent.params import InferenceParams
 from edge_agent.pipelines.manager import PipelineManager
 from edge_agent.provisioning.provisioner import Provisioner
-from edge_agent.results import Result
 from edge_agent.serving.accelerate_setup import build_accelerator
 from edge_agent.serving.manager import LoadedModel, ModelManager
 from edge_agent.settings import Settings
@@ -201,13 +196,6 @@ class Runtime:
         self.readiness_detail = "ready"
         self.ready.set()
 
-    def wait_ready(self, timeout: float | None = None) -> bool:
-        return self.ready.wait(timeout)
-
-    def model(self, model_id: str, api_key: str | None = None) -> tuple[LoadedModel, bool]:
-        """``Inference.model`` (kept for callers that hold the runtime: the Python API's pipelines)."""
-        return self.inference.model(model_id, api_key)
-
     def http_services(self) -> HttpServices:
         """What the HTTP app uses of the daemon (``create_app`` takes this, never the runtime)."""
         return HttpServices(
@@ -228,12 +216,6 @@ class Runtime:
     def _models_in_use(self) -> set[str]:
         """Ids eviction must leave alone beyond the provisioner's own list: running pipelines' models."""
         return {p.model_id for p in self.pipelines.list()}
-
-    def infer(self, loaded: LoadedModel, images: list[np.ndarray], params: InferenceParams,
-              source: str | None = None, captured_at: float | None = None,
-              inference_id: str | None = None, frame_ids: Sequence[int] | None = None) -> list[Result]:
-        """``Inference.infer``."""
-        return self.inference.infer(loaded, images, params, source, captured_at, inference_id, frame_ids)
 
     def engine_status(self, model_id: str) -> dict[str, Any]:
         """What serves ``model_id`` and where its TensorRT engine stands (state, progress, reason)."""

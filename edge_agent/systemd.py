@@ -39,7 +39,7 @@ class Notifier:
     def __init__(self, notify_socket: str | None) -> None:
         self.socket_path = notify_socket or None
         self._send: Callable[[str], Any] | None = None
-        self.via = "none"
+        self.via = "none"  # which way notifications go: "socket", "systemd-python" (the package check reads it)
         if self.socket_path is None:
             return
         try:

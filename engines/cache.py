@@ -181,11 +181,6 @@ class EngineCache:
         write_json(sidecar_path, sidecar)
         return CacheEntry(key, plan, sidecar)
 
-    def annotate(self, entry: CacheEntry, **meta: Any) -> None:
-        """Add fields to an entry's sidecar (the verification result), atomically."""
-        entry.sidecar.update(meta)
-        write_json(self.paths(entry.key)[1], entry.sidecar)
-
     def mark_failed(self, key: EngineKey, reason: str) -> None:
         """Remember that building ``key`` failed, so that it is not retried on every start."""
         self.root.mkdir(parents=True, exist_ok=True)

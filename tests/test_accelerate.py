@@ -63,8 +63,8 @@ class Load:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                loaded, _ = self.runtime.model(self.model_id)
-                result = self.runtime.infer(loaded, [SAMPLE], InferenceParams())[0]
+                loaded, _ = self.runtime.inference.model(self.model_id)
+                result = self.runtime.inference.infer(loaded, [SAMPLE], InferenceParams())[0]
                 with self._lock:
                     name = loaded.model.engine.name
                     self.engines[name] = self.engines.get(name, 0) + 1
@@ -108,7 +108,7 @@ def test_served_at_once_built_in_the_background_then_switched_without_a_failed_r
     monkeypatch.setenv("STAND_IN_MODE", "slow")
     backend = StandInBackend()
     rt = _runtime(runtimes, _settings(tmp_path), backend)
-    loaded, cold = rt.model("shapes/1")
+    loaded, cold = rt.inference.model("shapes/1")
     assert cold
     assert loaded.model.engine.name.startswith("onnxruntime")  # served at once
     seen: list[dict[str, Any]] = []
@@ -144,26 +144,26 @@ def test_served_at_once_built_in_the_background_then_switched_without_a_failed_r
 def test_the_next_start_serves_from_the_cache_without_building(tmp_path: Path, runtimes: list[Runtime]) -> None:
     settings = _settings(tmp_path)
     first = _runtime(runtimes, settings, StandInBackend())
-    first.model("shapes-cls/1")
+    first.inference.model("shapes-cls/1")
     _wait_state(first, "shapes-cls/1", {"tensorrt"})
     first.stop()
 
     backend = StandInBackend()
     second = _runtime(runtimes, settings, backend)
-    loaded, _ = second.model("shapes-cls/1")
+    loaded, _ = second.inference.model("shapes-cls/1")
     assert loaded.model.engine.name == "tensorrt-stand-in"  # no ONNX Runtime phase at all
     assert _accelerator(second).builds == 0
     status = second.engine_status("shapes-cls/1")
     assert status["state"] == "tensorrt"
     assert "engine cache" in status["reason"]
-    result = second.infer(loaded, [SAMPLE], InferenceParams())[0]
+    result = second.inference.infer(loaded, [SAMPLE], InferenceParams())[0]
     assert result.top[0] in range(4)  # type: ignore[union-attr]
 
 
 def test_a_truncated_plan_is_rebuilt_never_loaded(tmp_path: Path, runtimes: list[Runtime]) -> None:
     settings = _settings(tmp_path)
     first = _runtime(runtimes, settings, StandInBackend())
-    first.model("shapes-cls/1")
+    first.inference.model("shapes-cls/1")
     key = _wait_state(first, "shapes-cls/1", {"tensorrt"})["key"]
     first.stop()
     plan = tmp_path / "cache" / "engines" / f"{key}.plan"
@@ -171,7 +171,7 @@ def test_a_truncated_plan_is_rebuilt_never_loaded(tmp_path: Path, runtimes: list
 
     backend = StandInBackend()
     second = _runtime(runtimes, settings, backend)
-    loaded, _ = second.model("shapes-cls/1")
+    loaded, _ = second.inference.model("shapes-cls/1")
     assert loaded.model.engine.name.startswith("onnxruntime")
     assert "truncated" in (second.engine_status("shapes-cls/1")["reason"] or "")
     _wait_state(second, "shapes-cls/1", {"tensorrt"})
@@ -200,7 +200,7 @@ def test_an_engine_that_disagrees_with_onnx_runtime_never_serves(tmp_path: Path,
     rt.stop()
 
     again = _runtime(runtimes, settings, StandInBackend(scale=1.3))
-    again.model("shapes/1")
+    again.inference.model("shapes/1")
     status = again.engine_status("shapes/1")
     assert status["state"] == "failed"
     assert "an earlier build failed" in status["reason"]
@@ -217,11 +217,11 @@ def test_a_failed_build_leaves_onnx_runtime_serving_and_says_why(
         tmp_path: Path, runtimes: list[Runtime], monkeypatch: pytest.MonkeyPatch, mode: str, reason: str) -> None:
     monkeypatch.setenv("STAND_IN_MODE", mode)
     rt = _runtime(runtimes, _settings(tmp_path), StandInBackend())
-    loaded, _ = rt.model("shapes-seg/1")
+    loaded, _ = rt.inference.model("shapes-seg/1")
     status = _wait_state(rt, "shapes-seg/1", {"failed"})
     assert reason in status["reason"]
     assert status["backend"] == "onnxruntime"
-    assert len(rt.infer(rt.model("shapes-seg/1")[0], [SAMPLE], InferenceParams())[0]) == 6
+    assert len(rt.inference.infer(rt.inference.model("shapes-seg/1")[0], [SAMPLE], InferenceParams())[0]) == 6
     assert rt.engines()["shapes-seg/1"]["state"] == "failed"
 
 
@@ -229,7 +229,7 @@ def test_stop_kills_a_running_build_and_caches_nothing(tmp_path: Path, runtimes:
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STAND_IN_MODE", "slow")
     rt = _runtime(runtimes, _settings(tmp_path), StandInBackend())
-    rt.model("shapes/1")
+    rt.inference.model("shapes/1")
     _wait_state(rt, "shapes/1", {"building"})
     t0 = time.monotonic()
     rt.stop()
@@ -241,7 +241,7 @@ def test_stop_kills_a_running_build_and_caches_nothing(tmp_path: Path, runtimes:
 
 def test_no_background_build_when_disabled(tmp_path: Path, runtimes: list[Runtime]) -> None:
     rt = _runtime(runtimes, _settings(tmp_path, **{"engine.build_engines": False}), StandInBackend())
-    rt.model("shapes/1")
+    rt.inference.model("shapes/1")
     time.sleep(0.3)
     assert _accelerator(rt).builds == 0
     assert rt.engine_status("shapes/1")["state"] == "onnxruntime"
@@ -300,7 +300,7 @@ def test_http_shows_the_choice_the_build_and_the_engine(tmp_path: Path, runtimes
 
 def test_int8_without_calibration_images_fails_with_the_reason(tmp_path: Path, runtimes: list[Runtime]) -> None:
     rt = _runtime(runtimes, _settings(tmp_path, **{"engine.precision": "int8"}), StandInBackend())
-    rt.model("shapes/1")
+    rt.inference.model("shapes/1")
     status = _wait_state(rt, "shapes/1", {"failed"})
     assert "INT8 needs calibration images" in status["reason"]
 
@@ -313,7 +313,7 @@ def test_int8_calibration_frames_are_prepared_from_the_folder(tmp_path: Path, ru
     (folder / "notes.txt").write_text("not an image")
     rt = _runtime(runtimes, _settings(tmp_path, **{"engine.precision": "int8", "engine.calibration_images": str(folder),
                                                    "engine.calibration_frames": 8}), StandInBackend())
-    rt.model("shapes/1")
+    rt.inference.model("shapes/1")
     status = _wait_state(rt, "shapes/1", {"failed", "tensorrt"})
     assert status["state"] == "tensorrt", status  # the stand-in builder read the frames the queue wrote
     array = _accelerator(rt).calibration_tensors("shapes/1", rt.manager.switch_over("shapes/1"), 8)

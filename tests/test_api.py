@@ -46,3 +46,13 @@ def test_unknown_option_is_a_clear_error() -> None:
 
     with pytest.raises(InvalidInput, match="unknown inference option"):
         edge_agent.get_model("shapes/1").infer(np.zeros((8, 8, 3), np.uint8), confidance=0.5)
+
+
+def test_get_model_serves_on_onnx_runtime_when_tensorrt_is_asked_for_but_absent(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``engine.backend = "trt"`` on a machine without TensorRT: the daemon falls back to ONNX Runtime
+    with the reason, and so must the Python API (it once raised EngineUnavailable)."""
+    monkeypatch.setenv("EDGE_AGENT_ENGINE__BACKEND", "trt")
+    model = edge_agent.get_model("shapes/1")
+    assert model.engine.name.startswith("onnxruntime")
+    assert len(model.infer(generate_scene(3, size=(300, 400)).image, confidence=0.5)) > 0

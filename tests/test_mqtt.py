@@ -61,9 +61,9 @@ def wait_connected(runtime: Any, timeout: float = 10.0) -> None:
 def infer(runtime: Any, image: np.ndarray, source: str = "cam1", n: int = 1) -> None:
     from edge_agent.params import InferenceParams
 
-    loaded, _ = runtime.model("shapes/1")
+    loaded, _ = runtime.inference.model("shapes/1")
     for _ in range(n):
-        runtime.infer(loaded, [image], InferenceParams(), source=source)
+        runtime.inference.infer(loaded, [image], InferenceParams(), source=source)
 
 
 @pytest.fixture
@@ -280,7 +280,7 @@ def test_home_assistant_discovery_gives_a_sensor_per_class(tmp_path: Path, broke
     try:
         wait_connected(runtime)
         infer(runtime, sample)
-        classes = runtime.model("shapes/1")[0].model.manifest.class_names
+        classes = runtime.inference.model("shapes/1")[0].model.manifest.class_names
         sub.wait_count("homeassistant/sensor/", len(classes) + 1)
         state = sub.wait_count(f"{BASE}/state/cam1", 1)[-1].json()
     finally:

@@ -32,7 +32,7 @@ from edge_agent.errors import (
     NotReady,
     Overloaded,
 )
-from edge_agent.http import admin, common, models, streams, v1, v2
+from edge_agent.http import admin, common, models, pipelines, v1, v2
 from edge_agent.http.services import HttpServices
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def create_app(services: HttpServices) -> OpenAPI:
     app.register_api(models.bp)
     app.register_api(v2.bp)
     app.register_api(v1.bp)
-    app.register_api(streams.bp)
+    app.register_api(pipelines.bp)
 
     @app.get("/docs", doc_ui=False)
     def docs() -> Any:

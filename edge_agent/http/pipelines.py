@@ -18,7 +18,7 @@ from edge_agent.http.schemas import ErrorMessage, ValidationErrorBody
 from edge_agent.pipeline_spec import PIPELINE_ID, PipelineSpec
 
 tag = Tag(name="Pipelines", description="Video pipelines: start, watch, pause, resume, terminate")
-bp = APIBlueprint("streams", __name__, abp_responses={422: ValidationErrorBody})
+bp = APIBlueprint("pipelines", __name__, abp_responses={422: ValidationErrorBody})
 
 MAX_PREVIEW_WATCHERS = 4  # each holds one of the server's threads while it watches
 
