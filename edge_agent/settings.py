@@ -25,7 +25,7 @@ import os
 import re
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -191,6 +191,26 @@ def _first_error(exc: ValidationError, what: str) -> str:
     return f"{'.'.join(str(p) for p in err['loc']) or what}: {err['msg']}"
 
 
+def _tables(data: Any, key: str, noun: str, validate: Callable[[Any], Any], name: Callable[[Any], object],
+            unique: str) -> Any:
+    """``data[key]``'s tables each validated here, so that a problem names its table
+    (``streams[1].model_id: ...``), and their names (``name``) checked to differ."""
+    if not isinstance(data, dict) or not isinstance(data.get(key), (list, tuple)):
+        return data
+    items = []
+    for i, item in enumerate(data[key]):
+        try:
+            items.append(validate(item))
+        except ValidationError as exc:
+            raise ValueError(f"{key}[{i}].{_first_error(exc, noun)}") from None
+        except ValueError as exc:
+            raise ValueError(f"{key}[{i}]: {exc}") from None
+    names = [name(x) for x in items]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{key}: {unique}")
+    return {**data, key: tuple(items)}
+
+
 class PipelinesSettings(_Section):
     """Pipelines the daemon starts itself (``[[pipelines.streams]]`` tables, docs/http.md#pipelines)."""
 
@@ -201,21 +221,13 @@ class PipelinesSettings(_Section):
     def _specs(cls, data: Any) -> Any:
         """Each table validated as a ``PipelineSpec`` here, so that a problem names its table:
         ``[pipelines]: streams[1].model_id: ...``."""
-        if not isinstance(data, dict) or not isinstance(data.get("streams"), (list, tuple)):
-            return data
-        specs = []
-        for i, item in enumerate(data["streams"]):
-            try:
-                spec = item if isinstance(item, PipelineSpec) else PipelineSpec.model_validate(item)
-            except ValidationError as exc:
-                raise ValueError(f"streams[{i}].{_first_error(exc, 'stream')}") from None
-            if spec.pipeline_id is None:
-                raise ValueError(f"streams[{i}]: a declared pipeline needs a pipeline_id")
-            specs.append(spec)
-        ids = [s.pipeline_id for s in specs]
-        if len(set(ids)) != len(ids):
-            raise ValueError("streams: pipeline_id values must differ")
-        return {**data, "streams": tuple(specs)}
+        def spec(item: Any) -> PipelineSpec:
+            found = item if isinstance(item, PipelineSpec) else PipelineSpec.model_validate(item)
+            if found.pipeline_id is None:
+                raise ValueError("a declared pipeline needs a pipeline_id")
+            return found
+
+        return _tables(data, "streams", "stream", spec, lambda s: s.pipeline_id, "pipeline_id values must differ")
 
 
 _STRATEGY: TypeAdapter[Strategy] = TypeAdapter(Strategy)
@@ -252,18 +264,8 @@ class ActiveLearningSettings(_Section):
     def _strategies(cls, data: Any) -> Any:
         """Each table validated as a strategy here, so that a problem names its table:
         ``[active_learning]: strategies[0].threshold: ...``."""
-        if not isinstance(data, dict) or not isinstance(data.get("strategies"), (list, tuple)):
-            return data
-        specs = []
-        for i, item in enumerate(data["strategies"]):
-            try:
-                specs.append(_STRATEGY.validate_python(item))
-            except ValidationError as exc:
-                raise ValueError(f"strategies[{i}].{_first_error(exc, 'strategy')}") from None
-        names = [s.name for s in specs]
-        if len(set(names)) != len(names):
-            raise ValueError("strategies: names must differ (limits are counted per name)")
-        return {**data, "strategies": tuple(specs)}
+        return _tables(data, "strategies", "strategy", _STRATEGY.validate_python, lambda s: s.name,
+                       "names must differ (limits are counted per name)")
 
     @model_validator(mode="after")
     def _check(self) -> ActiveLearningSettings:

@@ -50,6 +50,7 @@ from edge_agent.store import importers, revisions, usage
 from edge_agent.store.manifest import Manifest, parse_model_id
 from edge_agent.store.revisions import STAMP_FORMAT as STAMP_FORMAT
 from edge_agent.store.revisions import Revision as Revision
+from engines.cache import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +89,7 @@ def _copy_hashing(src: Path, dst: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+sha256_of = sha256_file  # the sha256 of a file on disk (one implementation, in the engine cache)
 
 
 class ModelStore:
