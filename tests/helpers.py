@@ -26,12 +26,13 @@ needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None,
                                    reason="openssl is needed to make the test certificates (.ci/run installs it)")
 
 
-def wait(predicate: Callable[[], object], timeout: float = 30.0) -> None:
-    """Poll ``predicate`` every 20 ms until it is true; fail the test after ``timeout`` seconds."""
+def wait(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.02) -> None:
+    """Poll ``predicate`` every ``interval`` seconds until it is true; fail the test after ``timeout``."""
     deadline = time.monotonic() + timeout
     while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
+        what = getattr(predicate, "__qualname__", predicate)
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(interval)
 
 
 def circle_video(path: Path, frames: int, fps: float = 10.0) -> list[tuple[float, float]]:

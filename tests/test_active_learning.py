@@ -24,7 +24,7 @@ from pydantic import TypeAdapter
 
 from brokers import mosquitto_binary
 from edge_agent.active_learning.sampling import wants
-from helpers import circle_video
+from helpers import circle_video, wait
 from servers import free_port
 
 
@@ -53,13 +53,6 @@ def event(image: np.ndarray, result: Any, source: str = "cam", frame: int = 1) -
 
     now = time.time()
     return PredictionEvent(source, "shapes/1", frame, now, now, result, None, image)
-
-
-def wait(predicate: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def test_strategies_on_real_detections(detector: Any, scenes: list[np.ndarray]) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from edge_agent.errors import ModelNotFound, NotReady, Overloaded
 from edge_agent.serving.batching import DynamicBatcher
+from helpers import wait
 
 
 class Gate:
@@ -50,10 +51,7 @@ def _in_thread(fn: Any, *args: Any) -> tuple[threading.Thread, list[Any]]:
 
 
 def _wait_for(cond: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
+    wait(cond, timeout, interval=0.005)  # tight polling: the batcher's hand-offs take microseconds
 
 
 def test_a_lone_request_runs_in_its_own_thread_at_once() -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import os
 import signal
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import pytest
 
 from brokers import Mosquitto, Subscriber, mosquitto_binary, validator
+from helpers import wait
 from servers import Server, running_server
 
 pytestmark = pytest.mark.skipif(mosquitto_binary() is None, reason="mosquitto is not installed (.ci/run does)")
@@ -46,10 +46,7 @@ def _metric(server: Server, name: str) -> float:
 
 
 def _wait(predicate: Any, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
+    wait(predicate, timeout, interval=0.05)
 
 
 def _kill9(server: Server) -> None:
