@@ -168,7 +168,7 @@ def test_the_disk_budget_evicts_unused_models_at_start(tmp_path: Path) -> None:
     rt = Runtime(settings)
     rt.start()
     try:
-        assert rt.wait_ready(60)
+        assert rt.ready.wait(60)
         kept = {s.manifest.model_id for s in rt.store.list() if not s.builtin}
         assert kept == {"pinned/1", "preloaded/1", "recent/1"}, kept
         assert rt.store.disk_usage() <= budget
