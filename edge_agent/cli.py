@@ -215,7 +215,9 @@ def _provisioner(settings: Settings, store: ModelStore) -> Provisioner:
     from edge_agent.serving.manager import ModelManager  # lazy: numpy, onnxruntime
     from engines import choose_backend  # lazy: the device probe
 
-    return Provisioner(settings, store, ModelManager(store, choose_backend(settings.engine_prefs).ort_prefs), "cli")
+    manager = ModelManager(store, choose_backend(settings.engine_prefs).ort_prefs)
+    return Provisioner(settings.models, store, manager, "cli", server_key=settings.server_key(),
+                       protected=settings.named_models)
 
 
 def _changed(settings: Settings, result: dict[str, Any]) -> dict[str, Any]:

@@ -89,8 +89,9 @@ class Runtime:
             accelerator=self.accelerator,
         )
         self.metrics.watch(self.manager.queue_depths, lambda: len(self.manager.loaded()))
-        self.provisioner = Provisioner(settings, self.store, self.manager, device_id=settings.mqtt.device_id,
-                                       protected=self._models_in_use)
+        self.provisioner = Provisioner(settings.models, self.store, self.manager, device_id=settings.mqtt.device_id,
+                                       server_key=settings.server_key(),
+                                       protected=lambda: settings.named_models() | self._models_in_use())
         self.metrics.watch_provisioning(self.provisioner.counts)
         self.inference = Inference(self.provisioner, self.manager, self.metrics, self.events)
         self.limits = ImageLimits(

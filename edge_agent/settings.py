@@ -330,6 +330,17 @@ class Settings(_Section):
     def models_dir(self) -> Path:
         return self.paths.state_dir / "models"
 
+    def named_models(self) -> set[str]:
+        """The model ids the configuration names: preloaded, alias targets, declared pipelines' models
+        (eviction keeps them)."""
+        server = self.server
+        return set(server.preload_models) | set(server.aliases.values()) | {
+            spec.model_id for spec in self.pipelines.streams}
+
+    def server_key(self) -> str | None:
+        """This device's own HTTP API key, if one is set."""
+        return self.server.api_key.get_secret_value() if self.server.api_key is not None else None
+
     @property
     def engine_prefs(self) -> EnginePrefs:
         """The one engine configuration (``engines.EnginePrefs``): the [engine] section, and the

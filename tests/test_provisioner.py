@@ -29,7 +29,7 @@ def _provisioner(tmp_path: Path, cloud: FakeRoboflow, **models: Any) -> Provisio
     fields = {"api_url": cloud.api_url, "download_timeout_s": 1, "download_retries": 0, **models}
     settings = Settings.defaults(tmp_path / "state").model_copy(update={"models": ModelsSettings(**fields)})
     store = ModelStore(settings.models_dir)
-    return Provisioner(settings, store, ModelManager(store), "test")
+    return Provisioner(settings.models, store, ModelManager(store), "test")
 
 
 @pytest.fixture(scope="module")

@@ -53,7 +53,7 @@ from edge_agent.provisioning.download import DownloadPolicy, download, redact
 from edge_agent.provisioning.roboflow_api import pull_package
 from edge_agent.serving.loading import load_model, load_stored
 from edge_agent.serving.manager import ModelManager
-from edge_agent.settings import ModelsSettings, Settings
+from edge_agent.settings import ModelsSettings
 from edge_agent.store.manifest import parse_model_id
 from edge_agent.store.model_store import ModelStore, Staged
 
@@ -123,10 +123,13 @@ class _Pull:
 
 
 class Provisioner:
-    def __init__(self, settings: Settings, store: ModelStore, manager: ModelManager, device_id: str,
-                 protected: Callable[[], set[str]] = set) -> None:
-        self.settings = settings
-        self.cfg = settings.models
+    def __init__(self, cfg: ModelsSettings, store: ModelStore, manager: ModelManager, device_id: str, *,
+                 server_key: str | None = None, protected: Callable[[], set[str]] = set) -> None:
+        """``cfg``: the ``[models]`` section; ``server_key``: this device's own HTTP API key (never sent to
+        Roboflow); ``protected()``: ids eviction must leave alone beyond ``[models] pinned`` and what is
+        loaded (the ones the configuration names, the running pipelines' models)."""
+        self.cfg = cfg
+        self.server_key = server_key
         self.engine_prefs = manager.engine_prefs
         self.store = store
         self.manager = manager
@@ -149,8 +152,8 @@ class Provisioner:
     def cloud_key(self, given: str | None) -> str | None:
         """The key to ask Roboflow with: the caller's, unless it is this device's own server key (never
         sent out), else ``[models] api_key``."""
-        local = self.settings.server.api_key
-        if given and not (local is not None and hmac.compare_digest(given.encode(), local.get_secret_value().encode())):
+        local = self.server_key
+        if given and not (local is not None and hmac.compare_digest(given.encode(), local.encode())):
             return given
         return self.cfg.api_key.get_secret_value() if self.cfg.api_key is not None else None
 
@@ -361,12 +364,10 @@ class Provisioner:
     # -- disk budget -------------------------------------------------------------------------
 
     def in_use(self) -> set[str]:
-        """Ids eviction leaves alone: pinned, preloaded, alias targets, declared pipelines, loaded or
-        being loaded, and what the runtime adds (its running pipelines)."""
-        server = self.settings.server
-        ids = set(self.cfg.pinned) | set(server.preload_models) | set(server.aliases.values())
-        ids |= {spec.model_id for spec in self.settings.pipelines.streams}
-        ids |= {m.model_id for m in self.manager.loaded()} | self.manager.loading() | self.protected()
+        """Ids eviction leaves alone: pinned, loaded or being loaded, and what ``protected`` adds (the
+        ids the configuration names, the running pipelines' models)."""
+        ids = set(self.cfg.pinned) | {m.model_id for m in self.manager.loaded()} | self.manager.loading()
+        ids |= self.protected()
         return {self.manager.resolve(i) for i in ids}
 
     def evict(self, *also_keep: str) -> list[str]:
