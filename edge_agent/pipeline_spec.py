@@ -8,11 +8,23 @@ configuration's pipelines without importing the code that runs them.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
 
+# For pydantic's ``pattern=`` (Rust regex, where ``$`` is the end of the text: "p\n" is refused).
+# Python's ``re`` lets ``$`` match before a trailing newline: check with ``is_pipeline_id`` instead.
 PIPELINE_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_PIPELINE_ID_WHOLE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# A model id or an alias (settings' [server] aliases rule, a superset of "<project>/<version>"), for
+# pydantic's ``pattern=`` as above: no control character reaches the model manager.
+MODEL_REF = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,255}$"
+
+
+def is_pipeline_id(value: object) -> bool:
+    """Is ``value`` a pipeline id, matched whole (no control character, no trailing newline)?"""
+    return isinstance(value, str) and _PIPELINE_ID_WHOLE.fullmatch(value) is not None
 
 
 def _whole_float_to_int(value: object) -> object:
@@ -29,7 +41,7 @@ class PipelineSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)  # no "yes" for true, no "5" for 5
 
-    model_id: str = Field(min_length=1, max_length=256, description="project/version or an alias")
+    model_id: str = Field(min_length=1, max_length=256, pattern=MODEL_REF, description="project/version or an alias")
     video_reference: str | int = Field(description="file path, image folder, rtsp:// or http(s):// URL, "
                                                    "camera index or /dev/videoN, GStreamer: gst:<launch>, "
                                                    "csi:N, rtsp+hw://, v4l2:/dev/videoN (docs/http.md)")

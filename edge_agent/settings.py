@@ -97,6 +97,12 @@ class EngineSettings(_Section):
         return self
 
 
+# [server] aliases, matched whole (``fullmatch``). _MODEL_ID is store.manifest.parse_model_id's rule,
+# repeated here because the settings sit below the store (tests/test_identifiers.py keeps them equal).
+_ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,255}")
+_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}/[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
 class ServerSettings(_Section):
     """The HTTP server (docs/http.md): listening, limits, URL policy, batching, preloaded models."""
 
@@ -123,6 +129,16 @@ class ServerSettings(_Section):
     preload_models: tuple[str, ...] = ()
     aliases: dict[str, str] = Field(default_factory=dict, description='"yolov8n-640" = "coco/3"')
     graceful_timeout_s: int = Field(20, ge=1, le=600)
+
+    @model_validator(mode="after")
+    def _whole_aliases(self) -> ServerSettings:
+        """Alias names and targets matched whole: no control character, no trailing newline."""
+        for name, target in self.aliases.items():
+            if not _ALIAS.fullmatch(name):
+                raise ValueError(f"alias {name!r}: letters, digits, '.', '_', '-' or '/' only")
+            if not _MODEL_ID.fullmatch(target) or ".." in target:
+                raise ValueError(f"alias {name!r}: target {target!r} is not '<project>/<version>'")
+        return self
 
 
 # A topic level we build names from: no wildcards, no separators, not empty.

@@ -36,6 +36,11 @@ _ORT_TYPES = {
 }
 
 
+def _named(why: str, model_path: Path) -> str:
+    """``model.onnx: why`` for a network caller: ONNX Runtime's text names the file by its whole path."""
+    return f"{model_path.name}: {why.replace(str(model_path), model_path.name)}"
+
+
 def _spec(arg: Any) -> TensorSpec:
     shape = tuple(d if isinstance(d, int) and d > 0 else None for d in arg.shape)
     return TensorSpec(name=arg.name, shape=shape, dtype=_ORT_TYPES.get(arg.type, arg.type))
@@ -74,7 +79,8 @@ class OrtEngine:
         try:
             self._session = ort.InferenceSession(str(model_path), options, providers=providers)
         except Exception as exc:  # ORT raises its own untyped exceptions (Fail, InvalidGraph, ...)
-            raise EngineLoadError(f"{model_path}: ONNX Runtime cannot load it: {exc}") from exc
+            why = f"ONNX Runtime cannot load it: {exc}"
+            raise EngineLoadError(f"{model_path}: {why}", public=_named(why, model_path)) from exc
 
         used = tuple(self._session.get_providers())
         if used not in _logged_providers:
@@ -131,7 +137,8 @@ def inspect(model_path: Path) -> ModelInfo:
     try:
         session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise EngineLoadError(f"{model_path}: not a valid ONNX model for ONNX Runtime: {exc}") from exc
+        why = f"not a valid ONNX model for ONNX Runtime: {exc}"
+        raise EngineLoadError(f"{model_path}: {why}", public=_named(why, model_path)) from exc
     return ModelInfo(
         inputs=[_spec(a) for a in session.get_inputs()],
         outputs=[_spec(a) for a in session.get_outputs()],

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import time
 from typing import Any
 
@@ -84,13 +85,25 @@ def _error_status(exc: EdgeAgentError) -> int:
     return 500 if _internal(exc) else exc.status
 
 
+# An absolute path (two or more segments) that does not continue a word, a URL or another path; device
+# nodes (/dev/video0, a pipeline's camera) are names the caller gave, and /infer/... names a route: both stay.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~-])/(?!(?:dev|infer)/)(?:[^\s'\"/:,;()\[\]<>]+/)+([^\s'\"/:,;()\[\]<>]*)")
+
+
+def without_paths(text: str) -> str:
+    """``text`` with each absolute server path replaced by its base name (issue 18 item 6: a public error
+    body names the file, never where the device keeps it)."""
+    return _ABSOLUTE_PATH.sub(lambda m: m.group(1) or "(a folder on the device)", text)
+
+
 def _error_body(exc: EdgeAgentError) -> dict[str, Any]:
     if _internal(exc):
         return {"message": INTERNAL_ERROR, "error": exc.code}
+    public = without_paths(exc.public)
     for cls in type(exc).__mro__:
         if cls in PUBLIC_MESSAGES:
-            return {"message": PUBLIC_MESSAGES[cls], "reason": exc.public, "error": exc.code}
-    return {"message": exc.public, "error": exc.code}
+            return {"message": PUBLIC_MESSAGES[cls], "reason": public, "error": exc.code}
+    return {"message": public, "error": exc.code}
 
 
 _LOCATIONS = {"LegacyQuery": "query", "LegacyPath": "path"}
@@ -188,6 +201,8 @@ def create_app(services: HttpServices) -> OpenAPI:
             status = _error_status(exc)
             if status >= 500:
                 log.warning("%s %s: %s", request.method, request.path, exc, exc_info=status == 500)
+            elif exc.message != exc.public or _ABSOLUTE_PATH.search(exc.message):  # the detail the body leaves out
+                log.info("%s %s (%d): %s", request.method, request.path, status, exc.message)
             response = jsonify(_error_body(exc))
             response.status_code = status
             if isinstance(exc, (Overloaded, NotReady)):

@@ -93,7 +93,12 @@ def terminate(path: PipelinePath) -> Any:
     return _ok(path.pipeline_id)
 
 
-@bp.get("/pipelines/<pipeline_id>/preview.mjpg", tags=[tag], responses={404: ErrorMessage, 503: ErrorMessage})
+_MJPEG = {"description": "JPEG frames, each a part of a multipart/x-mixed-replace stream (boundary 'frame')",
+          "content": {"multipart/x-mixed-replace": {"schema": {"type": "string", "format": "binary"}}}}
+
+
+@bp.get("/pipelines/<pipeline_id>/preview.mjpg", tags=[tag],
+        responses={200: _MJPEG, 404: ErrorMessage, 503: ErrorMessage})
 def preview(path: PipelinePath) -> Any:
     """The live preview: frames with boxes, masks, keypoints and labels drawn, as MJPEG
     (``multipart/x-mixed-replace``, for a browser's ``<img>``), up to 10 frames a second."""

@@ -9,14 +9,13 @@ callers over the network name what to produce, never where to write.
 
 from __future__ import annotations
 
-import re
 import threading
 from pathlib import Path
 
 from edge_agent.errors import InvalidInput, PipelineNotFound
 from edge_agent.inference import Inference
 from edge_agent.params import InferenceParams
-from edge_agent.pipeline_spec import PIPELINE_ID, PipelineSpec
+from edge_agent.pipeline_spec import PipelineSpec, is_pipeline_id
 from edge_agent.pipelines.pipeline import InferencePipeline, JsonLinesSink, PreviewSink, Sink, VideoFileSink
 
 
@@ -41,8 +40,8 @@ class PipelineManager:
                                          pipeline_id=pipeline_id, params=params, max_fps=spec.max_fps,
                                          realtime=spec.realtime,
                                          api_key=spec.api_key.get_secret_value() if spec.api_key else None)
-            if not re.match(PIPELINE_ID, pipeline.pipeline_id):  # pragma: no cover - generated ids match
-                raise InvalidInput("bad pipeline id")
+            if not is_pipeline_id(pipeline.pipeline_id):  # pragma: no cover - generated ids match
+                raise InvalidInput(f"bad pipeline id {pipeline.pipeline_id!r}")
             preview = PreviewSink()
             sinks: list[Sink] = [preview]
             out = self.folder / pipeline.pipeline_id

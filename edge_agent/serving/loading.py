@@ -35,7 +35,8 @@ def load_model(manifest: Manifest, onnx: Path, prefs: engines.EnginePrefs | None
         try:
             engine = engines.select_engine(onnx, prefs)
         except engines.EngineError as exc:
-            raise ModelLoadFailed(f"model {manifest.model_id}: {exc}") from exc
+            raise ModelLoadFailed(f"model {manifest.model_id}: {exc}",
+                                  public=f"model {manifest.model_id}: {exc.public}") from exc
     return Model(manifest, engine)
 
 

@@ -134,7 +134,7 @@ class Model:
         try:
             outputs = self.engine.run(batch)
         except EngineError as exc:
-            raise EngineFailure(f"model {self.model_id}: {exc}") from exc
+            raise EngineFailure(f"model {self.model_id}: {exc}", public=f"model {self.model_id}: {exc.public}") from exc
         return [[out[i:i + 1] for out in outputs] for i in range(n)]
 
     def decode(self, outputs: list[np.ndarray], prepared: Prepared, params: InferenceParams) -> Result:

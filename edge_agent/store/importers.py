@@ -53,18 +53,23 @@ class Draft:
     fields: dict[str, Any]
 
 
+def _import_error(where: Path, text: str) -> ModelImportError:
+    """``where: text`` for the log; the network caller sees the file's base name, not where it lies."""
+    return ModelImportError(f"{where}: {text}", public=f"{where.name}: {text}")
+
+
 def _literal(md: dict[str, str], key: str, where: Path) -> Any:
     try:
         return ast.literal_eval(md[key])
     except (ValueError, SyntaxError) as exc:
-        raise ModelImportError(f"{where}: metadata {key!r} is not readable: {md[key]!r}") from exc
+        raise _import_error(where, f"metadata {key!r} is not readable: {md[key]!r}") from exc
 
 
 def _inspect(path: Path) -> ModelInfo:
     try:
         return engines.inspect_model(path)
     except engines.EngineError as exc:
-        raise ModelImportError(str(exc)) from exc
+        raise ModelImportError(str(exc), public=exc.public) from exc
 
 
 def declared_output_shapes(onnx: Path) -> list[tuple[int | None, ...]]:
@@ -72,7 +77,8 @@ def declared_output_shapes(onnx: Path) -> list[tuple[int | None, ...]]:
     try:
         return [tuple(o.shape) for o in engines.inspect_model(onnx).outputs]
     except engines.EngineError as exc:
-        raise ModelImportError(f"{onnx}: cannot read its output shapes: {exc}") from exc
+        raise ModelImportError(f"{onnx}: cannot read its output shapes: {exc}",
+                               public=f"{onnx.name}: cannot read its output shapes: {exc.public}") from exc
 
 
 def _names(raw: Any, where: Path) -> tuple[str, ...]:
@@ -80,20 +86,20 @@ def _names(raw: Any, where: Path) -> tuple[str, ...]:
         try:
             return tuple(str(raw[i]) for i in range(len(raw)))
         except KeyError:
-            raise ModelImportError(f"{where}: class names are not numbered 0..{len(raw) - 1}") from None
+            raise _import_error(where, f"class names are not numbered 0..{len(raw) - 1}") from None
     if isinstance(raw, (list, tuple)):
         return tuple(str(n) for n in raw)
-    raise ModelImportError(f"{where}: class names must be a list or a dict, got {type(raw).__name__}")
+    raise _import_error(where, f"class names must be a list or a dict, got {type(raw).__name__}")
 
 
 def _input_size(info: Any, fallback: tuple[int, int] | None, where: Path) -> tuple[int, int, int | None]:
     shape = info.inputs[0].shape
     if len(shape) != 4 or shape[1] not in (3, None):
-        raise ModelImportError(f"{where}: expected an image input [batch, 3, height, width], got {list(shape)}")
+        raise _import_error(where, f"expected an image input [batch, 3, height, width], got {list(shape)}")
     h, w = shape[2], shape[3]
     if h is None or w is None:
         if fallback is None:
-            raise ModelImportError(f"{where}: the input size is symbolic and the model does not state it")
+            raise _import_error(where, "the input size is symbolic and the model does not state it")
         h, w = fallback
     return int(h), int(w), shape[0]
 
@@ -101,7 +107,7 @@ def _input_size(info: Any, fallback: tuple[int, int] | None, where: Path) -> tup
 def detect_layout(shape: tuple[int | None, ...], nc: int, extra: int, where: Path, hint: str | None = None) -> Layout:
     """Which detection layout a [B, a, b] output0 has, checked against the class count."""
     if len(shape) != 3:
-        raise ModelImportError(f"{where}: output0 should have 3 dimensions, has shape {list(shape)}")
+        raise _import_error(where, f"output0 should have 3 dimensions, has shape {list(shape)}")
     _, a, b = shape
     fits = {
         "yolov8": a == 4 + nc + extra,
@@ -112,8 +118,8 @@ def detect_layout(shape: tuple[int | None, ...], nc: int, extra: int, where: Pat
     for layout in sorted(layouts, key=lambda name: name != hint):  # the hinted layout first
         if fits[layout]:
             return layout
-    raise ModelImportError(
-        f"{where}: output0 has shape {list(shape)}, which fits no known layout for {nc} classes and "
+    raise _import_error(
+        where, f"output0 has shape {list(shape)}, which fits no known layout for {nc} classes and "
         f"{extra} extra values per box (yolov8 expects [B, {4 + nc + extra}, N], yolov5 [B, N, "
         f"{5 + nc + extra}], end2end [B, K, {6 + extra}]): do the class names match the model?")
 
@@ -121,14 +127,14 @@ def detect_layout(shape: tuple[int | None, ...], nc: int, extra: int, where: Pat
 def _task_extras(task: str, info: Any, kpt: tuple[int, int] | None, where: Path) -> dict[str, int]:
     if task == "instance-segmentation":
         if len(info.outputs) < 2 or len(info.outputs[1].shape) != 4:
-            raise ModelImportError(f"{where}: a segmentation model needs a prototype output [B, 32, H, W]")
+            raise _import_error(where, "a segmentation model needs a prototype output [B, 32, H, W]")
         nm = info.outputs[1].shape[1]
         if not nm:
-            raise ModelImportError(f"{where}: prototype output has no fixed channel count")
+            raise _import_error(where, "prototype output has no fixed channel count")
         return {"mask_channels": int(nm)}
     if task == "keypoint-detection":
         if kpt is None:
-            raise ModelImportError(f"{where}: a keypoint model needs kpt_shape metadata, e.g. [17, 3]")
+            raise _import_error(where, "a keypoint model needs kpt_shape metadata, e.g. [17, 3]")
         return {"keypoints": int(kpt[0]), "keypoint_dims": int(kpt[1])}
     return {}
 
@@ -138,8 +144,8 @@ def _output_fields(task: str, info: Any, names: tuple[str, ...], kpt: tuple[int,
     if task == "classification":
         shape = info.outputs[0].shape
         if len(shape) != 2 or shape[1] != len(names):
-            raise ModelImportError(
-                f"{where}: a classifier of {len(names)} classes should output [B, {len(names)}], got {list(shape)}")
+            raise _import_error(
+                where, f"a classifier of {len(names)} classes should output [B, {len(names)}], got {list(shape)}")
         return {"layout": "probabilities"}
     extra = _task_extras(task, info, kpt, where)
     n_extra = extra.get("mask_channels", 0) + extra.get("keypoints", 0) * extra.get("keypoint_dims", 0)
@@ -153,15 +159,15 @@ def from_ultralytics(path: Path, task: str | None = None, class_names: tuple[str
     md = info.metadata
     if task is None:
         if "task" not in md:
-            raise ModelImportError(
-                f"{path}: no 'task' in the ONNX metadata (not an ultralytics export?); give the task explicitly")
+            raise _import_error(
+                path, "no 'task' in the ONNX metadata (not an ultralytics export?); give the task explicitly")
         if md["task"] not in ULTRALYTICS_TASKS:
-            raise UnsupportedModel(f"{path}: ultralytics task {md['task']!r} is not supported "
-                                   f"(supported: {', '.join(ULTRALYTICS_TASKS)})")
+            why = f"ultralytics task {md['task']!r} is not supported (supported: {', '.join(ULTRALYTICS_TASKS)})"
+            raise UnsupportedModel(f"{path}: {why}", public=f"{path.name}: {why}")
         task = ULTRALYTICS_TASKS[md["task"]]
     if class_names is None:
         if "names" not in md:
-            raise ModelImportError(f"{path}: no 'names' in the ONNX metadata; give the class names explicitly")
+            raise _import_error(path, "no 'names' in the ONNX metadata; give the class names explicitly")
         class_names = _names(_literal(md, "names", path), path)
     imgsz = _literal(md, "imgsz", path) if "imgsz" in md else None
     fallback = (int(imgsz[0]), int(imgsz[1])) if isinstance(imgsz, (list, tuple)) and len(imgsz) == 2 else None
@@ -190,9 +196,9 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ModelImportError(f"{path}: missing (required in a Roboflow model folder)") from None
+        raise _import_error(path, "missing (required in a Roboflow model folder)") from None
     except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise ModelImportError(f"{path}: not valid JSON: {exc}") from exc
+        raise _import_error(path, f"not valid JSON: {exc}") from exc
 
 
 def _roboflow_preprocess(steps: dict[str, Any], task: str, model_type: str, where: Path) -> dict[str, Any]:
@@ -210,13 +216,13 @@ def _roboflow_preprocess(steps: dict[str, Any], task: str, model_type: str, wher
         try:
             fields["static_crop"] = StaticCrop(**{k: float(crop[k]) for k in ("x_min", "y_min", "x_max", "y_max")})
         except (KeyError, ValueError, TypeError) as exc:
-            raise ModelImportError(f"{where}: static-crop step is invalid: {exc}") from exc
+            raise _import_error(where, f"static-crop step is invalid: {exc}") from exc
     contrast = on("contrast")
     if contrast:
         kinds = {"Contrast Stretching": "contrast-stretching", "Histogram Equalization": "histogram-equalization",
                  "Adaptive Equalization": "adaptive-equalization"}
         if contrast.get("type") not in kinds:
-            raise ModelImportError(f"{where}: unknown contrast type {contrast.get('type')!r}")
+            raise _import_error(where, f"unknown contrast type {contrast.get('type')!r}")
         fields["contrast"] = kinds[contrast["type"]]
     fields["grayscale"] = on("grayscale") is not None
     if task == "classification":
@@ -232,7 +238,7 @@ def _keypoints_metadata(path: Path, classes: tuple[str, ...]) -> tuple[dict[int,
     names: dict[int, tuple[str, ...]] = {}
     edges: dict[int, Any] = {}
     if not isinstance(entries, list):
-        raise ModelImportError(f"{path}: expected a list of per-class entries")
+        raise _import_error(path, "expected a list of per-class entries")
     for entry in entries:
         try:
             cid = int(entry["object_class_id"])
@@ -240,7 +246,7 @@ def _keypoints_metadata(path: Path, classes: tuple[str, ...]) -> tuple[dict[int,
             names[cid] = tuple(str(kp[str(i)]) for i in range(len(kp)))
             edges[cid] = tuple((int(e["from"]), int(e["to"])) for e in entry.get("edges", []))
         except (KeyError, TypeError, ValueError) as exc:
-            raise ModelImportError(f"{path}: malformed entry {entry!r}: {exc}") from exc
+            raise _import_error(path, f"malformed entry {entry!r}: {exc}") from exc
     return names, edges
 
 
@@ -251,19 +257,19 @@ def from_roboflow(folder: Path) -> tuple[Draft, str | None]:
     task = model_type_doc.get("project_task_type")
     model_type = str(model_type_doc.get("model_type", ""))
     if task not in ROBOFLOW_TASKS:
-        raise UnsupportedModel(f"{folder / 'model_type.json'}: task {task!r} is not supported "
-                               f"(supported: {', '.join(ROBOFLOW_TASKS)})")
+        why = f"task {task!r} is not supported (supported: {', '.join(ROBOFLOW_TASKS)})"
+        raise UnsupportedModel(f"{folder / 'model_type.json'}: {why}", public=f"model_type.json: {why}")
     onnx = next((folder / n for n in ROBOFLOW_WEIGHTS if (folder / n).is_file()), None)
     if onnx is None:
-        raise ModelImportError(f"{folder}: no model weights (expected one of {', '.join(ROBOFLOW_WEIGHTS)})")
+        raise _import_error(folder, f"no model weights (expected one of {', '.join(ROBOFLOW_WEIGHTS)})")
     steps = env.get("PREPROCESSING")
     if isinstance(steps, str):
         try:
             steps = json.loads(steps)
         except ValueError as exc:
-            raise ModelImportError(f"{folder / 'environment.json'}: PREPROCESSING is not valid JSON") from exc
+            raise _import_error(folder / 'environment.json', "PREPROCESSING is not valid JSON") from exc
     if not isinstance(steps, dict):
-        raise ModelImportError(f"{folder / 'environment.json'}: PREPROCESSING is missing (package broken)")
+        raise _import_error(folder / 'environment.json', "PREPROCESSING is missing (package broken)")
     names_file = folder / "class_names.txt"
     if names_file.is_file():
         classes = tuple(line.strip() for line in names_file.read_text(encoding="utf-8").splitlines() if line.strip())
@@ -271,7 +277,7 @@ def from_roboflow(folder: Path) -> tuple[Draft, str | None]:
         cmap = env["CLASS_MAP"]
         classes = tuple(str(cmap[str(i)]) for i in range(len(cmap)))
     else:
-        raise ModelImportError(f"{folder}: no class names (class_names.txt or CLASS_MAP in environment.json)")
+        raise _import_error(folder, "no class names (class_names.txt or CLASS_MAP in environment.json)")
     multilabel = bool(env.get("MULTICLASS", False))
     info = _inspect(onnx)
     resize: dict[str, Any] = steps["resize"] if isinstance(steps.get("resize"), dict) else {}

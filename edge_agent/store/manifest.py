@@ -18,13 +18,16 @@ Task = Literal["object-detection", "instance-segmentation", "keypoint-detection"
 TASKS: tuple[str, ...] = get_args(Task)
 DETECTION_TASKS = ("object-detection", "instance-segmentation", "keypoint-detection")
 
-_ID_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Matched whole (``fullmatch``): with ``re.match`` a ``$`` also matches before a trailing newline,
+# which let ``"evil\n"`` through as a folder name.
+_ID_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def parse_model_id(model_id: str) -> tuple[str, str]:
-    """Split ``project/version`` and check both parts are safe directory names."""
+    """Split ``project/version`` and check both parts are safe directory names (matched whole: no
+    control character, no trailing newline)."""
     parts = model_id.split("/") if isinstance(model_id, str) else []
-    if len(parts) != 2 or not all(_ID_PART.match(p) for p in parts) or ".." in model_id:
+    if len(parts) != 2 or not all(_ID_PART.fullmatch(p) for p in parts) or ".." in model_id:
         raise InvalidModelId(
             f"Invalid model id {model_id!r}: expected '<project>/<version>' with letters, digits, "
             "'.', '_' or '-' in each part (e.g. 'shapes/1')."

@@ -121,7 +121,8 @@ class ModelStore:
         path, builtin = self._locate(model_id)
         manifest = Manifest.from_json((path / "model.json").read_text(encoding="utf-8"), str(path / "model.json"))
         if manifest.model_id != model_id:
-            raise ModelLoadFailed(f"{path / 'model.json'}: says model_id {manifest.model_id!r}, stored as {model_id!r}")
+            raise ModelLoadFailed(f"{path / 'model.json'}: says model_id {manifest.model_id!r}, stored as {model_id!r}",
+                                  public=f"model {model_id}: its model.json says model_id {manifest.model_id!r}")
         return StoredModel(manifest, path, builtin)
 
     def has(self, model_id: str) -> bool:
@@ -171,7 +172,7 @@ class ModelStore:
         """
         source = Path(source)
         if not source.exists():
-            raise ModelImportError(f"{source}: no such file or folder")
+            raise ModelImportError(f"{source}: no such file or folder", public=f"{source.name}: no such file or folder")
         if sha256 is not None:
             sha256 = sha256.lower()
             if source.is_file():
@@ -194,12 +195,14 @@ class ModelStore:
             onnx_files = sorted(source.glob("*.onnx"))
             if len(onnx_files) != 1:
                 raise ModelImportError(
-                    f"{source}: expected a Roboflow model folder (model_type.json) or one .onnx file")
+                    f"{source}: expected a Roboflow model folder (model_type.json) or one .onnx file",
+                    public="expected a Roboflow model folder (model_type.json) or one .onnx file")
             return self._stage(onnx_files[0], model_id, task, class_names, onnx_sha, unpack=False)
         else:
             draft = importers.from_ultralytics(source, task, class_names)
         if model_id is None:
-            raise ModelImportError(f"{source}: give the model id to install it under, e.g. 'my-project/1'")
+            raise ModelImportError(f"{source}: give the model id to install it under, e.g. 'my-project/1'",
+                                   public=f"{source.name}: give the model id to install it under, e.g. 'my-project/1'")
         return self._write_staged(draft, model_id, onnx_sha)
 
     def _write_staged(self, draft: importers.Draft, model_id: str, onnx_sha: str | None) -> Staged:
@@ -214,7 +217,8 @@ class ModelStore:
             try:
                 manifest = Manifest.model_validate(fields)
             except ValueError as exc:
-                raise ModelImportError(f"{draft.onnx}: cannot describe this model: {exc}") from exc
+                raise ModelImportError(f"{draft.onnx}: cannot describe this model: {exc}",
+                                       public=f"{draft.onnx.name}: cannot describe this model: {exc}") from exc
             (staged / "model.json").write_text(manifest.to_json(), encoding="utf-8")
             atomic_files.fsync_tree(staged)
         except BaseException:
@@ -273,7 +277,9 @@ class ModelStore:
         with self._exclusive():
             if not (staged.path / "model.json").is_file():
                 raise ModelImportError(f"{staged.model_id}: the staged candidate {staged.path} is gone "
-                                       "(committed or discarded already?)")
+                                       "(committed or discarded already?)",
+                                       public=f"{staged.model_id}: the staged candidate is gone "
+                                              "(committed or discarded already?)")
             self._refuse_builtin(staged.model_id, "install under another id")
             revisions.repair(self.root, staged.model_id, self.keep_revisions)
             if not current:
@@ -427,9 +433,11 @@ class ModelStore:
 
 def _verify(manifest: Manifest, onnx: Path) -> None:
     if not onnx.is_file():
-        raise ModelLoadFailed(f"{onnx}: missing")
+        raise ModelLoadFailed(f"{onnx}: missing", public=f"model {manifest.model_id}: its {onnx.name} is missing")
     if onnx.stat().st_size != manifest.weights.bytes or sha256_of(onnx) != manifest.weights.sha256:
-        raise ModelLoadFailed(f"{onnx}: checksum mismatch, the file is corrupt; add the model again")
+        raise ModelLoadFailed(f"{onnx}: checksum mismatch, the file is corrupt; add the model again",
+                              public=f"model {manifest.model_id}: {onnx.name} fails its checksum, the file is "
+                                     "corrupt; add the model again")
 
 
 def _require_sha(path: Path, actual: str, expected: str) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -28,13 +29,16 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from edge_agent import atomic_files
-from edge_agent.errors import InvalidModelId, ModelImportError, ModelLoadFailed, ModelNotFound
+from edge_agent.errors import InvalidInput, InvalidModelId, ModelImportError, ModelLoadFailed, ModelNotFound
 from edge_agent.store.manifest import Manifest, parse_model_id
 
 log = logging.getLogger(__name__)
 
 STAMP_FORMAT = "%Y%m%dT%H%M%S.%fZ"
 REPLACED = ".replaced"
+# How a caller names a revision: a prefix of its folder name (stamp-sha12) or of its sha256, matched
+# whole (``fullmatch``), so a control character or trailing newline is refused rather than stripped.
+_REVISION_KEY = re.compile(r"[0-9A-Za-z.-]{1,80}")
 
 
 @dataclass(frozen=True)
@@ -120,9 +124,12 @@ def pick(revisions: list[Revision], model_id: str, to: str | None) -> Revision:
     starts with ``to``; ``ModelNotFound`` when none does, ``ModelImportError`` when several do."""
     if to is None:
         return revisions[0]
-    key = to.strip().lower()
+    key = to.strip(" ").lower()
     if not key:
         raise ModelImportError(f"{model_id}: name the revision by its stamp or sha256 (or a prefix of either)")
+    if not _REVISION_KEY.fullmatch(key):
+        raise InvalidInput(f"{model_id}: invalid revision {to!r}: give its stamp or sha256 (or a prefix "
+                           "of either): letters, digits, '.' or '-'")
     matches = [r for r in revisions if r.name.lower().startswith(key) or r.sha256.startswith(key)]
     kept = ", ".join(f"{r.stamp} (sha256 {r.sha256[:12]})" for r in revisions)
     if not matches:
