@@ -58,7 +58,7 @@ def main() -> None:
         return rt
 
     def fps(rt: Any) -> float:
-        p = InferencePipeline(rt, "shapes/1", str(video), pipeline_id="bench")
+        p = InferencePipeline(rt.inference, "shapes/1", str(video), pipeline_id="bench")
         t0 = time.perf_counter()
         p.start()
         p.join()

@@ -174,14 +174,14 @@ def main() -> None:
 
         # ---- inference throughput, bridge on vs off (same process, same model, same image)
         def images_per_s(runtime: Any) -> float:
-            loaded, _ = runtime.model("shapes/1")
+            loaded, _ = runtime.inference.model("shapes/1")
             params = InferenceParams()
             for _ in range(10):
-                runtime.infer(loaded, [image], params)
+                runtime.inference.infer(loaded, [image], params)
             done, stop = 0, time.perf_counter() + args.seconds
             t0 = time.perf_counter()
             while time.perf_counter() < stop:
-                runtime.infer(loaded, [image], params, source="cam1")
+                runtime.inference.infer(loaded, [image], params, source="cam1")
                 done += 1
             return done / (time.perf_counter() - t0)
 

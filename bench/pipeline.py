@@ -82,7 +82,7 @@ def main() -> None:
         frames.append(image)
     capture.release()
     runtime = Runtime(Settings.defaults(tmp / "state"))
-    loaded, _ = runtime.model(args.model)
+    loaded, _ = runtime.inference.model(args.model)
     params = InferenceParams()
     for image in frames[:10]:
         loaded.infer([image], params)
@@ -95,7 +95,7 @@ def main() -> None:
         return len(frames) / (time.perf_counter() - t0)
 
     def pipelines(n: int) -> float:
-        ps = [InferencePipeline(runtime, args.model, str(video), pipeline_id=f"p{i}") for i in range(n)]
+        ps = [InferencePipeline(runtime.inference, args.model, str(video), pipeline_id=f"p{i}") for i in range(n)]
         t0 = time.perf_counter()
         for p in ps:
             p.start()
@@ -123,7 +123,7 @@ def main() -> None:
         end = time.monotonic() + args.soak_minutes * 60
         samples = []
         while time.monotonic() < end:
-            p = InferencePipeline(runtime, args.model, str(video), realtime=True, pipeline_id="soak")
+            p = InferencePipeline(runtime.inference, args.model, str(video), realtime=True, pipeline_id="soak")
             p.start()
             while not p.done and time.monotonic() < end:
                 time.sleep(5)

@@ -59,8 +59,8 @@ class _Load:
             while not self._stop.is_set():
                 t0 = time.perf_counter()
                 try:
-                    loaded, _ = rt.model(model_id)
-                    rt.infer(loaded, [image], params)
+                    loaded, _ = rt.inference.model(model_id)
+                    rt.inference.infer(loaded, [image], params)
                     self.latencies.append(time.perf_counter() - t0)
                 except Exception:
                     self.failures += 1
@@ -107,10 +107,10 @@ def main() -> None:
             for i in range(args.rounds):
                 t0 = time.perf_counter()
                 rt.store.install(onnx, f"local-{i}/1")
-                rt.model(f"local-{i}/1")
+                rt.inference.model(f"local-{i}/1")
                 local.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
-                rt.model(f"pulled-{i}/1", KEY)
+                rt.inference.model(f"pulled-{i}/1", KEY)
                 pulled.append(time.perf_counter() - t0)
 
             rt.store.install(onnx, "acme/1")
@@ -119,7 +119,7 @@ def main() -> None:
             for _ in range(args.rounds):
                 rt.manager.unload("acme/1")
                 t0 = time.perf_counter()
-                rt.model("acme/1")
+                rt.inference.model("acme/1")
                 cold.append(time.perf_counter() - t0)
             with _Load(rt, "acme/1", image) as quiet:
                 time.sleep(3.0)

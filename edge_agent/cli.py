@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge_agent import __version__
 from edge_agent.errors import EdgeAgentError
+from edge_agent.params import InferenceParams  # light: dataclasses and the error tree
 
 if TYPE_CHECKING:  # annotations only: each command imports what it runs (``edge-agent config check`` stays light)
     from edge_agent.provisioning.provisioner import Provisioner
@@ -137,7 +138,6 @@ def _print(obj: Any) -> None:
 def _infer(args: argparse.Namespace) -> int:
     import edge_agent  # lazy: numpy, onnxruntime
     from edge_agent.images import load_image  # lazy: cv2
-    from edge_agent.params import InferenceParams  # lazy: numpy
 
     settings = _settings(args)
     model = edge_agent.get_model(args.model, settings)

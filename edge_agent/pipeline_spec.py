@@ -16,10 +16,11 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
 # For pydantic's ``pattern=`` (Rust regex, where ``$`` is the end of the text: "p\n" is refused).
 # Python's ``re`` lets ``$`` match before a trailing newline: check with ``is_pipeline_id`` instead.
 PIPELINE_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-_PIPELINE_ID_WHOLE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_PIPELINE_ID_WHOLE = re.compile(PIPELINE_ID[1:-1])  # the same rule, for fullmatch in Python
 # A model id or an alias (settings' [server] aliases rule, a superset of "<project>/<version>"), for
 # pydantic's ``pattern=`` as above: no control character reaches the model manager.
 MODEL_REF = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,255}$"
+MODEL_REF_WHOLE = re.compile(MODEL_REF[1:-1])  # the same rule, for fullmatch in Python
 
 
 def is_pipeline_id(value: object) -> bool:

@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edge_agent.params import InferenceParams  # light: dataclasses and the error tree
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -85,7 +87,6 @@ def _expected(result: Result) -> tuple[bool, str]:
 def run(settings: Settings, backend: PlanBackend | None = None, models: tuple[str, ...] = DEMO_MODELS,
         report: Callable[[Check], None] = lambda c: None) -> list[Check]:
     """Run every check; ``report`` is called as each ends. ``backend`` replaces TensorRT (tests)."""
-    from edge_agent.params import InferenceParams  # lazy: numpy
     from edge_agent.serving.accelerate_setup import (  # lazy: numpy, the serving modules
         TensorRTUnavailable,
         compile_model,

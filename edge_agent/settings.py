@@ -33,7 +33,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, FilePath, SecretStr, TypeAdapter, ValidationError, model_validator
 
 from edge_agent.errors import ConfigError
-from edge_agent.pipeline_spec import PipelineSpec
+from edge_agent.pipeline_spec import MODEL_REF_WHOLE, PipelineSpec
 from edge_agent.sampling_strategies import Strategy
 from engines import EnginePrefs
 
@@ -99,7 +99,7 @@ class EngineSettings(_Section):
 
 # [server] aliases, matched whole (``fullmatch``). _MODEL_ID is store.manifest.parse_model_id's rule,
 # repeated here because the settings sit below the store (tests/test_identifiers.py keeps them equal).
-_ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,255}")
+_ALIAS = MODEL_REF_WHOLE
 _MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}/[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 

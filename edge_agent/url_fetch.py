@@ -7,20 +7,22 @@ The allow- and block-lists compare addresses, not spellings: each entry is a hos
 an IP address or a network, and the URL's host is refused when any address it resolves to is blocked,
 so ``[::ffff:127.0.0.1]``, ``2130706433``, ``127.1`` and an alias of a blocked name are all caught.
 The total timeout holds whatever the server's pace: every socket operation (connect, TLS handshake,
-send, each read of the status line, headers and body) waits at most the time left. At most
+send, each read of the status line, headers and body) waits at most the time left. DNS lookups
+(``getaddrinfo``, of the URL's host and of list entries that are names) are not bounded by it: they
+take as long as the system resolver does. At most
 ``MAX_IN_FLIGHT`` fetches run at once in the process, so slow URLs cannot occupy every request thread.
 Only the standard library is used.
 """
 
 from __future__ import annotations
 
+import functools
 import http.client
 import ipaddress
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeAlias
 from urllib.parse import urljoin, urlsplit
@@ -121,25 +123,26 @@ def _entry_networks(entry: str) -> tuple[_Network, ...]:
         infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
         nets = tuple({ipaddress.ip_network(str(_address(str(info[4][0])))) for info in infos})
     except (OSError, UnicodeError, ValueError):
-        nets = ()  # a name that does not resolve matches only by name
+        return ()  # it matches only by name now, and is looked up again next time (never cached empty)
     with _list_lock:
         _list_cache[name] = (now + _LIST_TTL_S, nets)
     return nets
 
 
-def _listed(host: str, addrs: Iterable[_Address], entries: tuple[str, ...]) -> bool:
-    """Whether ``host`` is named by ``entries`` or one of ``addrs`` lies in one of them."""
-    if _name(host) in {_name(e) for e in entries}:
-        return True
-    nets = [net for entry in entries for net in _entry_networks(entry)]
-    return any(ip in net for ip in addrs for net in nets)
+def _named(host: str, entries: tuple[str, ...]) -> bool:
+    """Whether an entry names ``host`` itself (case and a trailing dot aside)."""
+    return _name(host) in {_name(e) for e in entries}
+
+
+def _networks(entries: tuple[str, ...]) -> list[_Network]:
+    return [net for entry in entries for net in _entry_networks(entry)]
 
 
 def _check_host(host: str, policy: UrlPolicy) -> None:
     if not policy.allow_ip_hosts and (_is_ip_spelling(host) or "." not in host.strip(".")):
         raise ImageLoadError(
             "Providing images via URL without FQDN is not supported in this configuration of `inference`.")
-    if policy.blocked_hosts and _name(host) in {_name(e) for e in policy.blocked_hosts}:
+    if policy.blocked_hosts and _named(host, policy.blocked_hosts):
         raise ImageLoadError("It is not allowed to reach image URL - prohibited by blacklisted destinations.")
 
 
@@ -151,11 +154,11 @@ def _resolve(host: str, port: int, policy: UrlPolicy) -> tuple[int, str]:
         raise ImageLoadError("Provided image URL is invalid") from exc
     if not addrs:
         raise ImageLoadError("Provided image URL is invalid")
-    if policy.allowed_hosts and not (
-            _name(host) in {_name(e) for e in policy.allowed_hosts}
-            or all(_listed(host, [ip], policy.allowed_hosts) for ip in addrs)):
-        raise ImageLoadError("It is not allowed to reach image URL - prohibited by whitelisted destinations.")
-    if policy.blocked_hosts and _listed(host, addrs, policy.blocked_hosts):
+    if policy.allowed_hosts and not _named(host, policy.allowed_hosts):
+        allowed = _networks(policy.allowed_hosts)
+        if not all(any(ip in net for net in allowed) for ip in addrs):
+            raise ImageLoadError("It is not allowed to reach image URL - prohibited by whitelisted destinations.")
+    if policy.blocked_hosts and any(ip in net for net in _networks(policy.blocked_hosts) for ip in addrs):
         raise ImageLoadError("It is not allowed to reach image URL - prohibited by blacklisted destinations.")
     if not policy.allow_non_global and not all(_is_global(a) for a in addrs):
         raise ImageLoadError(NOT_ALLOWED)
@@ -213,13 +216,20 @@ def _open(family: int, address: str, port: int, deadline: float) -> _DeadlineSoc
     return sock
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """The system's trust store, loaded once per process on the first HTTPS fetch (contexts are
+    thread-safe); its sockets keep the fetch's deadline."""
+    context = ssl.create_default_context()
+    context.sslsocket_class = _DeadlineSSLSocket
+    return context
+
+
 class _PinnedHTTPS(http.client.HTTPSConnection):
     """HTTPS to a fixed address, with SNI and certificate checks for the URL's host name."""
 
     def __init__(self, host: str, port: int, family: int, address: str, deadline: float) -> None:
-        context = ssl.create_default_context()
-        context.sslsocket_class = _DeadlineSSLSocket
-        super().__init__(host, port, timeout=_left(deadline), context=context)
+        super().__init__(host, port, timeout=_left(deadline), context=_tls_context())
         self._family, self._address, self._deadline = family, address, deadline
 
     def connect(self) -> None:

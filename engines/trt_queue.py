@@ -53,7 +53,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from engines.base import Engine, EngineError, EnginePrefs
+from engines.base import EdgeAgentError, Engine, EngineError, EnginePrefs
 from engines.cache import EngineCache, EngineKey, sha256_file
 from engines.device import DeviceInfo
 from engines.trt_build import BuildFailed, BuildProcess, BuildSpec
@@ -361,7 +361,9 @@ class BuildQueue:
         except BuildOutdated as exc:  # not a failure of the build: no .failed marker
             tmp.unlink(missing_ok=True)
             return self._outdated(job, key, str(exc))
-        except (EngineError, OSError, ValueError) as exc:  # BuildFailed is an EngineError
+        # BuildFailed is an EngineError; a check can also fail with the serving layer's errors (the engine
+        # failing its run, a reference that does not load), members of the same tree: all are failures.
+        except (EdgeAgentError, OSError, ValueError) as exc:
             tmp.unlink(missing_ok=True)
             reason = str(exc)
             if not self._stop.is_set():
@@ -370,6 +372,7 @@ class BuildQueue:
             return self._set_own(model_id, key, "failed", reason=reason)
         finally:
             pinned.unlink(missing_ok=True)
+            tmp.with_suffix(".calib.npy").unlink(missing_ok=True)  # INT8 frames: hundreds of MB
         seconds = time.time() - started
         log.info("TensorRT engine for %s built and checked in %.1f s (%s)", model_id, seconds, result.get("precision"))
         return self._switch(job, key, engine, f"built and checked in {seconds:.1f} s, {result.get('precision')}")

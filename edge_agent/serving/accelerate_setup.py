@@ -116,14 +116,13 @@ def offline_accelerator(settings: Settings, backend: PlanBackend | None = None,
     """An ``Accelerator`` and its ``ModelManager`` outside the daemon (``edge-agent compile``, selftest):
     nothing is served, builds run in the calling thread. ``cache_dir`` overrides the configured one."""
     choice = choose_backend(settings.engine_prefs)
-    if backend is None and choice.backend != "tensorrt":
-        raise TensorRTUnavailable(choice.reason)
     if cache_dir is not None:
         settings = settings.model_copy(update={"paths": settings.paths.model_copy(update={"cache_dir": cache_dir})})
     accelerator = build_accelerator(settings, choice, backend=backend)
     if accelerator is None:
         raise TensorRTUnavailable(choice.reason)
-    return accelerator, ModelManager(ModelStore(settings.models_dir), choice.ort_prefs, accelerator=accelerator)
+    store = ModelStore(settings.models_dir, keep_revisions=settings.models.keep_revisions)
+    return accelerator, ModelManager(store, choice.ort_prefs, accelerator=accelerator)
 
 
 def compile_model(accelerator: Accelerator, manager: ModelManager, model_id: str, force: bool = False,
