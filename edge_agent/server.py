@@ -1,9 +1,9 @@
-"""``edge-agent serve``: gunicorn started from code, one worker that owns the runtime, threads for
-concurrency.
+"""``edge-agent serve``: gunicorn started from code, one worker that owns the runtime.
 
-One worker because the runtime (loaded models, batchers, later pipelines and the MQTT bridge) must
-exist once per device: several workers would each load every model. Concurrency comes from the
-worker's threads; the engine itself runs outside the GIL.
+One worker because the runtime (loaded models, batchers, pipelines and the MQTT bridge) must exist
+once per device: several workers would each load every model. The worker is ``FrontWorker``
+(``edge_agent/http/front.py``): an event loop reads whole requests, request threads run the app;
+the engine itself runs outside the GIL.
 """
 
 from __future__ import annotations
@@ -105,11 +105,9 @@ class EdgeAgentServer(BaseApplication):  # type: ignore[misc]
         options = {
             "bind": [f"[{s.host}]:{s.port}" if ":" in s.host else f"{s.host}:{s.port}"],
             "workers": 1,
-            "worker_class": "gthread",
-            "threads": max(1, s.threads),
+            "worker_class": "edge_agent.http.front.FrontWorker",  # reads whole requests, then a thread runs them
             "timeout": 120,  # a stuck worker is restarted; inference holds no lock that long
             "graceful_timeout": s.graceful_timeout_s,
-            "keepalive": 5,
             "accesslog": None,  # the legacy route carries api keys in URLs; metrics count requests
             "errorlog": "-",
             "loglevel": "info",
@@ -117,7 +115,6 @@ class EdgeAgentServer(BaseApplication):  # type: ignore[misc]
             "worker_exit": worker_exit,
             "post_worker_init": post_worker_init,
             "when_ready": when_ready,
-            "limit_request_line": 8190,
             "control_socket_disable": True,  # no control socket in the home folder of the service user
         }
         for key, value in options.items():

@@ -109,6 +109,11 @@ class ServerSettings(_Section):
     host: str = "0.0.0.0"
     port: int = Field(9001, ge=1, le=65535)
     threads: int = Field(8, ge=1, le=256, description="request threads of the one gunicorn worker")
+    max_connections: int = Field(512, ge=8, le=65536, description="open connections; past it a new one gets 503")
+    header_timeout_s: float = Field(10.0, gt=0, le=600, description="to receive a request's line and headers")
+    body_timeout_s: float = Field(60.0, gt=0, le=3600, description="to receive a request's body after its headers")
+    keepalive_s: float = Field(5.0, gt=0, le=600, description="an idle kept-alive connection is closed after it")
+    max_previews: int = Field(32, ge=0, le=1024, description="MJPEG preview watchers per pipeline")
     api_key: SecretStr | None = Field(None, description="when set, every route but the open ones needs it")
     cors_origins: str = "*"
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)

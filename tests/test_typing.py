@@ -18,6 +18,7 @@ THIRD_PARTY_EDGES = {
     "edge_agent/http/v2.py": "RootModel[",  # pydantic: a root model built from a variable type
     "edge_agent/url_fetch.py": "wrap_socket(",  # ssl: the socket attribute of HTTPSConnection
     "edge_agent/server.py": "BaseApplication",  # gunicorn: untyped base class
+    "edge_agent/http/front.py": "(Worker)",  # gunicorn: untyped base class
     "engines/calibration.py": "trt.IInt8EntropyCalibrator2",  # TensorRT: untyped base class
     "engines/trt_build.py": "trt.IProgressMonitor",  # TensorRT: untyped base class
 }

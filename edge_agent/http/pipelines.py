@@ -5,10 +5,10 @@ status, pause, resume, terminate) over the daemon's ``PipelineManager``, and the
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from flask import Response, jsonify, stream_with_context
+from flask import Response, jsonify
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, Field
 
@@ -16,11 +16,41 @@ from edge_agent.errors import Overloaded, PipelineNotFound
 from edge_agent.http import common
 from edge_agent.http.schemas import ErrorMessage, ValidationErrorBody
 from edge_agent.pipeline_spec import PIPELINE_ID, PipelineSpec
+from edge_agent.pipelines.pipeline import PreviewWatcher
 
 tag = Tag(name="Pipelines", description="Video pipelines: start, watch, pause, resume, terminate")
 bp = APIBlueprint("pipelines", __name__, abp_responses={422: ValidationErrorBody})
 
-MAX_PREVIEW_WATCHERS = 4  # each holds one of the server's threads while it watches
+
+
+class MjpegStream:
+    """The preview's body. The daemon's front (``edge_agent.http.front``) has the frames pushed to it as
+    they come, so a watcher holds no request thread; any other WSGI server iterates it."""
+
+    def __init__(self, watcher: PreviewWatcher, done: Callable[[], bool]) -> None:
+        self._watcher = watcher
+        self._done = done
+
+    @staticmethod
+    def part(jpeg: bytes) -> bytes:
+        return (b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: " + str(len(jpeg)).encode()
+                + b"\r\n\r\n" + jpeg + b"\r\n")
+
+    def subscribe(self, deliver: Callable[[bytes], None]) -> None:
+        self._watcher.push_to(lambda jpeg: deliver(self.part(jpeg)))
+
+    def finished(self) -> bool:
+        return self._done()
+
+    def __iter__(self) -> Iterator[bytes]:
+        seen = -1
+        while not self._done():
+            seen, jpeg = self._watcher.next(seen, timeout=1.0)
+            if jpeg is not None:
+                yield self.part(jpeg)
+
+    def close(self) -> None:
+        self._watcher.close()
 
 
 class PipelinePath(BaseModel):
@@ -107,15 +137,11 @@ def preview(path: PipelinePath) -> Any:
     sink = found.pipelines.previews.get(path.pipeline_id)
     if sink is None:  # terminated just now
         raise PipelineNotFound(f"no pipeline {path.pipeline_id!r}")
-    if sink.watchers >= MAX_PREVIEW_WATCHERS:
-        raise Overloaded(f"at most {MAX_PREVIEW_WATCHERS} previews at once")
-
+    limit = found.server.max_previews
+    watcher = sink.watch(limit)
+    if watcher is None:
+        raise Overloaded(f"at most {limit} preview watchers per pipeline ([server] max_previews)")
     stopping = found.stopping
-
-    def parts() -> Iterator[bytes]:
-        for jpeg in sink.frames(lambda: pipeline.done or stopping.is_set()):
-            yield (b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: " + str(len(jpeg)).encode()
-                   + b"\r\n\r\n" + jpeg + b"\r\n")
-
-    return Response(stream_with_context(parts()), mimetype="multipart/x-mixed-replace; boundary=frame",
+    body = MjpegStream(watcher, lambda: pipeline.done or stopping.is_set())
+    return Response(body, mimetype="multipart/x-mixed-replace; boundary=frame", direct_passthrough=True,
                     headers={"Cache-Control": "no-store"})

@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,44 +83,76 @@ class VideoFileSink:
             self._writer.release()
 
 
+class PreviewWatcher:
+    """One watcher of a ``PreviewSink``: frames are handed to ``deliver`` (from the pipeline's thread)
+    once ``push_to`` is called, or waited for with ``next``. ``close`` frees its place."""
+
+    def __init__(self, sink: PreviewSink) -> None:
+        self._sink = sink
+        self._deliver: Callable[[bytes], None] | None = None
+
+    def push_to(self, deliver: Callable[[bytes], None]) -> None:
+        """Hand every new frame to ``deliver``, the newest one at once."""
+        with self._sink._cond:
+            self._deliver, latest = deliver, self._sink._jpeg
+        if latest is not None:
+            deliver(latest)
+
+    def next(self, seen: int, timeout: float) -> tuple[int, bytes | None]:
+        """The frame after number ``seen`` (-1: the newest), or None after ``timeout`` s."""
+        sink = self._sink
+        with sink._cond:
+            if sink._seq == seen or sink._jpeg is None:
+                sink._cond.wait(timeout)
+            if sink._seq == seen or sink._jpeg is None:
+                return seen, None
+            return sink._seq, sink._jpeg
+
+    def close(self) -> None:
+        self._sink._leave(self)
+
+
 class PreviewSink:
     """The newest annotated frame as JPEG, for ``GET /pipelines/{id}/preview.mjpg``. Encoding happens
-    only while someone watches (``watchers``), at most ``max_fps`` times a second."""
+    only while someone watches, at most ``max_fps`` times a second, once for all watchers."""
 
     def __init__(self, max_fps: float = 10.0, colours: dict[str, str] | None = None) -> None:
         self.max_fps = max_fps
         self.colours = colours
-        self.watchers = 0
+        self._watchers: list[PreviewWatcher] = []
         self._jpeg: bytes | None = None
         self._seq = 0
         self._cond = threading.Condition()
         self._last = 0.0
 
+    @property
+    def watchers(self) -> int:
+        return len(self._watchers)
+
+    def watch(self, limit: int) -> PreviewWatcher | None:
+        """A new watcher, or None when ``limit`` watch already."""
+        with self._cond:
+            if len(self._watchers) >= limit:
+                return None
+            watcher = PreviewWatcher(self)
+            self._watchers.append(watcher)
+            return watcher
+
+    def _leave(self, watcher: PreviewWatcher) -> None:
+        with self._cond:
+            if watcher in self._watchers:
+                self._watchers.remove(watcher)
+
     def __call__(self, frame: Frame, result: Result) -> None:
-        if self.watchers <= 0 or time.monotonic() - self._last < 1.0 / self.max_fps:
+        if not self._watchers or time.monotonic() - self._last < 1.0 / self.max_fps:
             return
         jpeg = encode_jpeg(draw(frame.image, result, colours=self.colours), quality=80)
         with self._cond:
             self._jpeg, self._seq, self._last = jpeg, self._seq + 1, time.monotonic()
             self._cond.notify_all()
-
-    def frames(self, stop: Callable[[], bool], timeout: float = 1.0) -> Iterator[bytes]:
-        """JPEG frames as they come, until ``stop()``; a watcher while iterating."""
-        with self._cond:
-            self.watchers += 1
-        try:
-            seen = -1
-            while not stop():
-                with self._cond:
-                    if self._seq == seen:
-                        self._cond.wait(timeout)
-                    if self._seq == seen or self._jpeg is None:
-                        continue
-                    seen, jpeg = self._seq, self._jpeg
-                yield jpeg
-        finally:
-            with self._cond:
-                self.watchers -= 1
+            targets = [w._deliver for w in self._watchers if w._deliver is not None]
+        for deliver in targets:
+            deliver(jpeg)
 
 
 class InferencePipeline:
@@ -289,5 +321,6 @@ class InferencePipeline:
             "latency_s": round(self.last_latency_s, 4) if self.last_latency_s is not None else None,
             "max_fps": self.max_fps,
             "sink_errors": self.sink_errors,
+            "preview_watchers": sum(s.watchers for s in self.sinks if isinstance(s, PreviewSink)),
             "created_at": self.created_at,
         }

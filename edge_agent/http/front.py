@@ -1,0 +1,512 @@
+"""The HTTP front of the worker: one asyncio event loop reads whole requests, with deadlines, and only
+then hands each to the request threads that run the Flask app (docs/architecture.md, "The HTTP front").
+
+gunicorn's threaded worker gives a connection to a thread as soon as a byte arrives, and the thread then
+blocks reading the rest: eight clients sending a header byte every two seconds held all eight threads.
+Here a connection costs a thread only while the application runs. Reading is the loop's job, bounded
+by ``[server]`` settings:
+
+- ``header_timeout_s``: the request line and headers, from the request's first byte (or the connection's
+  opening); past it 408 and the connection closes. Heads larger than 64 KiB get 431.
+- ``body_timeout_s``: the whole body after the headers; past it 408. A declared ``Content-Length`` over
+  ``max_body_bytes`` is refused with 413 before the body is read.
+- ``keepalive_s``: an idle kept-alive connection is closed.
+- ``max_connections``: past it a new connection is answered 503 at once and closed.
+
+Responses are written by the loop. A body that is ``Pushable`` (the MJPEG preview) is not iterated by a
+thread: it pushes its parts to the loop as they come, a slow watcher misses frames instead of piling
+them up, and a watcher that disconnects is unsubscribed at once. Any other WSGI server can still iterate
+such a body (``__iter__``), which is how Flask's test client sees it.
+
+One request per connection is in the application at a time; pipelined requests wait their turn. The
+loop also beats gunicorn's heartbeat and notices the stop signal; on stop it closes idle connections,
+lets requests in the application finish (up to ``graceful_timeout_s``) and ends push streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import io
+import logging
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from email.utils import formatdate
+from typing import Any, Protocol, runtime_checkable
+from urllib.parse import unquote_to_bytes
+
+import httptools
+from gunicorn.workers.base import Worker
+
+from edge_agent.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+MAX_HEAD_BYTES = 64 * 1024  # request line and headers together
+PUSH_BACKLOG = 512 * 1024  # bytes a push stream may have unsent before its next parts are dropped
+SEND_STALL_S = 30.0  # a response whose unsent bytes do not shrink for this long is abandoned
+TICK_S = 0.25  # deadlines, heartbeat and the stop signal are looked at this often
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+@runtime_checkable
+class Pushable(Protocol):
+    """A response body that pushes its parts (from any thread) instead of being iterated."""
+
+    def subscribe(self, deliver: Callable[[bytes], None]) -> None: ...
+
+    def finished(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_connections: int
+    header_timeout_s: float
+    body_timeout_s: float
+    keepalive_s: float
+    max_body_bytes: int
+    graceful_timeout_s: float
+
+    @classmethod
+    def of(cls, s: ServerSettings) -> Limits:
+        return cls(s.max_connections, s.header_timeout_s, s.body_timeout_s, s.keepalive_s, s.max_body_bytes,
+                   float(s.graceful_timeout_s))
+
+
+def _answer(status: str, message: str, date: str) -> bytes:
+    """A complete JSON error response that closes the connection (the front's own refusals)."""
+    body = ('{"message": "' + message + '"}').encode()
+    return (f"HTTP/1.1 {status}\r\nDate: {date}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode("latin-1") + body
+
+
+class _Request:
+    __slots__ = ("url", "headers", "body", "size", "keep_alive", "http_version", "method")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.size = 0
+        self.keep_alive = False
+        self.http_version = "1.1"
+        self.method = "GET"
+
+
+# Where a connection is in reading its current request
+_IDLE, _HEAD, _BODY = range(3)
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, front: _Front) -> None:
+        self.front = front
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.phase = _IDLE
+        self.deadline = time.monotonic() + front.limits.header_timeout_s  # a new connection owes a first byte
+        self.head_bytes = 0
+        self.request = _Request()
+        self.waiting: collections.deque[_Request] = collections.deque()  # read whole, not yet run (pipelined)
+        self.busy = False  # a request is in the application
+        self.push: Pushable | None = None
+        self.unsent = 0  # the write buffer at the last tick, and since when it has not shrunk
+        self.stalled_since = time.monotonic()
+        self.closing = False
+        self.peer_done = False  # the peer half-closed after its request: answer, then close
+        self.refusal: tuple[str, str] | None = None  # owed once the requests before it are answered
+
+    # -- asyncio ------------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.front.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.front.connections.discard(self)
+        if self.push is not None:
+            self.push.close()
+            self.push = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return  # an answer that closes is on its way: what still comes is dropped
+        if self.phase == _IDLE:  # the first byte of a request: its head is now owed
+            self.phase, self.deadline = _HEAD, time.monotonic() + self.front.limits.header_timeout_s
+        if self.phase == _HEAD:
+            self.head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # No protocol upgrades: the request is answered as plain HTTP/1.1, then the connection closes.
+            self.peer_done = True
+        except httptools.HttpParserError as exc:
+            self._refuse("400 Bad Request", f"Malformed HTTP request: {_text(exc)}")
+            return
+        if self.phase == _HEAD and self.head_bytes > MAX_HEAD_BYTES:
+            self._refuse("431 Request Header Fields Too Large", f"Request head over {MAX_HEAD_BYTES} bytes")
+
+    def eof_received(self) -> bool | None:
+        if self.busy or self.waiting:
+            self.peer_done = True
+            return True  # keep the transport open to write the answer
+        return None  # nothing owed: close
+
+    # -- httptools callbacks --------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.request = _Request()
+
+    def on_url(self, url: bytes) -> None:
+        self.request.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.request.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        limits = self.front.limits
+        request = self.request
+        request.method = self.parser.get_method().decode("latin-1")
+        request.http_version = self.parser.get_http_version()
+        request.keep_alive = self.parser.should_keep_alive()
+        self.phase, self.deadline = _BODY, time.monotonic() + limits.body_timeout_s
+        length, expect = None, False
+        for name, value in request.headers:
+            lower = name.lower()
+            if lower == b"content-length":
+                length = int(value) if value.strip().isdigit() else None
+            elif lower == b"expect" and value.lower() == b"100-continue":
+                expect = True
+        if length is not None and length > limits.max_body_bytes:
+            self._refuse("413 Request Entity Too Large",
+                         f"Request body too large. Limit: {limits.max_body_bytes} bytes.")
+            raise httptools.HttpParserError("refused")  # stops the parser; caught in data_received
+        if expect and not self.busy and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        request = self.request
+        request.body.append(body)
+        request.size += len(body)
+        if request.size > self.front.limits.max_body_bytes:
+            self._refuse("413 Request Entity Too Large",
+                         f"Request body too large. Limit: {self.front.limits.max_body_bytes} bytes.")
+            raise httptools.HttpParserError("refused")
+
+    def on_message_complete(self) -> None:
+        self.phase, self.head_bytes = _IDLE, 0
+        self.waiting.append(self.request)
+        if not self.busy and self.push is None:
+            self._next()
+
+    # -- running requests --------------------------------------------------------------------------
+    def _next(self) -> None:
+        """Hand the next request read whole to the application, or read on."""
+        transport = self.transport
+        if self.closing or transport is None:
+            return
+        if self.waiting:
+            request = self.waiting.popleft()
+            self.busy = True
+            transport.pause_reading()  # one request in the application at a time
+            future = self.front.loop.run_in_executor(self.front.pool, _run_app, self.front.app,
+                                                     self.front.environ(request, transport))
+            future.add_done_callback(lambda f: self._respond(request, f))
+            return
+        self.busy = False
+        if self.refusal is not None:
+            self._refuse(*self.refusal)
+        elif self.peer_done:
+            self._close()
+        else:  # the next request's time starts now (reading was paused while the application ran)
+            limits = self.front.limits
+            wait = {_IDLE: limits.keepalive_s, _HEAD: limits.header_timeout_s, _BODY: limits.body_timeout_s}
+            self.deadline = time.monotonic() + wait[self.phase]
+            transport.resume_reading()
+
+    def _respond(self, request: _Request, future: asyncio.Future[tuple[str, list[tuple[str, str]], Any]]) -> None:
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is not None:
+            log.error("unhandled error in the application", exc_info=error)
+            status, headers, body = ("500 Internal Server Error", [("Content-Type", "application/json")],
+                                     b'{"message": "Internal error"}')
+        else:
+            status, headers, body = future.result()
+        transport = self.transport
+        if self.closing or transport is None:  # the client left while the application ran
+            if isinstance(body, Pushable):
+                body.close()
+            return
+        head = [f"HTTP/{request.http_version} {status}\r\nDate: {self.front.date}\r\n"]
+        has_length = False
+        for name, value in headers:
+            has_length = has_length or name.lower() == "content-length"
+            head.append(f"{name}: {value}\r\n")
+        if isinstance(body, Pushable):
+            head.append("Connection: close\r\n\r\n")
+            transport.write("".join(head).encode("latin-1"))
+            self.push = body
+            loop = self.front.loop
+
+            def deliver(part: bytes) -> None:  # on the pipeline's thread
+                loop.call_soon_threadsafe(self._push_part, part)
+
+            body.subscribe(deliver)
+            return
+        keep = (request.keep_alive or bool(self.waiting)) and not self.front.stopping
+        if not has_length and request.method != "HEAD" and status[:3] not in ("204", "304"):
+            head.append(f"Content-Length: {len(body)}\r\n")
+        head.append("\r\n" if keep else "Connection: close\r\n\r\n")
+        transport.writelines(("".join(head).encode("latin-1"), body))
+        if keep:
+            self._next()
+        else:
+            self.busy = False
+            self._close()
+
+    def _push_part(self, part: bytes) -> None:
+        transport = self.transport
+        if transport is None or self.closing or self.push is None:
+            return
+        if transport.get_write_buffer_size() > PUSH_BACKLOG:
+            return  # a slow watcher: this part is dropped, a newer one follows
+        transport.write(part)
+
+    # -- ending --------------------------------------------------------------------------------------
+    def _refuse(self, status: str, message: str) -> None:
+        """Answer an error of the front's own and close (the rest of the request is not read)."""
+        if self.closing or self.transport is None:
+            return
+        if self.busy:  # a pipelined request went wrong while an earlier one runs: answered in order
+            self.refusal = self.refusal or (status, message)
+            return
+        self.transport.write(_answer(status, message, self.front.date))
+        self._close()
+
+    def _close(self) -> None:
+        """Close once written. The write side closes first and what the peer still sends is read and
+        dropped for up to 2 s, so that the peer gets the answer rather than a reset."""
+        transport = self.transport
+        if self.closing or transport is None:
+            return
+        self.closing = True
+        if self.push is not None:
+            self.push.close()
+            self.push = None
+        if transport.can_write_eof():
+            transport.write_eof()
+        transport.resume_reading()
+        self.front.loop.call_later(2.0, transport.close)
+
+    def tick(self, now: float) -> None:
+        """Deadlines: the head, the body, idle keep-alive, a response that does not drain."""
+        transport = self.transport
+        if transport is None:
+            return
+        if self.closing:
+            pass
+        elif self.push is not None:
+            if self.push.finished():
+                self._close()
+        elif not self.busy and now > self.deadline:
+            if self.phase == _IDLE:
+                transport.close()  # an idle connection: nothing is owed
+            else:
+                limits = self.front.limits
+                what, limit = (("headers", limits.header_timeout_s) if self.phase == _HEAD
+                               else ("body", limits.body_timeout_s))
+                self._refuse("408 Request Timeout", f"Request {what} not received within {limit:g} s")
+        unsent = transport.get_write_buffer_size()
+        if unsent == 0 or unsent < self.unsent:
+            self.stalled_since = now
+        elif now - self.stalled_since > SEND_STALL_S:
+            transport.abort()  # a peer that stopped reading
+        self.unsent = unsent
+
+
+def _text(exc: BaseException) -> str:
+    return str(exc).strip() or type(exc).__name__
+
+
+def _run_app(app: WsgiApp, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes | Pushable]:
+    """On a request thread: the application, and its body read whole unless it pushes its parts."""
+    started: list[Any] = []
+    written: list[bytes] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+        started[:] = [status, headers]
+        return written.append
+
+    result = app(environ, start_response)
+    if isinstance(result, Pushable):
+        return started[0], started[1], result
+    try:
+        body = b"".join(result)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    return started[0], started[1], b"".join(written) + body if written else body
+
+
+class _Refused(asyncio.Protocol):
+    """Past ``max_connections``: a 503 at once, then the connection closes."""
+
+    def __init__(self, date: str) -> None:
+        self.date = date
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.write(_answer("503 Service Unavailable", "Too many connections; try again shortly", self.date))
+        if transport.can_write_eof():
+            transport.write_eof()
+        asyncio.get_running_loop().call_later(1.0, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        pass  # dropped: the answer is already on its way
+
+
+class _Front:
+    """What the connections share: the application, the request threads, limits, the open connections."""
+
+    def __init__(self, app: WsgiApp, limits: Limits, threads: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.app = app
+        self.limits = limits
+        self.loop = loop
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="http")
+        self.connections: set[_Connection] = set()
+        self.stopping = False
+        self.date = formatdate(usegmt=True)
+        self._date_at = int(time.time())
+        self.server_name, self.server_port = "localhost", "80"
+
+    def protocol(self) -> asyncio.Protocol:
+        if len(self.connections) >= self.limits.max_connections:
+            return _Refused(self.date)
+        return _Connection(self)
+
+    def environ(self, request: _Request, transport: asyncio.Transport) -> dict[str, Any]:
+        """PEP 3333's environ for a request read whole."""
+        url = httptools.parse_url(request.url)
+        body = b"".join(request.body)
+        peer = transport.get_extra_info("peername") or ("", 0)
+        env: dict[str, Any] = {
+            "REQUEST_METHOD": request.method,
+            "SCRIPT_NAME": "",
+            "PATH_INFO": unquote_to_bytes(url.path or b"/").decode("latin-1"),
+            "QUERY_STRING": (url.query or b"").decode("latin-1"),
+            "SERVER_NAME": self.server_name,
+            "SERVER_PORT": self.server_port,
+            "SERVER_PROTOCOL": f"HTTP/{request.http_version}",
+            "REMOTE_ADDR": str(peer[0]),
+            "REMOTE_PORT": str(peer[1]),
+            "CONTENT_LENGTH": str(len(body)),
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "http",
+            "wsgi.input": io.BytesIO(body),
+            "wsgi.input_terminated": True,
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": False,
+            "wsgi.run_once": False,
+        }
+        for name, value in request.headers:
+            if b"_" in name:
+                continue  # X_Api_Key vs X-Api-Key would both become HTTP_X_API_KEY: refuse the ambiguity
+            key = name.decode("latin-1").upper().replace("-", "_")
+            text = value.decode("latin-1")
+            if key == "CONTENT_TYPE":
+                env["CONTENT_TYPE"] = text
+            elif key in ("CONTENT_LENGTH", "TRANSFER_ENCODING"):
+                continue  # the body is read whole: its length is what came
+            else:
+                key = "HTTP_" + key
+                env[key] = env[key] + "," + text if key in env else text
+        return env
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if int(time.time()) != self._date_at:
+            self._date_at = int(time.time())
+            self.date = formatdate(usegmt=True)
+        for conn in list(self.connections):
+            conn.tick(now)
+
+    def stop(self) -> None:
+        """No new requests: idle connections close, push streams end, requests in the application finish."""
+        self.stopping = True
+        for conn in list(self.connections):
+            if conn.push is not None or (conn.phase == _IDLE and not conn.busy and not conn.waiting):
+                conn._close()
+
+
+def raise_open_files(wanted: int) -> None:
+    """Let the process hold ``wanted`` sockets besides its models, cameras and databases (the soft limit
+    is often 1024 outside systemd)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = wanted + 256
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        if target < need:
+            log.warning("open files limited to %d: fewer than %d connections may be served", target, wanted)
+
+
+class FrontWorker(Worker):  # type: ignore[misc]
+    """gunicorn's worker class for edge-agent: the front above, the Flask app in ``threads`` threads.
+    Its settings come from the application (``EdgeAgentServer.settings.server``)."""
+
+    def run(self) -> None:
+        settings: ServerSettings = self.app.settings.server
+        raise_open_files(settings.max_connections)
+        asyncio.run(self._serve(settings))
+
+    async def _serve(self, settings: ServerSettings) -> None:
+        loop = asyncio.get_running_loop()
+        front = _Front(self.wsgi, Limits.of(settings), settings.threads, loop)
+        front.server_port = str(settings.port)
+        woken = asyncio.Event()
+
+        def wake() -> None:  # a signal arrived (gunicorn's wake-up pipe): look at ``alive`` now
+            try:
+                while os.read(self.PIPE[0], 64):
+                    pass
+            except BlockingIOError:
+                pass
+            woken.set()
+
+        loop.add_reader(self.PIPE[0], wake)
+        servers = [await loop.create_server(front.protocol, sock=sock.sock, backlog=self.cfg.backlog)
+                   for sock in self.sockets]
+        try:
+            while self.alive and self.ppid == os.getppid():
+                self.notify()
+                front.tick()
+                woken.clear()
+                try:
+                    await asyncio.wait_for(woken.wait(), TICK_S)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            for server in servers:
+                server.close()
+            front.stop()
+            until = time.monotonic() + front.limits.graceful_timeout_s
+            while any(c.busy for c in front.connections) and time.monotonic() < until:
+                self.notify()
+                front.tick()
+                await asyncio.sleep(TICK_S)
+            for conn in list(front.connections):
+                if conn.transport is not None:
+                    conn.transport.abort()
+            front.pool.shutdown(wait=False, cancel_futures=True)
+            loop.remove_reader(self.PIPE[0])
