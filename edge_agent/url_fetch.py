@@ -7,11 +7,11 @@ The allow- and block-lists compare addresses, not spellings: each entry is a hos
 an IP address or a network, and the URL's host is refused when any address it resolves to is blocked,
 so ``[::ffff:127.0.0.1]``, ``2130706433``, ``127.1`` and an alias of a blocked name are all caught.
 The total timeout holds whatever the server's pace: every socket operation (connect, TLS handshake,
-send, each read of the status line, headers and body) waits at most the time left. DNS lookups
-(``getaddrinfo``, of the URL's host and of list entries that are names) are not bounded by it: they
-take as long as the system resolver does. At most
-``MAX_IN_FLIGHT`` fetches run at once in the process, so slow URLs cannot occupy every request thread.
-Only the standard library is used.
+send, each read of the status line, headers and body) waits at most the time left, and so does each
+DNS lookup (of the URL's host and of list entries that are names): ``getaddrinfo`` cannot be
+interrupted, so it runs on one of ``MAX_IN_FLIGHT`` resolver threads and the fetch stops waiting for
+it when the time is up. At most ``MAX_IN_FLIGHT`` fetches run at once in the process, so slow URLs
+cannot occupy every request thread. Only the standard library is used.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import socket
 import ssl
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout  # not the built-in one before Python 3.11
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeAlias
 from urllib.parse import urljoin, urlsplit
@@ -38,6 +40,7 @@ SLOT_WAIT_S = 0.25  # how long a fetch waits for a free slot before it is refuse
 _LIST_TTL_S = 30.0  # how long the resolved addresses of a list entry are reused
 
 _slots = threading.BoundedSemaphore(MAX_IN_FLIGHT)
+_resolver = ThreadPoolExecutor(MAX_IN_FLIGHT, thread_name_prefix="url-dns")
 
 _Address: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 _Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -101,7 +104,18 @@ _list_cache: dict[str, tuple[float, tuple[_Network, ...]]] = {}
 _list_lock = threading.Lock()
 
 
-def _entry_networks(entry: str) -> tuple[_Network, ...]:
+def _lookup(host: str, port: int | None, deadline: float) -> list[tuple[int, str]]:
+    """``getaddrinfo`` waited for until ``deadline`` (``_Expired`` after it): (family, address) pairs."""
+    future = _resolver.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+    try:
+        infos = future.result(timeout=_left(deadline))
+    except FutureTimeout as exc:
+        future.cancel()
+        raise _Expired("DNS lookup") from exc
+    return [(int(info[0]), str(info[4][0])) for info in infos]
+
+
+def _entry_networks(entry: str, deadline: float) -> tuple[_Network, ...]:
     """The networks a list entry stands for: itself if a literal or network, else its resolved addresses."""
     name = _name(entry)
     if not name:
@@ -120,8 +134,9 @@ def _entry_networks(entry: str) -> tuple[_Network, ...]:
     if cached is not None and cached[0] > now:
         return cached[1]
     try:
-        infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
-        nets = tuple({ipaddress.ip_network(str(_address(str(info[4][0])))) for info in infos})
+        nets = tuple({ipaddress.ip_network(str(_address(addr))) for _, addr in _lookup(name, None, deadline)})
+    except _Expired:
+        raise
     except (OSError, UnicodeError, ValueError):
         return ()  # it matches only by name now, and is looked up again next time (never cached empty)
     with _list_lock:
@@ -134,8 +149,8 @@ def _named(host: str, entries: tuple[str, ...]) -> bool:
     return _name(host) in {_name(e) for e in entries}
 
 
-def _networks(entries: tuple[str, ...]) -> list[_Network]:
-    return [net for entry in entries for net in _entry_networks(entry)]
+def _networks(entries: tuple[str, ...], deadline: float) -> list[_Network]:
+    return [net for entry in entries for net in _entry_networks(entry, deadline)]
 
 
 def _check_host(host: str, policy: UrlPolicy) -> None:
@@ -146,23 +161,25 @@ def _check_host(host: str, policy: UrlPolicy) -> None:
         raise ImageLoadError("It is not allowed to reach image URL - prohibited by blacklisted destinations.")
 
 
-def _resolve(host: str, port: int, policy: UrlPolicy) -> tuple[int, str]:
+def _resolve(host: str, port: int, policy: UrlPolicy, deadline: float) -> tuple[int, str]:
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        addrs = [_address(str(info[4][0])) for info in infos]
+        infos = _lookup(host, port, deadline)
+        addrs = [_address(addr) for _, addr in infos]
+    except _Expired:
+        raise
     except (OSError, UnicodeError, ValueError) as exc:
         raise ImageLoadError("Provided image URL is invalid") from exc
     if not addrs:
         raise ImageLoadError("Provided image URL is invalid")
     if policy.allowed_hosts and not _named(host, policy.allowed_hosts):
-        allowed = _networks(policy.allowed_hosts)
+        allowed = _networks(policy.allowed_hosts, deadline)
         if not all(any(ip in net for net in allowed) for ip in addrs):
             raise ImageLoadError("It is not allowed to reach image URL - prohibited by whitelisted destinations.")
-    if policy.blocked_hosts and any(ip in net for net in _networks(policy.blocked_hosts) for ip in addrs):
+    if policy.blocked_hosts and any(ip in net for net in _networks(policy.blocked_hosts, deadline) for ip in addrs):
         raise ImageLoadError("It is not allowed to reach image URL - prohibited by blacklisted destinations.")
     if not policy.allow_non_global and not all(_is_global(a) for a in addrs):
         raise ImageLoadError(NOT_ALLOWED)
-    return int(infos[0][0]), str(infos[0][4][0])
+    return infos[0]
 
 
 class _Expired(TimeoutError):
@@ -264,7 +281,7 @@ def _connection(url: str, policy: UrlPolicy, deadline: float) -> tuple[http.clie
     host = parts.hostname
     _check_host(host, policy)
     port = port or (443 if parts.scheme == "https" else 80)
-    family, address = _resolve(host, port, policy)
+    family, address = _resolve(host, port, policy, deadline)
     cls = _PinnedHTTPS if parts.scheme == "https" else _PinnedHTTP
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return cls(host, port, family, address, deadline), path

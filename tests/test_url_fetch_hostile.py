@@ -166,6 +166,32 @@ def test_slow_server_answers_4xx(server: tuple[_Server, int], path: str) -> None
     assert isinstance(exc, EdgeAgentError) and 400 <= exc.status < 500
 
 
+@pytest.mark.parametrize("policy", [LOOSE, UrlPolicy(allow_http=True, allow_ip_hosts=True, allow_non_global=True,
+                                                     timeout_s=DEADLINE_S, blocked_hosts=("blocked.example",))],
+                         ids=["url-host", "block-list-entry"])
+def test_slow_dns_lookup_ends_within_deadline_plus_one_second(server: tuple[_Server, int],
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              policy: UrlPolicy) -> None:
+    """A resolver that hangs (the system's, when a DNS server drops queries) cannot hold the fetch: the
+    lookup of the URL's host, or of a block-list entry, is waited for only until the deadline."""
+    real = socket.getaddrinfo
+    release = threading.Event()
+
+    def hanging(host: str, *args: object, **kwargs: object) -> object:
+        if host in ("slow-dns.example", "blocked.example"):
+            release.wait(DEADLINE_S * 3)
+        return real(host, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(url_fetch.socket, "getaddrinfo", hanging)
+    host = "slow-dns.example" if policy is LOOSE else "localhost"
+    try:
+        elapsed, exc = _attempt(f"http://{host}:{server[1]}/img", policy)
+    finally:
+        release.set()
+    assert elapsed < DEADLINE_S + 1.0
+    assert isinstance(exc, ImageLoadError) and "did not answer within 2 s" in str(exc)
+
+
 def test_fast_server_still_fetches(server: tuple[_Server, int]) -> None:
     assert fetch(f"http://127.0.0.1:{server[1]}/img", LOOSE) == BODY
 
