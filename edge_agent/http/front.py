@@ -137,8 +137,8 @@ class _Connection(asyncio.Protocol):
             self.push = None
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
-            return  # an answer that closes is on its way: what still comes is dropped
+        if self.closing or self.push is not None:
+            return  # an answer that closes is on its way, or a watcher talks: what comes is dropped
         if self.phase == _IDLE:  # the first byte of a request: its head is now owed
             self.phase, self.deadline = _HEAD, time.monotonic() + self.front.limits.header_timeout_s
         if self.phase == _HEAD:
@@ -254,7 +254,8 @@ class _Connection(asyncio.Protocol):
         if isinstance(body, Pushable):
             head.append("Connection: close\r\n\r\n")
             transport.write("".join(head).encode("latin-1"))
-            self.push = body
+            self.push, self.busy = body, False
+            transport.resume_reading()  # to see the watcher leave even when no frame comes (a paused pipeline)
             loop = self.front.loop
 
             def deliver(part: bytes) -> None:  # on the pipeline's thread

@@ -1,0 +1,392 @@
+"""The server's front against hostile and unusual HTTP clients (docs/http.md, issue 18): clients that
+trickle headers or bodies, idle keep-alive connections, more connections than allowed, many MJPEG
+preview watchers, and the protocol details a front must get right (Expect: 100-continue, chunked
+bodies, HTTP/1.0, pipelining, 413 before the body is read).
+
+Everything runs against the real daemon with small limits set through [server]; the hostile clients
+are raw sockets on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import select
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from helpers import circle_video, wait
+from servers import Server, running_server
+
+ROOT = Path(__file__).resolve().parent.parent
+ROUTE = "/infer/object_detection"
+PRELOAD = ("--preload", "shapes/1")  # the first normal request must not wait for a model load
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def v2_body() -> bytes:
+    """A v2 request: the bundled sample JPEG as base64 JSON."""
+    jpeg = (ROOT / "edge_agent" / "demo" / "sample.jpg").read_bytes()
+    return json.dumps({"model_id": "shapes/1",
+                       "image": {"type": "base64", "value": base64.b64encode(jpeg).decode()}}).encode()
+
+
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """20 s at 30 fps, paced by the pipeline (``realtime``): it outlives any test here."""
+    path = tmp_path_factory.mktemp("video") / "long.mp4"
+    circle_video(path, frames=600, fps=30.0)
+    return path
+
+
+class Raw:
+    """A client socket and the bytes read from it so far, with just enough HTTP/1.1 to read answers."""
+
+    def __init__(self, sock: socket.socket, timeout: float = 10.0) -> None:
+        self.sock = sock
+        self.sock.settimeout(timeout)  # every wait on the server is bounded
+        self.buf = b""
+
+    @classmethod
+    def connect(cls, port: int, timeout: float = 10.0) -> Raw:
+        return cls(socket.create_connection(("127.0.0.1", port), timeout=timeout), timeout)
+
+    def _more(self) -> bytes:
+        data = self.sock.recv(65536)
+        self.buf += data
+        return data
+
+    def response(self) -> tuple[int, dict[str, str], bytes]:
+        """The next answer on the connection: status, headers (lower-case names), body."""
+        while b"\r\n\r\n" not in self.buf:
+            if not self._more():
+                raise ConnectionError(f"closed before an answer; read {self.buf[:200]!r}")
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+        status = int(status_line.split()[1])
+        if status < 200 or status in (204, 304):
+            return status, headers, b""
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            return status, headers, self._chunked()
+        if "content-length" in headers:
+            n = int(headers["content-length"])
+            while len(self.buf) < n:
+                if not self._more():
+                    raise ConnectionError("closed inside a body")
+            body, self.buf = self.buf[:n], self.buf[n:]
+            return status, headers, body
+        while self._more():  # no length: the body ends with the connection
+            pass
+        body, self.buf = self.buf, b""
+        return status, headers, body
+
+    def _chunked(self) -> bytes:
+        body = b""
+        while True:
+            while b"\r\n" not in self.buf:
+                if not self._more():
+                    raise ConnectionError("closed inside a chunked body")
+            size_line, _, self.buf = self.buf.partition(b"\r\n")
+            size = int(size_line.split(b";")[0], 16)
+            while len(self.buf) < size + 2:
+                if not self._more():
+                    raise ConnectionError("closed inside a chunk")
+            body, self.buf = body + self.buf[:size], self.buf[size + 2:]
+            if size == 0:  # no trailers from this server: the last chunk's CRLF ends the body
+                return body
+
+    def closed(self) -> bool:
+        """Whether the server closed the connection with nothing more to say (waits up to the timeout)."""
+        return not self.buf and not self._more()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def request(method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None,
+            version: str = "HTTP/1.1") -> bytes:
+    lines = [f"{method} {path} {version}", "Host: 127.0.0.1"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    if body:
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def message(status: int, headers: dict[str, str], body: bytes) -> str:
+    """The JSON error body's message; asserts that the answer is JSON."""
+    assert headers.get("content-type", "").startswith("application/json"), (status, headers, body[:200])
+    return str(json.loads(body)["message"])
+
+
+class Tricklers:
+    """``n`` connections that send ``opening`` at once, then one byte of ``rest`` each every 0.5 s, all
+    from one thread, each until the server answers or closes it. A client that keeps trickling is what a
+    per-read timeout never stops: only a total deadline does."""
+
+    def __init__(self, port: int, n: int, opening: bytes, rest: bytes) -> None:
+        self.socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(n)]
+        for s in self.socks:
+            s.sendall(opening)
+        self.rest = rest
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="tricklers", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        active = list(self.socks)
+        i = 0
+        while active and i < len(self.rest):
+            answered = select.select(active, [], [], 0)[0]
+            for s in active:
+                if s in answered:
+                    continue
+                try:
+                    s.send(self.rest[i:i + 1])
+                except OSError:
+                    answered.append(s)
+            active = [s for s in active if s not in answered]
+            i += 1
+            if self.stop.wait(0.5):
+                return
+
+    def silent(self) -> bool:
+        """Whether the server has answered or closed none of them yet."""
+        return not select.select(self.socks, [], [], 0)[0]
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        for s in self.socks:
+            s.close()
+
+
+@contextmanager
+def tricklers(port: int, n: int, opening: bytes, rest: bytes) -> Iterator[Tricklers]:
+    crowd = Tricklers(port, n, opening, rest)
+    try:
+        yield crowd
+    finally:
+        crowd.close()
+
+
+def assert_answered_408_and_closed(crowd: Tricklers) -> None:
+    for s in crowd.socks:
+        raw = Raw(s, timeout=15)
+        status, headers, body = raw.response()
+        assert status == 408, (status, body[:200])
+        assert message(status, headers, body)
+        assert raw.closed()
+
+
+# -- slow clients -------------------------------------------------------------------------------------
+
+
+def test_header_tricklers_hold_no_thread_and_end_at_the_header_deadline(tmp_path: Path, v2_body: bytes) -> None:
+    """256 clients sending their headers a byte every 0.5 s (32 times the 8 threads): a normal request is
+    answered meanwhile, and each trickler gets 408 once its headers took header_timeout_s."""
+    endless_headers = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"a" * 1000
+    with running_server(tmp_path, {"header_timeout_s": "4"}, args=PRELOAD) as server, \
+            tricklers(server.port, 256, b"", endless_headers) as crowd:
+        r = requests.post(server.url + ROUTE, data=v2_body, headers=JSON, timeout=15)
+        assert r.status_code == 200, r.text
+        assert r.json()["predictions"]
+        assert crowd.silent(), "the normal request was served only once the tricklers were gone"
+        assert_answered_408_and_closed(crowd)
+
+
+def test_body_tricklers_hold_no_thread_and_end_at_the_body_deadline(tmp_path: Path, v2_body: bytes) -> None:
+    """64 clients that sent whole headers (Content-Length 100000) and trickle the body: normal requests
+    are answered meanwhile; each trickler gets 408 once its body took body_timeout_s."""
+    headers = request("POST", ROUTE, headers={**JSON, "Content-Length": "100000"})
+    with running_server(tmp_path, {"body_timeout_s": "4"}, args=PRELOAD) as server, \
+            tricklers(server.port, 64, headers, b"a" * 100000) as crowd:
+        for _ in range(3):
+            r = requests.post(server.url + ROUTE, data=v2_body, headers=JSON, timeout=15)
+            assert r.status_code == 200, r.text
+        assert crowd.silent(), "the normal requests were served only once the tricklers were gone"
+        assert_answered_408_and_closed(crowd)
+
+
+# -- connections ----------------------------------------------------------------------------------------
+
+
+def test_idle_keep_alive_connections_close_after_keepalive_s(tmp_path: Path) -> None:
+    with running_server(tmp_path, {"keepalive_s": "1"}) as server:
+        # gunicorn's gthread worker closed idle connections after its fixed 5 s: wait less than that
+        conns = [Raw.connect(server.port, timeout=4) for _ in range(3)]
+        for raw in conns:
+            raw.sock.sendall(request("GET", "/healthz"))
+            assert raw.response()[0] == 200
+            raw.sock.sendall(request("GET", "/healthz"))  # a second request well within keepalive_s
+            assert raw.response()[0] == 200
+        for raw in conns:
+            assert raw.closed()  # closed without an answer
+            raw.close()
+
+
+def test_connections_past_max_connections_get_503_at_once(tmp_path: Path) -> None:
+    # keepalive_s: the 20 held connections must stay open for the whole test
+    with running_server(tmp_path, {"max_connections": "20", "keepalive_s": "60"}) as server, ExitStack() as stack:
+        held = []
+        for _ in range(20):  # each one answered once: accepted and counted before the 21st comes
+            raw = Raw.connect(server.port)
+            stack.callback(raw.close)
+            raw.sock.sendall(request("GET", "/healthz"))
+            assert raw.response()[0] == 200
+            held.append(raw)
+        extra = Raw.connect(server.port)  # sends nothing: the answer comes on connect
+        status, headers, body = extra.response()
+        assert status == 503
+        assert message(status, headers, body)
+        assert headers.get("connection", "").lower() == "close"
+        assert extra.closed()
+        extra.close()
+        for raw in held[:5]:
+            raw.close()
+
+        def served() -> bool:
+            with ExitStack() as attempt:
+                raw = Raw.connect(server.port)
+                attempt.callback(raw.close)
+                raw.sock.sendall(request("GET", "/healthz"))
+                return raw.response()[0] == 200
+
+        wait(served, timeout=5)
+        for raw in held[5:]:  # the ones still held were never dropped to make room
+            raw.sock.sendall(request("GET", "/healthz"))
+            assert raw.response()[0] == 200
+
+
+# -- MJPEG previews ---------------------------------------------------------------------------------------
+
+
+def start_pipeline(server: Server, video: Path, pipeline_id: str) -> None:
+    r = requests.post(f"{server.url}/inference_pipelines/initialise", timeout=10,
+                      json={"model_id": "shapes/1", "video_reference": str(video), "realtime": True,
+                            "pipeline_id": pipeline_id})
+    assert r.status_code == 200, r.text
+
+
+def report(server: Server, pipeline_id: str) -> dict[str, Any]:
+    r = requests.get(f"{server.url}/inference_pipelines/{pipeline_id}/status", timeout=10)
+    assert r.status_code == 200, r.text
+    return dict(r.json()["report"])
+
+
+def watch(server: Server, pipeline_id: str) -> requests.Response:
+    return requests.get(f"{server.url}/pipelines/{pipeline_id}/preview.mjpg", stream=True, timeout=10)
+
+
+def first_jpeg(preview: requests.Response) -> bytes:
+    """The first whole JPEG part of an MJPEG stream."""
+    data = b""
+    for chunk in preview.iter_content(4096):
+        data += chunk
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        if sep and b"Content-Length: " in head:
+            n = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+            if len(rest) >= n:
+                assert b"Content-Type: image/jpeg" in head
+                return rest[:n]
+    raise AssertionError(f"the stream ended before a whole part: {data[:200]!r}")
+
+
+def test_32_preview_watchers_hold_no_thread_and_free_their_slots_on_disconnect(
+        tmp_path: Path, v2_body: bytes, long_video: Path) -> None:
+    with running_server(tmp_path, args=PRELOAD) as server, ExitStack() as stack:
+        start_pipeline(server, long_video, "cam")
+        watchers = []
+        for _ in range(32):  # max_previews' default: four times the threads
+            preview = stack.enter_context(watch(server, "cam"))
+            assert preview.status_code == 200, preview.text
+            watchers.append(preview)
+        for preview in watchers:
+            jpeg = first_jpeg(preview)
+            assert jpeg.startswith(b"\xff\xd8") and jpeg.endswith(b"\xff\xd9")
+        r = requests.post(server.url + ROUTE, data=v2_body, headers=JSON, timeout=15)
+        assert r.status_code == 200, r.text
+        assert report(server, "cam")["preview_watchers"] == 32
+        for preview in watchers:
+            preview.close()
+        wait(lambda: report(server, "cam")["preview_watchers"] == 0, timeout=1.5)
+
+
+def test_a_watcher_leaving_a_paused_pipeline_frees_its_slot(tmp_path: Path, long_video: Path) -> None:
+    """No frame is sent while the pipeline is paused (or its camera is down), so the server has to see the
+    disconnect on the socket itself, not on a write that fails."""
+    with running_server(tmp_path) as server:
+        start_pipeline(server, long_video, "cam")
+        with watch(server, "cam") as preview:
+            assert first_jpeg(preview).startswith(b"\xff\xd8")
+            assert requests.post(f"{server.url}/inference_pipelines/cam/pause", timeout=10).status_code == 200
+        wait(lambda: report(server, "cam")["preview_watchers"] == 0, timeout=1.5)
+
+
+def test_previews_past_max_previews_get_503(tmp_path: Path, long_video: Path) -> None:
+    with running_server(tmp_path, {"max_previews": "2"}) as server, ExitStack() as stack:
+        start_pipeline(server, long_video, "cam")
+        watchers = [stack.enter_context(watch(server, "cam")) for _ in range(2)]
+        for preview in watchers:
+            assert preview.status_code == 200, preview.text
+            assert first_jpeg(preview).startswith(b"\xff\xd8")
+        with watch(server, "cam") as third:
+            assert third.status_code == 503
+            assert third.json()["message"]
+        watchers[0].close()
+
+        def admitted() -> bool:
+            with watch(server, "cam") as preview:
+                return preview.status_code == 200
+
+        wait(admitted, timeout=1.5)
+
+
+# -- protocol details ----------------------------------------------------------------------------------------
+
+
+def test_expect_continue_chunked_http10_pipelining_and_413(tmp_path: Path, v2_body: bytes) -> None:
+    with running_server(tmp_path, {"max_body_bytes": "65536"}, args=PRELOAD) as server:
+        raw = Raw.connect(server.port)
+        head = request("POST", ROUTE, headers={**JSON, "Content-Length": str(len(v2_body)),
+                                                  "Expect": "100-continue"})
+        raw.sock.sendall(head)
+        assert raw.response()[0] == 100  # before any body byte is sent
+        raw.sock.sendall(v2_body)
+        status, _, body = raw.response()
+        assert status == 200, body[:200]
+        assert json.loads(body)["predictions"]
+
+        # chunked request body, in three chunks, on the same kept-alive connection
+        chunks = [v2_body[:100], v2_body[100:5000], v2_body[5000:]]
+        raw.sock.sendall(request("POST", ROUTE, headers={**JSON, "Transfer-Encoding": "chunked"})
+                         + b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n")
+        status, _, body = raw.response()
+        assert status == 200, body[:200]
+        assert json.loads(body)["predictions"]
+
+        # pipelined: three requests in one write, answered in order
+        raw.sock.sendall(request("GET", "/healthz") + request("GET", "/no-such-route") + request("GET", "/healthz"))
+        assert [raw.response()[0] for _ in range(3)] == [200, 404, 200]
+        raw.close()
+
+        old = Raw.connect(server.port)
+        old.sock.sendall(request("GET", "/healthz", version="HTTP/1.0"))
+        assert old.response()[0] == 200
+        assert old.closed()
+        old.close()
+
+        big = Raw.connect(server.port)
+        big.sock.sendall(request("POST", ROUTE, headers={**JSON, "Content-Length": str(10 * 1024 * 1024)}))
+        status, headers, body = big.response()  # no body byte sent: answered from the headers alone
+        assert status == 413
+        assert message(status, headers, body)
+        big.close()
