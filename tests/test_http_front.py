@@ -390,3 +390,22 @@ def test_expect_continue_chunked_http10_pipelining_and_413(tmp_path: Path, v2_bo
         assert status == 413
         assert message(status, headers, body)
         big.close()
+
+
+def test_model_upload_past_max_body_bytes_is_spooled_to_disk_and_installed(tmp_path: Path) -> None:
+    """``PUT /models/...`` has its own cap ([models] max_upload_bytes): a model larger than the image
+    routes' ``max_body_bytes`` and than what the front keeps in memory goes through an unnamed spool
+    file, arrives whole, installs, and leaves nothing behind."""
+    onnx = (ROOT / "edge_agent" / "demo" / "store" / "shapes" / "1" / "model.onnx").read_bytes()
+    assert len(onnx) > 1024 * 1024  # over the front's in-memory size for one body
+    with running_server(tmp_path, {"max_body_bytes": "65536", "api_key": "front-key"}) as server:
+        r = requests.put(f"{server.url}/models/acme/1", data=onnx, params={"api_key": "front-key"}, timeout=120,
+                         headers={"Content-Type": "application/octet-stream"})
+        assert r.status_code == 200, r.text
+        r = requests.get(f"{server.url}/models/acme/1", params={"api_key": "front-key"}, timeout=10)
+        assert r.status_code == 200 and r.json()["bytes"] == len(onnx), r.text
+        # the image routes keep their own cap
+        r = requests.post(f"{server.url}{ROUTE}", data=b"{" + b" " * 70000 + b"}", timeout=10,
+                          params={"api_key": "front-key"}, headers=JSON)
+        assert r.status_code == 413
+        assert list((tmp_path / "http-spool").iterdir()) == []

@@ -9,7 +9,10 @@ by ``[server]`` settings:
 - ``header_timeout_s``: the request line and headers, from the request's first byte (or the connection's
   opening); past it 408 and the connection closes. Heads larger than 64 KiB get 431.
 - ``body_timeout_s``: the whole body after the headers; past it 408. A declared ``Content-Length`` over
-  ``max_body_bytes`` is refused with 413 before the body is read.
+  ``max_body_bytes`` (``[models] max_upload_bytes`` for ``PUT /models/...``) is refused with 413 before
+  the body is read. A body stays in memory up to 1 MiB while all bodies in memory stay under 64 MiB;
+  beyond that it goes to an unnamed file in the state folder (``http-spool``), so a crowd of uploads
+  costs disk, not memory.
 - ``keepalive_s``: an idle kept-alive connection is closed.
 - ``max_connections``: past it a new connection is answered 503 at once and closed.
 
@@ -32,22 +35,26 @@ import logging
 import os
 import resource
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.utils import formatdate
-from typing import Any, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 from urllib.parse import unquote_to_bytes
 
 import httptools
 from gunicorn.workers.base import Worker
 
-from edge_agent.settings import ServerSettings
+from edge_agent.settings import ServerSettings, Settings
 
 log = logging.getLogger(__name__)
 
 MAX_HEAD_BYTES = 64 * 1024  # request line and headers together
+SPOOL_AT = 1024 * 1024  # a body larger than this goes to a file
+MEMORY_BUDGET = 64 * 1024 * 1024  # bodies in memory, all connections together; past it new bytes go to files
 PUSH_BACKLOG = 512 * 1024  # bytes a push stream may have unsent before its next parts are dropped
 SEND_STALL_S = 30.0  # a response whose unsent bytes do not shrink for this long is abandoned
 TICK_S = 0.25  # deadlines, heartbeat and the stop signal are looked at this often
@@ -73,12 +80,19 @@ class Limits:
     body_timeout_s: float
     keepalive_s: float
     max_body_bytes: int
+    max_upload_bytes: int  # PUT /models/...: model files, streamed to disk by the route
     graceful_timeout_s: float
+    spool_dir: Path
 
     @classmethod
-    def of(cls, s: ServerSettings) -> Limits:
+    def of(cls, settings: Settings) -> Limits:
+        s = settings.server
         return cls(s.max_connections, s.header_timeout_s, s.body_timeout_s, s.keepalive_s, s.max_body_bytes,
-                   float(s.graceful_timeout_s))
+                   settings.models.max_upload_bytes, float(s.graceful_timeout_s), settings.state_dir / "http-spool")
+
+    def body_cap(self, method: str, url: bytes) -> int:
+        upload = method == "PUT" and url.startswith(b"/models/")
+        return max(self.max_body_bytes, self.max_upload_bytes) if upload else self.max_body_bytes
 
 
 def _answer(status: str, message: str, date: str) -> bytes:
@@ -89,16 +103,25 @@ def _answer(status: str, message: str, date: str) -> bytes:
 
 
 class _Request:
-    __slots__ = ("url", "headers", "body", "size", "keep_alive", "http_version", "method")
+    __slots__ = ("url", "headers", "body", "spool", "size", "cap", "keep_alive", "http_version", "method")
 
     def __init__(self) -> None:
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
-        self.body: list[bytes] = []
+        self.body: list[bytes] = []  # in memory, until it is spooled
+        self.spool: BinaryIO | None = None
         self.size = 0
+        self.cap = 0
         self.keep_alive = False
         self.http_version = "1.1"
         self.method = "GET"
+
+    def input(self) -> BinaryIO:
+        """The body for ``wsgi.input``."""
+        if self.spool is not None:
+            self.spool.seek(0)
+            return self.spool
+        return io.BytesIO(b"".join(self.body))
 
 
 # Where a connection is in reading its current request
@@ -132,6 +155,10 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self.front.connections.discard(self)
+        if self.phase != _IDLE:  # a request cut short
+            self.front.release(self.request)
+        while self.waiting:
+            self.front.release(self.waiting.popleft())
         if self.push is not None:
             self.push.close()
             self.push = None
@@ -176,6 +203,7 @@ class _Connection(asyncio.Protocol):
         request.method = self.parser.get_method().decode("latin-1")
         request.http_version = self.parser.get_http_version()
         request.keep_alive = self.parser.should_keep_alive()
+        request.cap = limits.body_cap(request.method, request.url)
         self.phase, self.deadline = _BODY, time.monotonic() + limits.body_timeout_s
         length, expect = None, False
         for name, value in request.headers:
@@ -184,21 +212,29 @@ class _Connection(asyncio.Protocol):
                 length = int(value) if value.strip().isdigit() else None
             elif lower == b"expect" and value.lower() == b"100-continue":
                 expect = True
-        if length is not None and length > limits.max_body_bytes:
-            self._refuse("413 Request Entity Too Large",
-                         f"Request body too large. Limit: {limits.max_body_bytes} bytes.")
+        if length is not None and length > request.cap:
+            self._refuse("413 Request Entity Too Large", f"Request body too large. Limit: {request.cap} bytes.")
             raise httptools.HttpParserError("refused")  # stops the parser; caught in data_received
         if expect and not self.busy and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
-        request = self.request
-        request.body.append(body)
-        request.size += len(body)
-        if request.size > self.front.limits.max_body_bytes:
-            self._refuse("413 Request Entity Too Large",
-                         f"Request body too large. Limit: {self.front.limits.max_body_bytes} bytes.")
+        request, front = self.request, self.front
+        if request.size + len(body) > request.cap:
+            self._refuse("413 Request Entity Too Large", f"Request body too large. Limit: {request.cap} bytes.")
             raise httptools.HttpParserError("refused")
+        if request.spool is None and (request.size + len(body) > SPOOL_AT
+                                      or front.in_memory + len(body) > MEMORY_BUDGET):
+            request.spool = front.spool_file()
+            request.spool.writelines(request.body)
+            front.in_memory -= request.size
+            request.body = []
+        request.size += len(body)
+        if request.spool is not None:
+            request.spool.write(body)
+        else:
+            request.body.append(body)
+            front.in_memory += len(body)
 
     def on_message_complete(self) -> None:
         self.phase, self.head_bytes = _IDLE, 0
@@ -218,6 +254,7 @@ class _Connection(asyncio.Protocol):
             transport.pause_reading()  # one request in the application at a time
             future = self.front.loop.run_in_executor(self.front.pool, _run_app, self.front.app,
                                                      self.front.environ(request, transport))
+            request.body = []  # the environ holds the copy now (still counted, until the answer)
             future.add_done_callback(lambda f: self._respond(request, f))
             return
         self.busy = False
@@ -232,6 +269,7 @@ class _Connection(asyncio.Protocol):
             transport.resume_reading()
 
     def _respond(self, request: _Request, future: asyncio.Future[tuple[str, list[tuple[str, str]], Any]]) -> None:
+        self.front.release(request)
         if future.cancelled():
             return
         error = future.exception()
@@ -385,10 +423,26 @@ class _Front:
         self.loop = loop
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="http")
         self.connections: set[_Connection] = set()
+        self.in_memory = 0  # bytes of request bodies held in memory (the environ's copy included)
         self.stopping = False
         self.date = formatdate(usegmt=True)
         self._date_at = int(time.time())
         self.server_name, self.server_port = "localhost", "80"
+
+    def spool_file(self) -> BinaryIO:
+        """An unnamed file for a large body: it vanishes when closed, or when the process dies."""
+        self.limits.spool_dir.mkdir(parents=True, exist_ok=True)
+        return tempfile.TemporaryFile(dir=self.limits.spool_dir)
+
+    def release(self, request: _Request) -> None:
+        """A request is done with (answered, or its connection lost): its body's memory and file go."""
+        if request.spool is None:
+            self.in_memory -= request.size
+        else:
+            request.spool.close()
+            request.spool = None
+        request.size = 0
+        request.body = []
 
     def protocol(self) -> asyncio.Protocol:
         if len(self.connections) >= self.limits.max_connections:
@@ -398,7 +452,6 @@ class _Front:
     def environ(self, request: _Request, transport: asyncio.Transport) -> dict[str, Any]:
         """PEP 3333's environ for a request read whole."""
         url = httptools.parse_url(request.url)
-        body = b"".join(request.body)
         peer = transport.get_extra_info("peername") or ("", 0)
         env: dict[str, Any] = {
             "REQUEST_METHOD": request.method,
@@ -410,10 +463,10 @@ class _Front:
             "SERVER_PROTOCOL": f"HTTP/{request.http_version}",
             "REMOTE_ADDR": str(peer[0]),
             "REMOTE_PORT": str(peer[1]),
-            "CONTENT_LENGTH": str(len(body)),
+            "CONTENT_LENGTH": str(request.size),
             "wsgi.version": (1, 0),
             "wsgi.url_scheme": "http",
-            "wsgi.input": io.BytesIO(body),
+            "wsgi.input": request.input(),
             "wsgi.input_terminated": True,
             "wsgi.errors": sys.stderr,
             "wsgi.multithread": True,
@@ -473,7 +526,7 @@ class FrontWorker(Worker):  # type: ignore[misc]
 
     async def _serve(self, settings: ServerSettings) -> None:
         loop = asyncio.get_running_loop()
-        front = _Front(self.wsgi, Limits.of(settings), settings.threads, loop)
+        front = _Front(self.wsgi, Limits.of(self.app.settings), settings.threads, loop)
         front.server_port = str(settings.port)
         woken = asyncio.Event()
 
