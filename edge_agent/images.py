@@ -24,6 +24,7 @@ from edge_agent.url_fetch import UrlPolicy, fetch
 
 DEFAULT_MAX_PIXELS = 50_000_000
 _DATA_URI = re.compile(r"^data:image/[A-Za-z0-9.+-]+;base64,")
+_ASCII_SPACE = " \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"  # what str.split() splits an ASCII text on
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,8 @@ def bytes_from_base64(text: str | bytes) -> bytes:
         raise ImageLoadError("Empty image payload.")
     if "-" in text or "_" in text:
         text = text.replace("-", "+").replace("_", "/")
-    text = "".join(text.split())
+    if not text.isascii() or any(c in text for c in _ASCII_SPACE):  # the join copies the text: only when needed
+        text = "".join(text.split())
     try:
         return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
     except (binascii.Error, ValueError):

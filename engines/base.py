@@ -105,7 +105,8 @@ class EnginePrefs:
     Runtime choice and ONNX Runtime:
     backend: "auto" (best available), or a name from ``engines.BACKENDS``.
     providers: ONNX Runtime execution providers to try in order before the CPU, e.g. ("cuda",).
-    intra_op_threads / inter_op_threads: 0 lets the runtime choose (all physical cores).
+    intra_op_threads / inter_op_threads: 0 lets the runtime choose (all physical cores). intra_op_threads
+        also sizes how many runs a CPU session lets in at once (``engines.ort.concurrent_runs``).
     max_batch: the cap used when a model's batch axis is dynamic; the TensorRT profile's largest batch.
 
     TensorRT (``engines.trt_queue``):

@@ -9,6 +9,7 @@ accepted (docs/http-api.md §12 #13). ``confidence``/``overlap`` of 1 or more ar
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +34,68 @@ def _percent(value: float, floor: float = 0.0) -> float:
     return max(value, floor)
 
 
+# The Content-Disposition that requests, curl and the SDK write (no escapes, no RFC 2231 parameters).
+_PLAIN_DISPOSITION = re.compile(r'form-data; name="([^"\\;]*)"(; filename="[^"\\;]*")?')
+# werkzeug's parser answers 413 once the bytes it holds at a time (a 64 kB read, a part's headers, a
+# boundary's tail) pass max_form_memory_size: under this cap, or past these headers, the body is left to it.
+_SMALLEST_FORM_MEMORY = 128 * 1024
+_MAX_PART_HEADERS = 8 * 1024
+
+
+def _plain_multipart_file() -> bytes | None:
+    """The ``file`` part of a plainly written multipart body, or None to leave the body to werkzeug's form
+    parser, whose answer this always matches.
+
+    werkzeug's parser costs about 0.4 ms on a 25 kB JPEG (a regular expression scans the whole body for
+    the boundary); these few ``find`` calls read the usual body (CRLF line breaks, quoted names, a
+    filename) in a tenth of that. Anything else (line breaks other than CRLF, continued, escaped or long
+    headers, a missing Content-Disposition, more parts or larger fields than the server's limits) is
+    left to werkzeug, as is the answer when no part qualifies.
+    """
+    boundary = request.mimetype_params.get("boundary", "")
+    if request.mimetype != "multipart/form-data" or not boundary or not boundary.isascii():
+        return None
+    memory = request.max_form_memory_size
+    if memory is not None and memory < _SMALLEST_FORM_MEMORY:
+        return None
+    body = request.get_data()  # cached: the form parser reads the same bytes if it is needed
+    delimiter = b"--" + boundary.encode()
+    first = 2 if body.startswith(b"\r\n") else 0  # werkzeug's test client writes a line break first
+    if not body.startswith(delimiter + b"\r\n", first):
+        return None
+    found = None
+    start = first + len(delimiter) + 2
+    for _ in range(request.max_form_parts or 1000):
+        end = body.find(delimiter, start)
+        if end < 2 or body[end - 2:end] != b"\r\n":
+            return None
+        head_end = body.find(b"\r\n\r\n", start, min(end, start + _MAX_PART_HEADERS))
+        if head_end < 0:
+            return None
+        disposition = None
+        for line in body[start:head_end].split(b"\r\n"):
+            name, colon, value = line.partition(b":")
+            if not colon or line[:1] in (b" ", b"\t") or b"\r" in line or b"\n" in line or not line.isascii():
+                return None
+            if disposition is None and name.strip(b" \t").lower() == b"content-disposition":
+                disposition = _PLAIN_DISPOSITION.fullmatch(value.strip(b" \t").decode())
+        if disposition is None:
+            return None
+        data = body[head_end + 4:end - 2]
+        if disposition.group(2) is None:  # a field, which werkzeug keeps in memory under the cap
+            if memory is not None and len(data) > memory:
+                return None
+        elif found is None and disposition.group(1) == "file":
+            found = data
+        after = body[end + len(delimiter):end + len(delimiter) + 2]
+        if after == b"--":
+            return found if body.find(delimiter, end + len(delimiter)) < 0 else None
+        if after != b"\r\n":
+            return None
+        start = end + len(delimiter) + 2
+    return None
+
+
 def _legacy_body(query: LegacyQuery) -> Callable[[bool], np.ndarray]:
     """A loader `f(auto_orient) -> image` for the request's image, per docs/http-api.md §3.3."""
     found = common.services()
@@ -44,10 +107,12 @@ def _legacy_body(query: LegacyQuery) -> Callable[[bool], np.ndarray]:
     if not content_type:
         raise InvalidInput("Content-Type header not provided with request.")
     if "multipart/form-data" in content_type.lower():
-        part = request.files.get("file")
-        if part is None:
-            raise ImageLoadError("Expected image to be send in part named 'file' of multipart/form-data request")
-        data = part.read()
+        data = _plain_multipart_file()
+        if data is None:
+            part = request.files.get("file")
+            if part is None:
+                raise ImageLoadError("Expected image to be send in part named 'file' of multipart/form-data request")
+            data = part.read()
         return lambda orient: from_bytes(data, limits, orient)
     body = request.get_data(cache=False)
     if query.image_type.lower() == "numpy":

@@ -1,0 +1,127 @@
+"""The shortcuts that keep the HTTP app's cost per request low answer exactly what the general code
+answers: the v1 route's multipart reader against werkzeug's form parser, and base64 decoding (which
+copies the text only when it holds whitespace) against the standard library."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import pytest
+from flask import Flask, request
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.test import EnvironBuilder
+
+from edge_agent.errors import ImageLoadError
+from edge_agent.http.v1 import _plain_multipart_file
+from edge_agent.images import bytes_from_base64
+
+JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4 + b"\xff\xd9"
+B = "XyZ12"  # the boundary of the hand-written bodies
+
+
+def _part(name: str, data: bytes, filename: str | None = "a.jpg", nl: bytes = b"\r\n") -> bytes:
+    disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename is not None else "")
+    return (f"--{B}".encode() + nl + f"Content-Disposition: {disposition}".encode() + nl
+            + b"Content-Type: image/jpeg" + nl + nl + data + nl)
+
+
+def _body(*parts: bytes, end: bytes = f"--{B}--\r\n".encode()) -> bytes:
+    return b"".join(parts) + end
+
+
+def _both(app: Flask, body: bytes, content_type: str = f"multipart/form-data; boundary={B}") -> tuple[object, object]:
+    """(the shortcut's answer, werkzeug's ``files.get("file")`` bytes or the exception it raised)."""
+    def environ() -> dict[str, object]:
+        return EnvironBuilder(method="POST", data=body, content_type=content_type).get_environ()
+
+    with app.request_context(environ()):
+        fast = _plain_multipart_file()
+    with app.request_context(environ()):
+        try:
+            part = request.files.get("file")
+            slow: object = part.read() if part is not None else None
+        except RequestEntityTooLarge as exc:
+            slow = exc
+    return fast, slow
+
+
+@pytest.fixture()
+def app() -> Flask:
+    app = Flask(__name__)
+    app.config["MAX_FORM_PARTS"] = 4
+    return app
+
+
+@pytest.mark.parametrize("body", [
+    _body(_part("file", JPEG)),
+    _body(_part("file", JPEG), end=f"--{B}--".encode()),  # no line break at the end
+    _body(_part("other", b"field", None), _part("file", JPEG)),
+    _body(_part("file", b"not the image", None), _part("file", JPEG)),  # no filename: a form field
+    _body(_part("file", JPEG), _part("file", b"a second file")),
+    _body(_part("file", JPEG + f"\r\n--{B}X".encode())),  # the boundary's text inside the data
+    _body(_part("file", JPEG, filename="")),
+    _body(_part("file", JPEG), end=f"--{B}--\r\nepilogue".encode()),
+], ids=["one", "no-final-crlf", "field-first", "field-named-file", "two-files", "boundary-in-data",
+        "empty-filename", "epilogue"])
+def test_plain_bodies_are_read_without_the_form_parser_and_alike(app: Flask, body: bytes) -> None:
+    fast, slow = _both(app, body)
+    if body.count(f"--{B}X".encode()):
+        assert fast is None  # an ambiguous body is left to werkzeug
+    else:
+        assert fast is not None
+    assert slow is not None and (fast is None or fast == slow)
+
+
+def test_werkzeug_and_requests_encodings_take_the_shortcut(app: Flask) -> None:
+    requests = pytest.importorskip("requests")
+    prepared = requests.Request("POST", "http://x/a/1", files={"file": ("a.jpg", JPEG, "image/jpeg")}).prepare()
+    fast, slow = _both(app, prepared.body, prepared.headers["Content-Type"])
+    assert fast == slow == JPEG
+    environ = EnvironBuilder(method="POST", data={"file": (io.BytesIO(JPEG), "a.jpg")}).get_environ()
+    with app.request_context(environ):
+        assert _plain_multipart_file() == JPEG
+
+
+@pytest.mark.parametrize("body", [
+    _body(_part("file", JPEG, nl=b"\n"), end=f"--{B}--\n".encode()),  # LF line breaks
+    _body(_part("file", JPEG + f"\n--{B}\n".encode())),  # a lone LF before the boundary's text
+    b"preamble\r\n" + _body(_part("file", JPEG)),
+    _body(_part("file", JPEG, filename='a\\"b.jpg')),  # an escaped quote
+    _body(_part("file", JPEG).replace(b"Content-Disposition", b"X-Other")),  # no Content-Disposition
+    _body(_part("file", JPEG).replace(b"Content-Type", b" Content-Type")),  # a continued header
+    _body(_part("file", JPEG), end=b""),  # cut short
+    _body(_part("f1", b"1", None), _part("f2", b"2", None), _part("f3", b"3", None), _part("f4", b"4", None),
+          _part("file", JPEG)),  # more parts than MAX_FORM_PARTS: werkzeug answers 413
+], ids=["lf", "lone-lf", "preamble", "escaped-quote", "no-disposition", "continued-header", "cut-short",
+        "too-many-parts"])
+def test_other_bodies_are_left_to_the_form_parser(app: Flask, body: bytes) -> None:
+    fast, slow = _both(app, body)
+    assert fast is None
+    assert slow is None or isinstance(slow, (bytes, RequestEntityTooLarge))
+
+
+def test_the_shortcut_needs_the_form_data_type_and_a_boundary(app: Flask) -> None:
+    body = _body(_part("file", JPEG))
+    assert _both(app, body, "multipart/form-data")[0] is None
+    assert _both(app, body, f"multipart/mixed; boundary={B}")[0] is None
+
+
+_B64 = base64.b64encode(JPEG).decode()
+
+
+@pytest.mark.parametrize("text", [
+    _B64,
+    _B64.rstrip("="),  # padding left off
+    "\n".join(_B64[i:i + 76] for i in range(0, len(_B64), 76)),  # MIME line breaks
+    " " + _B64 + "\r\n",
+    base64.urlsafe_b64encode(JPEG).decode(),
+])
+def test_base64_forms_decode_to_the_image(text: str) -> None:
+    assert bytes_from_base64(text) == JPEG
+
+
+@pytest.mark.parametrize("text", [_B64[:-3] + "$==", "not base64 at all!", _B64[:5]])
+def test_malformed_base64_is_refused(text: str) -> None:
+    with pytest.raises(ImageLoadError):
+        bytes_from_base64(text)
