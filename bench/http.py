@@ -406,9 +406,16 @@ class Client:
         self.processing: list[float] = []  # the server's X-Processing-Time of each answer
 
     def __call__(self) -> int:
-        self.conn.request("POST", self.route, body=self.body, headers=self.headers)
-        r = self.conn.getresponse()
-        data = r.read()
+        for attempt in (1, 2):
+            try:
+                self.conn.request("POST", self.route, body=self.body, headers=self.headers)
+                r = self.conn.getresponse()
+                data = r.read()
+                break
+            except ConnectionError:  # the server closed the idle connection (keepalive_s): open another
+                self.conn.close()
+                if attempt == 2:
+                    raise
         if r.status != 200:
             raise HttpError(r.status, data.decode(errors="replace"))
         self.processing.append(float(r.getheader("X-Processing-Time") or "nan"))
