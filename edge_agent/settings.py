@@ -74,7 +74,7 @@ class EngineSettings(_Section):
         "auto", description="auto: TensorRT where usable, else ONNX Runtime; trt: the same, warning when it "
         "falls back; ort: ONNX Runtime only")
     providers: tuple[str, ...] = Field((), description="ONNX Runtime providers to try before the CPU: cuda, tensorrt")
-    intra_op_threads: int = Field(0, ge=0, description="0: all cores")
+    intra_op_threads: int = Field(0, ge=0, description="0: all cores; also bounds a CPU session's runs at once")
     inter_op_threads: int = Field(0, ge=0)
     max_batch: int = Field(8, ge=1, le=256, description="batch cap for models with a dynamic batch axis; "
                            "the TensorRT profile's largest batch")

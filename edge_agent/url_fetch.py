@@ -9,9 +9,11 @@ so ``[::ffff:127.0.0.1]``, ``2130706433``, ``127.1`` and an alias of a blocked n
 The total timeout holds whatever the server's pace: every socket operation (connect, TLS handshake,
 send, each read of the status line, headers and body) waits at most the time left, and so does each
 DNS lookup (of the URL's host and of list entries that are names): ``getaddrinfo`` cannot be
-interrupted, so it runs on one of ``MAX_IN_FLIGHT`` resolver threads and the fetch stops waiting for
-it when the time is up. At most ``MAX_IN_FLIGHT`` fetches run at once in the process, so slow URLs
-cannot occupy every request thread. Only the standard library is used.
+interrupted, so it runs on a thread of its own and the fetch stops waiting for it when the time is up.
+Such a thread stays busy until the system resolver gives up; at most ``MAX_IN_FLIGHT`` lookups run at
+once, and past that a fetch is refused at once (503) rather than queued behind a resolver that hangs.
+At most ``MAX_IN_FLIGHT`` fetches run at once in the process, so slow URLs cannot occupy every request
+thread. Only the standard library is used.
 """
 
 from __future__ import annotations
@@ -23,10 +25,8 @@ import socket
 import ssl
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout  # not the built-in one before Python 3.11
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import urljoin, urlsplit
 
 from edge_agent.errors import ImageLoadError, Overloaded
@@ -40,7 +40,7 @@ SLOT_WAIT_S = 0.25  # how long a fetch waits for a free slot before it is refuse
 _LIST_TTL_S = 30.0  # how long the resolved addresses of a list entry are reused
 
 _slots = threading.BoundedSemaphore(MAX_IN_FLIGHT)
-_resolver = ThreadPoolExecutor(MAX_IN_FLIGHT, thread_name_prefix="url-dns")
+_lookups = threading.BoundedSemaphore(MAX_IN_FLIGHT)  # resolver threads at once
 
 _Address: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 _Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -105,14 +105,29 @@ _list_lock = threading.Lock()
 
 
 def _lookup(host: str, port: int | None, deadline: float) -> list[tuple[int, str]]:
-    """``getaddrinfo`` waited for until ``deadline`` (``_Expired`` after it): (family, address) pairs."""
-    future = _resolver.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
-    try:
-        infos = future.result(timeout=_left(deadline))
-    except FutureTimeout as exc:
-        future.cancel()
-        raise _Expired("DNS lookup") from exc
-    return [(int(info[0]), str(info[4][0])) for info in infos]
+    """``getaddrinfo`` waited for until ``deadline`` (``_Expired`` after it): (family, address) pairs.
+    A daemon thread: one that hangs neither holds up the process's exit nor a later lookup's place."""
+    timeout = _left(deadline)
+    if not _lookups.acquire(blocking=False):
+        raise Overloaded(f"{MAX_IN_FLIGHT} DNS lookups of image URLs are not answering - retry request.")
+    done = threading.Event()
+    outcome: list[Any] = []
+
+    def resolve() -> None:
+        try:
+            outcome.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting fetch
+            outcome.append(exc)
+        finally:
+            _lookups.release()
+            done.set()
+
+    threading.Thread(target=resolve, name="url-dns", daemon=True).start()
+    if not done.wait(timeout):
+        raise _Expired("DNS lookup")
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return [(int(info[0]), str(info[4][0])) for info in outcome[0]]
 
 
 def _entry_networks(entry: str, deadline: float) -> tuple[_Network, ...]:

@@ -70,9 +70,10 @@ def concurrent_runs(intra_op_threads: int) -> int:
 
     Each run in flight keeps its own intermediate tensors in ONNX Runtime's arena, and runs beyond the
     cores only share them out. YOLOv8n-sized 640x640 model, 2 cores, default threads, 8 HTTP clients
-    (bench/http.py --model heavy): unbounded, the server's peak RSS (master and worker) was 332 MB; one
-    run at a time, 229 MB, and 4-client throughput 1.04x bare ONNX Runtime on 4 threads (0.97x with 2 or
-    4 runs at a time: each run's threads spin-wait on the cores the other needs)."""
+    (bench/http.py --model heavy): unbounded, the server's peak RSS (master and worker) was 332 MB and
+    4-client throughput 0.96x bare ONNX Runtime on 4 threads; one run at a time, 229-233 MB and
+    1.00-1.04x (0.86-0.97x with 2 or 4 runs at a time: each run's threads spin-wait on the cores the
+    other needs)."""
     cores = len(os.sched_getaffinity(0))
     return max(1, cores // (intra_op_threads or cores))
 
@@ -91,11 +92,12 @@ class OrtEngine:
         options.intra_op_num_threads = prefs.intra_op_threads
         options.inter_op_num_threads = prefs.inter_op_threads
         options.log_severity_level = 3  # errors only; ORT's warnings go to stderr, not our logs
-        # No memory pattern: it plans one block per input shape and keeps it for the session's life.
-        # Without it (YOLOv8n-sized model) batches of 1..8 peaked at 306 MB instead of 388, 8 concurrent
-        # batch-1 runs at 104 instead of 115, and a run cost ~1% more CPU.
-        options.enable_mem_pattern = False
         providers = choose_providers(prefs.providers, ort.get_available_providers())
+        # On the CPU, no memory pattern: it plans one block per input shape and keeps it for the session's
+        # life. Without it (YOLOv8n-sized model) batches of 1..8 peaked at 306 MB instead of 388, 8
+        # concurrent batch-1 runs at 104 instead of 115, and a run cost ~1% more CPU. GPU providers keep
+        # ONNX Runtime's default: not measured there.
+        options.enable_mem_pattern = providers[0] != "CPUExecutionProvider"
         try:
             self._session = ort.InferenceSession(str(model_path), options, providers=providers)
         except Exception as exc:  # ORT raises its own untyped exceptions (Fail, InvalidGraph, ...)

@@ -10,7 +10,9 @@ are raw sockets on 127.0.0.1.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import os
 import select
 import socket
 import threading
@@ -408,4 +410,53 @@ def test_model_upload_past_max_body_bytes_is_spooled_to_disk_and_installed(tmp_p
         r = requests.post(f"{server.url}{ROUTE}", data=b"{" + b" " * 70000 + b"}", timeout=10,
                           params={"api_key": "front-key"}, headers=JSON)
         assert r.status_code == 413
-        assert list((tmp_path / "http-spool").iterdir()) == []
+        assert (tmp_path / "http-spool").is_dir()  # the upload went through a spool file
+        worker = int(Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children").read_text().split()[0])
+        links = []
+        for fd in Path(f"/proc/{worker}/fd").iterdir():
+            with contextlib.suppress(FileNotFoundError):  # an fd closed meanwhile
+                links.append(os.readlink(fd))
+        assert [link for link in links if "http-spool" in link] == []  # unnamed files: closed is gone
+
+
+def test_bad_targets_trailers_big_heads_and_keyless_uploads_are_refused_early(tmp_path: Path) -> None:
+    """What the front refuses itself, each with a JSON answer and the connection closed: a request target
+    that is not a path (CONNECT, authority form), a head over 64 KiB even when it arrives in one read,
+    chunked trailers past the head's limit (trailers are never merged into the headers), and a
+    model-sized upload from a caller without the key (its body is not worth reading)."""
+    with running_server(tmp_path, {"max_body_bytes": "65536", "api_key": "front-key"}) as server:
+        for target in (b"CONNECT example.com:443 HTTP/1.1", b"GET example.com:80 HTTP/1.1"):
+            raw = Raw.connect(server.port)
+            raw.sock.sendall(target + b"\r\nHost: 127.0.0.1\r\n\r\n")
+            status, headers, body = raw.response()
+            assert status == 400, (target, body[:200])
+            assert message(status, headers, body)
+            assert raw.closed()
+            raw.close()
+
+        raw = Raw.connect(server.port)
+        raw.sock.sendall(request("GET", "/healthz", headers={"X-Pad": "a" * 70_000}))  # one write
+        assert raw.response()[0] == 431
+        raw.close()
+
+        raw = Raw.connect(server.port)
+        trailers = b"".join(b"X-T%d: %s\r\n" % (i, b"b" * 1000) for i in range(80))  # ~80 KB of trailers
+        raw.sock.sendall(request("POST", "/healthz", headers={"Transfer-Encoding": "chunked"})
+                         + b"2\r\n{}\r\n0\r\n" + trailers + b"\r\n")
+        status, headers, body = raw.response()
+        assert status == 431, body[:200]
+        raw.close()
+
+        big = str(10 * 1024 * 1024)
+        for query in ("", "?api_key=wrong"):
+            raw = Raw.connect(server.port)
+            raw.sock.sendall(request("PUT", "/models/acme/1" + query, headers={"Content-Length": big}))
+            status, headers, body = raw.response()  # answered from the head alone
+            assert status == 413, body[:200]
+            raw.close()
+        raw = Raw.connect(server.port)  # with the key, the upload cap applies: the body is awaited
+        raw.sock.sendall(request("PUT", "/models/acme/1?api_key=front-key", headers={"Content-Length": big}))
+        raw.sock.settimeout(1.0)
+        with pytest.raises(TimeoutError):
+            raw.response()
+        raw.close()

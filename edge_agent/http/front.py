@@ -30,7 +30,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import hmac
 import io
+import json
 import logging
 import os
 import resource
@@ -89,23 +92,39 @@ class Limits:
         return cls(s.max_connections, s.header_timeout_s, s.body_timeout_s, s.keepalive_s, s.max_body_bytes,
                    settings.models.max_upload_bytes, float(s.graceful_timeout_s), settings.state_dir / "http-spool")
 
-    def body_cap(self, method: str, url: bytes) -> int:
-        upload = method == "PUT" and url.startswith(b"/models/")
-        return max(self.max_body_bytes, self.max_upload_bytes) if upload else self.max_body_bytes
+    def body_cap(self, request: _Request, api_key: bytes | None) -> int:
+        """``max_upload_bytes`` for ``PUT /models/...`` from a caller with the key (the route needs it:
+        without, its body is not worth reading), ``max_body_bytes`` for everything else."""
+        if request.method == "PUT" and request.path.startswith(b"/models/") and api_key is not None \
+                and _carries_key(request, api_key):
+            return max(self.max_body_bytes, self.max_upload_bytes)
+        return self.max_body_bytes
+
+
+def _carries_key(request: _Request, key: bytes) -> bool:
+    """Whether the request names ``key`` in ``?api_key=`` or ``Authorization: Bearer`` (the routes check
+    it again, with every other way of giving it)."""
+    given = [value[7:].strip() for name, value in request.headers
+             if name.lower() == b"authorization" and value[:7].lower() == b"bearer "]
+    given += [unquote_to_bytes(pair[8:]) for pair in request.query.split(b"&") if pair.startswith(b"api_key=")]
+    return any(hmac.compare_digest(g, key) for g in given)
 
 
 def _answer(status: str, message: str, date: str) -> bytes:
     """A complete JSON error response that closes the connection (the front's own refusals)."""
-    body = ('{"message": "' + message + '"}').encode()
+    body = json.dumps({"message": message}).encode()
     return (f"HTTP/1.1 {status}\r\nDate: {date}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode("latin-1") + body
 
 
 class _Request:
-    __slots__ = ("url", "headers", "body", "spool", "size", "cap", "keep_alive", "http_version", "method")
+    __slots__ = ("url", "path", "query", "headers", "body", "spool", "size", "cap", "keep_alive", "http_version",
+                 "method")
 
     def __init__(self) -> None:
         self.url = b""
+        self.path = b"/"
+        self.query = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []  # in memory, until it is spooled
         self.spool: BinaryIO | None = None
@@ -134,7 +153,8 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.phase = _IDLE
         self.deadline = time.monotonic() + front.limits.header_timeout_s  # a new connection owes a first byte
-        self.head_bytes = 0
+        self.head_bytes = 0  # the head's fields as parsed (trailers included)
+        self.raw_head = 0  # bytes read while in the head: catches a field the parser still buffers
         self.request = _Request()
         self.waiting: collections.deque[_Request] = collections.deque()  # read whole, not yet run (pipelined)
         self.busy = False  # a request is in the application
@@ -167,8 +187,9 @@ class _Connection(asyncio.Protocol):
             return  # an answer that closes is on its way, or a watcher talks: what comes is dropped
         if self.phase == _IDLE:  # the first byte of a request: its head is now owed
             self.phase, self.deadline = _HEAD, time.monotonic() + self.front.limits.header_timeout_s
+            self.raw_head = self.head_bytes = 0
         if self.phase == _HEAD:
-            self.head_bytes += len(data)
+            self.raw_head += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -177,7 +198,7 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._refuse("400 Bad Request", f"Malformed HTTP request: {_text(exc)}")
             return
-        if self.phase == _HEAD and self.head_bytes > MAX_HEAD_BYTES:
+        if self.phase == _HEAD and self.raw_head > MAX_HEAD_BYTES:  # a field the parser still buffers
             self._refuse("431 Request Header Fields Too Large", f"Request head over {MAX_HEAD_BYTES} bytes")
 
     def eof_received(self) -> bool | None:
@@ -189,12 +210,24 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks --------------------------------------------------------------------------
     def on_message_begin(self) -> None:
         self.request = _Request()
+        if self.phase == _IDLE:  # a pipelined request, parsed from the same read as the one before it
+            self.phase, self.deadline = _HEAD, time.monotonic() + self.front.limits.header_timeout_s
 
     def on_url(self, url: bytes) -> None:
         self.request.url += url
+        self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.request.headers.append((name, value))
+        self._count_head(len(name) + len(value) + 4)
+        if self.phase == _HEAD:
+            self.request.headers.append((name, value))
+        # else a chunked body's trailer: counted against the head's limit, never merged into the headers
+
+    def _count_head(self, n: int) -> None:
+        self.head_bytes += n
+        if self.head_bytes > MAX_HEAD_BYTES:
+            self._refuse("431 Request Header Fields Too Large", f"Request head over {MAX_HEAD_BYTES} bytes")
+            raise httptools.HttpParserError("refused")
 
     def on_headers_complete(self) -> None:
         limits = self.front.limits
@@ -202,7 +235,15 @@ class _Connection(asyncio.Protocol):
         request.method = self.parser.get_method().decode("latin-1")
         request.http_version = self.parser.get_http_version()
         request.keep_alive = self.parser.should_keep_alive()
-        request.cap = limits.body_cap(request.method, request.url)
+        try:
+            if request.method == "CONNECT" or not request.url.startswith((b"/", b"http://", b"https://")):
+                raise ValueError(request.url[:100])
+            url = httptools.parse_url(request.url)
+            request.path, request.query = url.path or b"/", url.query or b""
+        except (ValueError, httptools.HttpParserInvalidURLError):
+            self._refuse("400 Bad Request", "Malformed request target")
+            raise httptools.HttpParserError("refused") from None
+        request.cap = limits.body_cap(request, self.front.api_key)
         self.phase, self.deadline = _BODY, time.monotonic() + limits.body_timeout_s
         length, expect = None, False
         for name, value in request.headers:
@@ -214,7 +255,7 @@ class _Connection(asyncio.Protocol):
         if length is not None and length > request.cap:
             self._refuse("413 Request Entity Too Large", f"Request body too large. Limit: {request.cap} bytes.")
             raise httptools.HttpParserError("refused")  # stops the parser; caught in data_received
-        if expect and not self.busy and self.transport is not None:
+        if expect and request.http_version == "1.1" and not self.busy and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
@@ -247,12 +288,20 @@ class _Connection(asyncio.Protocol):
         transport = self.transport
         if self.closing or transport is None:
             return
+        if self.waiting and self.front.stopping:
+            for request in self.waiting:
+                self.front.release(request)
+            self.waiting.clear()
+            self._refuse("503 Service Unavailable", "The server is stopping; try again shortly")
+            return
         if self.waiting:
             request = self.waiting.popleft()
-            self.busy = True
-            transport.pause_reading()  # one request in the application at a time
-            self.front.pool.submit(self._in_thread, request, self.front.environ(request, transport))
+            environ = self.front.environ(request, transport)
             request.body = []  # the environ holds the copy now (still counted, until the answer)
+            self.busy = True
+            self.front.running += 1
+            transport.pause_reading()  # one request in the application at a time
+            self.front.pool.submit(self._in_thread, request, environ)
             return
         self.busy = False
         if self.refusal is not None:
@@ -279,6 +328,7 @@ class _Connection(asyncio.Protocol):
                 answer[2].close()
 
     def _respond(self, request: _Request, answer: _Answer) -> None:
+        self.front.running -= 1
         self.front.release(request)
         status, headers, body = answer
         transport = self.transport
@@ -299,15 +349,22 @@ class _Connection(asyncio.Protocol):
             loop = self.front.loop
 
             def deliver(part: bytes) -> None:  # on the pipeline's thread
-                loop.call_soon_threadsafe(self._push_part, part)
+                with contextlib.suppress(RuntimeError):  # the loop is gone: the worker stopped
+                    loop.call_soon_threadsafe(self._push_part, part)
 
             body.subscribe(deliver)
             return
         assert isinstance(body, bytes)
-        keep = (request.keep_alive or bool(self.waiting)) and not self.front.stopping
-        if not has_length and request.method != "HEAD" and status[:3] not in ("204", "304"):
+        keep = request.keep_alive and not self.front.stopping
+        if request.method == "HEAD" or status[:1] == "1" or status[:3] in ("204", "304"):
+            body = b""  # no content, whatever the application gave: the framing must hold
+        elif not has_length:
             head.append(f"Content-Length: {len(body)}\r\n")
-        head.append("\r\n" if keep else "Connection: close\r\n\r\n")
+        if not keep:
+            head.append("Connection: close\r\n")
+        elif request.http_version == "1.0":
+            head.append("Connection: keep-alive\r\n")
+        head.append("\r\n")
         transport.writelines(("".join(head).encode("latin-1"), body))
         if keep:
             self._next()
@@ -411,17 +468,31 @@ def _run_app(app: WsgiApp, environ: dict[str, Any]) -> _Answer:
 
 
 class _Refused(asyncio.Protocol):
-    """Past ``max_connections``: a 503 at once, then the connection closes."""
+    """Past ``max_connections``: a 503 at once, then the connection closes. While few are refused, each
+    is given a second to read the answer; in a flood they are closed at once, so that refusals cannot
+    use up the process's open files."""
 
-    def __init__(self, date: str) -> None:
-        self.date = date
+    MAX_LINGERING = 64
+
+    def __init__(self, front: _Front) -> None:
+        self.front = front
+        self.lingering = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        transport.write(_answer("503 Service Unavailable", "Too many connections; try again shortly", self.date))
-        if transport.can_write_eof():
-            transport.write_eof()
-        asyncio.get_running_loop().call_later(1.0, transport.close)
+        front = self.front
+        transport.write(_answer("503 Service Unavailable", "Too many connections; try again shortly", front.date))
+        if front.refusing >= self.MAX_LINGERING or not transport.can_write_eof():
+            transport.close()
+            return
+        front.refusing += 1
+        self.lingering = True
+        transport.write_eof()
+        front.loop.call_later(1.0, transport.close)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.lingering:
+            self.front.refusing -= 1
 
     def data_received(self, data: bytes) -> None:
         pass  # dropped: the answer is already on its way
@@ -437,6 +508,9 @@ class _Front:
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="http")
         self.connections: set[_Connection] = set()
         self.in_memory = 0  # bytes of request bodies held in memory (the environ's copy included)
+        self.running = 0  # requests in the application
+        self.refusing = 0  # connections past the cap still being answered
+        self.api_key: bytes | None = None  # [server] api_key: who may send a model-sized body
         self.stopping = False
         self.date = formatdate(usegmt=True)
         self._date_at = int(time.time())
@@ -459,18 +533,17 @@ class _Front:
 
     def protocol(self) -> asyncio.Protocol:
         if len(self.connections) >= self.limits.max_connections:
-            return _Refused(self.date)
+            return _Refused(self)
         return _Connection(self)
 
     def environ(self, request: _Request, transport: asyncio.Transport) -> dict[str, Any]:
         """PEP 3333's environ for a request read whole."""
-        url = httptools.parse_url(request.url)
         peer = transport.get_extra_info("peername") or ("", 0)
         env: dict[str, Any] = {
             "REQUEST_METHOD": request.method,
             "SCRIPT_NAME": "",
-            "PATH_INFO": unquote_to_bytes(url.path or b"/").decode("latin-1"),
-            "QUERY_STRING": (url.query or b"").decode("latin-1"),
+            "PATH_INFO": unquote_to_bytes(request.path).decode("latin-1"),
+            "QUERY_STRING": request.query.decode("latin-1"),
             "SERVER_NAME": self.server_name,
             "SERVER_PORT": self.server_port,
             "SERVER_PROTOCOL": f"HTTP/{request.http_version}",
@@ -530,7 +603,19 @@ def raise_open_files(wanted: int) -> None:
 
 class FrontWorker(Worker):  # type: ignore[misc]
     """gunicorn's worker class for edge-agent: the front above, the Flask app in ``threads`` threads.
-    Its settings come from the application (``EdgeAgentServer.settings.server``)."""
+    Its settings come from the application (``EdgeAgentServer.settings.server``).
+
+    SIGTERM stops gracefully: requests in the application get ``graceful_timeout_s`` less 2 s (gunicorn
+    kills the worker at ``graceful_timeout_s``, and the runtime must still stop). SIGINT and SIGQUIT stop
+    at once, as gunicorn's other workers do."""
+
+    quick = False  # SIGINT/SIGQUIT: no draining
+
+    def handle_quit(self, sig: int, frame: Any) -> None:
+        self.quick = True
+        self.alive = False
+        with contextlib.suppress(OSError):
+            os.write(self.PIPE[1], b"q")  # wake the loop (signals already do, through the wake-up fd)
 
     def run(self) -> None:
         settings: ServerSettings = self.app.settings.server
@@ -541,6 +626,7 @@ class FrontWorker(Worker):  # type: ignore[misc]
         loop = asyncio.get_running_loop()
         front = _Front(self.wsgi, Limits.of(self.app.settings), settings.threads, loop)
         front.server_port = str(settings.port)
+        front.api_key = settings.api_key.get_secret_value().encode() if settings.api_key else None
         woken = asyncio.Event()
 
         def wake() -> None:  # a signal arrived (gunicorn's wake-up pipe): look at ``alive`` now
@@ -567,11 +653,17 @@ class FrontWorker(Worker):  # type: ignore[misc]
             for server in servers:
                 server.close()
             front.stop()
-            until = time.monotonic() + front.limits.graceful_timeout_s
-            while any(c.busy for c in front.connections) and time.monotonic() < until:
+            until = time.monotonic() + max(1.0, front.limits.graceful_timeout_s - 2.0)
+            while front.running and not self.quick and time.monotonic() < until:
                 self.notify()
                 front.tick()
                 await asyncio.sleep(TICK_S)
+            for conn in list(front.connections):  # what is written still goes out, for up to a second
+                if conn.transport is not None:
+                    conn.transport.close()
+            flushed = time.monotonic() + (0.0 if self.quick else 1.0)
+            while front.connections and time.monotonic() < flushed:
+                await asyncio.sleep(0.05)
             for conn in list(front.connections):
                 if conn.transport is not None:
                     conn.transport.abort()

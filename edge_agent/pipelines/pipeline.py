@@ -92,11 +92,12 @@ class PreviewWatcher:
         self._deliver: Callable[[bytes], None] | None = None
 
     def push_to(self, deliver: Callable[[bytes], None]) -> None:
-        """Hand every new frame to ``deliver``, the newest one at once."""
+        """Hand every new frame to ``deliver``, the newest one at once (under the lock, so that it cannot
+        arrive after a newer one)."""
         with self._sink._cond:
-            self._deliver, latest = deliver, self._sink._jpeg
-        if latest is not None:
-            deliver(latest)
+            self._deliver = deliver
+            if self._sink._jpeg is not None:
+                deliver(self._sink._jpeg)
 
     def next(self, seen: int, timeout: float) -> tuple[int, bytes | None]:
         """The frame after number ``seen`` (-1: the newest), or None after ``timeout`` s."""
