@@ -162,7 +162,8 @@ def test_legacy_routes_do_not_capture_specific_routes(http_server: Server) -> No
     r = requests.get(f"{http_server.url}/start/{DET}", timeout=60)
     assert r.json() == {"status": 200, "message": "inference session started from local memory."}
     for path in ("/infer/workflows", "/workflows/run", "/infer/workflows/ws/flow", "/ws/workflows/flow",
-                 "/infer/semantic_segmentation", "/clip/embed_image"):
+                 "/infer/semantic_segmentation", "/clip/embed_image", "/yolo_world/infer",
+                 "/perception_encoder/embed_image", "/sam3/concept_segment", "/sam3_3d/infer"):
         r = requests.post(http_server.url + path, json={}, timeout=30)
         assert r.status_code == 501
         assert _message(r) == f"Not supported by edge-agent: {path}"

@@ -56,7 +56,8 @@ PUBLIC_MESSAGES: dict[type[EdgeAgentError], str] = {
 # Roboflow routes edge-agent does not implement (docs/http-api.md §6.2): a clear 501 instead of the legacy catch-all.
 UNSUPPORTED = ("/infer/workflows", "/infer/workflows/<path:rest>", "/workflows/run", "/workflows/<path:rest>",
                "/<workspace>/workflows/<path:rest>", "/infer/lmm", "/clip/<path:rest>", "/sam/<path:rest>",
-               "/sam2/<path:rest>", "/doctr/<path:rest>", "/gaze/<path:rest>", "/cogvlm/<path:rest>",
+               "/sam2/<path:rest>", "/sam3/<path:rest>", "/sam3_3d/<path:rest>", "/yolo_world/<path:rest>",
+               "/perception_encoder/<path:rest>", "/doctr/<path:rest>", "/gaze/<path:rest>", "/cogvlm/<path:rest>",
                "/infer/semantic_segmentation")
 
 
