@@ -631,15 +631,15 @@ def main() -> None:
                         conn.request("GET", "/healthz")
                         conn.getresponse().read()
 
-                    def heavy(sess: Any = sess, url: str = url) -> None:
+                    def with_requests(sess: Any = sess, url: str = url) -> None:
                         sess.get(url, timeout=10)
 
                     for _ in range(20):
                         lean()
-                        heavy()
+                        with_requests()
                     samples: dict[str, list[float]] = {"lean": [], "requests": []}
                     for _ in range(min(n_req, 200)):
-                        for key, call in (("lean", lean), ("requests", heavy)):
+                        for key, call in (("lean", lean), ("requests", with_requests)):
                             t0 = time.perf_counter()
                             call()
                             samples[key].append(time.perf_counter() - t0)

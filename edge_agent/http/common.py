@@ -65,16 +65,21 @@ def request_state() -> RequestState:
     return state
 
 
-def given_keys() -> list[str]:
-    """The request's API keys, in docs/http-api.md §1.3 precedence: query, then Bearer header, then JSON body
-    (the SDK's literal ``api_key=None`` is no key)."""
+def keys_in(query_key: str | None, authorization: str) -> list[str]:
+    """The keys of the query and the ``Authorization: Bearer`` header, in docs/http-api.md §1.3 precedence
+    (the SDK's literal ``api_key=None`` is no key). The front reads them before Flask does."""
     keys = []
-    query_key = request.args.get("api_key")
     if query_key and query_key != "None":
         keys.append(query_key)
-    auth = request.headers.get("Authorization", "")
-    if auth.lower().startswith("bearer "):
-        keys.append(auth[7:].strip())
+    if authorization.lower().startswith("bearer "):
+        keys.append(authorization[7:].strip())
+    return keys
+
+
+def given_keys() -> list[str]:
+    """The request's API keys, in docs/http-api.md §1.3 precedence: query, then Bearer header, then JSON
+    body."""
+    keys = keys_in(request.args.get("api_key"), request.headers.get("Authorization", ""))
     if request.is_json:
         body = request.get_json(silent=True)
         if isinstance(body, dict) and isinstance(body.get("api_key"), str):

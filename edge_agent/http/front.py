@@ -46,11 +46,12 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, TypeGuard
-from urllib.parse import unquote_to_bytes
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 import httptools
 from gunicorn.workers.base import Worker
 
+from edge_agent.http.common import keys_in
 from edge_agent.settings import ServerSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -102,12 +103,12 @@ class Limits:
 
 
 def _carries_key(request: _Request, key: bytes) -> bool:
-    """Whether the request names ``key`` in ``?api_key=`` or ``Authorization: Bearer`` (the routes check
-    it again, with every other way of giving it)."""
-    given = [value[7:].strip() for name, value in request.headers
-             if name.lower() == b"authorization" and value[:7].lower() == b"bearer "]
-    given += [unquote_to_bytes(pair[8:]) for pair in request.query.split(b"&") if pair.startswith(b"api_key=")]
-    return any(hmac.compare_digest(g, key) for g in given)
+    """Whether the request's first key in ``?api_key=`` or ``Authorization: Bearer`` is ``key``, as the
+    routes will judge it (``common.keys_in``; they check it again, with the JSON body's key too)."""
+    query = dict(parse_qsl(request.query.decode("latin-1"), errors="replace"))
+    authorization = next((v.decode("latin-1") for n, v in request.headers if n.lower() == b"authorization"), "")
+    given = keys_in(query.get("api_key"), authorization)
+    return bool(given) and hmac.compare_digest(given[0].encode("utf-8", "replace"), key)
 
 
 def _answer(status: str, message: str, date: str) -> bytes:
