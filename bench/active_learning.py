@@ -1,12 +1,24 @@
 """What active learning costs a pipeline, in the same run on the same video.
 
-  off        a pipeline (process-all) on a generated 640x480 video, no sampling
-  100%       the same with a ``random`` strategy at traffic 1.0 (every frame: dHash, JPEG encoding,
-             the spool write in the writer thread, and the folder target's uploader writing the YOLO
-             data set concurrently), frames/s; and how much reached the spool
+  off        a pipeline (process-all) on a generated 640x480 video, active learning not enabled
+  0% 10% 100%
+             the same pipeline with active learning enabled and a ``random`` strategy at that traffic
+             (each sampled frame: JPEG encoding and the spool write in the writer thread, and the folder
+             target's uploader writing the YOLO data set concurrently); near-duplicate skipping off, so
+             that 100 % means every frame; the writer and uploader at the default ``thread_priority``
+             ("idle": they take only CPU that inference leaves, and what they have no time for is
+             dropped and counted)
+  100% normal
+             the same at ``thread_priority = "normal"`` (every frame written, at inference's expense)
   spool      ``Spool.add`` alone with the JPEGs of those frames: items/s and MB/s, disk bytes per frame
 
-    python bench/active_learning.py [--frames 300] [--rounds 3] [--sync full|normal]
+Each round runs every mode once, in a rotated order, and each mode's figure is divided by the ``off``
+figure of its own round: on a shared machine the load drifts between rounds, so a ratio is taken from
+runs close in time, and the median of the rounds is given with their spread. Besides frames/s (wall
+time), the CPU seconds the whole process spent per frame (all threads: decoding, inference, sampling,
+the writer, the uploader) are given: they do not depend on what else runs on the machine.
+
+    python bench/active_learning.py [--frames 300] [--rounds 5] [--sync full|normal]
 """
 
 # ruff: noqa: E402
@@ -26,11 +38,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+MODES: dict[str, tuple[float, str] | None] = {"off": None, "0%": (0.0, "idle"), "10%": (0.1, "idle"),
+                                              "100%": (1.0, "idle"), "100% normal": (1.0, "normal")}
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=300)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--sync", default="full", choices=["full", "normal"])
     args = ap.parse_args()
 
@@ -46,43 +61,62 @@ def main() -> None:
     video = tmp / "moving.mp4"
     write_video(video, args.frames, 480, 640)
 
-    def runtime(name: str, sampling: bool) -> Any:
-        al = ActiveLearningSettings(enabled=True, dedup_distance=0, spool_sync=args.sync,
-                                    spool_max_items=1_000_000, queue_size=256,
-                                    strategies=({"name": "all", "type": "random", "traffic_percentage": 1.0},))
+    def runtime(name: str, mode: tuple[float, str] | None) -> Any:
         settings = Settings.defaults(tmp / name)
-        if sampling:
+        if mode is not None:
+            traffic, priority = mode
+            al = ActiveLearningSettings(enabled=True, dedup_distance=0, spool_sync=args.sync,
+                                        spool_max_items=1_000_000, thread_priority=priority,
+                                        strategies=({"name": "all", "type": "random", "traffic_percentage": traffic},))
             settings = settings.model_copy(update={"active_learning": al})
         rt = Runtime(settings)
         rt.start()
         return rt
 
-    def fps(rt: Any) -> float:
+    def run(rt: Any) -> tuple[float, float]:
+        """frames/s and CPU ms per frame, from the pipeline's start to the last sample written."""
         p = InferencePipeline(rt.inference, "shapes/1", str(video), pipeline_id="bench")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         p.start()
         p.join()
+        took = time.perf_counter() - t0
+        if rt.active_learning is not None:
+            rt.active_learning.sampler.stop()  # what was sampled is written: its CPU counts
+        cpu = time.process_time() - c0
         assert p.state == "finished" and p.frames_inferred == args.frames, p.status()
-        return args.frames / (time.perf_counter() - t0)
+        return args.frames / took, cpu / args.frames * 1000
 
-    warm = runtime("warm", False)
-    fps(warm)
+    warm = runtime("warm", None)
+    run(warm)
     warm.stop()
-    rates: dict[str, list[float]] = {"off": [], "on": []}
-    spooled = 0
+    names = list(MODES)
+    fps: dict[str, list[float]] = {m: [] for m in names}
+    cpu: dict[str, list[float]] = {m: [] for m in names}
+    stored: dict[str, int] = dict.fromkeys(names, 0)
+    dropped: dict[str, int] = dict.fromkeys(names, 0)
     for i in range(args.rounds):
-        for mode in ("off", "on"):
-            rt = runtime(f"{mode}-{i}", mode == "on")
-            rates[mode].append(fps(rt))
-            if mode == "on":
-                rt.active_learning.sampler.stop()  # what was sampled is written before counting
-                spooled += rt.active_learning.sampler.stats["stored"]
+        for mode in names[i % len(names):] + names[:i % len(names)]:
+            rt = runtime(f"{mode.replace('%', '').replace(' ', '-')}-{i}", MODES[mode])
+            f, c = run(rt)
+            fps[mode].append(f)
+            cpu[mode].append(c)
+            if rt.active_learning is not None:
+                stored[mode] += rt.active_learning.sampler.stats["stored"]
+                dropped[mode] += rt.active_learning.sampler.stats["dropped_queue_full"]
             rt.stop()
-    off, on = statistics.mean(rates["off"]), statistics.mean(rates["on"])
-    print(f"{args.frames} frames 640x480, demo detector, {os.cpu_count()} CPUs, spool_sync={args.sync}")
-    print(f"pipeline, sampling off            {off:7.1f} frames/s (1.00)  rounds {[round(r, 1) for r in rates['off']]}")
-    print(f"pipeline, sampling 100% + folder  {on:7.1f} frames/s ({on / off:.3f}x)  rounds "
-          f"{[round(r, 1) for r in rates['on']]}; {spooled} of {args.frames * args.rounds} frames stored")
+
+    print(f"{args.frames} frames 640x480, demo detector, {os.cpu_count()} CPUs, spool_sync={args.sync}, "
+          f"{args.rounds} rounds; ratio = median over rounds of (mode / off of the same round) [min-max]")
+    for mode in names:
+        ratios = [a / b for a, b in zip(fps[mode], fps["off"])]
+        cpu_ratios = [a / b for a, b in zip(cpu[mode], cpu["off"])]
+        extra = "" if MODES[mode] is None else (f"; {stored[mode]} of {args.frames * args.rounds} frames stored, "
+                                                f"{dropped[mode]} dropped (writer queue full)")
+        print(f"sampling {mode:>11}  {statistics.median(fps[mode]):6.1f} frames/s  "
+              f"{statistics.median(ratios):.3f}x [{min(ratios):.3f}-{max(ratios):.3f}]   "
+              f"CPU {statistics.median(cpu[mode]):5.1f} ms/frame  {statistics.median(cpu_ratios):.3f}x "
+              f"[{min(cpu_ratios):.3f}-{max(cpu_ratios):.3f}]{extra}")
+    print(f"frames/s by round: { {m: [round(v, 1) for v in fps[m]] for m in names} }")
 
     import cv2
 
@@ -104,7 +138,7 @@ def main() -> None:
     took = time.perf_counter() - t0
     stats = spool.stats()
     disk = sum(f.stat().st_size for f in tmp.glob("alone.sqlite3*"))
-    print(f"spool writes alone                {len(jpegs) / took:7.1f} items/s, "
+    print(f"spool writes alone  {len(jpegs) / took:7.1f} items/s, "
           f"{stats['bytes'] / took / 1e6:.1f} MB/s; JPEG q75 {statistics.mean(map(len, jpegs)) / 1024:.1f} kB, "
           f"disk {disk / len(jpegs) / 1024:.1f} kB per frame (database + WAL)")
 

@@ -6,6 +6,12 @@
              thread, overlapped with inference): every frame, frames per second; then 2 and 4
              pipelines at once on the same model (their frames in total per second)
 
+  sinks      one pipeline with Roboflow's sinks as ``on_prediction`` (the Roboflow dict and
+             ``VideoFrame`` of every frame, dispatched on a thread of its own): a no-op sink,
+             ``render_boxes`` on this headless OpenCV (drawn and letterboxed to 1280x720, not shown),
+             ``VideoFileSink`` (an .avi, MJPG), ``UDPSink`` (to a loopback socket a thread drains);
+             each against the pipeline without a sink in the same run
+
 Also the RSS of the process before and after, as a first look at growth (the long soak is
 ``--soak-minutes``: one pipeline on a looping file, RSS every minute).
 
@@ -25,6 +31,7 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -52,6 +59,52 @@ def write_video(path: Path, frames: int, h: int, w: int, fps: float = 30.0) -> l
         out.append(image)
     writer.release()
     return out
+
+
+def sinks(runtime: Any, model: str, video: Path, count: int, tmp: Path) -> dict[str, list[float]]:
+    """Frames per second of one pipeline per sink, alternated twice."""
+    import socket
+    import threading
+
+    from edge_agent.pipelines.pipeline import InferencePipeline
+    from edge_agent.pipelines.sinks import UDPSink, VideoFileSink, render_boxes
+
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.settimeout(0.5)
+    draining = threading.Event()
+
+    def drain() -> None:
+        while not draining.is_set():
+            try:
+                receiver.recv(65536)
+            except OSError:
+                pass
+
+    threading.Thread(target=drain, daemon=True).start()
+    udp = UDPSink.init("127.0.0.1", receiver.getsockname()[1])
+
+    def run(on_prediction: Any) -> float:
+        p = InferencePipeline(runtime.inference, model, str(video), on_prediction=on_prediction)
+        t0 = time.perf_counter()
+        p.start()
+        p.join()
+        took = time.perf_counter() - t0
+        assert p.state == "finished" and p.frames_inferred == count, p.status()
+        return count / took
+
+    results: dict[str, list[float]] = {}
+    for _ in range(2):
+        results.setdefault("no sink", []).append(run(None))
+        results.setdefault("no-op", []).append(run(lambda p, f: None))
+        results.setdefault("render_boxes", []).append(run(render_boxes))
+        writer = VideoFileSink.init(str(tmp / "out.avi"), quiet=True)
+        results.setdefault("VideoFileSink", []).append(run(writer.on_prediction))
+        writer.release()
+        results.setdefault("UDPSink", []).append(run(udp.send_predictions))
+    draining.set()
+    udp.close()
+    return results
 
 
 def main() -> None:
@@ -116,6 +169,12 @@ def main() -> None:
     for n in (1, 2, 4):
         fps = float(np.mean(results[str(n)]))
         print(f"{n} pipeline(s), process-all, from the file {fps:7.1f} frames/s in total ({fps / base:.2f}x)")
+    sink_results = sinks(runtime, args.model, video, len(frames), tmp)
+    plain = float(np.mean(sink_results.pop("no sink")))
+    print(f"1 pipeline without a sink {plain:7.1f} frames/s (1.00)")
+    for name, values in sink_results.items():
+        fps = float(np.mean(values))
+        print(f"1 pipeline, on_prediction={name:<22} {fps:7.1f} frames/s ({fps / plain:.2f}x)")
     print(f"RSS {rss0:.0f} MB after warm-up, {rss_mb():.0f} MB after {sum(len(v) for v in results.values())} runs")
 
     if args.soak_minutes > 0:

@@ -1,9 +1,10 @@
 """edge-agent: a computer-vision appliance daemon, and its Python API.
 
-    import edge_agent
-    model = edge_agent.get_model("shapes/1")          # the bundled demo detector
-    result = model.infer("image.jpg", confidence=0.5)
-    print(result.to_json())                           # Roboflow's JSON (docs/http-api.md §4.6)
+    from edge_agent import get_model
+    model = get_model("shapes/1")                     # the bundled demo detector
+    results = model.infer("image.jpg", confidence=0.5)  # Roboflow's response objects, one per image
+    print(results[0].predictions[0].class_name)       # or sv.Detections.from_inference(results[0])
+    fast = model.infer_numpy("image.jpg")             # the numpy result (Detections), no objects built
 
     pipeline = edge_agent.InferencePipeline.init("shapes/1", "video.mp4", on_prediction=print)
     pipeline.start(); pipeline.join()                 # every frame's result to the callback
@@ -13,7 +14,8 @@ Importing this package does no work: heavy modules load when first used.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -43,13 +45,17 @@ def open_store(settings: Settings | None = None) -> ModelStore:
     return ModelStore(settings.models_dir, keep_revisions=settings.models.keep_revisions)
 
 
-def get_model(model_id: str, settings: Settings | None = None, api_key: str | None = None) -> Model:
-    """Load ``model_id`` ("project/version") from the model store, ready to ``infer``.
+def get_model(model_id: str, api_key: str | None = None, *, settings: Settings | None = None,
+              **kwargs: Any) -> Model:
+    """Load ``model_id`` ("project/version") from the model store, ready to ``infer``: Roboflow's
+    ``inference.get_model``, whose ``infer`` returns Roboflow's response objects (``Model.infer``).
 
     With an ``api_key``, a model the store lacks is first pulled from Roboflow's API (unless the
     settings say ``[models] offline``) and kept in the store. Each call loads a fresh model; keep the
-    returned object to reuse it.
+    returned object to reuse it. Other keywords of Roboflow's ``get_model`` are ignored (debug log).
     """
+    if kwargs:
+        logging.getLogger(__name__).debug("get_model(%r): ignored options %s", model_id, sorted(kwargs))
     from edge_agent.serving.loading import load_stored  # lazy: pydantic, the engines
     from edge_agent.settings import Settings  # lazy: pydantic
     from engines import choose_backend  # lazy: the device probe

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_agent import __version__
-from edge_agent.errors import EdgeAgentError
+from edge_agent.errors import EdgeAgentError, ModelImportError
 from edge_agent.params import InferenceParams  # light: dataclasses and the error tree
 
 if TYPE_CHECKING:  # annotations only: each command imports what it runs (``edge-agent config check`` stays light)
@@ -140,7 +140,7 @@ def _infer(args: argparse.Namespace) -> int:
     from edge_agent.images import load_image  # lazy: cv2
 
     settings = _settings(args)
-    model = edge_agent.get_model(args.model, settings)
+    model = edge_agent.get_model(args.model, settings=settings)
     params = InferenceParams(
         confidence=args.confidence, iou_threshold=args.iou_threshold, max_detections=args.max_detections,
         class_agnostic_nms=args.class_agnostic_nms, keypoint_confidence=args.keypoint_confidence,
@@ -185,8 +185,16 @@ def _models(args: argparse.Namespace) -> int:
                 source, args.model_id, sha256=args.sha256, activate=args.activate, task=args.task,
                 class_names=classes)))
         else:
-            manifest = store.install(Path(source), args.model_id, task=args.task, class_names=classes,
-                                     replace=args.replace)
+            try:
+                manifest = store.install(Path(source), args.model_id, task=args.task, class_names=classes,
+                                         replace=args.replace)
+            except ModelImportError as exc:
+                if "is already installed" not in exc.message:
+                    raise
+                installed = exc.message.split(";", 1)[0]  # "'<id>' is already installed"
+                raise ModelImportError(
+                    f"{installed}: add --replace to install this as its new version (the installed one is kept "
+                    "for `edge-agent models rollback`), or run `edge-agent models remove` first") from exc
             _print(manifest.model_dump(mode="json"))
     elif args.action == "list":
         _print([_summary(s) for s in store.list()])
@@ -198,7 +206,7 @@ def _models(args: argparse.Namespace) -> int:
                 "revisions": revisions})
     elif args.action == "remove":
         store.remove(args.model_id)
-        _print(_changed(settings, {"removed": args.model_id, "model_id": args.model_id}))
+        _print(_changed(settings, {"removed": args.model_id, "model_id": args.model_id}, removed=True))
     elif args.action in ("rollback", "activate"):
         provisioner = _provisioner(settings, store)
         to = args.to if args.action == "rollback" else args.revision
@@ -220,8 +228,16 @@ def _provisioner(settings: Settings, store: ModelStore) -> Provisioner:
                        protected=settings.named_models)
 
 
-def _changed(settings: Settings, result: dict[str, Any]) -> dict[str, Any]:
-    """Ask a daemon running here to unload the model, so its next request loads the store's new version."""
+# What the running daemon does after `models add --replace`/`rollback`/`activate`, and after `models remove`.
+CHANGED_NOTE = ("the running daemon unloaded its old version; the next request for this model id loads the version "
+                "now installed")
+REMOVED_NOTE = ("the running daemon unloaded it; requests for this model id now answer 404, unless the daemon "
+                "can pull it from Roboflow again (online, with an API key)")
+
+
+def _changed(settings: Settings, result: dict[str, Any], removed: bool = False) -> dict[str, Any]:
+    """Ask a daemon running here to unload the model, so its next request loads the store's new version
+    (or, ``removed``, finds it gone)."""
     import urllib.error  # lazy: only for URLs
     import urllib.request  # lazy: only for URLs
 
@@ -233,7 +249,7 @@ def _changed(settings: Settings, result: dict[str, Any]) -> dict[str, Any]:
         request.add_header("Authorization", f"Bearer {s.api_key.get_secret_value()}")
     try:
         with urllib.request.urlopen(request, timeout=5):
-            result["daemon"] = "the running daemon unloaded it; its next request loads this version"
+            result["daemon"] = REMOVED_NOTE if removed else CHANGED_NOTE
     except (urllib.error.URLError, OSError) as exc:
         result["daemon"] = f"no daemon answered on port {s.port} ({getattr(exc, 'reason', exc)})"
     return result

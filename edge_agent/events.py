@@ -43,6 +43,7 @@ class PredictionEvent:
     result: Result
     inference_id: str | None = None
     image: np.ndarray | None = None  # the BGR frame, for outlets that keep frames (active learning); not copied
+    active_learning: bool = True  # False: never sampled (a request's disable_active_learning, a pipeline's switch)
 
 
 Subscriber = Callable[[PredictionEvent], object]

@@ -139,11 +139,32 @@ def _is_pil(obj: Any) -> bool:
     return any(c.__module__.startswith("PIL.") and c.__name__ == "Image" for c in type(obj).__mro__)
 
 
+def _from_path_or_base64(text: str, limits: ImageLimits, auto_orient: bool) -> np.ndarray:
+    """A short string where files may be read (the Python API, the CLI): an existing file, else
+    base64 text. A string that base64 can never be (with a dot, a backslash or a leading ``~``, such as
+    "photo.jpg") and that names no file is a missing file; any other string that is neither an
+    existing file nor base64 image data names both readings in its error."""
+    path = Path(text).expanduser()
+    if path.exists():  # a folder too: its read says what is wrong
+        return from_file(path, limits, auto_orient)
+    if not text.startswith("data:") and ("." in text or "\\" in text or text.startswith("~")):
+        where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+        raise ImageLoadError(f"Image file {text!r} does not exist{where}.")
+    try:
+        return from_base64(text, limits, auto_orient)
+    except ImageLoadError as exc:
+        if len(text) > 256:  # long text is meant as base64: its own error says what is wrong
+            raise
+        raise ImageLoadError(f"{exc.cause} {text!r} is neither an existing image file nor base64 image "
+                             "data.") from None
+
+
 def load_image(source: Any, limits: ImageLimits = ImageLimits(), auto_orient: bool = True) -> np.ndarray:
     """Any accepted input to an H x W x 3 uint8 BGR array.
 
     A ``str`` is a URL when it starts with ``http://`` or ``https://``, a file path when such a file
-    exists, and base64 text otherwise. ``bytes`` are an encoded image file.
+    exists, and base64 text otherwise; where files may be read, a missing file is said to be missing
+    ("photo.jpg"). ``bytes`` are an encoded image file.
     """
     if isinstance(source, np.ndarray):
         return from_array(source, limits)
@@ -154,8 +175,8 @@ def load_image(source: Any, limits: ImageLimits = ImageLimits(), auto_orient: bo
     if isinstance(source, str):
         if source.startswith(("http://", "https://")):
             return from_url(source, limits, auto_orient)
-        if len(source) < 4096 and limits.allow_files and Path(source).is_file():
-            return from_file(source, limits, auto_orient)
+        if len(source) < 4096 and limits.allow_files:
+            return _from_path_or_base64(source, limits, auto_orient)
         return from_base64(source, limits, auto_orient)
     if _is_pil(source):
         return from_pil(source, limits, auto_orient)

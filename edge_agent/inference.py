@@ -42,9 +42,12 @@ class Inference:
 
     def infer(self, loaded: LoadedModel, images: list[np.ndarray], params: InferenceParams,
               source: str | None = None, captured_at: float | None = None,
-              inference_id: str | None = None, frame_ids: Sequence[int] | None = None) -> list[Result]:
+              inference_id: str | None = None, frame_ids: Sequence[int] | None = None,
+              active_learning: bool = True) -> list[Result]:
         """Run ``images``; with a ``source``, announce each result on the event bus (numbered by
-        ``frame_ids``, else 1, 2, ... per source)."""
+        ``frame_ids``, else 1, 2, ... per source). ``active_learning=False``: the other outlets get
+        the results, the active-learning sampler never takes these frames (Roboflow's
+        ``disable_active_learning``)."""
         results = loaded.infer(images, params)
         self._metrics.images.labels(loaded.model_id).inc(len(images))
         if source is not None and self._events.active:
@@ -52,5 +55,5 @@ class Inference:
             for i, result in enumerate(results):
                 frame_id = frame_ids[i] if frame_ids is not None else self._events.next_frame_id(source)
                 self._events.publish(PredictionEvent(source, loaded.model_id, frame_id, captured_at or now, now,
-                                                     result, inference_id, images[i]))
+                                                     result, inference_id, images[i], active_learning))
         return results

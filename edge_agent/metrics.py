@@ -104,8 +104,8 @@ class _ActiveLearning(Collector):
         s = self._status()
         sampler = CounterMetricFamily("edge_agent_active_learning_frames", "Frames the sampler considered, "
                                       "by outcome", labels=["outcome"])
-        for outcome in ("considered", "sampled", "skipped_limit", "skipped_duplicate", "dropped_queue_full",
-                        "stored", "write_errors"):
+        for outcome in ("considered", "sampled", "skipped_limit", "skipped_duplicate", "skipped_batch_full",
+                        "skipped_disabled", "dropped_queue_full", "stored", "write_errors"):
             sampler.add_metric([outcome], s["sampler"][outcome])
         yield sampler
         yield GaugeMetricFamily("edge_agent_active_learning_spool_items", "Samples waiting in the spool",

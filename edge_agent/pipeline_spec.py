@@ -23,6 +23,11 @@ MODEL_REF = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,255}$"
 MODEL_REF_WHOLE = re.compile(MODEL_REF[1:-1])  # the same rule, for fullmatch in Python
 
 
+MAX_SOURCES = 16  # video references in one pipeline, at most
+FillingStrategy = Literal["WAIT", "DROP_OLDEST", "ADAPTIVE_DROP_OLDEST", "DROP_LATEST", "ADAPTIVE_DROP_LATEST"]
+RESULTS_BUFFER_MAX = 1024  # results kept per pipeline for /consume, at most (Roboflow's default: 64)
+
+
 def is_pipeline_id(value: object) -> bool:
     """Is ``value`` a pipeline id, matched whole (no control character, no trailing newline)?"""
     return isinstance(value, str) and _PIPELINE_ID_WHOLE.fullmatch(value) is not None
@@ -43,18 +48,37 @@ class PipelineSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)  # no "yes" for true, no "5" for 5
 
     model_id: str = Field(min_length=1, max_length=256, pattern=MODEL_REF, description="project/version or an alias")
-    video_reference: str | int = Field(description="file path, image folder, rtsp:// or http(s):// URL, "
-                                                   "camera index or /dev/videoN, GStreamer: gst:<launch>, "
-                                                   "csi:N, rtsp+hw://, v4l2:/dev/videoN (docs/http.md)")
+    video_reference: str | int | Annotated[list[str | int], Field(min_length=1, max_length=MAX_SOURCES)] = Field(
+        description="file path, image folder, rtsp:// or http(s):// URL, camera index or /dev/videoN, GStreamer: "
+                    "gst:<launch>, csi:N, rtsp+hw://, v4l2:/dev/videoN (docs/http.md); a list: several sources "
+                    "in one pipeline")
     pipeline_id: str | None = Field(None, pattern=PIPELINE_ID, description="default: generated")
     confidence: float = Field(0.4, ge=0, le=1)
     iou_threshold: float = Field(0.3, ge=0, le=1)
     class_filter: list[str] | None = None
     max_detections: JsonInt = Field(300, ge=1)
+    class_agnostic_nms: bool = False
+    max_candidates: JsonInt = Field(3000, ge=1)
+    keypoint_confidence: float = Field(0.0, ge=0, le=1, description="keypoint models: hide points below it")
+    mask_decode_mode: Literal["accurate", "fast", "tradeoff"] = "accurate"
+    tradeoff_factor: float = Field(0.0, ge=0, le=1)
     max_fps: float | None = Field(None, gt=0, description="infer at most this many frames a second")
     realtime: bool = Field(False, description="files: pace at their frame rate, newest frame wins "
                                               "(default: every frame, as fast as the model goes)")
+    source_buffer_filling_strategy: FillingStrategy | None = Field(
+        None, description="Roboflow's: WAIT (every frame), DROP_OLDEST (newest frame wins), DROP_LATEST; the "
+                          "ADAPTIVE_ forms as the plain ones. Default: WAIT for files, DROP_OLDEST for streams")
+    source_buffer_consumption_strategy: Literal["LAZY", "EAGER"] | None = Field(
+        None, description="LAZY: the oldest buffered frame first; EAGER: the newest, dropping the rest")
+    video_source_properties: dict[str, float] | list[dict[str, float] | None] | None = Field(
+        None, description="OpenCV capture properties (frame_width, frame_height, fps, ...): one dict for every "
+                          "source or one per source")
+    batch_collection_timeout: float | None = Field(None, gt=0, description="several sources: wait at most this "
+                                                                           "long (s) for the slower ones")
     outputs: list[Literal["jsonl", "video"]] = Field(default_factory=list,
                                                      description="files under <state>/pipelines/<id>/")
+    results_buffer_size: JsonInt = Field(64, ge=1, le=RESULTS_BUFFER_MAX,
+                                         description="results kept for /inference_pipelines/{id}/consume "
+                                                     "(the oldest go first)")
     api_key: SecretStr | None = Field(None, max_length=512, description="Roboflow API key: the model is pulled from "
                                                                   "Roboflow's API when the store lacks it")

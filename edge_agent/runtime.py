@@ -259,6 +259,19 @@ class Runtime:
                 "engines": self.engines(),
                 **({"active_learning": self.active_learning.status()} if self.active_learning is not None else {})}
 
+    def start_active_learning(self) -> bool:
+        """Start active learning alone, where ``[active_learning]`` is enabled: for a runtime that
+        serves Python-API pipelines and starts nothing else. True when it started."""
+        if self.active_learning is None:
+            return False
+        self.active_learning.start()
+        return True
+
+    def stop_active_learning(self) -> None:
+        """Write what was sampled and stop uploading (``start_active_learning``'s end)."""
+        if self.active_learning is not None:
+            self.active_learning.stop()
+
     def healthy(self) -> str | None:
         """Why the runtime is not healthy (for the watchdog), or None."""
         if self.bridge is not None and not self.bridge.alive():

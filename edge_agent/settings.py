@@ -28,7 +28,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, FilePath, SecretStr, TypeAdapter, ValidationError, model_validator
 
@@ -116,6 +116,8 @@ class ServerSettings(_Section):
     max_previews: int = Field(32, ge=0, le=1024, description="MJPEG preview watchers per pipeline")
     api_key: SecretStr | None = Field(None, description="when set, every route but the open ones needs it")
     cors_origins: str = "*"
+    access_log: bool = Field(True, description="one INFO line per request (logger edge_agent.access): method, "
+                                               "path without the query string, status, ms, client")
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(50_000_000, ge=1)
     max_batch_images: int = Field(16, ge=1, description="images in one request")
@@ -254,6 +256,19 @@ class PipelinesSettings(_Section):
 _STRATEGY: TypeAdapter[Strategy] = TypeAdapter(Strategy)
 
 
+class BatchingStrategy(_Section):
+    """``[active_learning.batching_strategy]``, Roboflow's block of the same name: the labelling batch
+    each sample joins (its name goes with every upload)."""
+
+    batches_name_prefix: str = Field(min_length=1, max_length=64, description="batch names start with it")
+    recreation_interval: Literal["never", "daily", "weekly", "monthly"] = Field(
+        "never", description="a new batch each UTC day, week (from Monday) or month: <prefix>_<YYYY_MM_DD>")
+    max_batch_images: int | None = Field(None, ge=1, description="samples per batch (none: no cap)")
+    when_full: Literal["skip", "next_batch"] = Field(
+        "skip", description="a full batch: skip samples until the next interval (Roboflow), or open "
+                            "<name>_2, <name>_3, ...")
+
+
 class ActiveLearningSettings(_Section):
     """Sampling frames for labelling and uploading them (docs/active-learning.md)."""
 
@@ -266,13 +281,18 @@ class ActiveLearningSettings(_Section):
     http_base_url: str | None = Field(None, description="Roboflow-style upload API base URL")
     http_project: str | None = Field(None, description="the dataset (project) to upload to")
     http_api_key: SecretStr | None = None
-    http_batch_name: str = "edge-agent"
+    http_batch_name: str = Field("edge-agent", description="the http target's batch without a batching_strategy")
+    batching_strategy: BatchingStrategy | None = Field(None, description="Roboflow's batching_strategy: batch "
+                                                                         "names, recreation, images per batch")
     http_split: Literal["train", "valid", "test"] = "train"
     jpeg_quality: int = Field(75, ge=1, le=100)
     max_image_size: int = Field(1280, ge=0, description="longest side of the stored JPEG; 0: as captured")
     dedup_distance: int = Field(6, ge=0, le=64, description="skip frames within this Hamming distance "
                                                              "(64-bit dHash) of a recent sample; 0: off")
     queue_size: int = Field(64, ge=1, description="sampled frames waiting to be encoded (in memory)")
+    thread_priority: Literal["idle", "low", "normal"] = Field(
+        "idle", description="the writer's and uploaders' threads: idle (only CPU that inference leaves; frames "
+                            "beyond it dropped and counted), low (nice +10), normal")
     spool_max_items: int = Field(10_000, ge=1)
     spool_max_bytes: int = Field(1024 * 1024 * 1024, ge=1024 * 1024)
     spool_sync: Literal["full", "normal"] = "full"
@@ -298,6 +318,8 @@ class ActiveLearningSettings(_Section):
             raise ValueError("the http target needs http_base_url and http_project")
         if self.retry_max_s < self.retry_min_s:
             raise ValueError("retry_max_s must be >= retry_min_s")
+        if self.batching_strategy is not None and self.http_batch_name != "edge-agent":
+            raise ValueError("set either http_batch_name or batching_strategy.batches_name_prefix, not both")
         return self
 
 
@@ -443,7 +465,8 @@ def _env_value(field_type: Any, raw: str) -> Any:
     text = str(field_type)
     if "tuple" in text or "list" in text:
         return [p.strip() for p in raw.split(",") if p.strip()]
-    if text.startswith("dict"):
+    tables = [a for a in (get_args(field_type) or (field_type,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+    if text.startswith("dict") or tables:  # a table: key=value,key=value
         pairs = [p.split("=", 1) for p in raw.split(",") if p.strip()]
         if any(len(p) != 2 for p in pairs):
             return raw  # pydantic names the problem
@@ -476,7 +499,8 @@ def load_settings(config_file: Path | str | None = None, environ: Mapping[str, s
                                   f"(sections: {', '.join(SECTIONS)})")
             for key, value in values.items():
                 data[section][key] = value
-                origin[(section, key)] = f"{path}{_at(_line_of(text, section, key))}"
+                line = _line_of(text, section, key) or _section_line(text, f"{section}.{key}")  # or its table
+                origin[(section, key)] = f"{path}{_at(line)}"
 
     for var, raw_value in env.items():
         if not var.startswith(PREFIX) or var == PREFIX + "CONFIG":

@@ -26,12 +26,20 @@ def colour_for(class_id: int, name: str, colours: dict[str, str] | None = None) 
     return _bgr(PALETTE[class_id % len(PALETTE)])
 
 
+def label_box(x: int, y: int, width: int, height: int, image_width: int, image_height: int) -> tuple[int, int]:
+    """The top-left corner of a ``width`` x ``height`` label meant above the point (x, y), moved to lie
+    inside the image (below the point when there is no room above, left when it would pass the right edge)."""
+    x0 = max(min(x, image_width - width - 1), 0)
+    y0 = max(min(y - height, image_height - height - 1), 0)
+    return x0, y0
+
+
 def _label(canvas: np.ndarray, text: str, x: int, y: int, colour: tuple[int, int, int]) -> None:
     import cv2  # lazy: cv2
 
     font, scale, thick = cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1
     (tw, th), base = cv2.getTextSize(text, font, scale, thick)
-    y0 = max(y - th - base - 2, 0)
+    x, y0 = label_box(x, y, tw + 4, th + base + 2, canvas.shape[1], canvas.shape[0])
     cv2.rectangle(canvas, (x, y0), (x + tw + 4, y0 + th + base + 2), colour, -1)
     luminance = 0.299 * colour[2] + 0.587 * colour[1] + 0.114 * colour[0]
     cv2.putText(canvas, text, (x + 2, y0 + th + 1), font, scale, (0, 0, 0) if luminance > 140 else (255, 255, 255),

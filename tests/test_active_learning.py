@@ -57,7 +57,7 @@ def event(image: np.ndarray, result: Any, source: str = "cam", frame: int = 1) -
 
 def test_strategies_on_real_detections(detector: Any, scenes: list[np.ndarray]) -> None:
     rng = random.Random(1)
-    results = [detector.infer(image, confidence=0.3) for image in scenes]
+    results = [detector.infer_numpy(image, confidence=0.3) for image in scenes]
     result = next(r for r in results if len(r) >= 2)
     n = len(result)
     assert wants(strategy(type="random", traffic_percentage=1.0), result, rng)
@@ -93,7 +93,7 @@ def test_classes_based_and_close_to_threshold_on_a_real_classifier() -> None:
 
     model = edge_agent.get_model("shapes-cls/1")
     image, _ = generate_classification(3)
-    result = model.infer(image)
+    result = model.infer_numpy(image)
     top_name, top_conf = result.class_names[result.top[0]], result.top[1]
     rng = random.Random(0)
     assert wants(strategy(type="classes_based", selected_class_names=[top_name]), result, rng)
@@ -122,13 +122,13 @@ def test_limits_hold_across_a_restart_and_near_duplicates_are_skipped(tmp_path: 
                      limits=[{"type": "daily", "value": 3}, {"type": "hourly", "value": 100}])
     sampler = _sampler(tmp_path, [every])
     for image in scenes[:5]:
-        sampler(event(image, detector.infer(image)))
+        sampler(event(image, detector.infer_numpy(image)))
     sampler.stop()
     assert sampler.stats["stored"] == 3
     assert sampler.stats["skipped_limit"] == 2
     again = _sampler(tmp_path, [every])  # the daemon restarted: the day's count was kept
     for image in scenes[5:7]:
-        again(event(image, detector.infer(image)))
+        again(event(image, detector.infer_numpy(image)))
     again.stop()
     assert again.stats["stored"] == 0
     assert again.stats["skipped_limit"] == 2
@@ -141,7 +141,7 @@ def test_limits_hold_across_a_restart_and_near_duplicates_are_skipped(tmp_path: 
     still = scenes[0]
     noisy = np.clip(still.astype(np.int16) + np.random.default_rng(0).integers(-3, 4, still.shape), 0, 255)
     for image in (still, noisy.astype(np.uint8), still, scenes[1]):  # a static camera, then a new scene
-        dedup(event(image, detector.infer(image)))
+        dedup(event(image, detector.infer_numpy(image)))
     dedup.stop()
     assert dedup.stats["stored"] == 2
     assert dedup.stats["skipped_duplicate"] == 2
@@ -156,7 +156,7 @@ def test_the_yolo_folder_loads_back_with_the_right_boxes(tmp_path: Path, detecto
     sampler = _sampler(tmp_path, [strategy(type="random", traffic_percentage=1.0)], max_image_size=160)
     results = {}
     for i, image in enumerate(scenes[:4]):
-        result = detector.infer(image)
+        result = detector.infer_numpy(image)
         results[i] = result
         sampler(event(image, result, frame=i))
     sampler.stop()
@@ -253,7 +253,7 @@ def test_an_http_target_outage_loses_nothing_and_uploads_each_item_once(tmp_path
     port = free_port()  # nothing listens there yet: the uplink is down
     sampler = _sampler(tmp_path, [strategy(type="random", traffic_percentage=1.0, tags=["night"])], targets=("http",))
     for i, image in enumerate(scenes[:5]):
-        sampler(event(image, detector.infer(image), frame=i))
+        sampler(event(image, detector.infer_numpy(image), frame=i))
     sampler.stop()
     target = HttpTarget(f"http://127.0.0.1:{port}", "proj", "k3y", "batch-1")
     uploader = Uploader(sampler.spool, target, retry_min_s=0.05, retry_max_s=0.2)
@@ -366,13 +366,18 @@ telemetry_interval_s = 0
 enabled = true
 targets = ["folder", "mqtt"]
 dedup_distance = 0
+thread_priority = "normal"  # "idle" may wait long for a core while other tests keep both busy
 [[active_learning.strategies]]
 name = "some"
 type = "detections_number_based"
 more_than = 0
 selected_class_names = ["circle"]
 limits = [{{type = "daily", value = 7}}]
+[active_learning.batching_strategy]
+batches_name_prefix = "door-cam"
+recreation_interval = "monthly"
 """)
+    months = {time.strftime("door-cam_%Y_%m_01", time.gmtime())}
     sub = Subscriber(broker.port, ["edge-agent/al1/active_learning/#"])
     runtime = Runtime(load_settings(config, {}))
     runtime.start()
@@ -393,6 +398,7 @@ limits = [{{type = "daily", value = 7}}]
         runtime.stop()
         sub.close()
         broker.stop()
+    months.add(time.strftime("door-cam_%Y_%m_01", time.gmtime()))  # the test may have run over midnight
     assert status["sampler"]["stored"] == 7
     assert status["sampler"]["skipped_limit"] == 13
     assert status["targets"]["mqtt"]["uploaded"] == 7
@@ -412,7 +418,9 @@ limits = [{{type = "daily", value = 7}}]
     assert body["source_id"] == "door"
     assert body["strategy"] == "some"
     assert any(p["class"] == "circle" for p in body["predictions"]["predictions"]), body["predictions"]
-    assert len(list((tmp_path / "state" / "dataset" / "shapes-1" / "images").glob("*.jpg"))) == 7
+    (batch,) = {m.json()["batch"] for m in messages}  # Roboflow's batch name, in every sample
+    assert batch in months
+    assert len(list((tmp_path / "state" / "dataset" / "shapes-1" / batch / "images").glob("*.jpg"))) == 7
 
 
 def test_the_bandwidth_cap_spreads_uploads(tmp_path: Path) -> None:
@@ -431,3 +439,223 @@ def test_the_bandwidth_cap_spreads_uploads(tmp_path: Path) -> None:
     uploader.stop()
     assert time.monotonic() - t0 >= 1.0  # the first two pauses at least (the third may end after the check)
     assert uploader.stats == {"uploaded": 3, "failures": 0, "bytes": 150_006}
+
+
+# ------------------------------------------------------------------ switches: per request, batching
+
+
+def _metric(url: str, outcome: str) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    line = f'edge_agent_active_learning_frames_total{{outcome="{outcome}"}} '
+    return float(next(row for row in text.splitlines() if row.startswith(line)).split()[-1])
+
+
+def test_disable_active_learning_on_v2_and_v1_requests_over_the_real_server(tmp_path: Path) -> None:
+    """Roboflow's per-request switch, as its own client sends it: a request that carries
+    ``disable_active_learning`` is never sampled (v2 body, v1 query, v1 JSON body); one without is."""
+    import base64
+    import urllib.request
+
+    import cv2
+    from inference_sdk import InferenceConfiguration, InferenceHTTPClient
+
+    from edge_agent.demo.shapes import generate_scene
+    from servers import running_server
+
+    config = tmp_path / "config.toml"
+    config.write_text("""
+[active_learning]
+enabled = true
+sample_http_requests = true
+dedup_distance = 0
+thread_priority = "normal"  # "idle" may wait long for a core while other tests keep both busy
+[[active_learning.strategies]]
+name = "every"
+type = "random"
+traffic_percentage = 1.0
+""")
+    images = [generate_scene(seed, size=(240, 320)).image for seed in range(7)]
+    off, on = InferenceConfiguration(disable_active_learning=True), InferenceConfiguration()
+    with running_server(tmp_path / "state", env_extra={"EDGE_AGENT_CONFIG": str(config)}) as server:
+        v2 = InferenceHTTPClient(server.url, api_key="k")
+        v1 = InferenceHTTPClient(server.url, api_key="k").select_api_v0()
+        assert v2.configure(off).infer(images[0], model_id="shapes/1")["predictions"]
+        v2.configure(off).infer([images[1], images[2]], model_id="shapes/1")  # a batch: none of it
+        assert v1.configure(off).infer(images[3], model_id="shapes/1")["predictions"]
+        body = json.dumps({"image": {"type": "base64", "value": base64.b64encode(
+            cv2.imencode(".jpg", images[4])[1].tobytes()).decode()}, "disable_active_learning": True}).encode()
+        request = urllib.request.Request(f"{server.url}/shapes/1?api_key=k", data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as r:
+            assert json.loads(r.read())["predictions"]
+        assert _metric(server.url, "skipped_disabled") == 5
+        assert _metric(server.url, "considered") == 0
+        v2.configure(on).infer(images[5], model_id="shapes/1")
+        v1.configure(on).infer(images[6], model_id="shapes/1")
+        assert _metric(server.url, "considered") == 2
+        wait(lambda: _metric(server.url, "stored") == 2)
+        dataset = tmp_path / "state" / "dataset" / "shapes-1" / "images"
+        wait(lambda: len(list(dataset.glob("*.jpg"))) == 2)
+        assert _metric(server.url, "skipped_disabled") == 5
+
+
+def test_batch_names_follow_roboflows_recreation_intervals() -> None:
+    from edge_agent.active_learning.sampling import batch_base, batch_name
+    from edge_agent.settings import BatchingStrategy
+
+    thursday = time.strptime("2026-12-03 23:59", "%Y-%m-%d %H:%M")
+    names = {interval: batch_base(BatchingStrategy(batches_name_prefix="al_batch", recreation_interval=interval),
+                                  thursday) for interval in ("never", "daily", "weekly", "monthly")}
+    assert names == {"never": "al_batch", "daily": "al_batch_2026_12_03", "weekly": "al_batch_2026_11_30",
+                     "monthly": "al_batch_2026_12_01"}
+    skip = BatchingStrategy(batches_name_prefix="b", max_batch_images=2)
+    roll = BatchingStrategy(batches_name_prefix="b", max_batch_images=2, when_full="next_batch")
+    assert [batch_name(skip, "b", n) for n in range(4)] == ["b", "b", None, None]
+    assert [batch_name(roll, "b", n) for n in range(5)] == ["b", "b", "b_2", "b_2", "b_3"]
+    assert batch_name(BatchingStrategy(batches_name_prefix="b"), "b", 10**6) == "b"
+
+
+def test_batches_roll_over_persist_across_a_restart_and_reach_each_target(tmp_path: Path, detector: Any,
+                                                                          scenes: list[np.ndarray]) -> None:
+    from edge_agent.active_learning.uploaders import FolderTarget, HttpTarget, Uploader
+    from edge_agent.settings import BatchingStrategy
+
+    every = [strategy(type="random", traffic_percentage=1.0)]
+    roll = BatchingStrategy(batches_name_prefix="yard", recreation_interval="daily", max_batch_images=2,
+                            when_full="next_batch")
+    today = time.strftime("yard_%Y_%m_%d", time.gmtime())
+    sampler = _sampler(tmp_path, every, ("folder", "http"), batching=roll)
+    for i, image in enumerate(scenes[:3]):
+        sampler(event(image, detector.infer_numpy(image), frame=i))
+    sampler.stop()
+    again = _sampler(tmp_path, every, ("folder", "http"), batching=roll)  # a restart: the count was kept
+    for i, image in enumerate(scenes[3:5]):
+        again(event(image, detector.infer_numpy(image), frame=i))
+    again.stop()
+    batches = sorted(d.item.batch for d in again.spool.due("folder"))
+    assert batches == sorted([today, today, f"{today}_2", f"{today}_2", f"{today}_3"])
+
+    port = free_port()
+    api = UploadApi(port)
+    uploaders = [Uploader(again.spool, HttpTarget(f"http://127.0.0.1:{port}", "proj", "k3y", "unused")),
+                 Uploader(again.spool, FolderTarget(tmp_path / "dataset"))]
+    for uploader in uploaders:
+        uploader.start()
+    try:
+        wait(lambda: again.spool.stats()["items"] == 0)
+    finally:
+        for uploader in uploaders:
+            uploader.stop()
+        api.close()
+    assert sorted(q["batch"][0] for q in api.queries if "split" in q) == batches
+    base = tmp_path / "dataset" / "shapes-1"
+    assert {p.name: len(list((p / "images").glob("*.jpg"))) for p in base.iterdir()} == {
+        today: 2, f"{today}_2": 2, f"{today}_3": 1}
+    assert (base / today / "data.yaml").exists()
+
+
+def test_a_full_batch_skips_until_the_next_interval(tmp_path: Path, detector: Any,
+                                                    scenes: list[np.ndarray]) -> None:
+    """Roboflow's meaning of max_batch_images: once the batch is full nothing more is sampled; the
+    count of an earlier interval's batch does not count against today's."""
+    from edge_agent.active_learning.spool import Item, Spool
+    from edge_agent.settings import BatchingStrategy
+
+    spool = Spool(tmp_path / "spool.sqlite3", 1000, 1 << 30)  # yesterday's batch, full
+    empty = {"image": {"width": 8, "height": 8}, "predictions": []}
+    spool.add(Item("old", 0.0, "cam", "shapes/1", "s", 8, 8, b"\xff\xd8", empty, (), (), "d_2000_01_01"),
+              ("folder",), {("*", "batch"): ("d_2000_01_01", 2)})
+    spool.close()
+    daily = BatchingStrategy(batches_name_prefix="d", recreation_interval="daily", max_batch_images=2)
+    sampler = _sampler(tmp_path, [strategy(type="random", traffic_percentage=1.0)], batching=daily)
+    for i, image in enumerate(scenes[:4]):
+        sampler(event(image, detector.infer_numpy(image), frame=i))
+    sampler.stop()
+    assert sampler.stats["stored"] == 2
+    assert sampler.stats["skipped_batch_full"] == 2
+    assert sampler.stats["considered"] == 4
+    today = time.strftime("d_%Y_%m_%d", time.gmtime())
+    assert sorted(d.item.batch for d in sampler.spool.due("folder")) == ["d_2000_01_01", today, today]
+
+
+def test_a_spool_made_before_batches_opens_and_keeps_its_items(tmp_path: Path) -> None:
+    from edge_agent.active_learning.spool import SCHEMA, Spool
+
+    path = tmp_path / "spool.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(SCHEMA.replace(",\n    batch       TEXT    NOT NULL DEFAULT ''", ""))
+    db.execute("INSERT INTO items (id, created, source_id, model_id, strategy, width, height, jpeg, predictions, "
+               "class_names, tags, size) VALUES ('a', 0, 'cam', 'm/1', 's', 8, 8, x'ffd8', "
+               "'{\"image\": {\"width\": 8, \"height\": 8}, \"predictions\": []}', '[]', '[]', 2)")
+    db.execute("INSERT INTO pending (item_id, target) VALUES ('a', 'folder')")
+    db.commit()
+    assert "batch" not in {row[1] for row in db.execute("PRAGMA table_info(items)")}
+    db.close()
+    (delivery,) = Spool(path, 10, 1 << 30).due("folder")
+    assert (delivery.item.id, delivery.item.batch) == ("a", "")
+
+
+def test_config_check_accepts_roboflows_batching_strategy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Roboflow's documented example configuration, in TOML, passes ``config check``; mistakes name the key."""
+    from edge_agent.cli import main
+
+    config = tmp_path / "config.toml"
+    config.write_text("""
+[active_learning]
+enabled = true
+max_image_size = 1200
+jpeg_quality = 75
+[active_learning.batching_strategy]
+batches_name_prefix = "al_batch"
+recreation_interval = "daily"
+max_batch_images = 1000
+[[active_learning.strategies]]
+name = "default_strategy"
+type = "random"
+traffic_percentage = 0.1
+""")
+    assert main(["--config", str(config), "config", "check"]) == 0
+    capsys.readouterr()
+    assert main(["--config", str(config), "config", "show"]) == 0
+    assert json.loads(capsys.readouterr().out)["active_learning"]["batching_strategy"] == {
+        "batches_name_prefix": "al_batch", "recreation_interval": "daily", "max_batch_images": 1000,
+        "when_full": "skip"}
+    config.write_text(config.read_text().replace('"daily"', '"hourly"'))
+    assert main(["--config", str(config), "config", "check"]) == 2
+    err = capsys.readouterr().err
+    assert f"{config} line 6: active_learning.batching_strategy.recreation_interval: Input should be 'never', " \
+           "'daily', 'weekly' or 'monthly' (got 'hourly')" in err
+    config.write_text(config.read_text().replace('"hourly"', '"weekly"').replace(
+        "jpeg_quality = 75", 'jpeg_quality = 75\nhttp_batch_name = "other"'))
+    assert main(["--config", str(config), "config", "check"]) == 2
+    assert "set either http_batch_name or batching_strategy.batches_name_prefix" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread scheduling is Linux's")
+@pytest.mark.parametrize(("priority", "expected"), [(None, ("idle", 0)), ("low", ("other", 10)),
+                                                    ("normal", ("other", 0))])
+def test_the_writer_and_uploaders_run_at_the_configured_priority(tmp_path: Path, priority: str | None,
+                                                                  expected: tuple[str, int]) -> None:
+    """By default active learning's threads run SCHED_IDLE (inference first); "low" is nice +10."""
+    from edge_agent.active_learning import ActiveLearning
+    from edge_agent.settings import ActiveLearningSettings
+
+    options = {} if priority is None else {"thread_priority": priority}
+    al = ActiveLearning(ActiveLearningSettings(enabled=True, targets=("folder",), strategies=(
+        strategy(type="random", traffic_percentage=1.0),), **options), tmp_path)
+    names = {os.SCHED_IDLE: "idle", os.SCHED_OTHER: "other"}
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    al.start()
+    try:
+        ids = [t.native_id for t in (al.sampler._thread, al.uploaders[0]._thread) if t is not None]
+
+        def seen() -> list[tuple[str, int]]:
+            return [(names.get(os.sched_getscheduler(i), "?"), os.getpriority(os.PRIO_PROCESS, i) - own)
+                    for i in ids if i is not None]
+
+        wait(lambda: seen() == [expected] * 2, timeout=10)  # each thread sets its own as it starts
+    finally:
+        al.stop()

@@ -29,7 +29,7 @@ def detector():  # type: ignore[no-untyped-def]
 def test_detector_map50(detector) -> None:  # type: ignore[no-untyped-def]
     samples = []
     for scene in _scenes(150):
-        r = detector.infer(scene.image, confidence=0.05, iou_threshold=0.5)
+        r = detector.infer_numpy(scene.image, confidence=0.05, iou_threshold=0.5)
         samples.append((r.xyxy, r.confidence, r.class_id, scene.boxes, scene.class_ids))
     mean_ap, per_class = map50(samples, len(CLASSES))
     print(f"detector mAP50 {mean_ap:.3f} per class {dict(zip(CLASSES, np.round(per_class, 3)))}")
@@ -38,9 +38,9 @@ def test_detector_map50(detector) -> None:  # type: ignore[no-untyped-def]
 
 def test_detector_batch_equals_single(detector) -> None:  # type: ignore[no-untyped-def]
     scenes = list(_scenes(4, seed=5))
-    batch = detector.infer([s.image for s in scenes])
+    batch = detector.infer_numpy([s.image for s in scenes])
     for scene, got in zip(scenes, batch):
-        one = detector.infer(scene.image)
+        one = detector.infer_numpy(scene.image)
         np.testing.assert_allclose(got.xyxy, one.xyxy, atol=1e-3)
         assert got.class_id.tolist() == one.class_id.tolist()
 
@@ -55,7 +55,7 @@ def test_segmentation_masks_match_ground_truth(mode: str) -> None:
     model = edge_agent.get_model("shapes-seg/1")
     ious, matched, total = [], 0, 0
     for scene in _scenes(60, seed=SEED + 1):
-        r = model.infer(scene.image, confidence=0.25, iou_threshold=0.5, mask_decode_mode=mode)
+        r = model.infer_numpy(scene.image, confidence=0.25, iou_threshold=0.5, mask_decode_mode=mode)
         assert isinstance(r, Detections)
         assert r.polygons is not None
         masks = r.masks()
@@ -73,7 +73,7 @@ def test_keypoints_find_the_vertices() -> None:
     model = edge_agent.get_model("shapes-pose/1")
     errors, sizes, found, visible = [], [], 0, 0
     for scene in _scenes(60, seed=SEED + 2):
-        r = model.infer(scene.image, confidence=0.25, iou_threshold=0.5, keypoint_confidence=0.5)
+        r = model.infer_numpy(scene.image, confidence=0.25, iou_threshold=0.5, keypoint_confidence=0.5)
         assert isinstance(r, Detections)
         assert r.keypoints is not None
         for i, j in match(r.xyxy, r.class_id, scene.boxes, scene.class_ids):
@@ -98,7 +98,7 @@ def test_classifier_accuracy() -> None:
     model = edge_agent.get_model("shapes-cls/1")
     rng = np.random.default_rng(SEED + 3)
     samples = [generate_classification(rng) for _ in range(200)]
-    results = model.infer([image for image, _ in samples], confidence=0.0)
+    results = model.infer_numpy([image for image, _ in samples], confidence=0.0)
     assert all(isinstance(r, Classification) for r in results), {type(r) for r in results}
     correct = sum(r.top[0] == label for r, (_, label) in zip(results, samples))
     print(f"classifier top-1 accuracy {correct / len(samples):.3f}")

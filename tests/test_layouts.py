@@ -25,17 +25,17 @@ def test_yolov8_detection_nms_filter_and_letterbox(store, detector_onnx: Path) -
     store.install(detector_onnx, "det/1")
     model = load_stored(store, "det/1")
     image = np.zeros((128, 256, 3), np.uint8)  # letterboxed: scale 0.25, 16 px of padding top and bottom
-    r = model.infer(image)
+    r = model.infer_numpy(image)
     assert isinstance(r, Detections)
     assert r.class_id.tolist() == [0, 1]
     np.testing.assert_allclose(r.xyxy, [[88, 44, 168, 84], [24, 40, 56, 72]], atol=1e-4)
     np.testing.assert_allclose(r.confidence, [0.9, 0.7], atol=1e-6)
-    assert model.infer(image, iou_threshold=0.99).confidence.tolist() == pytest.approx([0.9, 0.8, 0.7])
-    assert model.infer(image, class_filter=["b"]).class_id.tolist() == [1]
-    assert len(model.infer(image, max_detections=1)) == 1
-    assert len(model.infer(image, confidence=0.95)) == 0
-    assert len(model.infer(image, max_candidates=1)) == 1
-    batch = model.infer([image, image, image])
+    assert model.infer_numpy(image, iou_threshold=0.99).confidence.tolist() == pytest.approx([0.9, 0.8, 0.7])
+    assert model.infer_numpy(image, class_filter=["b"]).class_id.tolist() == [1]
+    assert len(model.infer_numpy(image, max_detections=1)) == 1
+    assert len(model.infer_numpy(image, confidence=0.95)) == 0
+    assert len(model.infer_numpy(image, max_candidates=1)) == 1
+    batch = model.infer_numpy([image, image, image])
     assert isinstance(batch, list)
     assert [len(b) for b in batch] == [2, 2, 2]
 
@@ -45,8 +45,8 @@ def test_class_agnostic_nms_suppresses_across_classes(store, tmp_path: Path) -> 
     out[:4, 0], out[4, 0] = [32, 32, 20, 20], 0.9
     out[:4, 1], out[5, 1] = [32, 33, 20, 20], 0.8
     model = _install(store, tmp_path, "agn", {"output0": out}, ultralytics_metadata("detect", ["a", "b"], (64, 64)))
-    assert len(model.infer(BLACK_64)) == 2
-    assert model.infer(BLACK_64, class_agnostic_nms=True).class_id.tolist() == [0]
+    assert len(model.infer_numpy(BLACK_64)) == 2
+    assert model.infer_numpy(BLACK_64, class_agnostic_nms=True).class_id.tolist() == [0]
 
 
 def test_yolov5_layout_uses_objectness(store, tmp_path: Path) -> None:
@@ -56,7 +56,7 @@ def test_yolov5_layout_uses_objectness(store, tmp_path: Path) -> None:
     out[2] = [50, 50, 8, 8, 0.6, 0.3, 0.1]
     model = _install(store, tmp_path, "v5", {"output0": out}, ultralytics_metadata("detect", ["a", "b"], (64, 64)))
     assert model.manifest.output.layout == "yolov5"
-    r = model.infer(BLACK_64)
+    r = model.infer_numpy(BLACK_64)
     assert r.class_id.tolist() == [1, 0]
     np.testing.assert_allclose(r.confidence, [0.9, 0.6], atol=1e-6)
     np.testing.assert_allclose(r.xyxy[0], [22, 27, 42, 37], atol=1e-4)
@@ -70,7 +70,7 @@ def test_end2end_layout_skips_nms(store, tmp_path: Path) -> None:
     md = ultralytics_metadata("detect", ["a", "b"], (64, 64), end2end="True")
     model = _install(store, tmp_path, "e2e", {"output0": out}, md)
     assert model.manifest.output.layout == "end2end"
-    r = model.infer(BLACK_64)
+    r = model.infer_numpy(BLACK_64)
     assert r.class_id.tolist() == [1, 1]
     np.testing.assert_allclose(r.xyxy, out[:2, :4], atol=1e-4)
 
@@ -87,7 +87,7 @@ def test_segmentation_mask_to_polygon(store, tmp_path: Path) -> None:
     # The outline runs through the centres of the mask's boundary pixels, so coarser modes lose up to
     # half a mask pixel per side: 0.5 px (accurate), 1 px (tradeoff 0.5), 2 px (fast) of input.
     for mode, tol, area_tol in (("accurate", 1.5, 40), ("fast", 4.0, 100), ("tradeoff", 3.0, 70)):
-        r = model.infer(BLACK_64, mask_decode_mode=mode, tradeoff_factor=0.5)
+        r = model.infer_numpy(BLACK_64, mask_decode_mode=mode, tradeoff_factor=0.5)
         poly = r.polygons[0]
         assert len(poly) >= 4, mode
         np.testing.assert_allclose(poly.min(axis=0), [16, 16], atol=tol, err_msg=mode)
@@ -95,7 +95,7 @@ def test_segmentation_mask_to_polygon(store, tmp_path: Path) -> None:
         mask = r.masks()[0]
         assert abs(int(mask.sum()) - 256) < area_tol, mode
     with pytest.raises(InvalidInput, match="Invalid mask decode argument"):
-        model.infer(BLACK_64, mask_decode_mode="sloppy")
+        model.infer_numpy(BLACK_64, mask_decode_mode="sloppy")
 
 
 def test_empty_mask_keeps_detection_with_empty_polygon(store, tmp_path: Path) -> None:
@@ -104,7 +104,7 @@ def test_empty_mask_keeps_detection_with_empty_polygon(store, tmp_path: Path) ->
     protos = np.full((32, 16, 16), -10.0, np.float32)
     md = ultralytics_metadata("segment", ["blob"], (64, 64))
     model = _install(store, tmp_path, "seg0", {"output0": out, "output1": protos}, md)
-    r = model.infer(BLACK_64)
+    r = model.infer_numpy(BLACK_64)
     assert len(r) == 1
     assert r.polygons[0].shape == (0, 2)
     assert r.to_json()["predictions"][0]["points"] == []
@@ -117,7 +117,7 @@ def test_keypoints_mapped_named_and_filtered(store, tmp_path: Path) -> None:
     md = ultralytics_metadata("pose", ["thing"], (64, 64), kpt_shape="[2, 3]", kpt_names="{0: ['head', 'tail']}")
     model = _install(store, tmp_path, "pose", {"output0": out}, md)
     image = np.zeros((128, 128, 3), np.uint8)  # scale 0.5: everything doubles
-    r = model.infer(image, keypoint_confidence=0.5)
+    r = model.infer_numpy(image, keypoint_confidence=0.5)
     np.testing.assert_allclose(r.keypoints[0], [[40, 44, 0.9], [80, 84, 0.1]], atol=1e-4)
     kps = r.to_json()["predictions"][0]["keypoints"]
     assert kps == [{"x": 40.0, "y": 44.0, "confidence": 0.9, "class_id": 0, "class": "head"}]
@@ -133,7 +133,7 @@ def test_keypoints_mapped_named_and_filtered(store, tmp_path: Path) -> None:
 def test_single_label_classification(store, tmp_path: Path, row, expected) -> None:  # type: ignore[no-untyped-def]
     md = ultralytics_metadata("classify", ["x", "y", "z"], (32, 32))
     model = _install(store, tmp_path, "cls", {"output0": np.array(row, np.float32)}, md, input_hw=(32, 32))
-    r = model.infer(np.zeros((50, 80, 3), np.uint8), confidence=0.15)
+    r = model.infer_numpy(np.zeros((50, 80, 3), np.uint8), confidence=0.15)
     assert isinstance(r, Classification)
     np.testing.assert_allclose(r.confidence, expected, atol=1e-5)
     body = r.to_json()
@@ -150,7 +150,7 @@ def test_static_batch_model_runs_lists_one_by_one(store, tmp_path: Path) -> None
     model = _install(store, tmp_path, "static", {"output0": out}, md, batch=1)
     assert model.manifest.input.batch == 1
     assert model.engine.max_batch == 1
-    results = model.infer([BLACK_64] * 3)
+    results = model.infer_numpy([BLACK_64] * 3)
     assert [len(r) for r in results] == [1, 1, 1]
 
 
@@ -163,7 +163,7 @@ def test_multilabel_classification(store, tmp_path: Path, row, expected) -> None
     path = constant_model(tmp_path / "ml.onnx", {"output0": np.array(row, np.float32)}, input_hw=(32, 32))
     store.install(path, "ml/1", task="classification", class_names=("rust", "crack", "dent"))
     store.update("ml/1", multilabel=True)
-    r = load_stored(store, "ml/1").infer(np.zeros((40, 40, 3), np.uint8), confidence=0.55)
+    r = load_stored(store, "ml/1").infer_numpy(np.zeros((40, 40, 3), np.uint8), confidence=0.55)
     np.testing.assert_allclose(r.confidence, expected, atol=1e-5)
     body = r.to_json()
     assert body["predicted_classes"] == [n for n, s in zip(("rust", "crack", "dent"), expected) if s > 0.55]

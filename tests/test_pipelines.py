@@ -23,18 +23,18 @@ def test_every_frame_of_a_file_is_inferred_and_follows_the_ground_truth(tmp_path
     from edge_agent.pipelines.pipeline import InferencePipeline
 
     centres = circle_video(tmp_path / "moving.mp4", frames=FRAMES)
-    got: list[tuple[dict[str, Any], np.ndarray]] = []
+    got: list[tuple[dict[str, Any], Any]] = []  # Roboflow's sink arguments: (predictions, VideoFrame)
     pipeline = InferencePipeline(runtime.inference, "shapes/1", str(tmp_path / "moving.mp4"),
-                                 on_prediction=lambda body, image: got.append((body, image)))
+                                 on_prediction=lambda body, frame: got.append((body, frame)))
     pipeline.start()
     pipeline.join(60)
     assert pipeline.state == "finished", pipeline.status()
-    assert [body["frame_id"] for body, _ in got] == list(range(1, FRAMES + 1))  # none dropped, in order
-    assert all(image.shape[:2] == SIZE for _, image in got), [image.shape for _, image in got]
+    assert [frame.frame_id for _, frame in got] == list(range(1, FRAMES + 1))  # none dropped, in order
+    assert all(frame.image.shape[:2] == SIZE for _, frame in got), [frame.image.shape for _, frame in got]
     errors = []
-    for (body, _), (cx, cy) in zip(got, centres):
+    for (body, frame), (cx, cy) in zip(got, centres):
         circles = [p for p in body["predictions"] if p["class"] == "circle"]
-        assert circles, f"frame {body['frame_id']}: no circle in {body['predictions']}"
+        assert circles, f"frame {frame.frame_id}: no circle in {body['predictions']}"
         best = max(circles, key=lambda p: p["confidence"])
         errors.append(float(np.hypot(best["x"] - cx, best["y"] - cy)))
     assert np.median(errors) < 3.0, errors
@@ -237,7 +237,7 @@ def test_the_python_api(tmp_path: Path) -> None:
     circle_video(video, frames=5)
     got: list[int] = []
     pipeline = edge_agent.InferencePipeline.init("shapes/1", str(video), confidence=0.5,
-                                                 on_prediction=lambda body, image: got.append(body["frame_id"]))
+                                                 on_prediction=lambda body, frame: got.append(frame.frame_id))
     pipeline.start()
     pipeline.join(60)
     assert got == [1, 2, 3, 4, 5]

@@ -110,12 +110,12 @@ def test_python_api_and_pipelines_pull_with_a_key(tmp_path: Path) -> None:
         settings = Settings.defaults(tmp_path / "state").model_copy(update={
             "engine": EngineSettings(intra_op_threads=1),
             "models": ModelsSettings(api_url=cloud.api_url, download_timeout_s=2, download_retries=0)})
-        model = edge_agent.get_model("hard-hats/3", settings, api_key=KEY)
-        reference = edge_agent.get_model("shapes/1", settings)
-        assert [p["class"] for p in model.infer(str(SAMPLE)).to_json()["predictions"]] == \
-            [p["class"] for p in reference.infer(str(SAMPLE)).to_json()["predictions"]]
+        model = edge_agent.get_model("hard-hats/3", KEY, settings=settings)
+        reference = edge_agent.get_model("shapes/1", settings=settings)
+        assert [p["class"] for p in model.infer_numpy(str(SAMPLE)).to_json()["predictions"]] == \
+            [p["class"] for p in reference.infer_numpy(str(SAMPLE)).to_json()["predictions"]]
         assert cloud.requests["weights"] == 1
-        edge_agent.get_model("hard-hats/3", settings, api_key=KEY)
+        edge_agent.get_model("hard-hats/3", KEY, settings=settings)
         assert cloud.requests["weights"] == 1  # the store has it now
 
         frames = tmp_path / "frames"

@@ -102,8 +102,8 @@ def test_pulled_detector_predicts_like_the_demo(tmp_path: Path, cloud: FakeRobof
     assert manifest.source["kind"] == "roboflow"
     assert manifest.colors  # the API's colours came along
 
-    want = load_stored(store, "shapes/1").infer(str(SAMPLE))
-    got = load_stored(store, "pulled-shapes/1").infer(str(SAMPLE))
+    want = load_stored(store, "shapes/1").infer_numpy(str(SAMPLE))
+    got = load_stored(store, "pulled-shapes/1").infer_numpy(str(SAMPLE))
     assert len(want) > 0
     np.testing.assert_array_equal(got.class_id, want.class_id)
     np.testing.assert_allclose(got.xyxy, want.xyxy, atol=1e-3)

@@ -107,7 +107,7 @@ def test_results_validate_their_shapes() -> None:
 
 def test_model_results_convert_cleanly(store, detector_onnx: Path) -> None:  # type: ignore[no-untyped-def]
     store.install(detector_onnx, "det/1")
-    result = load_stored(store, "det/1").infer(np.zeros((128, 256, 3), np.uint8))
+    result = load_stored(store, "det/1").infer_numpy(np.zeros((128, 256, 3), np.uint8))
     det = sv.Detections.from_inference(result.to_json())
     np.testing.assert_allclose(det.xyxy, result.xyxy, atol=0.1)
 

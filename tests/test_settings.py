@@ -120,6 +120,7 @@ def test_example_config_is_complete_and_shows_the_defaults(tmp_path: Path) -> No
                      ("mqtt", "device_id"), ("pipelines", "streams"), ("active_learning", "folder"),
                      ("active_learning", "http_base_url"), ("active_learning", "http_project"),
                      ("active_learning", "http_api_key"), ("active_learning", "strategies"),
+                     ("active_learning", "batching_strategy"),
                      ("engine", "dla_core"), ("engine", "calibration_images"), ("engine", "check_images"),
                      ("models", "check_images"), ("models", "api_key")}
     for section, model in SECTIONS.items():

@@ -189,9 +189,9 @@ def test_roboflow_folder_keeps_its_preprocessing(store: ModelStore, tmp_path: Pa
     model = load_stored(store, "rf-project/7")
     # 512x128 image, right half kept: a 256x128 crop letterboxed to 64 (scale 0.25, 16 px pad),
     # then shifted by the 256 px crop offset.
-    r = model.infer(np.zeros((128, 512, 3), np.uint8))
+    r = model.infer_numpy(np.zeros((128, 512, 3), np.uint8))
     np.testing.assert_allclose(r.xyxy[0], [88 + 256, 44, 168 + 256, 84], atol=1e-4)
-    r = model.infer(np.zeros((128, 512, 3), np.uint8), disable_preproc_static_crop=True)
+    r = model.infer_numpy(np.zeros((128, 512, 3), np.uint8), disable_preproc_static_crop=True)
     assert r.xyxy[0][0] < 256
 
 
@@ -216,7 +216,7 @@ def test_roboflow_keypoints_and_stretch(store: ModelStore, tmp_path: Path) -> No
     assert manifest.preprocess.auto_orient is False
     assert manifest.keypoint_names == {0: ("head", "hand", "foot")}
     assert manifest.skeleton == {0: ((0, 1),)}
-    r = load_stored(store, "pose/1").infer(np.zeros((128, 256, 3), np.uint8))
+    r = load_stored(store, "pose/1").infer_numpy(np.zeros((128, 256, 3), np.uint8))
     np.testing.assert_allclose(r.keypoints[0, :, :2], [[40, 20], [80, 40], [120, 60]], atol=1e-4)
 
 

@@ -5,7 +5,7 @@
 Layers, bottom to top (a module belongs to the first entry whose name is its own or a package above it):
 
 0. ``engines``: the inference back-ends; never imports ``edge_agent``.
-1. basics: ``errors``, ``atomic_files``, ``params``, ``results``, ``roboflow_json``, ``url_fetch``,
+1. basics: ``errors``, ``atomic_files``, ``params``, ``results``, ``roboflow_json``, ``responses``, ``url_fetch``,
    ``images``, ``heads``, ``events``, ``settings`` and the configuration schemas it validates
    (``pipeline_spec``, ``sampling_strategies``), ``metrics``, ``telemetry``, ``visualize``, ``demo``.
 2. ``store``: models on disk.
@@ -44,8 +44,8 @@ PACKAGES = ("engines", "edge_agent")
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("engines", ("engines",)),
     ("basics", ("edge_agent.errors", "edge_agent.atomic_files", "edge_agent.params", "edge_agent.results",
-                "edge_agent.roboflow_json", "edge_agent.url_fetch", "edge_agent.images", "edge_agent.heads",
-                "edge_agent.events", "edge_agent.settings", "edge_agent.pipeline_spec",
+                "edge_agent.roboflow_json", "edge_agent.responses", "edge_agent.url_fetch", "edge_agent.images",
+                "edge_agent.heads", "edge_agent.events", "edge_agent.settings", "edge_agent.pipeline_spec",
                 "edge_agent.sampling_strategies", "edge_agent.metrics", "edge_agent.telemetry",
                 "edge_agent.visualize", "edge_agent.demo")),
     ("store", ("edge_agent.store",)),

@@ -36,12 +36,13 @@ class ActiveLearning:
                     raise ConfigError("active_learning.targets has mqtt but [mqtt] is not enabled")
                 targets.append(MqttTarget(bridge))
         self.uploaders = [Uploader(self.spool, t, settings.retry_min_s, settings.retry_max_s,
-                                   settings.bandwidth_kbps * 1000) for t in targets]
+                                   settings.bandwidth_kbps * 1000, settings.thread_priority) for t in targets]
         self.sampler = Sampler(settings.strategies, self.spool, tuple(t.name for t in targets),
                                jpeg_quality=settings.jpeg_quality, max_image_size=settings.max_image_size,
                                dedup_distance=settings.dedup_distance, queue_size=settings.queue_size,
                                sources=lambda s: s != "http" or settings.sample_http_requests,
-                               on_stored=self._wake)
+                               on_stored=self._wake, batching=settings.batching_strategy,
+                               priority=settings.thread_priority)
 
     def _wake(self) -> None:
         for uploader in self.uploaders:

@@ -2,9 +2,12 @@
 frame is kept (strategy, limits, near-duplicates); a writer thread of its own then encodes the JPEG and
 writes the item to the spool, off the inference path.
 
-Limits are counted in memory (seeded from the spool at start) and written to the spool with the item
-that used them, so counts and items never disagree after a crash. A frame the writer has no room for
-(``queue_size`` frames waiting) is dropped and counted, and its limit counts are given back.
+Limits, and the count of the current labelling batch (``batching_strategy``), are counted in memory
+(seeded from the spool at start) and written to the spool with the item that used them, so counts and
+items never disagree after a crash. A frame whose producer switched active learning off (a request's
+``disable_active_learning``, a pipeline's ``active_learning_enabled=False``) is never sampled. A frame
+the writer has no room for (``queue_size`` frames waiting) is dropped and counted, and its limit counts
+are given back.
 """
 
 from __future__ import annotations
@@ -21,24 +24,32 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.active_learning.sampling import WINDOWS, dhash, hamming, wants
+from edge_agent.active_learning.priority import ThreadPriority, lower_this_thread
+from edge_agent.active_learning.sampling import WINDOWS, batch_base, batch_name, dhash, hamming, wants
 from edge_agent.active_learning.spool import Item, Spool
 from edge_agent.events import PredictionEvent
 from edge_agent.roboflow_json import to_roboflow
 from edge_agent.sampling_strategies import Strategy
+from edge_agent.settings import BatchingStrategy
 from edge_agent.visualize import encode_jpeg
 
 log = logging.getLogger(__name__)
 
 RECENT_HASHES = 16  # per source: a frame this close to any of the last kept ones is a near-duplicate
+BATCH_KEY = ("*", "batch")  # the batch's count among the limit counts ("*" is no strategy's name)
+
+Counts = dict[tuple[str, str], tuple[str, int]]  # (strategy, window) -> (bucket, count)
 
 
 class Sampler:
     def __init__(self, strategies: Sequence[Strategy], spool: Spool, targets: tuple[str, ...], *,
                  jpeg_quality: int = 75, max_image_size: int = 1280, dedup_distance: int = 6,
                  queue_size: int = 64, sources: Callable[[str], bool] = lambda s: True,
-                 on_stored: Callable[[], None] = lambda: None, seed: int | None = None) -> None:
+                 on_stored: Callable[[], None] = lambda: None, seed: int | None = None,
+                 batching: BatchingStrategy | None = None, priority: ThreadPriority = "normal") -> None:
         self.strategies = list(strategies)
+        self.batching = batching
+        self.priority = priority  # the writer thread's (active_learning.priority)
         self.spool = spool
         self.targets = targets
         self.jpeg_quality, self.max_image_size, self.dedup_distance = jpeg_quality, max_image_size, dedup_distance
@@ -47,13 +58,14 @@ class Sampler:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._stats_lock = threading.Lock()  # producers are many threads (HTTP requests, pipelines)
-        self._counts = spool.limit_counts()  # (strategy, window) -> (bucket, count)
+        self._counts: Counts = spool.limit_counts()
         self._recent: dict[str, deque[int]] = {}
-        self._queue: queue.Queue[tuple[PredictionEvent, Strategy, dict[tuple[str, str], tuple[str, int]]] | None] \
-            = queue.Queue(queue_size)
+        self._queue: queue.Queue[tuple[PredictionEvent, Strategy, Counts, str]] = queue.Queue(queue_size)
         self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
         self.stats = {"considered": 0, "sampled": 0, "skipped_limit": 0, "skipped_duplicate": 0,
-                      "dropped_queue_full": 0, "stored": 0, "evicted": 0, "write_errors": 0}
+                      "skipped_batch_full": 0, "skipped_disabled": 0, "dropped_queue_full": 0, "stored": 0,
+                      "evicted": 0, "write_errors": 0}
 
     def _count(self, name: str, n: int = 1) -> None:
         with self._stats_lock:
@@ -65,22 +77,28 @@ class Sampler:
         image = event.image
         if image is None or not self._accepts_source(event.source_id):
             return
+        if not event.active_learning:
+            self._count("skipped_disabled")
+            return
         self._count("considered")
         for strategy in self.strategies:
             if not strategy.applies(event.source_id, event.model_id) or not wants(strategy, event.result, self._rng):
                 continue
-            now = time.gmtime()
             with self._lock:
-                used = self._take_limits(strategy, now)
-            if used is None:
-                self._count("skipped_limit")
+                taken = self._take_limits(strategy, time.gmtime())
+            if taken == "skipped_batch_full":
+                self._count(taken)
+                return  # the batch is full for every strategy
+            if isinstance(taken, str):
+                self._count(taken)
                 continue
+            used, batch = taken
             if self.dedup_distance and self._duplicate(event.source_id, image):
                 self._give_back(used)
                 self._count("skipped_duplicate")
                 return
             try:
-                self._queue.put_nowait((event, strategy, used))
+                self._queue.put_nowait((event, strategy, used, batch))
             except queue.Full:
                 self._give_back(used)
                 self._count("dropped_queue_full")
@@ -88,21 +106,31 @@ class Sampler:
             self._count("sampled")
             return  # a frame is sampled once, by the first strategy that wants it
 
-    def _take_limits(self, strategy: Strategy, now: time.struct_time) -> dict[tuple[str, str], tuple[str, int]] | None:
-        """Count the frame against the strategy's limits; None (and nothing counted) if one is reached."""
-        updated: dict[tuple[str, str], tuple[str, int]] = {}
+    def _take_limits(self, strategy: Strategy, now: time.struct_time) -> tuple[Counts, str] | str:
+        """Count the frame against the batch's cap and the strategy's limits: the counts it used and its
+        batch ("" without a batching strategy); or, nothing counted, the stat that says why not."""
+        updated: Counts = {}
+        batch = ""
+        if self.batching is not None:
+            base = batch_base(self.batching, now)
+            old_base, count = self._counts.get(BATCH_KEY, (base, 0))
+            count = count if old_base == base else 0
+            name = batch_name(self.batching, base, count)
+            if name is None:
+                return "skipped_batch_full"
+            batch, updated[BATCH_KEY] = name, (base, count + 1)
         for limit in strategy.limits:
             key = (strategy.name, limit.type)
             bucket = time.strftime(WINDOWS[limit.type], now)
             old_bucket, count = self._counts.get(key, (bucket, 0))
             count = count if old_bucket == bucket else 0
             if count >= limit.value:
-                return None
+                return "skipped_limit"
             updated[key] = (bucket, count + 1)
         self._counts.update(updated)
-        return updated
+        return updated, batch
 
-    def _give_back(self, used: dict[tuple[str, str], tuple[str, int]]) -> None:
+    def _give_back(self, used: Counts) -> None:
         with self._lock:
             for key, (bucket, _count) in used.items():
                 if self._counts.get(key, (None, 0))[0] == bucket:
@@ -120,54 +148,70 @@ class Sampler:
     # ------------------------------------------------------------------ the writer thread
 
     def start(self) -> None:
+        self._stop.clear()
         self._thread = threading.Thread(target=self._write_loop, name="al-writer", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Write what is queued, then stop."""
+        """Write what is queued, then stop. The writer ends after the frames in its hands; the frames
+        still queued are written here, at the caller's priority (an ``idle`` writer may get no CPU
+        while the machine is busy)."""
         if self._thread is None:
             return
-        self._queue.put(None)
+        self._stop.set()
         self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("the active-learning writer is still busy after %.0f s; writing the rest here", timeout)
+        while True:
+            batch = self._take_batch(block=False)
+            if not batch:
+                break
+            self._write(batch)
+        self._thread = None
+
+    def _take_batch(self, block: bool) -> list[tuple[PredictionEvent, Strategy, Counts, str]]:
+        """Up to 16 waiting frames; with ``block``, wait a moment for the first."""
+        batch = []
+        try:
+            batch.append(self._queue.get(timeout=0.2) if block else self._queue.get_nowait())
+            while len(batch) < 16:
+                batch.append(self._queue.get_nowait())
+        except queue.Empty:
+            pass
+        return batch
 
     def _write_loop(self) -> None:
-        """Encode each waiting frame; write all that are ready in one transaction (under load, several
-        frames share one fsync)."""
-        done = False
-        while not done:
-            batch = [self._queue.get()]
-            while len(batch) < 16:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            if None in batch:
-                done = True
-            entries = []
-            for entry in batch:
-                if entry is None:
-                    continue
-                event, strategy, used = entry
-                try:
-                    entries.append((self._item(event, strategy), used))
-                except Exception:  # a broken frame: counted, the others are written
-                    self._count("write_errors")
-                    log.exception("cannot encode a sampled frame")
-            if not entries:
-                continue
-            try:
-                evicted = self.spool.add_many(entries, self.targets)
-            except Exception:  # a full disk: counted, and the next frames are tried
-                self._count("write_errors", len(entries))
-                log.exception("cannot store %d sampled frame(s)", len(entries))
-                continue
-            self._count("stored", len(entries))
-            if evicted:
-                self._count("evicted", evicted)
-                log.warning("active-learning spool full: evicted %d oldest item(s)", evicted)
-            self._on_stored()
+        lower_this_thread(self.priority)
+        while not self._stop.is_set():
+            batch = self._take_batch(block=True)
+            if batch:
+                self._write(batch)
 
-    def _item(self, event: PredictionEvent, strategy: Strategy) -> Item:
+    def _write(self, batch: list[tuple[PredictionEvent, Strategy, Counts, str]]) -> None:
+        """Encode each frame; write them all in one transaction (under load, several frames share one
+        fsync)."""
+        entries = []
+        for event, strategy, used, labelling_batch in batch:
+            try:
+                entries.append((self._item(event, strategy, labelling_batch), used))
+            except Exception:  # a broken frame: counted, the others are written
+                self._count("write_errors")
+                log.exception("cannot encode a sampled frame")
+        if not entries:
+            return
+        try:
+            evicted = self.spool.add_many(entries, self.targets)
+        except Exception:  # a full disk: counted, and the next frames are tried
+            self._count("write_errors", len(entries))
+            log.exception("cannot store %d sampled frame(s)", len(entries))
+            return
+        self._count("stored", len(entries))
+        if evicted:
+            self._count("evicted", evicted)
+            log.warning("active-learning spool full: evicted %d oldest item(s)", evicted)
+        self._on_stored()
+
+    def _item(self, event: PredictionEvent, strategy: Strategy, batch: str) -> Item:
         import cv2  # lazy: cv2
 
         image = event.image
@@ -183,7 +227,7 @@ class Sampler:
         return Item(id=str(uuid.uuid4()), created=event.captured_at, source_id=event.source_id,
                     model_id=event.model_id, strategy=strategy.name, width=image.shape[1], height=image.shape[0],
                     jpeg=encode_jpeg(image, self.jpeg_quality), predictions=body,
-                    class_names=tuple(event.result.class_names), tags=tuple(strategy.tags))
+                    class_names=tuple(event.result.class_names), tags=tuple(strategy.tags), batch=batch)
 
 
 def _scaled(body: dict[str, Any], scale: float) -> dict[str, Any]:

@@ -1,12 +1,15 @@
 """How the sampler decides: whether a strategy wants a result (``wants``, with each strategy type's
 semantics: docs/active-learning.md), the time windows that strategies' limits are counted in, and
-near-duplicate skipping (a 64-bit difference hash and its Hamming distance). The strategies' declared
-fields are in ``edge_agent.sampling_strategies``, with the settings that validate them.
+near-duplicate skipping (a 64-bit difference hash and its Hamming distance), and the labelling batch
+a sample joins (Roboflow's ``batching_strategy``: ``batch_base``, ``batch_name``). The strategies'
+declared fields are in ``edge_agent.sampling_strategies``, with the settings that validate them.
 """
 
 from __future__ import annotations
 
 import random
+import time
+from datetime import date, timedelta
 
 import numpy as np
 
@@ -18,6 +21,7 @@ from edge_agent.sampling_strategies import (
     RandomStrategy,
     Strategy,
 )
+from edge_agent.settings import BatchingStrategy
 
 WINDOWS = {"minutely": "%Y-%m-%dT%H:%M", "hourly": "%Y-%m-%dT%H", "daily": "%Y-%m-%d"}
 
@@ -78,6 +82,29 @@ def _detections_number_based(strategy: DetectionsNumberBasedStrategy, result: Re
     if strategy.less_than is not None and n >= strategy.less_than:
         return False
     return rng.random() < strategy.probability
+
+
+def batch_base(batching: BatchingStrategy, now: time.struct_time) -> str:
+    """The batch name for the moment ``now`` (UTC), as Roboflow names it: the prefix alone (``never``),
+    else ``<prefix>_<YYYY_MM_DD>`` of the day, of the week's Monday, or of the month's first day."""
+    if batching.recreation_interval == "never":
+        return batching.batches_name_prefix
+    day = date(now.tm_year, now.tm_mon, now.tm_mday)
+    if batching.recreation_interval == "weekly":
+        day -= timedelta(days=day.weekday())
+    elif batching.recreation_interval == "monthly":
+        day = day.replace(day=1)
+    return f"{batching.batches_name_prefix}_{day:%Y_%m_%d}"
+
+
+def batch_name(batching: BatchingStrategy, base: str, count: int) -> str | None:
+    """The batch of a new sample when ``count`` samples of this interval are stored already: ``base``
+    until ``max_batch_images``; then None (``when_full = "skip"``, Roboflow's meaning: no more samples
+    until the next interval) or ``<base>_2``, ``<base>_3``, ... (``"next_batch"``)."""
+    cap = batching.max_batch_images
+    if cap is None or count < cap:
+        return base
+    return None if batching.when_full == "skip" else f"{base}_{count // cap + 1}"
 
 
 def dhash(image: np.ndarray) -> int:

@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS items (
     predictions TEXT    NOT NULL,
     class_names TEXT    NOT NULL,
     tags        TEXT    NOT NULL,
-    size        INTEGER NOT NULL
+    size        INTEGER NOT NULL,
+    batch       TEXT    NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS pending (
     item_id      TEXT    NOT NULL REFERENCES items (id) ON DELETE CASCADE,
@@ -61,6 +62,7 @@ class Item:
     predictions: dict[str, Any]  # the Roboflow response object
     class_names: tuple[str, ...]
     tags: tuple[str, ...] = ()
+    batch: str = ""  # the labelling batch ([active_learning.batching_strategy]); "": none configured
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,10 @@ class Spool:
         self.sync = sync
         path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        self._db().executescript(SCHEMA)
+        db = self._db()
+        db.executescript(SCHEMA)
+        if "batch" not in {row[1] for row in db.execute("PRAGMA table_info(items)")}:  # a spool made before batches
+            db.execute("ALTER TABLE items ADD COLUMN batch TEXT NOT NULL DEFAULT ''")
 
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
@@ -122,10 +127,11 @@ class Spool:
             for item, limits in entries:
                 predictions = json.dumps(item.predictions)
                 db.execute("INSERT INTO items (id, created, source_id, model_id, strategy, width, height, jpeg, "
-                           "predictions, class_names, tags, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           "predictions, class_names, tags, size, batch) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            (item.id, item.created, item.source_id, item.model_id, item.strategy, item.width,
                             item.height, item.jpeg, predictions, json.dumps(item.class_names),
-                            json.dumps(item.tags), len(item.jpeg) + len(predictions)))
+                            json.dumps(item.tags), len(item.jpeg) + len(predictions), item.batch))
                 db.executemany("INSERT INTO pending (item_id, target) VALUES (?, ?)",
                                [(item.id, t) for t in targets])
                 db.executemany("INSERT INTO limits VALUES (?, ?, ?, ?) ON CONFLICT (strategy, window) "
@@ -153,11 +159,13 @@ class Spool:
         """Pending deliveries to ``target`` whose time has come, oldest item first."""
         rows = self._db().execute(
             "SELECT i.id, i.created, i.source_id, i.model_id, i.strategy, i.width, i.height, i.jpeg, "
-            "i.predictions, i.class_names, i.tags, p.attempts, p.state FROM pending p JOIN items i ON i.id = p.item_id "
+            "i.predictions, i.class_names, i.tags, p.attempts, p.state, i.batch FROM pending p "
+            "JOIN items i ON i.id = p.item_id "
             "WHERE p.target = ? AND p.next_attempt <= ? ORDER BY i.seq LIMIT ?",
             (target, time.time() if now is None else now, limit)).fetchall()
         return [Delivery(Item(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bytes(r[7]), json.loads(r[8]),
-                              tuple(json.loads(r[9])), tuple(json.loads(r[10]))), target, r[11], json.loads(r[12]))
+                              tuple(json.loads(r[9])), tuple(json.loads(r[10])), r[13]), target, r[11],
+                         json.loads(r[12]))
                 for r in rows]
 
     def delivered(self, item_id: str, target: str) -> None:

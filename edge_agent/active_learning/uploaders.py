@@ -2,14 +2,16 @@
 (exponential backoff, full jitter) and an optional bandwidth cap. A delivery leaves the spool only when
 its target acknowledged it:
 
-- ``folder``: a YOLO data set on the device (``<model>/images``, ``<model>/labels``, ``data.yaml``),
-  written atomically; acknowledged when the files are on disk.
+- ``folder``: a YOLO data set on the device (``<model>/images``, ``<model>/labels``, ``data.yaml``;
+  with a batching strategy one such data set per batch, ``<model>/<batch>/...``), written atomically;
+  acknowledged when the files are on disk.
 - ``http``: Roboflow's dataset upload API shape: ``POST {base}/dataset/{project}/upload`` (multipart
-  image, ``name``, ``batch``, ``tag``, ``split``), then ``POST {base}/dataset/{project}/annotate/{id}``
-  with the predictions as a pre-label; the remote image id is kept in the spool between the two steps,
-  so a retry does not upload the image twice.
-- ``mqtt``: frame and predictions on ``<prefix>/<device>/active_learning/<source>`` through the MQTT
-  bridge's outbox; acknowledged by the broker's PUBACK.
+  image, ``name``, ``batch`` (the item's batch, else the configured name), ``tag``, ``split``), then
+  ``POST {base}/dataset/{project}/annotate/{id}`` with the predictions as a pre-label; the remote
+  image id is kept in the spool between the two steps, so a retry does not upload the image twice.
+- ``mqtt``: frame and predictions (and ``batch``, when there is one) on
+  ``<prefix>/<device>/active_learning/<source>`` through the MQTT bridge's outbox; acknowledged by the
+  broker's PUBACK.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from edge_agent.active_learning.priority import ThreadPriority, lower_this_thread
 from edge_agent.active_learning.spool import Delivery, Spool
 from edge_agent.atomic_files import write_bytes, write_text
 from edge_agent.errors import UploadFailed
@@ -79,6 +82,8 @@ class FolderTarget:
     def send(self, delivery: Delivery, spool: Spool) -> None:
         item = delivery.item
         base = self.root / re.sub(r"[^A-Za-z0-9_.-]+", "-", item.model_id)
+        if item.batch:
+            base = base / re.sub(r"[^A-Za-z0-9_.-]+", "-", item.batch).lstrip(".")
         stem = f"{item.source_id}-{item.id}"
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem)
         if "top" in item.predictions or isinstance(item.predictions.get("predictions"), dict):  # classification
@@ -132,7 +137,8 @@ class HttpTarget:
             body, ctype = _multipart("file", f"{item.id}.jpg", item.jpeg, "image/jpeg")
             tags = [("tag", t) for t in item.tags] + [("tag", f"source:{item.source_id}")]
             answer = self._post(f"/dataset/{project}/upload",
-                                [("name", f"{item.id}.jpg"), ("split", self.split), ("batch", self.batch_name),
+                                [("name", f"{item.id}.jpg"), ("split", self.split),
+                                 ("batch", item.batch or self.batch_name),
                                  *tags], body, ctype)
             image_id = answer.get("id")
             if not image_id or not (answer.get("success") or answer.get("duplicate")):
@@ -179,7 +185,7 @@ class MqttTarget:
                 "model_id": item.model_id, "strategy": item.strategy, "captured_at": timestamp(item.created),
                 "tags": list(item.tags), "image": {"width": item.width, "height": item.height, "format": "jpeg",
                                                    "base64": base64.b64encode(item.jpeg).decode("ascii")},
-                "predictions": item.predictions}
+                "predictions": item.predictions, **({"batch": item.batch} if item.batch else {})}
         acked = threading.Event()
         message = Message(self.bridge.topics.active_learning(item.source_id), t.dumps(body), qos=1)
         if not self.bridge.submit(message, on_ack=acked.set):
@@ -195,8 +201,9 @@ class Uploader:
     """Drains one target's deliveries from the spool, oldest first."""
 
     def __init__(self, spool: Spool, target: Target, retry_min_s: float = 5.0, retry_max_s: float = 600.0,
-                 bandwidth_bytes_s: float = 0.0) -> None:
+                 bandwidth_bytes_s: float = 0.0, priority: ThreadPriority = "normal") -> None:
         self.spool, self.target = spool, target
+        self.priority = priority  # the thread's (active_learning.priority)
         self.retry_min_s, self.retry_max_s = retry_min_s, retry_max_s
         self.bandwidth = bandwidth_bytes_s
         self._wake = threading.Event()
@@ -221,6 +228,7 @@ class Uploader:
             self._thread.join(timeout)
 
     def _run(self) -> None:
+        lower_this_thread(self.priority)
         while not self._stop.is_set():
             try:
                 batch = self.spool.due(self.target.name)

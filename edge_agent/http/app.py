@@ -12,13 +12,17 @@ flask-openapi3-swagger / -redoc packages, so the docs work with no network.
 
 from __future__ import annotations
 
+import base64
+import functools
 import hmac
 import logging
 import re
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from flask import Response, jsonify, render_template_string, request
+from flask import Response, jsonify, redirect, render_template_string, request
 from flask.json.provider import DefaultJSONProvider
 from flask.typing import ResponseReturnValue
 from flask_openapi3 import Info, OpenAPI
@@ -37,9 +41,13 @@ from edge_agent.http import admin, common, models, pipelines, v1, v2
 from edge_agent.http.services import HttpServices
 
 log = logging.getLogger(__name__)
+# One INFO line per request: method, path (never the query string, which may carry an api_key), status,
+# milliseconds, client; off with ``[server] access_log = false`` (about 25-40 us a line on a busy 2-core box).
+access_log = logging.getLogger("edge_agent.access")
 
 # docs/http-api.md §1.3: routes that never need the API key.
-OPEN_PATHS = ("/", "/docs", "/redoc", "/openapi.json", "/info", "/healthz", "/readiness", "/metrics")
+OPEN_PATHS = ("/", "/docs", "/docs/", "/redoc", "/swagger", "/openapi.json", "/info", "/healthz", "/readiness",
+              "/metrics")
 OPEN_PREFIXES = ("/swagger/", "/redoc/")
 
 # docs/http-api.md §5: the public message of each kind of server-side failure (our detail goes in "reason").
@@ -67,6 +75,44 @@ SWAGGER_CONFIG = {"validatorUrl": None}
 DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
             "img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'")
 DOCS_PAGES = ("/", "/docs", "/redoc", "/swagger")
+# The ReDoc page of flask-openapi3-redoc, less its commented-out link to a Google Fonts stylesheet.
+REDOC_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+    <title>ReDoc</title>
+    <link rel="shortcut icon" href="redoc/images/redoc.svg">
+    <meta charset="utf-8"/>
+    <meta name="viewport" content="width=device-width, initial-scale=1">
+    <style>body { margin: 0; padding: 0; }</style>
+</head>
+<body>
+  <div id="redoc"></div>
+  <script src="redoc/js/redoc.standalone.js"></script>
+  <script>
+    const redoc_config = JSON.parse(`{{ redoc_config|default('{}')|tojson }}`);
+    Redoc.init("{{ doc_url }}", redoc_config, document.getElementById("redoc"))
+  </script>
+</body>
+</html>
+"""
+REDOC_CDN_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
+
+
+@functools.cache
+def redoc_script() -> bytes:
+    """The bundled ReDoc script with its sidebar logo (the one thing it loads from a CDN) made a data:
+    URI of the package's own logo, so the page asks nothing of the internet (issue 19)."""
+    import flask_openapi3_redoc  # lazy: only /redoc needs it
+
+    folder = Path(flask_openapi3_redoc.__file__).parent / "templates" / "redoc"
+    logo = base64.b64encode((folder / "images" / "redoc.svg").read_bytes())
+    return (folder / "js" / "redoc.standalone.js").read_bytes().replace(
+        REDOC_CDN_LOGO, b"data:image/svg+xml;base64," + logo)
+
+
+def _to_page(page: str) -> Callable[[], Response]:
+    """``/docs/`` -> ``/docs``: a relative redirect, right behind a proxy that adds a path prefix too."""
+    return lambda: redirect(f"../{page}", 308)  # type: ignore[return-value]
 
 
 class CompactJSON(DefaultJSONProvider):
@@ -148,6 +194,7 @@ def create_app(services: HttpServices) -> OpenAPI:
     )
     app.config["MAX_CONTENT_LENGTH"] = server.max_body_bytes
     app.config["SWAGGER_CONFIG"] = SWAGGER_CONFIG
+    app.config["REDOC_HTML_STRING"] = REDOC_PAGE
     app.json = CompactJSON(app)
     app.extensions[common.SERVICES_KEY] = services
     app.register_api(admin.bp)
@@ -159,6 +206,13 @@ def create_app(services: HttpServices) -> OpenAPI:
     @app.get("/docs", doc_ui=False)
     def docs() -> Any:
         return _docs_page()
+
+    @app.get("/redoc/js/redoc.standalone.js", doc_ui=False)
+    def redoc_js() -> Any:
+        return Response(redoc_script(), mimetype="text/javascript")
+
+    for page in ("docs", "redoc", "swagger"):
+        app.add_url_rule(f"/{page}/", f"{page}_slash", _to_page(page), methods=["GET"])
 
     app.add_url_rule("/infer/<task>", "unknown_task", _unknown_task, methods=["POST"])
     for i, rule in enumerate(UNSUPPORTED):
@@ -194,6 +248,9 @@ def create_app(services: HttpServices) -> OpenAPI:
             h["Content-Security-Policy"] = DOCS_CSP
         rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
         services.metrics.observe_request(rule, model_id, response.status_code, elapsed)
+        if server.access_log and access_log.isEnabledFor(logging.INFO):
+            access_log.info("%s %s %d %.1f ms %s", request.method, request.path, response.status_code, elapsed * 1e3,
+                            request.remote_addr or "-")
         return response
 
     @app.errorhandler(Exception)

@@ -123,13 +123,15 @@ def visualization(loaded: LoadedModel, image: np.ndarray, result: Result, labels
 
 
 def run(loaded: LoadedModel, images: list[np.ndarray], params: InferenceParams, inference_id: str | None,
-        visualize: bool, labels: bool, stroke: int) -> list[dict[str, Any]]:
-    """Infer and format; every item of a batch carries the same ``inference_id`` (docs/http-api.md §4.6)."""
+        visualize: bool, labels: bool, stroke: int, active_learning: bool = True) -> list[dict[str, Any]]:
+    """Infer and format; every item of a batch carries the same ``inference_id`` (docs/http-api.md §4.6).
+    ``active_learning=False`` (the request's ``disable_active_learning``): never sampled."""
     found = services()
     state = request_state()
     inference_id = inference_id or str(uuid.uuid4())
     results = found.inference.infer(loaded, images, params, source=found.http_source,
-                                    captured_at=state.arrived_at(), inference_id=inference_id)
+                                    captured_at=state.arrived_at(), inference_id=inference_id,
+                                    active_learning=active_learning)
     bodies = []
     for image, result in zip(images, results):
         body = to_roboflow(result, inference_id)

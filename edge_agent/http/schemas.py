@@ -55,6 +55,7 @@ class InferenceRequest(_Model):
     disable_preproc_contrast: bool = False
     disable_preproc_grayscale: bool = False
     disable_preproc_static_crop: bool = False
+    disable_active_learning: bool = Field(False, description="never sample these images for active learning")
 
 
 class ClassificationRequest(InferenceRequest):
@@ -107,6 +108,7 @@ class LegacyQuery(_Model):
     disable_preproc_contrast: bool = False
     disable_preproc_grayscale: bool = False
     disable_preproc_static_crop: bool = False
+    disable_active_learning: bool = Field(False, description="never sample this image for active learning")
 
 
 # ---------------------------------------------------------------------------------------- management

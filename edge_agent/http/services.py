@@ -11,7 +11,7 @@ This module imports no Flask: the runtime builds an ``HttpServices`` without loa
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,6 +21,7 @@ from edge_agent.inference import Inference
 from edge_agent.metrics import Metrics
 from edge_agent.pipeline_spec import PipelineSpec
 from edge_agent.pipelines.pipeline import InferencePipeline, PreviewSink
+from edge_agent.pipelines.stream_manager import WorkflowOutput
 from edge_agent.serving.manager import LoadedModel
 from edge_agent.settings import ModelsSettings, ServerSettings
 from edge_agent.store.model_store import StoredModel
@@ -69,7 +70,9 @@ class Pipelines(Protocol):
     @property
     def previews(self) -> Mapping[str, PreviewSink]: ...
 
-    def start(self, spec: PipelineSpec) -> InferencePipeline: ...
+    def start(self, spec: PipelineSpec, outputs: Sequence[WorkflowOutput] = ...) -> InferencePipeline: ...
+
+    def consume(self, pipeline_id: str, excluded_fields: Iterable[str] = ...) -> dict[str, Any]: ...
 
     def get(self, pipeline_id: str) -> InferencePipeline: ...
 

@@ -2,31 +2,47 @@
 
 Body resolution, exactly in the order of docs/http-api.md §3.3: ``?image=<url>`` wins; else a Content-Type is
 required; multipart puts the image file in the part named ``file``; anything else is the raw body,
-read as base64 text (never JSON-parsed, whatever the Content-Type says) or, with
-``image_type=numpy`` and the server allowing it, as a ``.npy`` file. A raw JPEG/PNG body is also
-accepted (docs/http-api.md §12 #13). ``confidence``/``overlap`` of 1 or more are percentages.
+read as base64 text (whatever the Content-Type says) or, with ``image_type=numpy`` and the server
+allowing it, as a ``.npy`` file. A raw JPEG/PNG body is also accepted (docs/http-api.md §12 #13), and a
+body that starts with ``{`` (never base64 nor an image file) is the JSON object of Roboflow's HTTP guide
+(seed 004): ``{"image": {"type": "url" | "base64" | "numpy", "value": ...} or a list, "confidence", ...}``
+with the fields of a v2 body; a query parameter given on the URL wins over the same option in the body.
+``confidence``/``overlap`` of 1 or more on the query string are percentages.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from flask import Response, jsonify, request
 from flask_openapi3 import APIBlueprint, Tag
+from pydantic import ValidationError
 
 from edge_agent.errors import ImageLoadError, InvalidInput
 from edge_agent.http import common
-from edge_agent.http.schemas import DetectionResponse, ErrorMessage, LegacyPath, LegacyQuery, ValidationErrorBody
-from edge_agent.images import bytes_from_base64, from_bytes, from_npy, from_url
+from edge_agent.http.schemas import (
+    DetectionResponse,
+    ErrorMessage,
+    ImageInput,
+    KeypointsRequest,
+    LegacyPath,
+    LegacyQuery,
+    SegmentationRequest,
+    ValidationErrorBody,
+)
+from edge_agent.images import ImageLimits, bytes_from_base64, from_bytes, from_declaration, from_npy, from_url
 from edge_agent.params import InferenceParams
 
 tag = Tag(name="Inference (v1, legacy)", description="Roboflow's hosted-API route `/{project}/{version}`")
 bp = APIBlueprint("v1", __name__, abp_tags=[tag], abp_responses={422: ValidationErrorBody})
 
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
+_UTF8_BOM = b"\xef\xbb\xbf"  # json.loads reads bytes that start with it
 
 
 def _percent(value: float, floor: float = 0.0) -> float:
@@ -109,13 +125,80 @@ def _plain_multipart_file() -> bytes | None:
     return None
 
 
-def _legacy_body(query: LegacyQuery) -> Callable[[bool], np.ndarray]:
-    """A loader `f(auto_orient) -> image` for the request's image, per docs/http-api.md §3.3."""
+class JsonBody(SegmentationRequest, KeypointsRequest):
+    """The JSON body of docs/http-api.md §3.3 (seed 004): a v2 request body whose model id is the path."""
+
+    model_id: str = ""
+
+
+Loader = Callable[[bool], np.ndarray]
+
+
+@dataclass(frozen=True)
+class LegacySource:
+    """Where a legacy request's images come from: loaders ``f(auto_orient) -> image``, and the JSON body
+    when the request has one."""
+
+    loaders: list[Loader]
+    body: JsonBody | None = None
+
+
+# A member of a union in pydantic's error locations ("ImageInput", "list[ImageInput]", "float", "literal[...]").
+_UNION_MEMBER = re.compile(r"[A-Z]\w*|\w+\[.*\]|float|int|str|bool")
+
+
+def _json_problem(error: Any) -> str:
+    parts = [str(part) for part in error["loc"] if not _UNION_MEMBER.fullmatch(str(part))]
+    where = ".".join(parts) or "body"
+    given = error.get("input")
+    shown = f" (got {given!r})" if isinstance(given, (int, float, bool)) or (
+        isinstance(given, str) and len(given) <= 80) else ""
+    return f"{where}: {error['msg']}{shown}"
+
+
+def json_body(raw: bytes) -> JsonBody:
+    """The request body as the JSON object of docs/http-api.md §3.3, or a 400 that names the problem."""
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:  # JSONDecodeError, and UnicodeDecodeError for bytes that are no UTF-8/16/32
+        raise InvalidInput(f"The request body starts with '{{' but is not valid JSON ({exc}). Send "
+                           '{"image": {"type": "base64" | "url", "value": "..."}, "confidence": 0.5, ...}.') from None
+    if not isinstance(data, dict):  # pragma: no cover - a body starting with "{" parses to an object or fails
+        raise InvalidInput("The JSON body must be an object.")
+    if "image" not in data:
+        raise InvalidInput('The JSON body has no "image": send {"image": {"type": "base64" | "url", "value": "..."}}.')
+    data.pop("model_id", None)  # the path names the model
+    try:
+        return JsonBody.model_validate(data)
+    except ValidationError as exc:
+        problems = [_json_problem(e) for e in exc.errors(include_url=False, include_context=False)]
+        fields: dict[str, str] = {}
+        for problem in problems:  # a union field (confidence) fails once per member: name the field once
+            fields.setdefault(problem.split(":", 1)[0].split(".", 1)[0], problem)
+        raise InvalidInput("Invalid JSON body: " + "; ".join(fields.values())) from None
+
+
+def _json_source(raw: bytes, limits: ImageLimits, allow_numpy: bool, max_images: int) -> LegacySource:
+    body = json_body(raw)
+    images: list[ImageInput] = body.image if isinstance(body.image, list) else [body.image]
+    if not images:
+        raise InvalidInput("image: the list of images is empty.")
+    if len(images) > max_images:
+        raise InvalidInput(f"Batch too large: at most {max_images} images per request.")
+
+    def loader(image: ImageInput) -> Loader:
+        return lambda orient: from_declaration(image.type, image.value, limits, orient, allow_numpy)
+
+    return LegacySource([loader(image) for image in images], body)
+
+
+def _legacy_body(query: LegacyQuery) -> LegacySource:
+    """The request's image source, per docs/http-api.md §3.3."""
     found = common.services()
     limits = found.limits
     if query.image:
         url = query.image
-        return lambda orient: from_url(url, limits, orient)
+        return LegacySource([lambda orient: from_url(url, limits, orient)])
     content_type = request.headers.get("Content-Type")
     if not content_type:
         raise InvalidInput("Content-Type header not provided with request.")
@@ -126,48 +209,83 @@ def _legacy_body(query: LegacyQuery) -> Callable[[bool], np.ndarray]:
             if part is None:
                 raise ImageLoadError("Expected image to be send in part named 'file' of multipart/form-data request")
             data = part.read()
-        return lambda orient: from_bytes(data, limits, orient)
+        return LegacySource([lambda orient: from_bytes(data, limits, orient)])
     body = request.get_data(cache=False)
     if query.image_type.lower() == "numpy":
         if not found.server.allow_numpy:
             raise ImageLoadError("NumPy image type is not supported in this configuration of `inference`.")
-        return lambda orient: from_npy(body, limits)
+        return LegacySource([lambda orient: from_npy(body, limits)])
     if body.startswith(_IMAGE_MAGIC):  # docs/http-api.md §12 #13: raw JPEG/PNG bytes are an image too
-        return lambda orient: from_bytes(body, limits, orient)
-    return lambda orient: from_bytes(bytes_from_base64(body), limits, orient)
+        return LegacySource([lambda orient: from_bytes(body, limits, orient)])
+    if body[:64].lstrip().removeprefix(_UTF8_BOM)[:1] == b"{":  # never base64 nor an image: seed 004's JSON body
+        return _json_source(body, limits, found.server.allow_numpy, found.server.max_batch_images)
+    return LegacySource([lambda orient: from_bytes(bytes_from_base64(body), limits, orient)])
+
+
+# The options each task takes (docs/http-api.md §3.4; the JSON body adds the v2 ones the query lacks), and
+# the query parameter that sets each option on the query string (the query wins when both set one).
+_DETECTION = ("iou_threshold", "max_detections", "class_agnostic_nms", "class_filter", "max_candidates")
+_TASK_OPTIONS = {
+    "classification": (),
+    "object-detection": _DETECTION,
+    "instance-segmentation": (*_DETECTION, "mask_decode_mode", "tradeoff_factor"),
+    "keypoint-detection": (*_DETECTION, "keypoint_confidence"),
+}
+_PREPROC = ("disable_preproc_auto_orient", "disable_preproc_contrast", "disable_preproc_grayscale",
+            "disable_preproc_static_crop")
+_QUERY_NAMES = {"iou_threshold": "overlap"}
+
+
+def _query_options(query: LegacyQuery, task: str) -> dict[str, Any]:
+    raw = query.confidence
+    best = isinstance(raw, str) and raw.lower() in ("best", "default")
+    confidence = common.confidence_value(raw) if best else _percent(common.confidence_value(raw), floor=0.01)
+    options: dict[str, Any] = {"confidence": confidence}
+    if task != "classification":
+        options.update(iou_threshold=_percent(query.overlap), max_detections=query.max_detections)
+    if task == "instance-segmentation":
+        options.update(mask_decode_mode=query.mask_decode_mode, tradeoff_factor=query.tradeoff_factor)
+    if task == "keypoint-detection":
+        options["keypoint_confidence"] = query.keypoint_confidence
+    for name in _PREPROC:
+        options[name] = getattr(query, name)
+    return options
+
+
+def _body_options(options: dict[str, Any], query: LegacyQuery, body: JsonBody, task: str) -> None:
+    """Lay the JSON body's options over the query's, where the query string did not set them."""
+    given = body.model_fields_set
+    for name in ("confidence", *_TASK_OPTIONS[task], *_PREPROC):
+        if name in given and _QUERY_NAMES.get(name, name) not in query.model_fields_set:
+            value = getattr(body, name)
+            options[name] = common.confidence_value(value) if name == "confidence" else value
 
 
 def _legacy(path: LegacyPath, query: LegacyQuery) -> Any:
     model_id = f"{path.project}/{path.version}"
-    raw = query.confidence
-    best = isinstance(raw, str) and raw.lower() in ("best", "default")
-    confidence = common.confidence_value(raw) if best else _percent(common.confidence_value(raw), floor=0.01)
     fmt = query.format.lower()
-    visualize = fmt in ("image", "image_and_json")
-    loader = _legacy_body(query)
+    source = _legacy_body(query)
+    body = source.body
     loaded = common.load_model(model_id)
     task = loaded.model.task
-    fields: dict[str, Any] = {"confidence": confidence}
-    if task != "classification":
-        fields.update(iou_threshold=_percent(query.overlap), max_detections=query.max_detections)
-    if task == "instance-segmentation":
-        fields.update(mask_decode_mode=query.mask_decode_mode, tradeoff_factor=query.tradeoff_factor)
-    if task == "keypoint-detection":
-        fields["keypoint_confidence"] = query.keypoint_confidence
-    params = InferenceParams(
-        disable_preproc_auto_orient=query.disable_preproc_auto_orient,
-        disable_preproc_contrast=query.disable_preproc_contrast,
-        disable_preproc_grayscale=query.disable_preproc_grayscale,
-        disable_preproc_static_crop=query.disable_preproc_static_crop,
-        **fields,
-    )
-    images = common.load_images(loaded, [loader], params)
+    options = _query_options(query, task)
+    labels, stroke, visualize, inference_id = query.labels, query.stroke, fmt in ("image", "image_and_json"), None
+    if body is not None:
+        _body_options(options, query, body, task)
+        labels = labels if "labels" in query.model_fields_set else body.visualization_labels
+        stroke = stroke if "stroke" in query.model_fields_set else body.visualization_stroke_width
+        visualize, inference_id = visualize or body.visualize_predictions, body.id
+        if fmt == "image" and len(source.loaders) > 1:
+            raise InvalidInput("format=image answers one drawing: send one image, not a list.")
+    params = InferenceParams(**options)
+    images = common.load_images(loaded, source.loaders, params)
     if fmt == "image":
         results = common.services().inference.infer(loaded, images, params)
-        jpeg = common.visualization(loaded, images[0], results[0], query.labels, query.stroke)
+        jpeg = common.visualization(loaded, images[0], results[0], labels, stroke)
         return Response(jpeg, mimetype="image/jpeg")
-    body = common.run(loaded, images, params, None, visualize, query.labels, query.stroke)[0]
-    return jsonify(body)
+    sample = not (query.disable_active_learning or (body is not None and body.disable_active_learning))
+    answers = common.run(loaded, images, params, inference_id, visualize, labels, stroke, active_learning=sample)
+    return jsonify(answers if body is not None and isinstance(body.image, list) else answers[0])
 
 
 _RESPONSES: dict[Any, Any] = {200: DetectionResponse, 400: ErrorMessage, 404: ErrorMessage, 413: ErrorMessage}

@@ -66,7 +66,8 @@ def _infer(route_task: str, body: InferenceRequest, extra: dict[str, Any]) -> An
     ]
     decoded = common.load_images(loaded, loaders, params)
     bodies = common.run(loaded, decoded, params, body.id, body.visualize_predictions,
-                        body.visualization_labels, body.visualization_stroke_width)
+                        body.visualization_labels, body.visualization_stroke_width,
+                        active_learning=not body.disable_active_learning)
     return jsonify(bodies if isinstance(body.image, list) else bodies[0])
 
 

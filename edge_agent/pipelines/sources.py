@@ -15,6 +15,11 @@ PyGObject (``gst.py``), behind the same small ``Capture`` contract, so everythin
   ``stall_max_s``); its reader is abandoned (OpenCV cannot interrupt a blocking read; FFmpeg's own
   read timeout ends it later; a GStreamer reader notices within 0.1 s and sets its pipeline to NULL)
   and a fresh one connects.
+- Roboflow's ``BufferFillingStrategy`` (``WAIT``, ``DROP_OLDEST``, ``DROP_LATEST``) and
+  ``BufferConsumptionStrategy`` (``LAZY``, ``EAGER``) override those defaults per source; OpenCV capture
+  properties (``{"frame_width": 1920}``) are set when a capture opens. Each source has a ``source_id``
+  (its index in the pipeline), Roboflow's ``describe_source()``, and tells a listener of each change
+  of ``state``.
 - A reference that cannot work here (a GStreamer element or the bindings missing) is refused when the
   source is made: ``GstSourceError``, an ``InvalidInput`` (HTTP 400), never a retry loop.
 """
@@ -23,17 +28,27 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from edge_agent.errors import GstSourceError
+from edge_agent.errors import GstSourceError, InvalidInput
 from edge_agent.pipelines import gst
+from edge_agent.pipelines.entities import (
+    STREAM_STATES,
+    BufferConsumptionStrategy,
+    BufferFillingStrategy,
+    SourceMetadata,
+    SourceProperties,
+    StreamState,
+)
 
 if TYPE_CHECKING:
     import cv2
@@ -51,6 +66,7 @@ class Frame:
     captured_at: float  # epoch seconds when it was captured (GStreamer, live: from the buffer's PTS) or read
     monotonic: float
     pts: float | None = None  # position in the stream, seconds (GStreamer sources whose buffers carry one)
+    source_id: int = 0  # the index of its source in the pipeline's list of video references
 
 
 class EndOfStream(Exception):
@@ -109,24 +125,50 @@ def describe(reference: str | int) -> tuple[str, bool]:
     return "file", False
 
 
-class _Buffer:
-    """A bounded frame buffer: blocking (nothing dropped) or newest-wins (drops counted)."""
+def redacted(reference: str | int) -> str:
+    """``reference`` fit for a log: the user and password of a URL replaced by ``***``."""
+    return re.sub(r"(?<=://)[^/@\s]+@", "***@", str(reference))
 
-    def __init__(self, size: int, newest_wins: bool) -> None:
+
+def _capture_properties(properties: dict[str, float]) -> dict[int, float]:
+    """``{"frame_width": 1920}`` -> ``{cv2.CAP_PROP_FRAME_WIDTH: 1920.0}``; an unknown name is refused."""
+    import cv2  # lazy: cv2
+
+    out = {}
+    for name, value in properties.items():
+        prop = getattr(cv2, f"CAP_PROP_{str(name).upper()}", None)
+        if not isinstance(prop, int) or not isinstance(value, (int, float)):
+            raise InvalidInput(f"video_source_properties: {name!r}={value!r} is not an OpenCV capture property "
+                               "with a number (e.g. {'frame_width': 1920, 'frame_height': 1080, 'fps': 30})")
+        out[prop] = float(value)
+    return out
+
+
+class _Buffer:
+    """A bounded frame buffer: blocking (nothing dropped), newest-wins or new-frame-dropped when full
+    (Roboflow's ``WAIT``, ``DROP_OLDEST``, ``DROP_LATEST``); taken oldest first or, ``eager``, newest
+    only (drops counted)."""
+
+    def __init__(self, size: int, newest_wins: bool, drop_latest: bool = False, eager: bool = False) -> None:
         self._frames: deque[Frame | None] = deque()
         self._size = size
         self._newest_wins = newest_wins
+        self._drop_latest = drop_latest
+        self._eager = eager
         self._cond = threading.Condition()
         self.dropped = 0
 
-    def configure(self, size: int, newest_wins: bool) -> None:
+    def configure(self, size: int, newest_wins: bool, drop_latest: bool = False, eager: bool = False) -> None:
         """Another mode, before the first frame (a GStreamer pipeline that turned out not to be live)."""
         with self._cond:
-            self._size, self._newest_wins = size, newest_wins
+            self._size, self._newest_wins, self._drop_latest, self._eager = size, newest_wins, drop_latest, eager
 
     def put(self, frame: Frame | None, stop: threading.Event) -> None:
         """``None`` marks the end of the source."""
         with self._cond:
+            if frame is not None and self._drop_latest and len(self._frames) >= self._size:
+                self.dropped += 1
+                return
             if frame is not None and self._newest_wins:
                 while len(self._frames) >= self._size:
                     self._frames.popleft()
@@ -145,17 +187,35 @@ class _Buffer:
             if not self._frames:
                 return None
             frame = self._frames.popleft()
+            while self._eager and frame is not None and self._frames and self._frames[0] is not None:
+                frame = self._frames.popleft()  # the newest frame; the older one is dropped (an end mark stays)
+                self.dropped += 1
             self._cond.notify_all()
         if frame is None:
             raise EndOfStream
         return frame
 
 
+StateListener = Callable[["VideoSource", str, str], None]  # (source, previous state, new state)
+
+
 class VideoSource:
+    """``source_id``: its index in the pipeline's references; ``properties``: OpenCV capture properties
+    set on open (Roboflow's ``video_source_properties``: ``{"frame_width": 1920, "fps": 30}``);
+    ``filling``/``consumption``: Roboflow's buffer strategies, overriding the defaults of the kind;
+    ``on_state``: called on each change of ``state``, from whichever thread makes it."""
+
     def __init__(self, reference: str | int, *, realtime: bool = False, buffer_size: int = 4,
                  reconnect_min_s: float = 0.5, reconnect_max_s: float = 30.0, stall_factor: float = 10.0,
-                 stall_min_s: float = 2.0, stall_max_s: float = 30.0, open_timeout_s: float = 10.0) -> None:
+                 stall_min_s: float = 2.0, stall_max_s: float = 30.0, open_timeout_s: float = 10.0,
+                 source_id: int = 0, properties: dict[str, float] | None = None,
+                 filling: BufferFillingStrategy | None = None, consumption: BufferConsumptionStrategy | None = None,
+                 on_state: StateListener | None = None) -> None:
+        self._state = "starting"
+        self.on_state = on_state
+        self.source_id = source_id
         self.reference = reference
+        self.shown = redacted(reference)  # for logs: a URL's user and password hidden
         self.kind, live = describe(reference)
         self.launch = ""  # GStreamer: the launch description the reference expands to
         if self.kind == "gstreamer":
@@ -167,12 +227,13 @@ class VideoSource:
         self.reconnect_min_s, self.reconnect_max_s = reconnect_min_s, reconnect_max_s
         self.stall_factor, self.stall_min_s, self.stall_max_s = stall_factor, stall_min_s, stall_max_s
         self.open_timeout_s = open_timeout_s
-        self._buffer = _Buffer(1 if self.live else buffer_size, newest_wins=self.live)
+        self.properties = _capture_properties(properties or {}) if properties else {}
+        self.filling, self.consumption = filling, consumption
+        self._buffer = _Buffer(1 if self.live else buffer_size, **self._buffer_modes(self.live))
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._generation = 0
         self._next_id = 1
-        self.state = "starting"
         self.last_error = ""
         self.reconnects = 0
         self.frames_read = 0
@@ -182,6 +243,27 @@ class VideoSource:
         self._interval: float | None = None  # mean time between the last frames
         self._times: deque[float] = deque(maxlen=32)
         self.resolution: tuple[int, int] | None = None
+
+    def _buffer_modes(self, live: bool) -> dict[str, bool]:
+        filling = self.filling or (BufferFillingStrategy.DROP_OLDEST if live else BufferFillingStrategy.WAIT)
+        consumption = self.consumption or (BufferConsumptionStrategy.EAGER if live else BufferConsumptionStrategy.LAZY)
+        return {"newest_wins": filling is BufferFillingStrategy.DROP_OLDEST,
+                "drop_latest": filling is BufferFillingStrategy.DROP_LATEST,
+                "eager": consumption is BufferConsumptionStrategy.EAGER}
+
+    @property
+    def state(self) -> str:
+        """starting, connecting, streaming, reconnecting, finished, failed or stopped."""
+        return self._state
+
+    @state.setter
+    def state(self, value: str) -> None:
+        previous, self._state = self._state, value
+        if previous != value and self.on_state is not None:
+            try:
+                self.on_state(self, previous, value)
+            except Exception:
+                log.exception("source %s: a state listener failed", self.shown)
 
     # ------------------------------------------------------------------ consumer side
 
@@ -227,7 +309,7 @@ class VideoSource:
                          daemon=True).start()
 
     def _restart(self, why: str) -> None:
-        log.warning("source %s: %s; connecting again", self.reference, why)
+        log.warning("source %s: %s; connecting again", self.shown, why)
         self.last_error = why
         self.state = "reconnecting"
         self.reconnects += 1
@@ -285,14 +367,14 @@ class VideoSource:
                 return
             self.last_error = capture.error or "the stream ended or failed"
             self.state = "reconnecting"
-            log.warning("source %s: lost (%s); connecting again", self.reference, self.last_error)
+            log.warning("source %s: lost (%s); connecting again", self.shown, self.last_error)
             self.reconnects += 1
             if self._stop.wait(random.uniform(0, self.reconnect_min_s)):
                 return
 
     def _fail(self) -> None:
         self.state = "failed"
-        log.error("source %s: %s", self.reference, self.last_error)
+        log.error("source %s: %s", self.shown, self.last_error)
         self._buffer.put(None, self._stop)
 
     def _open(self, generation: int) -> Capture | None:
@@ -312,8 +394,11 @@ class VideoSource:
             capture = cv2.VideoCapture(str(ref), cv2.CAP_FFMPEG, params)
         if not capture.isOpened():
             capture.release()
-            self.last_error = f"cannot open {self.kind} source {ref}"
+            self.last_error = f"cannot open {self.kind} source {self.shown}"
             return None
+        for prop, value in self.properties.items():
+            if not capture.set(prop, value):
+                log.info("source %s: capture property %s=%s not taken", self.shown, prop, value)
         opened = _CvCapture(capture, finite=self.kind == "file")
         self.declared_fps = opened.fps
         return opened
@@ -336,7 +421,7 @@ class VideoSource:
         self.declared_fps = capture.fps
         if not capture.live and not self.realtime and self.live and self.frames_read == 0:
             self.live = False
-            self._buffer.configure(self.buffer_size, newest_wins=False)
+            self._buffer.configure(self.buffer_size, **self._buffer_modes(False))
         return capture
 
     def _emit(self, image: np.ndarray, age_s: float = 0.0, pts: float | None = None) -> None:
@@ -348,7 +433,7 @@ class VideoSource:
             self.source_fps = 1.0 / self._interval
         self._last_frame_at = now
         self.resolution = (image.shape[1], image.shape[0])
-        frame = Frame(image, self._next_id, time.time() - age_s, now - age_s, pts)
+        frame = Frame(image, self._next_id, time.time() - age_s, now - age_s, pts, self.source_id)
         self._next_id += 1
         self.frames_read += 1
         self.state = "streaming"
@@ -393,6 +478,19 @@ class VideoSource:
             self._emit(image)
         self.state = "finished"
         self._buffer.put(None, self._stop)
+
+    def describe_source(self) -> SourceMetadata:
+        """Roboflow's ``SourceMetadata`` of this source (a watchdog's report)."""
+        width, height = self.resolution or (0, 0)
+        fps = self.declared_fps or self.source_fps or 0.0
+        props = SourceProperties(width, height, 0, self.kind in ("file", "folder"), fps,
+                                 is_reconnectable=self.kind not in ("file", "folder"))
+        filling = self.filling or (BufferFillingStrategy.DROP_OLDEST if self.live else BufferFillingStrategy.WAIT)
+        consumption = self.consumption or (BufferConsumptionStrategy.EAGER if self.live
+                                           else BufferConsumptionStrategy.LAZY)
+        return SourceMetadata(props if self.resolution else None, str(self.reference), self._buffer._size,
+                              STREAM_STATES.get(self.state, StreamState.NOT_STARTED), filling, consumption,
+                              self.source_id)
 
     def status(self) -> dict[str, Any]:
         return {"reference": str(self.reference), "kind": self.kind, "live": self.live, "state": self.state,

@@ -1,8 +1,9 @@
 """A loaded model (manifest + engine + the task heads) and the one way to run it, ``Model.run``.
 
 Every inference in the project goes through ``run``: HTTP requests and pipeline frames (through
-``LoadedModel.infer``, which hands it the model's batcher), the Python API's ``Model.infer``, the
-CLI's ``infer``, the checks before a switch, selftest and the watchdog. One run: images ->
+``LoadedModel.infer``, which hands it the model's batcher), the Python API's ``Model.infer`` (Roboflow's
+response objects, ``edge_agent.responses``) and ``Model.infer_numpy`` (the numpy results), the CLI's
+``infer``, the checks before a switch, selftest and the watchdog. One run: images ->
 ``prepare`` (preprocess each into its own (1, 3, H, W) tensor) -> ``forward`` (one engine run per
 chunk of at most the engine's maximum batch) -> ``decode`` (the task heads) -> results, timed.
 Engine errors are translated here into the ``edge_agent.errors`` tree.
@@ -10,10 +11,13 @@ Engine errors are translated here into the ``edge_agent.errors`` tree.
 
 from __future__ import annotations
 
+import difflib
+import logging
 import time
+import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +30,11 @@ from edge_agent.params import InferenceParams
 from edge_agent.results import Classification, Detections, Result
 from edge_agent.store.manifest import Manifest
 from engines import Engine, EngineError
+
+if TYPE_CHECKING:
+    from edge_agent.responses import CvInferenceResponse
+
+log = logging.getLogger(__name__)
 
 # Per tensor, its rows of every output: ``Model.forward``, or a batcher that gathers several callers.
 Forward = Callable[[Sequence[np.ndarray]], list[list[np.ndarray]]]
@@ -52,17 +61,37 @@ class Model:
     def __repr__(self) -> str:
         return f"Model({self.model_id!r}, task={self.task!r}, engine={self.engine.name!r})"
 
-    def infer(
+    def infer(self, image: Any, **kwargs: Any) -> list[CvInferenceResponse]:
+        """Roboflow's ``model.infer``: one image or a list (any form ``load_image`` accepts) to a list
+        of response objects, one per image (``edge_agent.responses``: ``.predictions``, ``.dict()``,
+        ``sv.Detections.from_inference(response)``; ``response.result`` is the numpy result).
+
+        Keywords that are ``InferenceParams`` fields (confidence, iou_threshold, class_agnostic_nms,
+        max_detections, max_candidates, class_filter, keypoint_confidence, mask_decode_mode,
+        tradeoff_factor, disable_preproc_*) apply; a value of None means the default. Any other
+        keyword (Roboflow's ``fix_batch_size``, ``disable_active_learning``, ``source``, ...) is
+        accepted and ignored, as Roboflow does, with a debug log (a warning for a near miss of a
+        supported name, such as ``confidance``).
+        """
+        from edge_agent.responses import from_result  # lazy: pydantic
+
+        params = roboflow_params(kwargs, self.model_id)
+        results = self.run(self.load(image if isinstance(image, (list, tuple)) else [image], params), params)
+        inference_id = str(uuid.uuid4())  # one per call, as one HTTP request's batch shares one
+        return [from_result(r, inference_id) for r in results]
+
+    def infer_numpy(
         self,
         images: Any,
         params: InferenceParams | None = None,
         limits: ImageLimits = ImageLimits(),
         **options: Any,
     ) -> Result | list[Result]:
-        """Infer on one image or a list of images (any form ``load_image`` accepts): the Python API.
+        """The fast path: one image or a list of images to the numpy results (``Detections`` /
+        ``Classification``), with no response objects built.
 
-        Options are the fields of ``InferenceParams`` (confidence, iou_threshold, class_filter, ...).
-        A list in gives a list out; one image gives one result.
+        Options are the fields of ``InferenceParams`` (confidence, iou_threshold, class_filter, ...);
+        any other name is an ``InvalidInput``. A list in gives a list out; one image gives one result.
         """
         if params is None:
             try:
@@ -70,10 +99,14 @@ class Model:
             except TypeError as exc:
                 raise InvalidInput(f"unknown inference option: {exc}") from None
         single = not isinstance(images, (list, tuple))
-        sources = [images] if single else list(images)
-        orient = self.auto_orient(params)
-        results = self.run([load_image(s, limits, auto_orient=orient) for s in sources], params)
+        results = self.run(self.load([images] if single else images, params, limits), params)
         return results[0] if single else results
+
+    def load(self, sources: Sequence[Any], params: InferenceParams,
+             limits: ImageLimits = ImageLimits()) -> list[np.ndarray]:
+        """Images in any form ``load_image`` accepts to BGR arrays, turned upright as ``auto_orient`` says."""
+        orient = self.auto_orient(params)
+        return [load_image(s, limits, auto_orient=orient) for s in sources]
 
     def auto_orient(self, params: InferenceParams) -> bool:
         """Whether an image is turned upright by its EXIF orientation before it is run: the model's
@@ -171,3 +204,23 @@ class Model:
 
     def close(self) -> None:
         self.engine.close()
+
+
+_PARAMS = frozenset(f.name for f in fields(InferenceParams))
+
+
+def roboflow_params(options: dict[str, Any], model_id: str = "") -> InferenceParams:
+    """``InferenceParams`` from the keywords of Roboflow's ``infer``: its own fields apply (None means
+    the default), every other keyword is ignored with a log line, as Roboflow ignores what it does not use."""
+    known: dict[str, Any] = {}
+    for name, value in options.items():
+        if name in _PARAMS:
+            if value is not None:
+                known[name] = value
+            continue
+        near = difflib.get_close_matches(name, _PARAMS, n=1, cutoff=0.8)
+        if near:
+            log.warning("%s: ignored option %s=%r (did you mean %r?)", model_id, name, value, near[0])
+        else:
+            log.debug("%s: ignored option %s=%r (not used by edge-agent)", model_id, name, value)
+    return InferenceParams(**known)

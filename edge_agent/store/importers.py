@@ -397,8 +397,30 @@ class _Budget:
         raise ModelImportError(f"{self.archive}: the archive {why}", public=f"the archive {why}")
 
 
+# Files people try to add by mistake (issue 19: ``models add picture.jpg``), by their first bytes.
+_IMAGE_SIGNATURES = ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"GIF8", "a GIF image"),
+                     (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"), (b"BM", "a BMP image"))
+WHAT_ADD_TAKES = "a model is an .onnx file, a Roboflow model folder, or a .zip or .tar(.gz) of one"
+
+
+def _not_a_model(path: Path) -> str | None:
+    """What ``path`` is when its first bytes show an image (or a WebP), else None."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(16)
+    except OSError:
+        return None
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "a WebP image"
+    return next((what for magic, what in _IMAGE_SIGNATURES if head.startswith(magic)), None)
+
+
 def _extract(path: Path, dest: Path, budget: _Budget) -> None:
     kind = sniff_suffix(path)
+    what = _not_a_model(path) if kind is None else None
+    if what is not None:
+        raise ModelImportError(f"{path}: this is {what}, not a model ({WHAT_ADD_TAKES})",
+                               public=f"{path.name} is {what}, not a model ({WHAT_ADD_TAKES})")
     try:
         if kind == ".zip" or (kind is None and zipfile.is_zipfile(path)):
             with zipfile.ZipFile(path) as archive:
@@ -411,7 +433,9 @@ def _extract(path: Path, dest: Path, budget: _Budget) -> None:
     except _ARCHIVE_ERRORS as exc:
         if isinstance(exc, OSError) and exc.errno in _DEVICE_FULL:
             raise
-        why = exc.strerror if isinstance(exc, OSError) and exc.filename else str(exc)
+        why: str | None = exc.strerror if isinstance(exc, OSError) and exc.filename else str(exc)
+        if isinstance(exc, tarfile.ReadError) and kind is None:  # tarfile lists each compression it tried
+            why = f"neither a zip nor a tar file (plain, .gz, .bz2 or .xz); {WHAT_ADD_TAKES}"
         why = (why or type(exc).__name__).replace(str(dest), "").replace(str(path), path.name)
         raise ModelImportError(f"{path}: not a readable .zip or .tar archive: {why}",
                                public=f"not a readable .zip or .tar archive: {why}") from exc
