@@ -5,9 +5,10 @@
              the same pipeline with active learning enabled and a ``random`` strategy at that traffic
              (each sampled frame: JPEG encoding and the spool write in the writer thread, and the folder
              target's uploader writing the YOLO data set concurrently); near-duplicate skipping off, so
-             that 100 % means every frame; the writer and uploader at the default ``thread_priority``
-             ("idle": they take only CPU that inference leaves, and what they have no time for is
-             dropped and counted)
+             that 100 % means every frame; the writer at the default ``thread_priority`` ("low":
+             nice +10), the uploader at normal priority; frames the writer has no time for are
+             dropped and counted
+  100% idle  the same at ``thread_priority = "idle"`` (SCHED_IDLE: only CPU that inference leaves)
   100% normal
              the same at ``thread_priority = "normal"`` (every frame written, at inference's expense)
   spool      ``Spool.add`` alone with the JPEGs of those frames: items/s and MB/s, disk bytes per frame
@@ -38,8 +39,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-MODES: dict[str, tuple[float, str] | None] = {"off": None, "0%": (0.0, "idle"), "10%": (0.1, "idle"),
-                                              "100%": (1.0, "idle"), "100% normal": (1.0, "normal")}
+MODES: dict[str, tuple[float, str] | None] = {"off": None, "0%": (0.0, "low"), "10%": (0.1, "low"),
+                                              "100%": (1.0, "low"), "100% idle": (1.0, "idle"),
+                                              "100% normal": (1.0, "normal")}
 
 
 def main() -> None:

@@ -54,6 +54,9 @@ def get_model(model_id: str, api_key: str | None = None, *, settings: Settings |
     settings say ``[models] offline``) and kept in the store. Each call loads a fresh model; keep the
     returned object to reuse it. Other keywords of Roboflow's ``get_model`` are ignored (debug log).
     """
+    if api_key is not None and not isinstance(api_key, str):  # get_model(id, settings): the old order
+        raise TypeError(f"get_model's second argument is the api_key (a str), got {type(api_key).__name__}: "
+                        "settings is keyword-only, get_model(model_id, settings=...)")
     if kwargs:
         logging.getLogger(__name__).debug("get_model(%r): ignored options %s", model_id, sorted(kwargs))
     from edge_agent.serving.loading import load_stored  # lazy: pydantic, the engines

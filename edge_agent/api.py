@@ -65,8 +65,8 @@ class InferencePipeline(pipeline.InferencePipeline):
     def init(cls, model_id: str, video_reference: References, on_prediction: SinkHandler | None = None,
              api_key: str | None = None, max_fps: float | None = None, watchdog: PipelineWatchDog | None = None,
              status_update_handlers: list[StatusHandler] | None = None,
-             source_buffer_filling_strategy: BufferFillingStrategy | None = None,
-             source_buffer_consumption_strategy: BufferConsumptionStrategy | None = None,
+             source_buffer_filling_strategy: BufferFillingStrategy | str | None = None,
+             source_buffer_consumption_strategy: BufferConsumptionStrategy | str | None = None,
              class_agnostic_nms: bool | None = None, confidence: float | None = None,
              iou_threshold: float | None = None, max_candidates: int | None = None, max_detections: int | None = None,
              mask_decode_mode: str | None = "accurate", tradeoff_factor: float | None = 0.0,
@@ -111,8 +111,8 @@ class InferencePipeline(pipeline.InferencePipeline):
                                on_pipeline_end: Callable[[], None] | None = None, max_fps: float | None = None,
                                watchdog: PipelineWatchDog | None = None,
                                status_update_handlers: list[StatusHandler] | None = None,
-                               source_buffer_filling_strategy: BufferFillingStrategy | None = None,
-                               source_buffer_consumption_strategy: BufferConsumptionStrategy | None = None,
+                               source_buffer_filling_strategy: BufferFillingStrategy | str | None = None,
+                               source_buffer_consumption_strategy: BufferConsumptionStrategy | str | None = None,
                                video_source_properties: SourceProperties | None = None,
                                batch_collection_timeout: float | None = None, sink_mode: SinkMode = SinkMode.ADAPTIVE,
                                predictions_queue_size: int = 512, **options: Any) -> InferencePipeline:
@@ -154,9 +154,9 @@ def _ours(options: dict[str, Any]) -> dict[str, Any]:
 
 def _sink(on_prediction: SinkHandler | Sequence[SinkHandler] | None) -> SinkHandler | None:
     """A list of sinks runs as ``multi_sink``."""
-    if isinstance(on_prediction, (list, tuple)):
-        return partial(multi_sink, sinks=list(on_prediction))
-    return on_prediction  # type: ignore[return-value]
+    if on_prediction is None or callable(on_prediction):
+        return on_prediction
+    return partial(multi_sink, sinks=list(on_prediction))
 
 
 def _is_video(value: object) -> bool:

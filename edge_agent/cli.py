@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_agent import __version__
-from edge_agent.errors import EdgeAgentError, ModelImportError
+from edge_agent.errors import EdgeAgentError, ModelAlreadyInstalled, ModelImportError
 from edge_agent.params import InferenceParams  # light: dataclasses and the error tree
 
 if TYPE_CHECKING:  # annotations only: each command imports what it runs (``edge-agent config check`` stays light)
@@ -188,13 +188,11 @@ def _models(args: argparse.Namespace) -> int:
             try:
                 manifest = store.install(Path(source), args.model_id, task=args.task, class_names=classes,
                                          replace=args.replace)
-            except ModelImportError as exc:
-                if "is already installed" not in exc.message:
-                    raise
-                installed = exc.message.split(";", 1)[0]  # "'<id>' is already installed"
+            except ModelAlreadyInstalled as exc:
                 raise ModelImportError(
-                    f"{installed}: add --replace to install this as its new version (the installed one is kept "
-                    "for `edge-agent models rollback`), or run `edge-agent models remove` first") from exc
+                    f"{exc.model_id!r} is already installed: add --replace to install this as its new version (the "
+                    "installed one is kept for `edge-agent models rollback`), or run `edge-agent models remove` "
+                    "first") from exc
             _print(manifest.model_dump(mode="json"))
     elif args.action == "list":
         _print([_summary(s) for s in store.list()])

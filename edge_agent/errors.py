@@ -22,6 +22,7 @@ raises members of this tree); the rest are defined here, except the three drawn 
     │   ├── ImageLoadError         400 image_load_failed    "Could not load input image. Cause: ..."
     │   ├── InvalidModelId         400 invalid_model_id     not "<project>/<version>"
     │   ├── ModelImportError       400 model_import_failed  a file offered to the store is unusable
+    │   │   └── ModelAlreadyInstalled  400 model_import_failed  its id is installed (``model_id``); replace it
     │   ├── ChecksumMismatch       400 checksum_mismatch    a file is not the one its sha256 names
     │   ├── GstSourceError         400 video_source_unavailable  a GStreamer reference this device cannot run
     │   └── CommandError           400 invalid_command      an MQTT command's arguments are wrong
@@ -81,6 +82,14 @@ class InvalidModelId(InvalidInput):
 
 class ModelImportError(InvalidInput):
     code = "model_import_failed"
+
+
+class ModelAlreadyInstalled(ModelImportError):
+    """An install without ``replace`` of an id the store has; ``model_id`` names it."""
+
+    def __init__(self, model_id: str) -> None:
+        super().__init__(f"{model_id!r} is already installed; remove it first or replace it")
+        self.model_id = model_id
 
 
 class ModelNotFound(EdgeAgentError):

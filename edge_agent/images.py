@@ -139,13 +139,21 @@ def _is_pil(obj: Any) -> bool:
     return any(c.__module__.startswith("PIL.") and c.__name__ == "Image" for c in type(obj).__mro__)
 
 
+def _exists(path: Path) -> bool:
+    """Whether ``path`` exists; a string no file can be named (too long: ENAMETOOLONG; a NUL byte) does not."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
 def _from_path_or_base64(text: str, limits: ImageLimits, auto_orient: bool) -> np.ndarray:
     """A short string where files may be read (the Python API, the CLI): an existing file, else
     base64 text. A string that base64 can never be (with a dot, a backslash or a leading ``~``, such as
     "photo.jpg") and that names no file is a missing file; any other string that is neither an
     existing file nor base64 image data names both readings in its error."""
     path = Path(text).expanduser()
-    if path.exists():  # a folder too: its read says what is wrong
+    if _exists(path):  # a folder too: its read says what is wrong
         return from_file(path, limits, auto_orient)
     if not text.startswith("data:") and ("." in text or "\\" in text or text.startswith("~")):
         where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"

@@ -73,8 +73,10 @@ class PipelineSpec(BaseModel):
     video_source_properties: dict[str, float] | list[dict[str, float] | None] | None = Field(
         None, description="OpenCV capture properties (frame_width, frame_height, fps, ...): one dict for every "
                           "source or one per source")
-    batch_collection_timeout: float | None = Field(None, gt=0, description="several sources: wait at most this "
-                                                                           "long (s) for the slower ones")
+    batch_collection_timeout: float | None = Field(None, ge=0, description="several sources: wait at most this "
+                                                                           "long (s) for the slower ones (0: no wait)")
+    active_learning: bool = Field(True, description="false: the pipeline's frames are never sampled for active "
+                                                    "learning (a workflow block's disable_active_learning)")
     outputs: list[Literal["jsonl", "video"]] = Field(default_factory=list,
                                                      description="files under <state>/pipelines/<id>/")
     results_buffer_size: JsonInt = Field(64, ge=1, le=RESULTS_BUFFER_MAX,

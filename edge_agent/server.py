@@ -108,7 +108,7 @@ class EdgeAgentServer(BaseApplication):  # type: ignore[misc]
             "worker_class": "edge_agent.http.front.FrontWorker",  # reads whole requests, then a thread runs them
             "timeout": 120,  # a stuck worker is restarted; inference holds no lock that long
             "graceful_timeout": s.graceful_timeout_s,
-            "accesslog": None,  # the app logs requests itself (http/app.py), without query strings: they can carry api keys
+            "accesslog": None,  # the app logs requests (http/app.py) without query strings (api keys)
             "errorlog": "-",
             "loglevel": "info",
             "proc_name": "edge-agent",

@@ -291,8 +291,10 @@ class ActiveLearningSettings(_Section):
                                                              "(64-bit dHash) of a recent sample; 0: off")
     queue_size: int = Field(64, ge=1, description="sampled frames waiting to be encoded (in memory)")
     thread_priority: Literal["idle", "low", "normal"] = Field(
-        "idle", description="the writer's and uploaders' threads: idle (only CPU that inference leaves; frames "
-                            "beyond it dropped and counted), low (nice +10), normal")
+        "low", description="the sampler's writer thread (uploaders keep the normal priority): low (nice +10, "
+                           "the default), normal, or idle (SCHED_IDLE: only CPU that inference leaves; on a "
+                           "busy device it may never run, so frames are dropped and the spool waits, and it "
+                           "can be descheduled holding the GIL or the spool's write lock)")
     spool_max_items: int = Field(10_000, ge=1)
     spool_max_bytes: int = Field(1024 * 1024 * 1024, ge=1024 * 1024)
     spool_sync: Literal["full", "normal"] = "full"

@@ -34,7 +34,9 @@ def label_box(x: int, y: int, width: int, height: int, image_width: int, image_h
     return x0, y0
 
 
-def _label(canvas: np.ndarray, text: str, x: int, y: int, colour: tuple[int, int, int]) -> None:
+def draw_label(canvas: np.ndarray, text: str, x: int, y: int, colour: tuple[int, int, int]) -> None:
+    """``text`` on a box of ``colour`` above the point (x, y) of ``canvas`` (in place), kept inside the
+    image; black or white text, whichever reads better on that colour."""
     import cv2  # lazy: cv2
 
     font, scale, thick = cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1
@@ -56,7 +58,7 @@ def draw(image: np.ndarray, result: Result, labels: bool = True, stroke: int = 2
         i, score = result.top
         colour = colour_for(i, result.class_names[i], colours)
         cv2.rectangle(canvas, (0, 0), (canvas.shape[1] - 1, canvas.shape[0] - 1), colour, max(stroke, 2))
-        _label(canvas, f"{result.class_names[i]} {score:.2f}", 4, 24, colour)
+        draw_label(canvas, f"{result.class_names[i]} {score:.2f}", 4, 24, colour)
         return canvas
     assert isinstance(result, Detections)
     for k in range(len(result)):
@@ -77,7 +79,7 @@ def draw(image: np.ndarray, result: Result, labels: bool = True, stroke: int = 2
                 if c >= max(result.keypoint_threshold, 0.5):
                     cv2.circle(canvas, (int(round(x)), int(round(y))), max(2, stroke + 1), colour, -1, cv2.LINE_AA)
         if labels:
-            _label(canvas, f"{name} {result.confidence[k]:.2f}", x1, y1, colour)
+            draw_label(canvas, f"{name} {result.confidence[k]:.2f}", x1, y1, colour)
     return canvas
 
 

@@ -293,7 +293,7 @@ i = 0
 while True:
     spool.add(Item(str(uuid.uuid4()), time.time(), "cam", "shapes/1", "s", 8, 8, b"\\xff\\xd8" + bytes(20000),
                    {"image": {"width": 8, "height": 8}, "predictions": [], "n": i}, ("a",)), ("folder",),
-              {("s", "daily"): ("2026-01-01", i + 1)})
+              {("s", "daily"): ("2026-01-01", 1)})  # one more in the bucket
     i += 1
 """
 
@@ -567,7 +567,7 @@ def test_a_full_batch_skips_until_the_next_interval(tmp_path: Path, detector: An
     spool = Spool(tmp_path / "spool.sqlite3", 1000, 1 << 30)  # yesterday's batch, full
     empty = {"image": {"width": 8, "height": 8}, "predictions": []}
     spool.add(Item("old", 0.0, "cam", "shapes/1", "s", 8, 8, b"\xff\xd8", empty, (), (), "d_2000_01_01"),
-              ("folder",), {("*", "batch"): ("d_2000_01_01", 2)})
+              ("folder",), {("*batch", "shapes/1"): ("d_2000_01_01", 2)})
     spool.close()
     daily = BatchingStrategy(batches_name_prefix="d", recreation_interval="daily", max_batch_images=2)
     sampler = _sampler(tmp_path, [strategy(type="random", traffic_percentage=1.0)], batching=daily)
@@ -635,11 +635,12 @@ traffic_percentage = 0.1
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread scheduling is Linux's")
-@pytest.mark.parametrize(("priority", "expected"), [(None, ("idle", 0)), ("low", ("other", 10)),
-                                                    ("normal", ("other", 0))])
-def test_the_writer_and_uploaders_run_at_the_configured_priority(tmp_path: Path, priority: str | None,
-                                                                  expected: tuple[str, int]) -> None:
-    """By default active learning's threads run SCHED_IDLE (inference first); "low" is nice +10."""
+@pytest.mark.parametrize(("priority", "expected"), [(None, ("other", 10)), ("low", ("other", 10)),
+                                                    ("idle", ("idle", 0)), ("normal", ("other", 0))])
+def test_the_writer_runs_at_the_configured_priority_and_uploaders_at_normal(
+        tmp_path: Path, priority: str | None, expected: tuple[str, int]) -> None:
+    """By default the writer runs at nice +10 ("low"); "idle" is SCHED_IDLE. Uploaders wait on the
+    network and keep the normal priority whatever the setting."""
     from edge_agent.active_learning import ActiveLearning
     from edge_agent.settings import ActiveLearningSettings
 
@@ -656,6 +657,107 @@ def test_the_writer_and_uploaders_run_at_the_configured_priority(tmp_path: Path,
             return [(names.get(os.sched_getscheduler(i), "?"), os.getpriority(os.PRIO_PROCESS, i) - own)
                     for i in ids if i is not None]
 
-        wait(lambda: seen() == [expected] * 2, timeout=10)  # each thread sets its own as it starts
+        wait(lambda: seen() == [expected, ("other", 0)], timeout=10)  # each thread sets its own as it starts
     finally:
         al.stop()
+
+
+def test_batches_are_counted_per_model(tmp_path: Path, detector: Any, scenes: list[np.ndarray]) -> None:
+    """Roboflow configures active learning per model, each with its own batch: one model's full batch
+    does not stop another's samples."""
+    from edge_agent.events import PredictionEvent
+    from edge_agent.settings import BatchingStrategy
+
+    skip = BatchingStrategy(batches_name_prefix="b", max_batch_images=2)
+    sampler = _sampler(tmp_path, [strategy(type="random", traffic_percentage=1.0)], batching=skip)
+    now = time.time()
+    for i, image in enumerate(scenes[:6]):
+        model_id = "shapes/1" if i < 3 else "other/2"
+        sampler(PredictionEvent("cam", model_id, i, now, now, detector.infer_numpy(image), None, image))
+    sampler.stop()
+    assert sampler.stats["stored"] == 4
+    assert sampler.stats["skipped_batch_full"] == 2
+    counts = sampler.spool.limit_counts()
+    assert counts[("*batch", "shapes/1")] == ("b", 2)
+    assert counts[("*batch", "other/2")] == ("b", 2)
+
+
+def test_two_processes_on_one_state_dir_upload_once_and_their_counts_add_up(
+        tmp_path: Path, detector: Any, scenes: list[np.ndarray], caplog: pytest.LogCaptureFixture) -> None:
+    """The daemon and a Python-API pipeline on one state directory: both sample into the spool, only
+    the holder of uploaders.lock uploads (each item once), and the limit counts are the sum of both."""
+    import logging
+
+    from edge_agent.active_learning import ActiveLearning
+    from edge_agent.settings import ActiveLearningSettings
+
+    port = free_port()
+    api = UploadApi(port)
+    limited = strategy(type="random", traffic_percentage=1.0, name="every",
+                       limits=[{"type": "daily", "value": 100}])
+    settings = ActiveLearningSettings(enabled=True, targets=("http",), strategies=(limited,),
+                                      http_base_url=f"http://127.0.0.1:{port}", http_project="proj",
+                                      http_api_key="k3y", dedup_distance=0, retry_min_s=0.05, retry_max_s=0.1)
+    first, second = ActiveLearning(settings, tmp_path), ActiveLearning(settings, tmp_path)
+    with caplog.at_level(logging.INFO, logger="edge_agent.active_learning"):
+        first.start()
+        second.start()
+    try:
+        assert (first.uploading, second.uploading) == (True, False)
+        assert "another process holds" in caplog.text
+        for i, image in enumerate(scenes[:4]):
+            result = detector.infer_numpy(image)
+            first.sampler(event(image, result, frame=i))
+            second.sampler(event(image, result, source="cam2", frame=i))
+        wait(lambda: first.sampler.stats["stored"] == second.sampler.stats["stored"] == 4, timeout=60)
+        wait(lambda: first.spool.stats()["items"] == 0, timeout=60)
+        assert first.spool.limit_counts()[("every", "daily")][1] == 8  # 4 + 4, not whichever wrote last
+    finally:
+        second.stop()
+        first.stop()
+        api.close()
+    uploads = [q["name"][0] for q in api.queries if "split" in q]
+    assert len(uploads) == 8
+    assert len(set(uploads)) == 8  # each item once
+    assert second.uploaders[0].stats["uploaded"] == 0
+
+
+def test_stop_never_writes_beside_a_writer_that_is_still_busy(tmp_path: Path, detector: Any,
+                                                              scenes: list[np.ndarray],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer stuck in a write past stop's waits keeps the queue: stop() must not drain it beside the
+    writer (two writers on one spool: "database is locked")."""
+    from edge_agent.active_learning import sampler as sampler_module
+    from edge_agent.active_learning.sampler import Sampler
+    from edge_agent.active_learning.spool import Spool
+
+    class SlowSpool(Spool):
+        release = threading.Event()
+        writing = 0
+        most = 0
+
+        def add_many(self, entries: Any, targets: Any) -> int:
+            SlowSpool.writing += 1
+            SlowSpool.most = max(SlowSpool.most, SlowSpool.writing)
+            try:
+                SlowSpool.release.wait(30)
+                return super().add_many(entries, targets)
+            finally:
+                SlowSpool.writing -= 1
+
+    monkeypatch.setattr(sampler_module, "WRITE_WAIT_S", 0.2)
+    spool = SlowSpool(tmp_path / "spool.sqlite3", 1000, 1 << 30)
+    sampler = Sampler([strategy(type="random", traffic_percentage=1.0)], spool, ("folder",), seed=0,
+                      dedup_distance=0)
+    sampler.start()
+    sampler(event(scenes[0], detector.infer_numpy(scenes[0]), frame=0))
+    wait(lambda: SlowSpool.writing == 1)  # the writer is in its write
+    for i, image in enumerate(scenes[1:4], 1):
+        sampler(event(image, detector.infer_numpy(image), frame=i))
+    sampler.stop(timeout=0.1)  # the writer is still busy after both waits
+    assert SlowSpool.most == 1 and sampler.stats["stored"] == 0
+    SlowSpool.release.set()
+    wait(lambda: sampler.stats["stored"] == 1)  # the writer ends after the frame in its hands
+    sampler.stop()  # now it is gone: the three queued frames are written here
+    assert sampler.stats["stored"] == 4
+    assert SlowSpool.most == 1

@@ -70,3 +70,19 @@ def test_errors_are_one_clear_line_and_exit_2(tmp_path: Path) -> None:
     broken = run("models", "add", str(bad), "--id", "bad/1", state=tmp_path)
     assert broken.returncode == 2
     assert "bad.onnx: not a valid ONNX model" in broken.stderr
+
+
+def test_an_installed_id_is_its_own_error_type(tmp_path: Path, detector_onnx: Path) -> None:
+    """The CLI's --replace hint catches this type (not the message's wording)."""
+    import pytest
+
+    from edge_agent.errors import ModelAlreadyInstalled, ModelImportError
+    from edge_agent.store.model_store import ModelStore
+
+    store = ModelStore(tmp_path / "models")
+    store.install(detector_onnx, "det/1")
+    with pytest.raises(ModelAlreadyInstalled) as info:
+        store.install(detector_onnx, "det/1")
+    assert isinstance(info.value, ModelImportError)
+    assert info.value.model_id == "det/1"
+    assert info.value.message == "'det/1' is already installed; remove it first or replace it"

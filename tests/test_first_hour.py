@@ -155,12 +155,47 @@ def test_every_request_is_logged_once_without_its_query(tmp_path: Path) -> None:
         requests.get(f"{server.url}/no/such/route/at/all", timeout=30)
         requests.post(f"{server.url}/infer/object_detection", data=b"{", timeout=30,
                       headers={"Content-Type": "application/json"})
-        lines = _access_lines(server.output())[before:]
-    assert len(lines) == 3, lines
+        # A percent-decoded line break must not forge a line of its own.
+        requests.get(f"{server.url}/a%0aedge_agent.access:%20GET%20/forged%20200%0d%1b[2J", timeout=30)
+        output = server.output()
+        lines = _access_lines(output)[before:]
+    assert not any(line.startswith("edge_agent.access: GET /forged") for line in output.splitlines())
+    assert len(lines) == 4, lines
+    assert re.search(r"GET /a\\nedge_agent\.access: GET /forged 200\\r\\x1b\[2J 4\d\d ", lines[3]), lines[3]
     assert re.search(r"POST /shapes/1 200 \d+\.\d ms 127\.0\.0\.1$", lines[0]), lines[0]
     assert re.search(r"GET /no/such/route/at/all 404 \d+\.\d ms 127\.0\.0\.1$", lines[1]), lines[1]
     assert re.search(r"POST /infer/object_detection (400|422) ", lines[2]), lines[2]
     assert "s3cret-key" not in "\n".join(lines)
+
+
+def test_loggable_escapes_control_characters_only() -> None:
+    from edge_agent.http.app import loggable
+
+    assert loggable("/shapes/1") == "/shapes/1"
+    assert loggable("/caf\u00e9 x") == "/caf\u00e9 x"
+    assert loggable("/a\nb\r\x00") == "/a\\nb\\r\\x00"
+
+
+# Every route of inference-sdk 1.8.3's client that edge-agent does not serve, with its family.
+SDK_UNSERVED = {
+    "/infer/lmm/cogvlm": "large multimodal models", "/infer/lmm": "large multimodal models",
+    "/infer/embeddings": "embedding models", "/infer/action_recognition": "action recognition",
+    "/infer/depth-estimation": "depth estimation", "/infer/depth-estimation/depth-anything-v2/small":
+        "depth estimation", "/webrtc/offer": "WebRTC", "/initialise_webrtc_worker": "WebRTC",
+    "/clip/embed_image": "CLIP", "/sam2/segment_image": "SAM2", "/infer/workflows/ws/flow": "Workflows",
+}
+
+
+def test_sdk_routes_edge_agent_does_not_serve_answer_501_naming_their_family(tmp_path: Path) -> None:
+    with running_server(tmp_path / "state", wait_ready=False) as server:
+        for path, family in SDK_UNSERVED.items():
+            r = requests.post(server.url + path, json={"model_id": "x/1", "image": []}, timeout=30)
+            assert r.status_code == 501, (path, r.status_code, r.text)
+            assert r.json()["message"] == f"Not supported by edge-agent: {path}"
+            assert family in r.json()["reason"], (path, r.json())
+        r = requests.post(server.url + "/infer/no_such_task", json={}, timeout=30)  # an unknown task stays 404
+        assert r.status_code == 404
+        assert "Unknown task 'no_such_task'" in r.json()["message"]
 
 
 def test_access_log_can_be_turned_off(tmp_path: Path) -> None:

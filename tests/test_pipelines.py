@@ -70,6 +70,31 @@ def test_outputs_and_image_folders(tmp_path: Path, runtime: Any) -> None:
     video = cv2.VideoCapture(str(out / "annotated.mp4"))
     assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
     video.release()
+    assert {line["video_source"] for line in lines} == {0}
+
+
+def test_the_outputs_of_several_sources_say_whose(tmp_path: Path, runtime: Any) -> None:
+    import cv2
+
+    from edge_agent.pipeline_spec import PipelineSpec
+
+    circle_video(tmp_path / "a.mp4", frames=6)
+    circle_video(tmp_path / "b.mp4", frames=4)
+    pipeline = runtime.pipelines.start(PipelineSpec(model_id="shapes/1", pipeline_id="two",
+                                                    video_reference=[str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4")],
+                                                    outputs=["jsonl", "video"]))
+    pipeline.join(60)
+    assert pipeline.state == "finished", pipeline.status()
+    out = runtime.settings.state_dir / "pipelines" / "two"
+    lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert sorted((line["video_source"], line["frame_id"]) for line in lines) == \
+        [(0, f) for f in range(1, 7)] + [(1, f) for f in range(1, 5)]
+    assert {line["source_id"] for line in lines} == {"two"}
+    assert not (out / "annotated.mp4").exists()  # one file per source
+    for name, frames in (("annotated-0.mp4", 6), ("annotated-1.mp4", 4)):
+        video = cv2.VideoCapture(str(out / name))
+        assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == frames, name
+        video.release()
 
 
 def test_terminate_returns_at_once_on_a_dead_stream_and_it_keeps_reconnecting(runtime: Any) -> None:

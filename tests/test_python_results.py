@@ -132,6 +132,19 @@ def test_supervision_reads_the_response_object_as_it_reads_the_http_json(
         np.testing.assert_array_equal(points.keypoint_confidence, reference.keypoint_confidence)
 
 
+def test_keypoints_dump_by_alias_as_the_http_json_and_roboflow_do(models: dict[str, Model]) -> None:
+    """Roboflow's Keypoint declares ``class_name = Field(alias="class")`` (its current
+    inference/core/entities/responses/inference.py; an older one wrote ``field="class"``, no alias), and
+    builds keypoints with ``**{"class": name}``: ``.dict(by_alias=True)`` gives "class", as our HTTP JSON."""
+    response = models["shapes-pose/1"].infer(SCENE, confidence=0.2)[0]
+    dumped = response.dict(by_alias=True, exclude_none=True)["predictions"]
+    http = _http_json(response)["predictions"]
+    assert [p["keypoints"] for p in dumped] == [p["keypoints"] for p in http]
+    assert any(p["keypoints"] for p in http) and all(set(k) == {"x", "y", "confidence", "class_id", "class"}
+                                                     for p in http for k in p["keypoints"])
+    assert responses.Keypoint(x=1, y=2, confidence=0.5, class_id=0, **{"class": "nose"}).class_name == "nose"
+
+
 def test_a_list_of_images_gives_one_response_each_sharing_one_inference_id(models: dict[str, Model]) -> None:
     small = cv2.resize(SCENE, (200, 150))
     results = models["shapes/1"].infer(image=[SCENE, small, str(SAMPLE)])
@@ -167,6 +180,47 @@ def test_supported_options_apply_and_roboflow_only_ones_are_ignored(
         assert len(model.infer(SCENE, confidance=0.9)[0].predictions) > 0  # ignored, with a warning
     assert [r.levelno for r in caplog.records] == [logging.WARNING]
     assert "did you mean 'confidence'?" in caplog.records[0].getMessage()
+
+
+def test_options_are_typed_as_on_http(models: dict[str, Model]) -> None:
+    """confidence="best"/"default" is the default threshold (as on HTTP), numbers may come as text, one
+    class name is a filter of one; anything else is a clear InvalidInput naming the option."""
+    from edge_agent.errors import InvalidInput
+    from edge_agent.serving.model import roboflow_params
+
+    model = models["shapes/1"]
+    default = model.infer(SCENE)[0].predictions
+    for word in ("best", "default", "BEST"):
+        assert [p.confidence for p in model.infer(SCENE, confidence=word)[0].predictions] == \
+            [p.confidence for p in default]
+    assert roboflow_params({"confidence": "0.25", "max_detections": "5", "iou_threshold": 1,
+                            "class_filter": "circle", "max_candidates": 10.0}) == roboflow_params(
+        {"confidence": 0.25, "max_detections": 5, "iou_threshold": 1.0, "class_filter": ["circle"],
+         "max_candidates": 10})
+    assert len(model.infer(SCENE, confidence=0.05, max_detections="1")[0].predictions) == 1
+    every = model.infer(SCENE, confidence=0.05)[0].predictions
+    only = every[0].class_name
+    assert {p.class_name for p in model.infer(SCENE, confidence=0.05, class_filter=only)[0].predictions} == {only}
+    for options, message in [
+        ({"confidence": "lots"}, "confidence must be a number or \"best\"/\"default\", got 'lots'"),
+        ({"max_detections": "five"}, "max_detections must be a number, got 'five'"),
+        ({"max_detections": 2.5}, "max_detections must be a whole number, got 2.5"),
+        ({"iou_threshold": True}, "iou_threshold must be a number, got True"),
+        ({"class_filter": [1, 2]}, "class_filter must be a class name or a list of class names"),
+        ({"class_agnostic_nms": "yes"}, "class_agnostic_nms must be True or False, got 'yes'"),
+    ]:
+        with pytest.raises(InvalidInput) as info:
+            model.infer(SCENE, **options)
+        assert message in info.value.message, info.value.message
+
+
+def test_a_long_string_is_no_file_name(models: dict[str, Model]) -> None:
+    """A string too long for a file name (ENAMETOOLONG) is read as base64, not an OSError."""
+    with pytest.raises(ImageLoadError) as info:
+        load_image("A" * 300)
+    assert info.value.cause == "Data is not image."  # base64's answer, not the file system's
+    with pytest.raises(ImageLoadError):
+        models["shapes/1"].infer("A" * 5000)
 
 
 def test_a_missing_file_is_said_to_be_missing(models: dict[str, Model], tmp_path: Path,
@@ -311,3 +365,10 @@ def test_roboflow_native_python_api_docs_run_unchanged(tmp_path: Path, sample_ur
     kinds = [[(p.class_name, p.x, p.y) for p in r[0].predictions] for r in scope["by_kind"]]
     assert kinds[0] and all(k == kinds[0] for k in kinds)
     assert all(p.confidence >= 0.75 for p in scope["results"][0].predictions)
+
+
+def test_settings_passed_where_the_api_key_goes_is_a_type_error(tmp_path: Path) -> None:
+    from edge_agent.settings import Settings
+
+    with pytest.raises(TypeError, match="settings is keyword-only"):
+        edge_agent.get_model("shapes/1", Settings.defaults(tmp_path))  # type: ignore[arg-type]

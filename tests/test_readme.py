@@ -3,7 +3,9 @@
 Every ```python and ```sh block of README.md runs, in order, in one scratch folder that holds what a
 clone's root holds for them (``edge_agent/`` and ``.venv/`` point at this checkout and its Python),
 against a real ``edge-agent serve --preload shapes/1`` started by the test. The one change made to
-the text: ``localhost:9001`` becomes the test server's loopback port. A block that cannot run here
+the text: ``localhost:9001`` becomes the test server's loopback port. The venv is not on the PATH: shell
+blocks find ``edge-agent`` and ``python`` only through the README's own ``. .venv/bin/activate``, which,
+as in the terminal the README describes, holds for the blocks after it. A block that cannot run here
 (it installs packages, needs root, or runs for ever) is preceded by ``<!-- not run: REASON -->``, and
 the reason must be there.
 """
@@ -24,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```\n", re.S | re.M)
 NOT_RUN = re.compile(r"<!-- not run: (.+?) -->\s*$")
+ACTIVATE = ". .venv/bin/activate"
 
 
 def blocks() -> list[tuple[int, str, str, str | None]]:
@@ -62,10 +65,12 @@ def scratch(tmp_path: Path) -> Path:
 def test_readme_examples_run_as_written(scratch: Path, tmp_path: Path) -> None:
     with running_server(tmp_path / "state", args=("--preload", "shapes/1")) as server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
+        venv_bin = str(Path(sys.executable).parent)
+        path = [p for p in env.get("PATH", "").split(os.pathsep) if p and Path(p).resolve() != Path(venv_bin).resolve()]
         env.update(EDGE_AGENT_STATE_DIR=str(server.state_dir), EDGE_AGENT_CONFIG="",
-                   EDGE_AGENT_MODELS__OFFLINE="true", MPLBACKEND="Agg",
-                   PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
-        ran = 0
+                   EDGE_AGENT_MODELS__OFFLINE="true", MPLBACKEND="Agg", PATH=os.pathsep.join(path))
+        env.pop("VIRTUAL_ENV", None)
+        ran, activated = 0, False
         for line, language, code, reason in blocks():
             if language not in ("sh", "python") or reason is not None:
                 continue
@@ -73,7 +78,8 @@ def test_readme_examples_run_as_written(scratch: Path, tmp_path: Path) -> None:
             if language == "python":
                 cmd = [sys.executable, "-c", code]
             else:
-                cmd = ["bash", "-e", "-o", "pipefail", "-c", code]
+                cmd = ["bash", "-e", "-o", "pipefail", "-c", (ACTIVATE + "\n" if activated else "") + code]
+                activated = activated or ACTIVATE in code
             done = subprocess.run(cmd, cwd=scratch, env=env, capture_output=True, text=True, timeout=180)
             assert done.returncode == 0, (f"README.md:{line} ({language}) failed with {done.returncode}:\n{code}\n"
                                           f"--- stdout\n{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-3000:]}\n"

@@ -4,6 +4,7 @@ demo detector and video files written by the test (a white circle moving on grey
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import socket
@@ -101,6 +102,94 @@ def test_render_boxes_into_a_video_writer_as_its_docstring_does(video: str, tmp_
     # drawn: the video is only greys and white, the box and its label are saturated colours
     hsv = cv2.cvtColor(frames[FRAMES // 2], cv2.COLOR_BGR2HSV)
     assert int(((hsv[..., 1] > 100) & (hsv[..., 2] > 80)).sum()) > 200
+
+
+def test_supervision_annotators_on_a_classifier_show_the_frame_undrawn(video: str,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    import supervision as sv
+
+    from edge_agent import InferencePipeline
+    from edge_agent.pipelines.sinks import render_boxes
+
+    shown: list[tuple[Any, np.ndarray]] = []
+    images: list[np.ndarray] = []
+
+    def on_prediction(predictions: dict[str, Any], video_frame: Any) -> None:
+        images.append(video_frame.image.copy())
+        render_boxes(predictions, video_frame, annotator=[sv.BoxAnnotator(), sv.LabelAnnotator()], display_size=None,
+                     on_frame_rendered=lambda image: shown.append(image))
+
+    pipeline = InferencePipeline.init(model_id="shapes-cls/1", video_reference=video, on_prediction=on_prediction)
+    pipeline.start()
+    pipeline.join()
+    assert pipeline.state == "finished" and pipeline.status()["sink_errors"] == 0, pipeline.status()
+    assert len(shown) == FRAMES
+    assert all(np.array_equal(image, frame) for (_, image), frame in zip(shown, images))  # the frame as it is
+    notes = [r for r in caplog.records if "supervision annotators" in r.getMessage()]
+    assert len(notes) <= 1  # once a process (an earlier test may have said it)
+
+
+def test_no_window_is_opened_without_a_display(monkeypatch: pytest.MonkeyPatch,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    import cv2
+
+    from edge_agent.pipelines import sinks
+
+    assert sinks.has_display({"DISPLAY": ":0"}, "linux") and sinks.has_display({"WAYLAND_DISPLAY": "w"}, "linux")
+    assert not sinks.has_display({}, "linux") and not sinks.has_display({"DISPLAY": ""}, "linux")
+    assert sinks.has_display({}, "darwin") and sinks.has_display({}, "win32")
+    opened: list[str] = []
+    monkeypatch.setattr(cv2, "getBuildInformation", lambda: "  GUI:                           QT5\n")  # a GUI build
+    monkeypatch.setattr(cv2, "imshow", lambda title, image: opened.append(title))  # Qt would abort the process
+    monkeypatch.setattr(cv2, "waitKey", lambda delay: -1)
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setattr(sinks.sys, "platform", "linux")
+    display = sinks._Display()
+    for _ in range(3):
+        display.show("Predictions", np.zeros((8, 8, 3), np.uint8))
+    assert opened == [] and display.usable is False
+    assert len([r for r in caplog.records if "no display" in r.getMessage()]) == 1
+    monkeypatch.setenv("DISPLAY", ":0")
+    sinks._Display().show("Predictions", np.zeros((8, 8, 3), np.uint8))
+    assert opened == ["Predictions"]
+
+
+def test_a_failed_model_reports_its_public_message_only(video: str) -> None:
+    from edge_agent.errors import ModelLoadFailed
+    from edge_agent.pipelines.entities import StatusUpdate
+    from edge_agent.pipelines.pipeline import InferencePipeline
+
+    class Broken:  # an Inference whose model cannot load, for a reason with a local path in it
+        def model(self, model_id: str, api_key: str | None) -> Any:
+            raise ModelLoadFailed("/var/lib/edge-agent/models/x/1/weights.onnx: truncated",
+                                  public="model x/1: its weights are truncated")
+
+    updates: list[StatusUpdate] = []
+    pipeline = InferencePipeline(Broken(), "x/1", video, status_update_handlers=[updates.append])  # type: ignore[arg-type]
+    pipeline.start()
+    pipeline.join(30)
+    assert pipeline.state == "failed" and pipeline.error == "model x/1: its weights are truncated"
+    (error,) = [u for u in updates if u.event_type == "INFERENCE_ERROR"]
+    assert error.payload["error_message"] == "model x/1: its weights are truncated"
+    assert error.payload["error_type"] == "ModelLoadFailed"
+
+
+def test_the_preview_of_several_sources_shows_the_first() -> None:
+    from edge_agent.pipelines.pipeline import PreviewSink
+    from edge_agent.pipelines.sources import Frame
+    from edge_agent.results import Classification
+
+    preview = PreviewSink(max_fps=1000.0)
+    watcher = preview.watch(limit=1)
+    assert watcher is not None
+    result = Classification(np.array([0.9, 0.1], np.float32), ("a", "b"), (16, 16))
+    preview(Frame(np.zeros((16, 16, 3), np.uint8), 1, 0.0, 0.0, source_id=1), result)
+    assert watcher.next(-1, 0.01) == (-1, None)  # nothing of source 1
+    preview(Frame(np.zeros((16, 16, 3), np.uint8), 1, 0.0, 0.0, source_id=0), result)
+    seq, jpeg = watcher.next(-1, 1.0)
+    assert seq == 1 and jpeg is not None and jpeg[:2] == b"\xff\xd8"
+    watcher.close()
 
 
 def _receiver() -> socket.socket:
@@ -352,6 +441,27 @@ def test_use_main_thread_and_terminate_from_a_sink(tmp_path: Path) -> None:
     assert threading.main_thread() not in threads
 
 
+def test_paused_before_start_it_starts_paused(video: str) -> None:
+    from edge_agent import InferencePipeline
+
+    got: list[int] = []
+    pipeline = InferencePipeline.init(model_id="shapes/1", video_reference=video,
+                                      on_prediction=lambda p, f: got.append(f.frame_id))
+    pipeline.pause_stream()
+    assert pipeline.state == "paused"
+    pipeline.start(use_main_thread=False)
+    assert pipeline.state == "paused"
+    deadline = datetime.now().timestamp() + 30
+    while pipeline.source.frames_read < 4 and datetime.now().timestamp() < deadline:  # its buffer is full
+        threading.Event().wait(0.02)
+    threading.Event().wait(0.2)
+    assert got == [] and pipeline.frames_inferred == 0 and pipeline.state == "paused"
+    pipeline.resume_stream()
+    pipeline.join()
+    assert pipeline.state == "finished"
+    assert got == list(range(1, FRAMES + 1))
+
+
 def test_pause_and_mute_one_source(tmp_path: Path) -> None:
     from edge_agent import InferencePipeline
     from edge_agent.pipelines.entities import SinkMode
@@ -387,6 +497,29 @@ def test_pause_and_mute_one_source(tmp_path: Path) -> None:
     assert seen == [(0, i) for i in range(1, 31)]
     assert muted.frames_skipped == 20
     assert muted.status()["sources"][1]["frames_read"] == 20
+
+
+def test_a_muted_source_does_not_hold_the_others(tmp_path: Path) -> None:
+    from edge_agent import InferencePipeline
+
+    circle_video(tmp_path / "short.mp4", frames=FRAMES)
+    circle_video(tmp_path / "long.mp4", frames=600)
+    seen: list[tuple[int, str]] = []  # (source of the frame, state of the muted source then)
+    pipeline: Any = None
+
+    def on_video_frame(frames: list[Any]) -> list[Any]:  # on the pipeline's thread, as the frames are taken
+        seen.extend((f.source_id, pipeline.sources[1].state) for f in frames)
+        return [{} for _ in frames]
+
+    pipeline = InferencePipeline.init_with_custom_logic(
+        video_reference=[str(tmp_path / "short.mp4"), str(tmp_path / "long.mp4")], on_video_frame=on_video_frame)
+    pipeline.mute_stream(1)  # no batch_collection_timeout: nothing bounds a wait for source 1
+    pipeline.start()
+    pipeline.join()
+    assert pipeline.state == "finished"
+    assert [source for source, _ in seen] == [0] * FRAMES
+    assert {state for _, state in seen} <= {"connecting", "streaming"}  # source 1 was not read to its end yet
+    assert pipeline.frames_skipped == 600
 
 
 def test_positional_arguments_in_roboflow_newer_order_and_bad_options(video: str) -> None:
@@ -488,15 +621,50 @@ def test_buffer_strategies_of_a_file(tmp_path: Path) -> None:
     meta = source.describe_source()
     assert meta.buffer_consumption_strategy is BufferConsumptionStrategy.EAGER
     assert meta.buffer_filling_strategy is BufferFillingStrategy.DROP_OLDEST
+    named, source = run(source_buffer_consumption_strategy="EAGER",  # names (as JSON gives them) and ADAPTIVE_
+                        source_buffer_filling_strategy="ADAPTIVE_DROP_OLDEST")
+    assert named == sorted(named) and named[-1] == 40
+    assert len(named) < 40 and len(named) + source.dropped == 40
+    meta = source.describe_source()
+    assert meta.buffer_consumption_strategy is BufferConsumptionStrategy.EAGER
+    assert meta.buffer_filling_strategy is BufferFillingStrategy.ADAPTIVE_DROP_OLDEST
 
 
-def test_a_camera_password_stays_out_of_the_log(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("filling, consumption, modes", [
+    ("DROP_OLDEST", "LAZY", {"newest_wins": True, "drop_latest": False, "eager": False}),
+    ("ADAPTIVE_DROP_OLDEST", "EAGER", {"newest_wins": True, "drop_latest": False, "eager": True}),
+    ("DROP_LATEST", None, {"newest_wins": False, "drop_latest": True, "eager": False}),
+    ("ADAPTIVE_DROP_LATEST", None, {"newest_wins": False, "drop_latest": True, "eager": False}),
+    ("WAIT", "EAGER", {"newest_wins": False, "drop_latest": False, "eager": True}),
+])
+def test_every_buffer_strategy_of_roboflow_given_by_name(tmp_path: Path, filling: str, consumption: str | None,
+                                                         modes: dict[str, bool]) -> None:
+    from edge_agent.pipelines.entities import BufferFillingStrategy
+    from edge_agent.pipelines.sources import VideoSource
+
+    source = VideoSource(str(tmp_path / "v.mp4"), filling=filling, consumption=consumption)
+    assert source.filling is BufferFillingStrategy(filling)
+    assert source._buffer_modes(False) == modes
+
+
+def test_an_unknown_buffer_strategy_is_refused_by_name(tmp_path: Path) -> None:
+    from edge_agent.errors import InvalidInput
+    from edge_agent.pipelines.sources import VideoSource
+
+    with pytest.raises(InvalidInput, match="source_buffer_filling_strategy: 'DROP_NEWEST' is not one of WAIT, "):
+        VideoSource(str(tmp_path / "v.mp4"), filling="DROP_NEWEST")
+
+
+def test_a_camera_password_stays_out_of_the_log_and_the_status(caplog: pytest.LogCaptureFixture) -> None:
     from edge_agent import InferencePipeline
+    from edge_agent.pipelines.watchdog import BasePipelineWatchDog
     from servers import free_port
 
     caplog.set_level(logging.INFO)
+    watchdog = BasePipelineWatchDog()
     pipeline = InferencePipeline.init_with_custom_logic(
-        video_reference=f"rtsp://admin:secret@127.0.0.1:{free_port()}/stream", on_video_frame=lambda frames: [])
+        video_reference=f"rtsp://admin:secret@127.0.0.1:{free_port()}/stream", on_video_frame=lambda frames: [],
+        watchdog=watchdog)
     pipeline.start(use_main_thread=False)
     deadline = datetime.now().timestamp() + 30
     while pipeline.source.reconnects < 1 and datetime.now().timestamp() < deadline:
@@ -506,6 +674,32 @@ def test_a_camera_password_stays_out_of_the_log(caplog: pytest.LogCaptureFixture
     assert "rtsp://***@127.0.0.1" in caplog.text
     assert "secret" not in caplog.text
     assert "secret" not in (pipeline.source.last_error or "")
+    assert "secret" not in json.dumps(pipeline.status(), default=str)  # what GET .../status answers
+    assert "secret" not in repr(pipeline.source.describe_source())  # what the watchdog reports
+    report = json.dumps(dataclasses.asdict(watchdog.get_report()), default=str)  # status updates included
+    assert "SOURCE_CONNECTION_LOST" in report and "rtsp://***@127.0.0.1" in report
+    assert "secret" not in report
+
+
+@pytest.mark.parametrize("reference, shown", [
+    ("rtsp://admin:secret@cam/s", "rtsp://***@cam/s"),
+    ("rtsp://u:p@ss@cam:554/s", "rtsp://***@cam:554/s"),  # '@' in the password
+    ("rtsp://u:a/b@cam/s", "rtsp://***@cam/s"),  # '/' in the password
+    ("rtmp://u:pw@cam/live", "rtmp://***@cam/live"),  # any scheme
+    ("srt://cam:9000?passphrase=x&token=abcdefghij", "srt://cam:9000?passphrase=x&token=***"),
+    ("https://cam/video.mjpg?password=hunter22&user=me", "https://cam/video.mjpg?password=***&user=me"),
+    ("http://cam/s?api_key=abcdefghyz", "http://cam/s?api_key=ab***yz"),  # as Roboflow shows keys
+    ("rtsp://cam/s?pwd=x", "rtsp://cam/s?pwd=***"),
+    ("rtsp://cam:554/s", "rtsp://cam:554/s"),
+    ("/data/clips/a@b.mp4", "/data/clips/a@b.mp4"),  # a file is shown as it is
+    (0, "0"),
+])
+def test_one_redactor_for_sources_and_downloads(reference: str | int, shown: str) -> None:
+    from edge_agent.pipelines.sources import VideoSource
+    from edge_agent.provisioning.download import redact
+
+    assert redact(reference) == shown
+    assert VideoSource(reference).shown == shown
 
 
 def test_a_lost_camera_does_not_hold_the_other_sources(video: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -63,8 +64,10 @@ def translated(body: dict[str, Any]) -> Any:
      {"confidence": 0.6, "iou_threshold": 0.5, "class_filter": ["circle"], "max_detections": 7,
       "class_agnostic_nms": True, "max_candidates": 900, "disable_active_learning": True},
      {"confidence": 0.6, "iou_threshold": 0.5, "class_filter": ["circle"], "max_detections": 7,
-      "class_agnostic_nms": True, "max_candidates": 900}),
-    ("RoboflowObjectDetectionModel", {"confidence": 0.7}, {"confidence": 0.7}),
+      "class_agnostic_nms": True, "max_candidates": 900, "active_learning": False}),
+    ("RoboflowObjectDetectionModel", {"confidence": 0.7}, {"confidence": 0.7, "active_learning": False}),
+    ("roboflow_core/roboflow_object_detection_model@v2", {"disable_active_learning": False},
+     {"active_learning": True}),
     ("ObjectDetectionModel", {}, {"confidence": 0.4, "max_detections": 300}),
     ("roboflow_core/roboflow_object_detection_model@v3", {"confidence_mode": "custom", "custom_confidence": 0.55},
      {"confidence": 0.55}),
@@ -117,6 +120,26 @@ def test_video_configuration_and_sink_map_to_the_pipeline() -> None:
     spec, _ = translated(payload(workflow(), video=[0, "rtsp://cam/2"]))  # the SDK's default strategies
     assert (spec.video_reference, spec.results_buffer_size) == ([0, "rtsp://cam/2"], 64)
     assert (spec.source_buffer_filling_strategy, spec.source_buffer_consumption_strategy) == ("DROP_OLDEST", "EAGER")
+    body = payload(workflow(), video=["a.mp4", "b.mp4"])
+    body["video_configuration"]["batch_collection_timeout"] = 0  # take the frames already there, wait for no one
+    spec, _ = translated(body)
+    assert spec.batch_collection_timeout == 0.0
+
+
+def test_unknown_keys_of_roboflow_bodies_are_ignored_as_roboflow_does(caplog: pytest.LogCaptureFixture) -> None:
+    from edge_agent.pipelines.stream_manager import ConsumeRequest
+
+    caplog.set_level(logging.DEBUG, logger="edge_agent.pipelines.stream_manager")
+    body = payload(workflow())
+    body["newer_sdk_option"] = 1
+    body["video_configuration"]["decoder"] = "hw"
+    body["processing_configuration"]["workflows_cache"] = True
+    body["sink_configuration"]["flush"] = False
+    spec, _ = translated(body)
+    assert spec.model_id == "shapes/1"
+    assert ConsumeRequest.model_validate({"excluded_fields": ["x"], "timeout": 3}).excluded_fields == ["x"]
+    for name in ("newer_sdk_option", "decoder", "workflows_cache", "flush", "timeout"):
+        assert name in caplog.text
 
 
 def test_outputs_name_what_each_result_carries() -> None:
@@ -153,6 +176,7 @@ def _two_blocks() -> dict[str, Any]:
     (payload(workflow(confidence="$steps.other.x")), "'$steps.other.x' is not supported"),
     (payload(workflow(sahi=True)), "field(s) sahi not supported"),
     (payload(workflow(confidence=7)), "confidence"),
+    (payload(workflow(disable_active_learning="yes")), "disable_active_learning must be true or false"),
     (payload(workflow(model_id="bad model")), "model_id"),
     (payload(workflow(outputs=[{"type": "JsonField", "name": "x", "selector": "$steps.other.predictions"}])),
      "selector '$steps.other.predictions'"),
@@ -204,6 +228,7 @@ def test_consume_hands_out_the_buffered_results_oldest_first_within_the_bound(tm
     (out,) = first["outputs"]
     assert set(out) == {"predictions", "all", "frame", "conf"}
     assert out["conf"] == 0.25
+    assert pipeline.active_learning is False  # the block's disable_active_learning, True by default
     assert out["all"]["model_id"] == "shapes/1"
     assert out["all"]["inference_id"] == out["predictions"]["inference_id"]
     circles = [p for p in out["predictions"]["predictions"] if p["class"] == "circle"]
@@ -234,6 +259,7 @@ def test_our_own_request_shape_is_consumable_and_keeps_no_image(tmp_path: Path, 
     got = runtime.pipelines.consume(pipeline.pipeline_id)
     assert list(got["outputs"][0]) == ["predictions"]
     assert got["frames_metadata"][0]["frame_id"] == 5
+    assert pipeline.active_learning is True  # our own shape samples unless told not to
     runtime.pipelines.terminate(pipeline.pipeline_id)
 
 
@@ -241,8 +267,10 @@ def test_several_sources_each_frame_is_consumed_with_its_source_id(tmp_path: Pat
     for name in ("a.mp4", "b.mp4"):
         circle_video(tmp_path / name, frames=6)
     body = payload(workflow(), video=[str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4")])
-    body["video_configuration"].update(source_buffer_filling_strategy="WAIT", source_buffer_consumption_strategy="LAZY")
+    body["video_configuration"].update(source_buffer_filling_strategy="WAIT", source_buffer_consumption_strategy="LAZY",
+                                       batch_collection_timeout=0)  # no wait for the slower: no frame lost either
     pipeline = runtime.pipelines.start(*translated(body))
+    assert pipeline.batch_collection_timeout == 0.0
     pipeline.join(60)
     assert pipeline.state == "finished", pipeline.status()
     seen: list[tuple[int, int]] = []

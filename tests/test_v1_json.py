@@ -205,6 +205,21 @@ def test_bad_json_bodies_are_clear_400s(server: Server, body: bytes, message: st
     assert message in _message(r), _message(r)
 
 
+def test_null_options_are_the_defaults_on_v1_and_v2(server: Server, b64: str) -> None:
+    """Roboflow declares the options Optional with defaults: an explicit null is the default, not a 400."""
+    image = {"type": "base64", "value": b64}
+    nulls = {"confidence": None, "iou_threshold": None, "max_detections": None, "class_filter": None,
+             "visualization_stroke_width": None, "visualize_predictions": None, "id": None, "api_key": None}
+    plain = requests.post(f"{server.url}/{DET}", json={"image": image}, timeout=60)
+    assert plain.status_code == 200, plain.text
+    for url, body in ((f"{server.url}/{DET}", {"image": image, **nulls}),
+                      (f"{server.url}/infer/object_detection", {"model_id": DET, "image": image, **nulls})):
+        r = requests.post(url, json=body, timeout=60)
+        assert r.status_code == 200, (url, r.text)
+        assert [p["confidence"] for p in r.json()["predictions"]] == \
+            [p["confidence"] for p in plain.json()["predictions"]]
+
+
 def test_a_url_the_policy_refuses_and_one_that_is_no_image(server: Server, image_url: str,
                                                           tmp_path: Path) -> None:
     notes = image_url.replace("scene.jpg", "notes.txt")
@@ -241,3 +256,24 @@ def test_the_body_api_key_opens_a_device_with_a_key(tmp_path: Path, b64: str) ->
         r = requests.post(f"{keyed.url}/{DET}?api_key=k3y", data=raw, headers={"Content-Type": "text/plain"},
                           timeout=60)
         assert r.status_code == 200, r.text
+
+
+def test_the_body_api_key_pulls_a_missing_model(tmp_path: Path, b64: str) -> None:
+    """The JSON body's ``api_key`` is the key a pull from Roboflow's API uses (after the query's and the
+    Bearer header's, docs/http-api.md §1.3); v1 reads the body itself, so the key must reach the pull."""
+    from fake_roboflow import FakeRoboflow, demo_package
+
+    demo = Path(__file__).resolve().parents[1] / "edge_agent" / "demo" / "store" / "shapes" / "1"
+    key = "rf-body-key-5c1e"
+    with FakeRoboflow({"hard-hats/3": demo_package(demo)}, api_key=key) as cloud:
+        env = {"EDGE_AGENT_MODELS__OFFLINE": "false", "EDGE_AGENT_MODELS__API_URL": cloud.api_url,
+               "EDGE_AGENT_MODELS__DOWNLOAD_TIMEOUT_S": "5", "EDGE_AGENT_MODELS__PULL_RETRY_S": "0"}
+        with running_server(tmp_path / "state", env_extra=env) as server:
+            image = {"type": "base64", "value": b64}
+            r = requests.post(f"{server.url}/hard-hats/3", json={"image": image}, timeout=120)
+            assert r.status_code in (401, 403, 404), r.text  # no key: nothing to pull with
+            r = requests.post(f"{server.url}/hard-hats/3", json={"image": image, "api_key": "wrong"}, timeout=120)
+            assert r.status_code in (401, 403), r.text
+            r = requests.post(f"{server.url}/hard-hats/3", json={"image": image, "api_key": key}, timeout=120)
+            assert r.status_code == 200, r.text
+            assert len(r.json()["predictions"]) >= 3

@@ -1,16 +1,27 @@
 """Active learning (docs/active-learning.md): frames sampled by strategy from the results the runtime
-announces, kept in a spool on disk, uploaded to the configured targets when they can be reached."""
+announces, kept in a spool on disk, uploaded to the configured targets when they can be reached.
+
+Several processes may share a state directory (the daemon, and a pipeline of the Python API): each
+samples into the spool, and only the one holding the lock file ``uploaders.lock`` beside the spool
+(``fcntl.flock``) runs the uploaders, since the spool hands out deliveries without claiming them. The
+others try for the lock again whenever they store a frame, so uploads go on when the holder stops.
+"""
 
 from __future__ import annotations
 
+import fcntl
+import logging
+import threading
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from edge_agent.active_learning.sampler import Sampler
 from edge_agent.active_learning.spool import Spool
 from edge_agent.active_learning.uploaders import FolderTarget, HttpTarget, MqttOutlet, MqttTarget, Target, Uploader
 from edge_agent.errors import ConfigError
 from edge_agent.settings import ActiveLearningSettings
+
+log = logging.getLogger(__name__)
 
 
 class ActiveLearning:
@@ -35,8 +46,14 @@ class ActiveLearning:
                 if bridge is None:  # the settings refuse this
                     raise ConfigError("active_learning.targets has mqtt but [mqtt] is not enabled")
                 targets.append(MqttTarget(bridge))
+        # Uploaders wait on the network, not the CPU: they keep the normal priority.
         self.uploaders = [Uploader(self.spool, t, settings.retry_min_s, settings.retry_max_s,
-                                   settings.bandwidth_kbps * 1000, settings.thread_priority) for t in targets]
+                                   settings.bandwidth_kbps * 1000) for t in targets]
+        self._lock_path = self.spool.path.parent / "uploaders.lock"
+        self._lock_file: IO[bytes] | None = None
+        self._uploading = False
+        self._started = False
+        self._guard = threading.Lock()
         self.sampler = Sampler(settings.strategies, self.spool, tuple(t.name for t in targets),
                                jpeg_quality=settings.jpeg_quality, max_image_size=settings.max_image_size,
                                dedup_distance=settings.dedup_distance, queue_size=settings.queue_size,
@@ -44,20 +61,57 @@ class ActiveLearning:
                                on_stored=self._wake, batching=settings.batching_strategy,
                                priority=settings.thread_priority)
 
+    @property
+    def uploading(self) -> bool:
+        """Whether this process runs the uploaders (it holds ``uploaders.lock``)."""
+        return self._uploading
+
     def _wake(self) -> None:
+        if not self._uploading:
+            self._start_uploaders()
         for uploader in self.uploaders:
             uploader.wake()
 
+    def _take_upload_lock(self) -> bool:
+        if self._lock_file is None:
+            self._lock_file = open(self._lock_path, "ab")  # noqa: SIM115 - held until stop()
+        try:
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # another process (or ActiveLearning) on this state directory uploads
+            return False
+        return True
+
+    def _start_uploaders(self) -> None:
+        with self._guard:
+            if self._uploading or not self._started or not self.uploaders:
+                return
+            if not self._take_upload_lock():
+                return
+            self._uploading = True
+            for uploader in self.uploaders:
+                uploader.start()
+        log.info("active learning: this process uploads the spool %s", self.spool.path)
+
     def start(self) -> None:
+        self._started = True
         self.sampler.start()
-        for uploader in self.uploaders:
-            uploader.start()
+        self._start_uploaders()
+        if self.uploaders and not self._uploading:
+            log.info("active learning: another process holds %s and uploads; this one only samples into the "
+                     "spool", self._lock_path)
 
     def stop(self) -> None:
         """Write the frames already sampled, then stop uploading (what is left waits on disk)."""
+        with self._guard:
+            self._started = False
         self.sampler.stop()
-        for uploader in self.uploaders:
-            uploader.stop()
+        if self._uploading:
+            for uploader in self.uploaders:
+                uploader.stop()
+            self._uploading = False
+        if self._lock_file is not None:
+            self._lock_file.close()  # closing releases the flock
+            self._lock_file = None
 
     def status(self) -> dict[str, Any]:
         return {"sampler": dict(self.sampler.stats), "spool": self.spool.stats(),

@@ -1,13 +1,14 @@
-"""The scheduling priority of active learning's own threads (the writer, the uploaders):
-``[active_learning] thread_priority``.
+"""The scheduling priority of active learning's writer thread (encodes sampled frames, writes the
+spool): ``[active_learning] thread_priority``. The uploaders wait on the network and keep the normal
+priority.
 
-Their work is work nobody waits for, so by default they take the CPU only when inference leaves it:
-
-- ``idle``: Linux's ``SCHED_IDLE`` policy, the thread runs when no other thread wants the core. A
-  pipeline that keeps every core busy loses (almost) nothing to sampling; frames the writer has no
-  time for are dropped and counted (``dropped_queue_full``), never waited for.
-- ``low``: nice +10 (about a tenth of a contended core).
+- ``low`` (the default): nice +10, a CFS weight of 110 against 1024, about a tenth of a contended
+  core. Inference keeps nearly all the CPU, and the writer still makes progress on a busy device.
 - ``normal``: the process's priority: every sampled frame is written, at inference's expense.
+- ``idle``: Linux's ``SCHED_IDLE`` policy, the thread runs only when no other thread wants the core.
+  Risky: on a device that inference keeps busy it may never run (frames are dropped and counted as
+  ``dropped_queue_full``), and it can be descheduled while it holds the GIL or the spool's SQLite
+  write transaction, stalling the threads that wait for them (priority inversion).
 
 Linux gives each thread its own policy and nice value. Elsewhere, or where the system refuses, the
 thread keeps the process's priority. An unprivileged thread cannot raise its priority again, so a

@@ -2,12 +2,15 @@
 frame is kept (strategy, limits, near-duplicates); a writer thread of its own then encodes the JPEG and
 writes the item to the spool, off the inference path.
 
-Limits, and the count of the current labelling batch (``batching_strategy``), are counted in memory
-(seeded from the spool at start) and written to the spool with the item that used them, so counts and
-items never disagree after a crash. A frame whose producer switched active learning off (a request's
-``disable_active_learning``, a pipeline's ``active_learning_enabled=False``) is never sampled. A frame
-the writer has no room for (``queue_size`` frames waiting) is dropped and counted, and its limit counts
-are given back.
+Limits, and the count of each model's current labelling batch (``batching_strategy``; Roboflow's
+configuration is per model, so is its batch), are counted in memory (seeded from the spool at start)
+and added to the spool's counts with the item that used them, so counts and items never disagree after
+a crash. After each write the sampler takes the spool's counts where they are higher than its own, so
+another process sampling into the same spool (a Python-API pipeline beside the daemon) counts too.
+
+A frame whose producer switched active learning off (a request's ``disable_active_learning``, a
+pipeline's ``active_learning_enabled=False``) is never sampled. A frame the writer has no room for
+(``queue_size`` frames waiting) is dropped and counted, and its limit counts are given back.
 """
 
 from __future__ import annotations
@@ -35,10 +38,16 @@ from edge_agent.visualize import encode_jpeg
 
 log = logging.getLogger(__name__)
 
+WRITE_WAIT_S = 35.0  # Sampler.stop's second wait for a writer in a write (the spool waits 30 s for its lock)
 RECENT_HASHES = 16  # per source: a frame this close to any of the last kept ones is a near-duplicate
-BATCH_KEY = ("*", "batch")  # the batch's count among the limit counts ("*" is no strategy's name)
 
-Counts = dict[tuple[str, str], tuple[str, int]]  # (strategy, window) -> (bucket, count)
+
+def batch_key(model_id: str) -> tuple[str, str]:
+    """A model's labelling-batch count among the limit counts ("*batch" is no strategy's name)."""
+    return ("*batch", model_id)
+
+
+Counts = dict[tuple[str, str], tuple[str, int]]  # (strategy, window) -> (bucket, count); or a delta: +1
 
 
 class Sampler:
@@ -46,7 +55,7 @@ class Sampler:
                  jpeg_quality: int = 75, max_image_size: int = 1280, dedup_distance: int = 6,
                  queue_size: int = 64, sources: Callable[[str], bool] = lambda s: True,
                  on_stored: Callable[[], None] = lambda: None, seed: int | None = None,
-                 batching: BatchingStrategy | None = None, priority: ThreadPriority = "normal") -> None:
+                 batching: BatchingStrategy | None = None, priority: ThreadPriority = "low") -> None:
         self.strategies = list(strategies)
         self.batching = batching
         self.priority = priority  # the writer thread's (active_learning.priority)
@@ -85,7 +94,7 @@ class Sampler:
             if not strategy.applies(event.source_id, event.model_id) or not wants(strategy, event.result, self._rng):
                 continue
             with self._lock:
-                taken = self._take_limits(strategy, time.gmtime())
+                taken = self._take_limits(strategy, event.model_id, time.gmtime())
             if taken == "skipped_batch_full":
                 self._count(taken)
                 return  # the batch is full for every strategy
@@ -106,19 +115,21 @@ class Sampler:
             self._count("sampled")
             return  # a frame is sampled once, by the first strategy that wants it
 
-    def _take_limits(self, strategy: Strategy, now: time.struct_time) -> tuple[Counts, str] | str:
-        """Count the frame against the batch's cap and the strategy's limits: the counts it used and its
-        batch ("" without a batching strategy); or, nothing counted, the stat that says why not."""
+    def _take_limits(self, strategy: Strategy, model_id: str, now: time.struct_time) -> tuple[Counts, str] | str:
+        """Count the frame against its model's batch cap and the strategy's limits: the counts it used
+        (each +1 in its bucket) and its batch ("" without a batching strategy); or, nothing counted, the
+        stat that says why not."""
         updated: Counts = {}
         batch = ""
         if self.batching is not None:
             base = batch_base(self.batching, now)
-            old_base, count = self._counts.get(BATCH_KEY, (base, 0))
+            key = batch_key(model_id)
+            old_base, count = self._counts.get(key, (base, 0))
             count = count if old_base == base else 0
             name = batch_name(self.batching, base, count)
             if name is None:
                 return "skipped_batch_full"
-            batch, updated[BATCH_KEY] = name, (base, count + 1)
+            batch, updated[key] = name, (base, count + 1)
         for limit in strategy.limits:
             key = (strategy.name, limit.type)
             bucket = time.strftime(WINDOWS[limit.type], now)
@@ -128,7 +139,16 @@ class Sampler:
                 return "skipped_limit"
             updated[key] = (bucket, count + 1)
         self._counts.update(updated)
-        return updated, batch
+        return {key: (bucket, 1) for key, (bucket, _count) in updated.items()}, batch
+
+    def _merge_stored_counts(self) -> None:
+        """Take the spool's counts where they are ahead of ours (another process samples there too)."""
+        stored = self.spool.limit_counts()
+        with self._lock:
+            for key, (bucket, count) in stored.items():
+                mine = self._counts.get(key)
+                if mine is None or (mine[0] == bucket and mine[1] < count):
+                    self._counts[key] = (bucket, count)
 
     def _give_back(self, used: Counts) -> None:
         with self._lock:
@@ -148,20 +168,29 @@ class Sampler:
     # ------------------------------------------------------------------ the writer thread
 
     def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
         self._stop.clear()
         self._thread = threading.Thread(target=self._write_loop, name="al-writer", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Write what is queued, then stop. The writer ends after the frames in its hands; the frames
-        still queued are written here, at the caller's priority (an ``idle`` writer may get no CPU
-        while the machine is busy)."""
-        if self._thread is None:
+        still queued are written here, at the caller's priority (a low-priority writer may get little
+        CPU while the machine is busy). A writer still busy after ``timeout`` is waited for once more;
+        one that has still not ended keeps the queue (two writers would contend for the spool)."""
+        thread = self._thread
+        if thread is None:
             return
         self._stop.set()
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            log.warning("the active-learning writer is still busy after %.0f s; writing the rest here", timeout)
+        thread.join(timeout)
+        if thread.is_alive():  # a batch of at most 16 frames, whose write waits at most the spool's 30 s lock
+            log.warning("the active-learning writer is still busy after %.0f s; waiting for it", timeout)
+            thread.join(WRITE_WAIT_S)
+        if thread.is_alive():
+            log.warning("the active-learning writer did not end; %d queued frame(s) not written",
+                        self._queue.qsize())
+            return
         while True:
             batch = self._take_batch(block=False)
             if not batch:
@@ -206,6 +235,11 @@ class Sampler:
             log.exception("cannot store %d sampled frame(s)", len(entries))
             return
         self._count("stored", len(entries))
+        try:
+            self._merge_stored_counts()
+        except Exception:  # pragma: no cover - the spool just answered; a read failing now is counted as a write
+            self._count("write_errors")
+            log.exception("cannot read the spool's limit counts")
         if evicted:
             self._count("evicted", evicted)
             log.warning("active-learning spool full: evicted %d oldest item(s)", evicted)

@@ -5,6 +5,10 @@ restarts.
 An item and its pending deliveries (one row per target) are written in one transaction with the limit
 counts it used; an item goes when its last delivery is acknowledged. Bounded by count and bytes: the
 oldest items are evicted first and counted (``evicted``). Each thread opens its own connection.
+
+Several processes may write one spool (the daemon, and a pipeline of the Python API on the same state
+directory): limit counts are added in SQL, and only the process holding ``uploaders.lock`` beside the
+spool (``fcntl.flock``) uploads, since ``due`` selects deliveries without claiming them.
 """
 
 from __future__ import annotations
@@ -47,6 +51,13 @@ CREATE TABLE IF NOT EXISTS limits (strategy TEXT, window TEXT, bucket TEXT NOT N
                                    PRIMARY KEY (strategy, window));
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+
+
+# Add to a limit's count in its bucket; another bucket (the next hour, day or batch) starts over.
+_ADD_TO_LIMIT = (
+    "INSERT INTO limits VALUES (?, ?, ?, ?) ON CONFLICT (strategy, window) DO UPDATE SET "
+    "count = CASE WHEN bucket = excluded.bucket THEN count + excluded.count ELSE excluded.count END, "
+    "bucket = excluded.bucket")
 
 
 @dataclass(frozen=True)
@@ -117,7 +128,11 @@ class Spool:
 
     def add(self, item: Item, targets: tuple[str, ...], limits: dict[tuple[str, str], tuple[str, int]]) -> int:
         """Store an item with a pending delivery per target and the limit counts it used, in one
-        transaction; evict the oldest items past the bounds. Returns how many were evicted."""
+        transaction; evict the oldest items past the bounds. Returns how many were evicted.
+
+        ``limits``: (strategy, window) -> (bucket, how many to add). Counts are added in SQL, so two
+        processes sampling into one spool (the daemon and a Python-API pipeline) add up; a new bucket
+        (the next hour, day or batch) starts from the amount given."""
         return self.add_many([(item, limits)], targets)
 
     def add_many(self, entries: list[tuple[Item, dict[tuple[str, str], tuple[str, int]]]],
@@ -134,9 +149,7 @@ class Spool:
                             json.dumps(item.tags), len(item.jpeg) + len(predictions), item.batch))
                 db.executemany("INSERT INTO pending (item_id, target) VALUES (?, ?)",
                                [(item.id, t) for t in targets])
-                db.executemany("INSERT INTO limits VALUES (?, ?, ?, ?) ON CONFLICT (strategy, window) "
-                               "DO UPDATE SET bucket = excluded.bucket, count = excluded.count",
-                               [(s, w, b, c) for (s, w), (b, c) in limits.items()])
+                db.executemany(_ADD_TO_LIMIT, [(s, w, b, c) for (s, w), (b, c) in limits.items()])
             return self._evict(db)
 
     def _evict(self, db: sqlite3.Connection) -> int:

@@ -73,6 +73,15 @@ def yolo_lines(predictions: dict[str, Any], class_names: tuple[str, ...]) -> lis
     return lines
 
 
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def file_name(text: str) -> str:
+    """``text`` as one safe file or folder name: runs of other characters become "-", leading dots go
+    (no hidden names, no "." or "..")."""
+    return _UNSAFE.sub("-", text).lstrip(".") or "-"
+
+
 class FolderTarget:
     name = "folder"
 
@@ -81,14 +90,13 @@ class FolderTarget:
 
     def send(self, delivery: Delivery, spool: Spool) -> None:
         item = delivery.item
-        base = self.root / re.sub(r"[^A-Za-z0-9_.-]+", "-", item.model_id)
+        base = self.root / file_name(item.model_id)
         if item.batch:
-            base = base / re.sub(r"[^A-Za-z0-9_.-]+", "-", item.batch).lstrip(".")
-        stem = f"{item.source_id}-{item.id}"
-        stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem)
+            base = base / file_name(item.batch)
+        stem = file_name(f"{item.source_id}-{item.id}")
         if "top" in item.predictions or isinstance(item.predictions.get("predictions"), dict):  # classification
-            top = item.predictions.get("top") or "unlabelled"
-            write_bytes(base / "classify" / re.sub(r"[^A-Za-z0-9_.-]+", "-", top) / f"{stem}.jpg", item.jpeg)
+            write_bytes(base / "classify" / file_name(item.predictions.get("top") or "unlabelled") / f"{stem}.jpg",
+                        item.jpeg)
             return
         write_bytes(base / "images" / f"{stem}.jpg", item.jpeg)
         write_text(base / "labels" / f"{stem}.txt", "".join(line + "\n" for line in
@@ -215,6 +223,7 @@ class Uploader:
         self._next_warning = 0.0
 
     def start(self) -> None:
+        self._stop.clear()
         self._thread = threading.Thread(target=self._run, name=f"al-upload-{self.target.name}", daemon=True)
         self._thread.start()
 

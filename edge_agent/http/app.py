@@ -61,12 +61,25 @@ PUBLIC_MESSAGES: dict[type[EdgeAgentError], str] = {
     Overloaded: "Model is temporarily not ready - retry request.",
 }
 
-# Roboflow routes edge-agent does not implement (docs/http-api.md §6.2): a clear 501 instead of the legacy catch-all.
-UNSUPPORTED = ("/infer/workflows", "/infer/workflows/<path:rest>", "/workflows/run", "/workflows/<path:rest>",
-               "/<workspace>/workflows/<path:rest>", "/infer/lmm", "/clip/<path:rest>", "/sam/<path:rest>",
-               "/sam2/<path:rest>", "/sam3/<path:rest>", "/sam3_3d/<path:rest>", "/yolo_world/<path:rest>",
-               "/perception_encoder/<path:rest>", "/doctr/<path:rest>", "/gaze/<path:rest>", "/cogvlm/<path:rest>",
-               "/infer/semantic_segmentation")
+# Roboflow routes edge-agent does not implement (docs/http-api.md §6.2), each with the family of models or
+# feature it belongs to: a clear 501 instead of the legacy catch-all (or /infer/<task>'s 404). Every route of
+# inference-sdk 1.8.3's client that edge-agent does not serve is here.
+_WORKFLOWS = "Workflows"
+UNSUPPORTED = {
+    "/infer/workflows": _WORKFLOWS, "/infer/workflows/<path:rest>": _WORKFLOWS, "/workflows/run": _WORKFLOWS,
+    "/workflows/<path:rest>": _WORKFLOWS, "/<workspace>/workflows/<path:rest>": _WORKFLOWS,
+    "/infer/lmm": "large multimodal models (LMM)", "/infer/lmm/<path:rest>": "large multimodal models (LMM)",
+    "/infer/embeddings": "embedding models", "/infer/action_recognition": "action recognition models",
+    "/infer/depth-estimation": "depth estimation models",
+    "/infer/depth-estimation/<path:rest>": "depth estimation models",
+    "/infer/semantic_segmentation": "semantic segmentation models",
+    "/clip/<path:rest>": "CLIP", "/sam/<path:rest>": "Segment Anything (SAM)",
+    "/sam2/<path:rest>": "Segment Anything 2 (SAM2)", "/sam3/<path:rest>": "Segment Anything 3 (SAM3)",
+    "/sam3_3d/<path:rest>": "SAM3 3D", "/yolo_world/<path:rest>": "YOLO-World",
+    "/perception_encoder/<path:rest>": "Perception Encoder", "/doctr/<path:rest>": "DocTR (OCR)",
+    "/gaze/<path:rest>": "gaze detection", "/cogvlm/<path:rest>": "CogVLM",
+    "/initialise_webrtc_worker": "WebRTC streaming", "/webrtc/<path:rest>": "WebRTC streaming",
+}
 
 
 # Swagger UI's validator badge would send the device's address to validator.swagger.io.
@@ -101,7 +114,7 @@ REDOC_CDN_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
 @functools.cache
 def redoc_script() -> bytes:
     """The bundled ReDoc script with its sidebar logo (the one thing it loads from a CDN) made a data:
-    URI of the package's own logo, so the page asks nothing of the internet (issue 19)."""
+    URI of the package's own logo, so the page asks nothing of the internet."""
     import flask_openapi3_redoc  # lazy: only /redoc needs it
 
     folder = Path(flask_openapi3_redoc.__file__).parent / "templates" / "redoc"
@@ -110,9 +123,9 @@ def redoc_script() -> bytes:
         REDOC_CDN_LOGO, b"data:image/svg+xml;base64," + logo)
 
 
-def _to_page(page: str) -> Callable[[], Response]:
+def _to_page(page: str) -> Callable[[], ResponseReturnValue]:
     """``/docs/`` -> ``/docs``: a relative redirect, right behind a proxy that adds a path prefix too."""
-    return lambda: redirect(f"../{page}", 308)  # type: ignore[return-value]
+    return lambda: redirect(f"../{page}", 308)
 
 
 class CompactJSON(DefaultJSONProvider):
@@ -215,8 +228,9 @@ def create_app(services: HttpServices) -> OpenAPI:
         app.add_url_rule(f"/{page}/", f"{page}_slash", _to_page(page), methods=["GET"])
 
     app.add_url_rule("/infer/<task>", "unknown_task", _unknown_task, methods=["POST"])
-    for i, rule in enumerate(UNSUPPORTED):
-        app.add_url_rule(rule, f"unsupported_{i}", _unsupported, methods=["GET", "POST"])
+    for i, (rule, family) in enumerate(UNSUPPORTED.items()):
+        app.add_url_rule(rule, f"unsupported_{i}", _unsupported, methods=["GET", "POST"],
+                         defaults={"family": family})
 
     @app.before_request
     def _start() -> ResponseReturnValue | None:
@@ -249,7 +263,8 @@ def create_app(services: HttpServices) -> OpenAPI:
         rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
         services.metrics.observe_request(rule, model_id, response.status_code, elapsed)
         if server.access_log and access_log.isEnabledFor(logging.INFO):
-            access_log.info("%s %s %d %.1f ms %s", request.method, request.path, response.status_code, elapsed * 1e3,
+            access_log.info("%s %s %d %.1f ms %s", request.method, loggable(request.path), response.status_code,
+                            elapsed * 1e3,
                             request.remote_addr or "-")
         return response
 
@@ -258,9 +273,9 @@ def create_app(services: HttpServices) -> OpenAPI:
         if isinstance(exc, EdgeAgentError):
             status = _error_status(exc)
             if status >= 500:
-                log.warning("%s %s: %s", request.method, request.path, exc, exc_info=status == 500)
+                log.warning("%s %s: %s", request.method, loggable(request.path), exc, exc_info=status == 500)
             elif exc.message != exc.public or _ABSOLUTE_PATH.search(exc.message):  # the detail the body leaves out
-                log.info("%s %s (%d): %s", request.method, request.path, status, exc.message)
+                log.info("%s %s (%d): %s", request.method, loggable(request.path), status, exc.message)
             response = jsonify(_error_body(exc))
             response.status_code = status
             if isinstance(exc, (Overloaded, NotReady)):
@@ -276,10 +291,16 @@ def create_app(services: HttpServices) -> OpenAPI:
             if exc.code == 404:
                 return jsonify({"detail": exc.name}), 404
             return jsonify({"message": exc.description or exc.name}), exc.code or 400
-        log.exception("%s %s failed", request.method, request.path)
+        log.exception("%s %s failed", request.method, loggable(request.path))
         return jsonify({"message": INTERNAL_ERROR}), 500
 
     return app
+
+
+def loggable(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``, ``\\x1b``): a percent-decoded path such as
+    ``/a%0a127.0.0.1 GET /admin`` cannot forge a line of the log."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def _unknown_task(task: str) -> ResponseReturnValue:
@@ -287,8 +308,11 @@ def _unknown_task(task: str) -> ResponseReturnValue:
     return jsonify({"message": f"Unknown task '{task}'. Routes: {known}."}), 404
 
 
-def _unsupported(**_: str) -> ResponseReturnValue:
-    return jsonify({"message": f"Not supported by edge-agent: {request.path}"}), 501
+def _unsupported(family: str, **_: str) -> ResponseReturnValue:
+    served = ", ".join(f"/infer/{t}" for t in common.ROUTE_TASKS)
+    return jsonify({"message": f"Not supported by edge-agent: {request.path}",
+                    "reason": f"{family}: edge-agent serves Roboflow's trained models only ({served} and "
+                              "/{project}/{version})"}), 501
 
 
 def _open(path: str) -> bool:

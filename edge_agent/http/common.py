@@ -15,7 +15,9 @@ import numpy as np
 from flask import current_app, request
 
 from edge_agent.errors import InvalidInput
+from edge_agent.http.schemas import ImageInput
 from edge_agent.http.services import HttpServices
+from edge_agent.images import from_declaration
 from edge_agent.params import InferenceParams
 from edge_agent.results import Result
 from edge_agent.roboflow_json import to_roboflow
@@ -87,10 +89,14 @@ def given_keys() -> list[str]:
     return keys
 
 
-def load_model(model_id: str) -> LoadedModel:
+def load_model(model_id: str, fallback_key: str | None = None) -> LoadedModel:
     """Load (or find) the model and note it for the response headers and metrics. A model the store
-    lacks is pulled from Roboflow's API with the request's key (when the device is online)."""
+    lacks is pulled from Roboflow's API with the request's key (when the device is online).
+    ``fallback_key``: a key the route read from a body of its own (v1's JSON body), used after the query's
+    and the Bearer header's (docs/http-api.md §1.3)."""
     keys = given_keys()
+    if fallback_key and fallback_key != "None":
+        keys.append(fallback_key)
     loaded, cold = services().inference.model(model_id, keys[0] if keys else None)
     state = request_state()
     state.model_id = loaded.model_id
@@ -99,7 +105,27 @@ def load_model(model_id: str) -> LoadedModel:
     return loaded
 
 
-def load_images(loaded: LoadedModel, loaders: Sequence[Callable[[bool], np.ndarray]],
+Loader = Callable[[bool], np.ndarray]  # auto_orient -> the image
+
+
+def declared_loaders(image: ImageInput | list[ImageInput]) -> list[Loader]:
+    """The loaders of a JSON body's ``image`` (one, or a list; v2 and v1's JSON body), under the server's
+    limits; a 400 for an empty list or one past ``[server] max_batch_images``."""
+    found = services()
+    images = image if isinstance(image, list) else [image]
+    if not images:
+        raise InvalidInput("image: the list of images is empty.")
+    if len(images) > found.server.max_batch_images:
+        raise InvalidInput(f"Batch too large: at most {found.server.max_batch_images} images per request.")
+    limits, allow_numpy = found.limits, found.server.allow_numpy
+
+    def loader(declared: ImageInput) -> Loader:
+        return lambda orient: from_declaration(declared.type, declared.value, limits, orient, allow_numpy)
+
+    return [loader(declared) for declared in images]
+
+
+def load_images(loaded: LoadedModel, loaders: Sequence[Loader],
                 params: InferenceParams) -> list[np.ndarray]:
     """Call each image loader with the auto-orient flag this model and request call for (docs/http-api.md §2.2)."""
     orient = loaded.model.auto_orient(params)

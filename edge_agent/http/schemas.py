@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Confidence = float | Literal["best", "default"]
 
@@ -56,6 +56,14 @@ class InferenceRequest(_Model):
     disable_preproc_grayscale: bool = False
     disable_preproc_static_crop: bool = False
     disable_active_learning: bool = Field(False, description="never sample these images for active learning")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_absent(cls, data: Any) -> Any:
+        """Roboflow declares the options ``Optional`` with defaults: an explicit ``null`` is the default."""
+        if isinstance(data, dict) and None in data.values():
+            return {key: value for key, value in data.items() if value is not None}
+        return data
 
 
 class ClassificationRequest(InferenceRequest):

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from flask import Response, jsonify, request
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import ValidationError
@@ -28,20 +26,19 @@ from edge_agent.http import common
 from edge_agent.http.schemas import (
     DetectionResponse,
     ErrorMessage,
-    ImageInput,
     KeypointsRequest,
     LegacyPath,
     LegacyQuery,
     SegmentationRequest,
     ValidationErrorBody,
 )
-from edge_agent.images import ImageLimits, bytes_from_base64, from_bytes, from_declaration, from_npy, from_url
+from edge_agent.images import bytes_from_base64, from_bytes, from_npy, from_url
 from edge_agent.params import InferenceParams
+from edge_agent.store.importers import BINARY_IMAGE_SIGNATURES
 
 tag = Tag(name="Inference (v1, legacy)", description="Roboflow's hosted-API route `/{project}/{version}`")
 bp = APIBlueprint("v1", __name__, abp_tags=[tag], abp_responses={422: ValidationErrorBody})
 
-_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
 _UTF8_BOM = b"\xef\xbb\xbf"  # json.loads reads bytes that start with it
 
 
@@ -131,15 +128,12 @@ class JsonBody(SegmentationRequest, KeypointsRequest):
     model_id: str = ""
 
 
-Loader = Callable[[bool], np.ndarray]
-
-
 @dataclass(frozen=True)
 class LegacySource:
     """Where a legacy request's images come from: loaders ``f(auto_orient) -> image``, and the JSON body
     when the request has one."""
 
-    loaders: list[Loader]
+    loaders: list[common.Loader]
     body: JsonBody | None = None
 
 
@@ -178,20 +172,6 @@ def json_body(raw: bytes) -> JsonBody:
         raise InvalidInput("Invalid JSON body: " + "; ".join(fields.values())) from None
 
 
-def _json_source(raw: bytes, limits: ImageLimits, allow_numpy: bool, max_images: int) -> LegacySource:
-    body = json_body(raw)
-    images: list[ImageInput] = body.image if isinstance(body.image, list) else [body.image]
-    if not images:
-        raise InvalidInput("image: the list of images is empty.")
-    if len(images) > max_images:
-        raise InvalidInput(f"Batch too large: at most {max_images} images per request.")
-
-    def loader(image: ImageInput) -> Loader:
-        return lambda orient: from_declaration(image.type, image.value, limits, orient, allow_numpy)
-
-    return LegacySource([loader(image) for image in images], body)
-
-
 def _legacy_body(query: LegacyQuery) -> LegacySource:
     """The request's image source, per docs/http-api.md §3.3."""
     found = common.services()
@@ -215,10 +195,11 @@ def _legacy_body(query: LegacyQuery) -> LegacySource:
         if not found.server.allow_numpy:
             raise ImageLoadError("NumPy image type is not supported in this configuration of `inference`.")
         return LegacySource([lambda orient: from_npy(body, limits)])
-    if body.startswith(_IMAGE_MAGIC):  # docs/http-api.md §12 #13: raw JPEG/PNG bytes are an image too
+    if body.startswith(BINARY_IMAGE_SIGNATURES):  # docs/http-api.md §12 #13: raw JPEG/PNG bytes are an image too
         return LegacySource([lambda orient: from_bytes(body, limits, orient)])
     if body[:64].lstrip().removeprefix(_UTF8_BOM)[:1] == b"{":  # never base64 nor an image: seed 004's JSON body
-        return _json_source(body, limits, found.server.allow_numpy, found.server.max_batch_images)
+        parsed = json_body(body)
+        return LegacySource(common.declared_loaders(parsed.image), parsed)
     return LegacySource([lambda orient: from_bytes(bytes_from_base64(body), limits, orient)])
 
 
@@ -266,7 +247,7 @@ def _legacy(path: LegacyPath, query: LegacyQuery) -> Any:
     fmt = query.format.lower()
     source = _legacy_body(query)
     body = source.body
-    loaded = common.load_model(model_id)
+    loaded = common.load_model(model_id, fallback_key=body.api_key if body is not None else None)
     task = loaded.model.task
     options = _query_options(query, task)
     labels, stroke, visualize, inference_id = query.labels, query.stroke, fmt in ("image", "image_and_json"), None

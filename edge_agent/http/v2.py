@@ -17,13 +17,11 @@ from edge_agent.http.schemas import (
     DetectionRequest,
     DetectionResponse,
     ErrorMessage,
-    ImageInput,
     InferenceRequest,
     KeypointsRequest,
     SegmentationRequest,
     ValidationErrorBody,
 )
-from edge_agent.images import from_declaration
 from edge_agent.params import InferenceParams
 
 tag = Tag(name="Inference (v2)", description="Roboflow's `/infer/{task}` routes, as InferenceHTTPClient calls them")
@@ -39,13 +37,7 @@ def _many(model: type[BaseModel]) -> type[RootModel[Any]]:
 
 
 def _infer(route_task: str, body: InferenceRequest, extra: dict[str, Any]) -> Any:
-    found = common.services()
-    limit = found.server.max_batch_images
-    images: list[ImageInput] = body.image if isinstance(body.image, list) else [body.image]
-    if len(images) > limit:
-        raise InvalidInput(f"Batch too large: at most {limit} images per request.")
-    if not images:
-        raise InvalidInput("image: the list of images is empty.")
+    loaders = common.declared_loaders(body.image)
     loaded = common.load_model(body.model_id)
     want = common.ROUTE_TASKS[route_task]
     if loaded.model.task != want:
@@ -60,10 +52,6 @@ def _infer(route_task: str, body: InferenceRequest, extra: dict[str, Any]) -> An
         disable_preproc_static_crop=body.disable_preproc_static_crop,
         **extra,
     )
-    allow_numpy = found.server.allow_numpy
-    loaders = [
-        (lambda orient, im=im: from_declaration(im.type, im.value, found.limits, orient, allow_numpy)) for im in images
-    ]
     decoded = common.load_images(loaded, loaders, params)
     bodies = common.run(loaded, decoded, params, body.id, body.visualize_predictions,
                         body.visualization_labels, body.visualization_stroke_width,

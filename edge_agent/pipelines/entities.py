@@ -40,11 +40,14 @@ class SinkMode(Enum):
 
 class BufferFillingStrategy(Enum):
     """What a source's reader does when its buffer is full: wait (files), drop the oldest frame
-    (streams), or drop the new one."""
+    (streams), or drop the new one. The ``ADAPTIVE_`` forms (Roboflow's, which also drop frames while
+    the consumer lags) act as the plain ones here."""
 
     WAIT = "WAIT"
     DROP_OLDEST = "DROP_OLDEST"
+    ADAPTIVE_DROP_OLDEST = "ADAPTIVE_DROP_OLDEST"
     DROP_LATEST = "DROP_LATEST"
+    ADAPTIVE_DROP_LATEST = "ADAPTIVE_DROP_LATEST"
 
 
 class BufferConsumptionStrategy(Enum):

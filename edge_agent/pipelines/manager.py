@@ -3,7 +3,8 @@
 behave the same. Each pipeline gets the ``Inference`` the manager was given: the daemon's models,
 loaded once and shared with HTTP requests.
 
-A pipeline's outputs on disk (``outputs: ["jsonl", "video"]``) go to ``<state>/pipelines/<id>/``:
+A pipeline's outputs on disk (``outputs: ["jsonl", "video"]``) go to ``<state>/pipelines/<id>/``
+(``predictions.jsonl``; ``annotated.mp4``, or ``annotated-<n>.mp4`` per source of several):
 callers over the network name what to produce, never where to write. Each pipeline also keeps its last
 ``results_buffer_size`` results for ``/inference_pipelines/{id}/consume`` (a ``ResultsBuffer``: Roboflow
 JSON, the frame only when a workflow output asks for it).
@@ -22,7 +23,8 @@ from edge_agent.inference import Inference
 from edge_agent.params import InferenceParams
 from edge_agent.pipeline_spec import PipelineSpec, is_pipeline_id
 from edge_agent.pipelines.entities import BufferConsumptionStrategy, BufferFillingStrategy
-from edge_agent.pipelines.pipeline import InferencePipeline, JsonLinesSink, PreviewSink, Sink, VideoFileSink
+from edge_agent.pipelines.file_outputs import AnnotatedVideoFile, JsonLinesSink
+from edge_agent.pipelines.pipeline import InferencePipeline, PreviewSink, Sink
 from edge_agent.pipelines.stream_manager import PREDICTIONS_ONLY, ResultsBuffer, WorkflowOutput
 from edge_agent.pipelines.watchdog import BasePipelineWatchDog
 
@@ -30,11 +32,11 @@ log = logging.getLogger(__name__)
 
 
 def _source_options(spec: PipelineSpec) -> dict[str, Any]:
-    """Roboflow's video options of ``spec`` as the pipeline takes them (``ADAPTIVE_DROP_OLDEST`` is
-    ``DROP_OLDEST`` here, ``ADAPTIVE_DROP_LATEST`` is ``DROP_LATEST``)."""
+    """Roboflow's video options of ``spec`` as the pipeline takes them (``ADAPTIVE_DROP_OLDEST`` acts as
+    ``DROP_OLDEST`` there, ``ADAPTIVE_DROP_LATEST`` as ``DROP_LATEST``)."""
     filling, consumption = spec.source_buffer_filling_strategy, spec.source_buffer_consumption_strategy
-    return {"buffer_filling": BufferFillingStrategy[filling.removeprefix("ADAPTIVE_")] if filling else None,
-            "buffer_consumption": BufferConsumptionStrategy[consumption] if consumption else None,
+    return {"buffer_filling": BufferFillingStrategy(filling) if filling else None,
+            "buffer_consumption": BufferConsumptionStrategy(consumption) if consumption else None,
             "video_source_properties": spec.video_source_properties,
             "batch_collection_timeout": spec.batch_collection_timeout}
 
@@ -64,7 +66,7 @@ class PipelineManager:
                                      mask_decode_mode=spec.mask_decode_mode, tradeoff_factor=spec.tradeoff_factor)
             pipeline = InferencePipeline(self._inference, spec.model_id, spec.video_reference,
                                          pipeline_id=pipeline_id, params=params, max_fps=spec.max_fps,
-                                         realtime=spec.realtime,
+                                         realtime=spec.realtime, active_learning=spec.active_learning,
                                          api_key=spec.api_key.get_secret_value() if spec.api_key else None,
                                          watchdog=BasePipelineWatchDog(), **_source_options(spec))
             if not is_pipeline_id(pipeline.pipeline_id):  # pragma: no cover - generated ids match
@@ -76,7 +78,8 @@ class PipelineManager:
             if "jsonl" in spec.outputs:
                 sinks.append(JsonLinesSink(out / "predictions.jsonl", pipeline.pipeline_id))
             if "video" in spec.outputs:
-                sinks.append(VideoFileSink(out / "annotated.mp4", fps=spec.max_fps or 25.0))
+                sinks.append(AnnotatedVideoFile(out / "annotated.mp4", fps=spec.max_fps or 25.0,
+                                                sources=len(pipeline.sources)))  # annotated-<n>.mp4 for several
             pipeline.sinks.extend(sinks)
             self._pipelines[pipeline.pipeline_id] = pipeline
             self.previews[pipeline.pipeline_id] = preview

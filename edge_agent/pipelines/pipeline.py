@@ -6,8 +6,8 @@ the store lacks it and a key is at hand), takes frames from the source and runs 
 requests share one loaded model. ``Inference.infer`` announces each result on the event bus with the
 pipeline's id as source, the frame's number and its capture time; the MQTT bridge and active learning
 take them from there. When the model served for its id changes (a new version, a TensorRT engine, an
-unload), the next frame runs on the new one. Sinks of its own (a Python callback, a JSON-lines file,
-an annotated video file, the live MJPEG preview) get the frame and its result; a failing sink is logged
+unload), the next frame runs on the new one. Sinks of its own (a Python callback, the files of
+``file_outputs.py``, the live MJPEG preview here) get the frame and its result; a failing sink is logged
 and counted, never stops the pipeline.
 
 Several sources make one pipeline (frames taken as a batch, at most one per source), and Roboflow's
@@ -22,18 +22,15 @@ terminated) are logged at INFO.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from edge_agent.errors import InvalidInput
-from edge_agent.events import timestamp
 from edge_agent.inference import Inference
 from edge_agent.params import InferenceParams
 from edge_agent.pipelines.dispatch import SinkDispatcher, SinkHandler
@@ -54,9 +51,6 @@ from edge_agent.roboflow_json import to_roboflow
 from edge_agent.serving.manager import LoadedModel
 from edge_agent.visualize import draw, encode_jpeg
 
-if TYPE_CHECKING:
-    import cv2
-
 log = logging.getLogger(__name__)
 
 Sink = Callable[[Frame, Result], None]
@@ -71,46 +65,7 @@ INFERENCE_COMPLETED_EVENT = "INFERENCE_COMPLETED"
 INFERENCE_ERROR_EVENT = "INFERENCE_ERROR"
 CONNECTION_LOST_EVENT = "SOURCE_CONNECTION_LOST"
 STREAM_STATE_EVENT = "STREAM_STATE_UPDATE"
-
-
-class JsonLinesSink:
-    """One line of Roboflow JSON (plus source, frame and times) per frame, appended to ``path``."""
-
-    def __init__(self, path: Path, pipeline_id: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = path.open("a", encoding="utf-8")
-        self.pipeline_id = pipeline_id
-
-    def __call__(self, frame: Frame, result: Result) -> None:
-        body = {**to_roboflow(result), "source_id": self.pipeline_id, "frame_id": frame.frame_id,
-                "captured_at": timestamp(frame.captured_at)}
-        self._file.write(json.dumps(body, separators=(",", ":")) + "\n")
-        self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
-
-
-class VideoFileSink:
-    """The frames with their results drawn, written to an MP4 file (OpenCV's FFmpeg, mp4v)."""
-
-    def __init__(self, path: Path, fps: float, colours: dict[str, str] | None = None) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path, self.fps, self.colours = path, fps, colours
-        self._writer: cv2.VideoWriter | None = None
-
-    def __call__(self, frame: Frame, result: Result) -> None:
-        import cv2  # lazy: cv2
-
-        image = draw(frame.image, result, colours=self.colours)
-        if self._writer is None:
-            h, w = image.shape[:2]
-            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter.fourcc(*"mp4v"), self.fps, (w, h))
-        self._writer.write(image)
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.release()
+MUTED_DRAIN = 4  # frames of a muted source read (and dropped) per batch, at most: a file's buffer
 
 
 class PreviewWatcher:
@@ -145,7 +100,8 @@ class PreviewWatcher:
 
 class PreviewSink:
     """The newest annotated frame as JPEG, for ``GET /pipelines/{id}/preview.mjpg``. Encoding happens
-    only while someone watches, at most ``max_fps`` times a second, once for all watchers."""
+    only while someone watches, at most ``max_fps`` times a second, once for all watchers. A pipeline of
+    several sources shows its first (source 0) only."""
 
     def __init__(self, max_fps: float = 10.0, colours: dict[str, str] | None = None) -> None:
         self.max_fps = max_fps
@@ -175,7 +131,7 @@ class PreviewSink:
                 self._watchers.remove(watcher)
 
     def __call__(self, frame: Frame, result: Result) -> None:
-        if not self._watchers or time.monotonic() - self._last < 1.0 / self.max_fps:
+        if not self._watchers or frame.source_id != 0 or time.monotonic() - self._last < 1.0 / self.max_fps:
             return
         jpeg = encode_jpeg(draw(frame.image, result, colours=self.colours), quality=80)
         with self._cond:
@@ -208,8 +164,8 @@ class InferencePipeline:
                  sink_mode: SinkMode = SinkMode.ADAPTIVE, batch_collection_timeout: float | None = None,
                  watchdog: PipelineWatchDog | None = None, status_update_handlers: Sequence[StatusHandler] = (),
                  active_learning: bool = True, video_source_properties: SourceProperties | None = None,
-                 buffer_filling: BufferFillingStrategy | None = None,
-                 buffer_consumption: BufferConsumptionStrategy | None = None, predictions_queue_size: int = 512,
+                 buffer_filling: BufferFillingStrategy | str | None = None,
+                 buffer_consumption: BufferConsumptionStrategy | str | None = None, predictions_queue_size: int = 512,
                  on_pipeline_start: Callable[[], None] | None = None,
                  on_pipeline_end: Callable[[], None] | None = None) -> None:
         if (inference is None or model_id is None) and on_video_frame is None:
@@ -271,7 +227,8 @@ class InferencePipeline:
     def start(self, use_main_thread: bool = False) -> None:
         """Start the pipeline thread. ``use_main_thread``: run ``on_prediction`` on the calling thread and
         return when the pipeline ends (Roboflow's default); else the sink gets a thread of its own."""
-        self.state = "starting"
+        if self.state == "created":  # "paused" when pause_stream() came first: it starts paused
+            self.state = "starting"
         self._thread = threading.Thread(target=self._run, name=f"pipeline-{self.pipeline_id}", daemon=True)
         self._thread.start()
         if self._on_pipeline_start is not None:
@@ -288,13 +245,14 @@ class InferencePipeline:
         self._dispatch_thread.start()
 
     def pause(self) -> None:
-        if self.state in ("running", "starting", "loading"):
+        """Take no frame until ``resume`` (also before ``start``: the pipeline then starts paused)."""
+        if self.state in ("created", "starting", "loading", "running"):
             self._resume.clear()
             self.state = "paused"
 
     def resume(self) -> None:
         if self.state == "paused":
-            self.state = "running"
+            self.state = "running" if self._thread is not None else "created"
         self._resume.set()
 
     def pause_stream(self, source_id: int | None = None) -> None:
@@ -370,7 +328,8 @@ class InferencePipeline:
         log.info("pipeline %s started: model %s on %s", self.pipeline_id, self.model_id,
                  ", ".join(s.shown for s in self.sources))
         try:
-            self.state = "loading"
+            if self.state == "starting":
+                self.state = "loading"
             loaded = self._inference.model(self.model_id, self._api_key)[0] if self._inference is not None \
                 and self._on_video_frame is None else None
             if self._stop.is_set():
@@ -385,7 +344,7 @@ class InferencePipeline:
             self.state = "failed"
             log.error("pipeline %s failed: %s", self.pipeline_id, self.error)
             send_status(self.status_update_handlers, UpdateSeverity.ERROR, INFERENCE_ERROR_EVENT,
-                        {"error_type": type(exc).__name__, "error_message": str(exc),
+                        {"error_type": type(exc).__name__, "error_message": self.error,  # not a local path
                          "error_context": "inference_thread"})
         finally:
             self._close()
@@ -442,25 +401,25 @@ class InferencePipeline:
             return None
 
     def _next_batch(self) -> list[Frame] | None:
-        """At most one frame per source; [] when none came within 0.5 s; None when all ended."""
+        """At most one frame per source; [] when none came within 0.5 s; None when all ended. With
+        ``batch_collection_timeout``, the first frame is waited for as without it, the others until that
+        many seconds after the start (0: those already there)."""
         started = time.monotonic()
         deadline = None if self.batch_collection_timeout is None else started + self.batch_collection_timeout
         batch: dict[int, Frame] = {}
         while not self._stop.is_set():
             active = [s for s in self.sources if s.source_id not in self._ended]
             if not active:
-                return None if not batch else list(batch.values())
-            pending = [s for s in active if s.source_id not in batch and self._held.get(s.source_id) != "paused"
+                return None if not batch else [batch[i] for i in sorted(batch)]
+            pending = [s for s in active if s.source_id not in batch and s.source_id not in self._held
                        and not (batch and s.state in ("connecting", "reconnecting"))]  # a lost camera holds no one
-            for source in active:
-                if self._held.get(source.source_id) == "paused" and source.live:
-                    self._read(source, 0)
+            muted = self._drain_held(active)
             if not pending:
-                if not batch:  # every source with frames left is paused
-                    self._stop.wait(0.05)
+                if not batch:  # every source with frames left is paused or muted
+                    self._stop.wait(0.01 if muted else 0.05)
                 break
             timeout = 0.5 if len(pending) == 1 else 0.01
-            if deadline is not None:
+            if deadline is not None and batch:
                 timeout = max(0.0, min(timeout, deadline - time.monotonic()))
             for source in pending:
                 frame = self._read(source, timeout)
@@ -471,9 +430,26 @@ class InferencePipeline:
                     continue
                 batch[source.source_id] = frame
             now = time.monotonic()
-            if (deadline is not None and now >= deadline) or (not batch and now - started >= 0.5):
+            if (batch and deadline is not None and now >= deadline) or (not batch and now - started >= 0.5):
                 break
         return [batch[i] for i in sorted(batch)]
+
+    def _drain_held(self, sources: list[VideoSource]) -> bool:
+        """Without waiting: a muted source's buffered frames (at most ``MUTED_DRAIN`` of them) are read and
+        counted as skipped, a paused live source's newest frame wins. The others never wait for either.
+        True when a source is muted."""
+        muted = False
+        for source in sources:
+            held = self._held.get(source.source_id)
+            if held == "muted":
+                muted = True
+                for _ in range(MUTED_DRAIN):
+                    if self._read(source, 0) is None:
+                        break
+                    self.frames_skipped += 1
+            elif held == "paused" and source.live:
+                self._read(source, 0)
+        return muted
 
     def _pace(self, batch: list[Frame]) -> list[Frame]:
         """``max_fps``: a batch with a file frame waits for its turn (none dropped); a batch of live
@@ -558,7 +534,7 @@ class InferencePipeline:
         elif new == "reconnecting":
             severity = UpdateSeverity.WARNING
             send_status(self.status_update_handlers, severity, CONNECTION_LOST_EVENT,
-                        {"source_reference": str(source.reference), "source_id": source.source_id})
+                        {"source_reference": source.shown, "source_id": source.source_id})
         send_status(self.status_update_handlers, severity, STREAM_STATE_EVENT,
                     {"source_id": source.source_id, "previous_state": STREAM_STATES.get(previous),
                      "new_state": STREAM_STATES.get(new), "error": source.last_error or None},

@@ -17,7 +17,8 @@ with the sources (``None`` where a source gave no frame), as ``SinkMode`` says.
   predictions to a middleware with Roboflow's ``register_batch``. (The device's own active learning
   samples pipeline frames by itself when ``[active_learning]`` is enabled: see ``edge_agent.api``.)
 
-The daemon's own outputs (JSON lines, annotated MP4, MJPEG preview, MQTT) are in ``pipeline.py``.
+The daemon's own outputs: JSON lines and annotated MP4 in ``file_outputs.py``, the MJPEG preview in
+``pipeline.py``, MQTT in ``edge_agent.mqtt``.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import socket
+import sys
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
@@ -36,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from edge_agent.pipelines.entities import VideoFrame
-from edge_agent.visualize import colour_for
+from edge_agent.visualize import colour_for, draw_label
 
 if TYPE_CHECKING:
     import cv2
@@ -70,6 +73,11 @@ class FPSMonitor:
 DEFAULT_FPS_MONITOR = FPSMonitor()
 
 
+def has_display(environ: Mapping[str, str], platform: str) -> bool:
+    """Can a window open? On Linux only with an X11 or Wayland display named in the environment."""
+    return not platform.startswith("linux") or bool(environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY"))
+
+
 class _Display:
     """An OpenCV window, where OpenCV can open one; else a note in the log, once."""
 
@@ -85,6 +93,10 @@ class _Display:
             if not self.usable:
                 log.warning("render_boxes: this OpenCV has no GUI (opencv-python-headless): frames are not "
                             "displayed; pass on_frame_rendered=... to use them, or use VideoFileSink")
+            elif not has_display(os.environ, sys.platform):  # Qt would abort the process in imshow
+                self.usable = False
+                log.warning("render_boxes: no display (DISPLAY and WAYLAND_DISPLAY are unset): frames are not "
+                            "displayed; pass on_frame_rendered=... to use them, or use VideoFileSink")
         if not self.usable:
             return
         try:
@@ -96,6 +108,13 @@ class _Display:
 
 
 _DISPLAY = _Display()
+_WARNED: set[str] = set()  # what the sinks have warned about (once a process)
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        log.warning(message)
 
 
 def display_image(image: Rendered) -> None:
@@ -132,27 +151,17 @@ def create_tiles(images: Sequence[np.ndarray]) -> np.ndarray:
     return grid
 
 
-def _put_label(canvas: np.ndarray, text: str, x: int, y: int, colour: tuple[int, int, int]) -> None:
-    import cv2  # lazy: cv2
-
-    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
-    x = min(max(x, 0), max(canvas.shape[1] - tw - 4, 0))
-    y0 = min(max(y - th - base - 2, 0), max(canvas.shape[0] - th - base - 2, 0))
-    cv2.rectangle(canvas, (x, y0), (x + tw + 4, y0 + th + base + 2), colour, -1)
-    cv2.putText(canvas, text, (x + 2, y0 + th + 1), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
-
-
 def draw_predictions(image: np.ndarray, prediction: dict[str, Any]) -> np.ndarray:
     """A copy of ``image`` with a Roboflow response drawn: boxes, polygons, keypoints and labels, or
-    a classification's top class."""
+    a classification's top class (colours and labels as ``edge_agent.visualize.draw`` draws a ``Result``)."""
     import cv2  # lazy: cv2
 
     canvas: np.ndarray = image.copy()
     preds = prediction.get("predictions")
-    if not isinstance(preds, list):  # classification (single- or multi-label)
+    if not isinstance(preds, list) or "top" in prediction:  # classification (multi-label, single-label)
         top = prediction.get("top") or ", ".join(prediction.get("predicted_classes", []))
         if top:
-            _put_label(canvas, f"{top} {prediction.get('confidence', '')}".strip(), 4, 24, colour_for(0, str(top)))
+            draw_label(canvas, f"{top} {prediction.get('confidence', '')}".strip(), 4, 24, colour_for(0, str(top)))
         return canvas
     for p in preds:
         if "x" not in p:  # a classification list
@@ -168,21 +177,27 @@ def draw_predictions(image: np.ndarray, prediction: dict[str, Any]) -> np.ndarra
         for kp in p.get("keypoints") or []:
             if kp.get("confidence", 1.0) >= 0.5:
                 cv2.circle(canvas, (round(kp["x"]), round(kp["y"])), 3, colour, -1, cv2.LINE_AA)
-        _put_label(canvas, f"{p.get('class', '')} {float(p.get('confidence', 0.0)):.2f}", x1, y1, colour)
+        draw_label(canvas, f"{p.get('class', '')} {float(p.get('confidence', 0.0)):.2f}", x1, y1, colour)
     return canvas
 
 
 def _annotate(image: np.ndarray, prediction: dict[str, Any], annotators: Sequence[Any]) -> np.ndarray:
-    """supervision annotators (``annotator=``) over ``sv.Detections.from_inference``."""
+    """supervision annotators (``annotator=``) over ``sv.Detections.from_inference``. A prediction that
+    is not detections (a classification) cannot be: ``image`` is handed on undrawn, as Roboflow's
+    ``render_boxes`` does, and the log says so once."""
     import supervision as sv  # lazy: supervision, only for callers that pass its annotators
 
-    detections = sv.Detections.from_inference(prediction)
-    labels = [p.get("class", "") for p in prediction.get("predictions", [])]
-    for annotator in annotators:
-        if isinstance(annotator, sv.LabelAnnotator):
-            image = annotator.annotate(scene=image, detections=detections, labels=labels)
-        else:
-            image = annotator.annotate(scene=image, detections=detections)
+    try:
+        labels = [p["class"] for p in prediction["predictions"]]
+        detections = sv.Detections.from_inference(prediction)
+        for annotator in annotators:
+            if isinstance(annotator, sv.LabelAnnotator):
+                image = annotator.annotate(scene=image, detections=detections, labels=labels)
+            else:
+                image = annotator.annotate(scene=image, detections=detections)
+    except (TypeError, KeyError):
+        _warn_once("annotator", "render_boxes: supervision annotators take detections (sv.Detections."
+                   "from_inference); these predictions are not (a classification?): frames are shown undrawn")
     return image
 
 

@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -49,6 +48,7 @@ from edge_agent.pipelines.entities import (
     SourceProperties,
     StreamState,
 )
+from edge_agent.provisioning.download import redact
 
 if TYPE_CHECKING:
     import cv2
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+S = TypeVar("S", BufferFillingStrategy, BufferConsumptionStrategy)
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 
 
@@ -125,9 +126,14 @@ def describe(reference: str | int) -> tuple[str, bool]:
     return "file", False
 
 
-def redacted(reference: str | int) -> str:
-    """``reference`` fit for a log: the user and password of a URL replaced by ``***``."""
-    return re.sub(r"(?<=://)[^/@\s]+@", "***@", str(reference))
+def _strategy(kind: type[S], value: S | str | None, name: str) -> S | None:
+    """Roboflow's buffer strategy ``value`` as the enum ``kind`` (its name as a string too), or None."""
+    if value is None or isinstance(value, kind):
+        return value
+    try:
+        return kind(value)
+    except ValueError:
+        raise InvalidInput(f"{name}: {value!r} is not one of {', '.join(m.value for m in kind)}") from None
 
 
 def _capture_properties(properties: dict[str, float]) -> dict[int, float]:
@@ -209,13 +215,14 @@ class VideoSource:
                  reconnect_min_s: float = 0.5, reconnect_max_s: float = 30.0, stall_factor: float = 10.0,
                  stall_min_s: float = 2.0, stall_max_s: float = 30.0, open_timeout_s: float = 10.0,
                  source_id: int = 0, properties: dict[str, float] | None = None,
-                 filling: BufferFillingStrategy | None = None, consumption: BufferConsumptionStrategy | None = None,
+                 filling: BufferFillingStrategy | str | None = None,
+                 consumption: BufferConsumptionStrategy | str | None = None,
                  on_state: StateListener | None = None) -> None:
         self._state = "starting"
         self.on_state = on_state
         self.source_id = source_id
         self.reference = reference
-        self.shown = redacted(reference)  # for logs: a URL's user and password hidden
+        self.shown = redact(reference)  # for logs and status: credentials in a URL hidden
         self.kind, live = describe(reference)
         self.launch = ""  # GStreamer: the launch description the reference expands to
         if self.kind == "gstreamer":
@@ -228,7 +235,8 @@ class VideoSource:
         self.stall_factor, self.stall_min_s, self.stall_max_s = stall_factor, stall_min_s, stall_max_s
         self.open_timeout_s = open_timeout_s
         self.properties = _capture_properties(properties or {}) if properties else {}
-        self.filling, self.consumption = filling, consumption
+        self.filling = _strategy(BufferFillingStrategy, filling, "source_buffer_filling_strategy")
+        self.consumption = _strategy(BufferConsumptionStrategy, consumption, "source_buffer_consumption_strategy")
         self._buffer = _Buffer(1 if self.live else buffer_size, **self._buffer_modes(self.live))
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -247,8 +255,9 @@ class VideoSource:
     def _buffer_modes(self, live: bool) -> dict[str, bool]:
         filling = self.filling or (BufferFillingStrategy.DROP_OLDEST if live else BufferFillingStrategy.WAIT)
         consumption = self.consumption or (BufferConsumptionStrategy.EAGER if live else BufferConsumptionStrategy.LAZY)
-        return {"newest_wins": filling is BufferFillingStrategy.DROP_OLDEST,
-                "drop_latest": filling is BufferFillingStrategy.DROP_LATEST,
+        fill = BufferFillingStrategy
+        return {"newest_wins": filling in (fill.DROP_OLDEST, fill.ADAPTIVE_DROP_OLDEST),  # ADAPTIVE_: the plain form
+                "drop_latest": filling in (fill.DROP_LATEST, fill.ADAPTIVE_DROP_LATEST),
                 "eager": consumption is BufferConsumptionStrategy.EAGER}
 
     @property
@@ -488,12 +497,12 @@ class VideoSource:
         filling = self.filling or (BufferFillingStrategy.DROP_OLDEST if self.live else BufferFillingStrategy.WAIT)
         consumption = self.consumption or (BufferConsumptionStrategy.EAGER if self.live
                                            else BufferConsumptionStrategy.LAZY)
-        return SourceMetadata(props if self.resolution else None, str(self.reference), self._buffer._size,
+        return SourceMetadata(props if self.resolution else None, self.shown, self._buffer._size,
                               STREAM_STATES.get(self.state, StreamState.NOT_STARTED), filling, consumption,
                               self.source_id)
 
     def status(self) -> dict[str, Any]:
-        return {"reference": str(self.reference), "kind": self.kind, "live": self.live, "state": self.state,
+        return {"reference": self.shown, "kind": self.kind, "live": self.live, "state": self.state,
                 "frames_read": self.frames_read, "dropped": self.dropped, "reconnects": self.reconnects,
                 "source_fps": round(self.source_fps, 2) if self.source_fps else None,
                 "declared_fps": self.declared_fps, "resolution": list(self.resolution) if self.resolution else None,

@@ -14,6 +14,7 @@ Pure functions and one sink; no HTTP here.
 from __future__ import annotations
 
 import base64
+import logging
 import threading
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edge_agent.errors import InvalidInput
 from edge_agent.pipeline_spec import MAX_SOURCES, RESULTS_BUFFER_MAX, FillingStrategy, PipelineSpec
@@ -30,12 +31,28 @@ from edge_agent.results import Result
 from edge_agent.roboflow_json import to_roboflow
 from edge_agent.visualize import encode_jpeg
 
+log = logging.getLogger(__name__)
+
 # ------------------------------------------------------------------ the request (manager_app/entities.py)
 
 
-class VideoConfiguration(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _RoboflowShape(BaseModel):
+    """A body Roboflow's server reads: unknown keys are ignored, as there (a newer inference-sdk may send
+    more), and named in a DEBUG log line."""
 
+    model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _note_ignored(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            ignored = sorted(str(k) for k in data if k not in cls.model_fields)
+            if ignored:
+                log.debug("%s: field(s) %s ignored", cls.__name__, ", ".join(ignored))
+        return data
+
+
+class VideoConfiguration(_RoboflowShape):
     type: Literal["VideoConfiguration"] = "VideoConfiguration"
     video_reference: str | int | list[str | int] = Field(
         description="a source (file, rtsp:// or http(s):// URL, camera index, GStreamer form) or a list of them")
@@ -46,9 +63,7 @@ class VideoConfiguration(BaseModel):
     batch_collection_timeout: float | None = Field(None, ge=0)
 
 
-class WorkflowConfiguration(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class WorkflowConfiguration(_RoboflowShape):
     type: Literal["WorkflowConfiguration"] = "WorkflowConfiguration"
     workflow_specification: dict[str, Any] | None = Field(
         None, description="inline workflow: one Roboflow model block and its outputs (docs/http.md)")
@@ -62,17 +77,13 @@ class WorkflowConfiguration(BaseModel):
     video_metadata_input_name: str = "video_metadata"
 
 
-class MemorySinkConfiguration(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class MemorySinkConfiguration(_RoboflowShape):
     type: Literal["MemorySinkConfiguration"] = "MemorySinkConfiguration"
     results_buffer_size: int = Field(64, ge=1, le=RESULTS_BUFFER_MAX)
 
 
-class RoboflowInitialise(BaseModel):
+class RoboflowInitialise(_RoboflowShape):
     """``InitialisePipelinePayload``: what inference-sdk's ``start_inference_pipeline_with_workflow`` sends."""
-
-    model_config = ConfigDict(extra="forbid")
 
     video_configuration: VideoConfiguration
     processing_configuration: WorkflowConfiguration
@@ -83,9 +94,7 @@ class RoboflowInitialise(BaseModel):
     decoding_buffer_size: int = Field(5, description="accepted; no effect")
 
 
-class ConsumeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ConsumeRequest(_RoboflowShape):
     excluded_fields: list[str] = Field(default_factory=list, max_length=256,
                                        description="workflow outputs to leave out")
     api_key: str | None = Field(None, max_length=512, description="sent by inference-sdk; not needed here")
@@ -248,6 +257,10 @@ def _parameters(step: Mapping[str, Any], block: Block, inputs: _Inputs) -> dict[
             found["confidence"] = inputs.resolve(f"{where}.custom_confidence", step.get("custom_confidence", 0.4))
         elif mode not in ("best", "default"):
             raise InvalidInput(f"{where}: confidence_mode must be best, default or custom, got {mode!r}")
+    disable = inputs.resolve(f"{where}.disable_active_learning", step.get("disable_active_learning", True))
+    if not isinstance(disable, bool):  # Roboflow's model blocks default it to True: no sampling
+        raise InvalidInput(f"{where}: disable_active_learning must be true or false, got {disable!r}")
+    found["active_learning"] = not disable
     return found
 
 
@@ -294,7 +307,7 @@ def _video(video: VideoConfiguration) -> dict[str, Any]:
             "source_buffer_filling_strategy": video.source_buffer_filling_strategy,
             "source_buffer_consumption_strategy": video.source_buffer_consumption_strategy,
             "video_source_properties": video.video_source_properties or None,
-            "batch_collection_timeout": video.batch_collection_timeout or None}
+            "batch_collection_timeout": video.batch_collection_timeout}  # 0 stays 0: take what is there
 
 
 def translate(body: RoboflowInitialise) -> tuple[PipelineSpec, tuple[WorkflowOutput, ...]]:

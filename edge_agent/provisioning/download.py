@@ -70,9 +70,12 @@ CHUNK = 256 * 1024
 PROGRESS_INTERVAL_S = 0.25
 _HEADERS = {"User-Agent": "edge-agent", "Accept-Encoding": "identity"}
 _URLLIB3_LOGGERS = ("urllib3.connectionpool", "urllib3.poolmanager", "urllib3.util.retry")
-# api_key, and the signatures of the signed storage URLs the API hands out for the files
-_API_KEY = re.compile(r"(?i)((?:api_key|signature|sig|x-amz-security-token|token)=)([^&#\s'\"<>]*)")
-_USERINFO = re.compile(r"(?i)(\bhttps?://)[^/@\s'\"<>]+@")  # user:password@ in a URL
+# api_key, the signatures of the signed storage URLs the API hands out for the files, and passwords
+_API_KEY = re.compile(r"(?i)((?:api_key|signature|sig|x-amz-security-token|token|password|passwd|pwd|secret)=)"
+                      r"([^&#\s'\"<>]*)")
+_HIDDEN = ("pass", "pwd", "secret", "token")  # values hidden whole (api_key, signatures: 2+2 characters)
+# user:password@ of a URL of any scheme, up to the last '@' before the query (a password may hold '@' or '/')
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s'\"<>?#]*@")
 
 
 # -- keys ---------------------------------------------------------------------------------------
@@ -82,14 +85,24 @@ def _masked(value: str) -> str:
     return f"{value[:2]}***{value[-2:]}" if len(value) >= 8 else "***"
 
 
-def redact(url: str) -> str:
-    """``url`` (or any text) with every ``api_key=<value>`` shown as Roboflow does: ``api_key=ab***yz``.
+def _masked_value(match: re.Match[str]) -> str:
+    key, value = match.group(1), match.group(2)
+    if "***" in value:  # masked already
+        return key + value
+    return key + ("***" if any(word in key.lower() for word in _HIDDEN) else _masked(value))
 
-    Signed-URL credentials (``X-Goog-Signature=``, ``Signature=``, Azure's ``sig=``, ``token=``) are
-    masked the same way, and ``user:password@`` in a URL becomes ``***@``.
+
+def redact(url: str | int) -> str:
+    """``url`` (or any text: a log line, a video reference) fit to show, the one redactor of the project.
+
+    ``api_key=<value>`` is shown as Roboflow does (``api_key=ab***yz``), and so are signed-URL
+    credentials (``X-Goog-Signature=``, ``Signature=``, Azure's ``sig=``); ``token=``, ``password=``,
+    ``passwd=``, ``pwd=`` and ``secret=`` values become ``***``. The user and password of a URL of any
+    scheme (``rtsp://user:p@ss/word@host``) become ``***@``: everything up to the last ``@`` before the
+    query, so a password holding ``@`` or ``/`` is hidden whole.
     """
-    url = _USERINFO.sub(lambda m: m.group(1) + "***@", url)
-    return _API_KEY.sub(lambda m: m.group(1) + (m.group(2) if "***" in m.group(2) else _masked(m.group(2))), url)
+    url = _USERINFO.sub(lambda m: m.group(1) + "***@", str(url))
+    return _API_KEY.sub(_masked_value, url)
 
 
 def mask(text: str, api_key: str | None) -> str:
@@ -108,7 +121,7 @@ class _RedactKeys(logging.Filter):
             message = record.getMessage()
         except (TypeError, ValueError):
             return True
-        if _API_KEY.search(message):
+        if _API_KEY.search(message) or _USERINFO.search(message):
             record.msg, record.args = redact(message), None
         return True
 

@@ -209,14 +209,56 @@ class Model:
 _PARAMS = frozenset(f.name for f in fields(InferenceParams))
 
 
+_FLOATS = frozenset({"confidence", "iou_threshold", "keypoint_confidence", "tradeoff_factor"})
+_INTS = frozenset({"max_detections", "max_candidates"})
+_BOOLS = frozenset({"class_agnostic_nms", "disable_preproc_auto_orient", "disable_preproc_contrast",
+                    "disable_preproc_grayscale", "disable_preproc_static_crop"})
+
+
+def _typed(name: str, value: Any) -> Any:
+    """A keyword of ``infer`` as ``InferenceParams`` takes it, or an ``InvalidInput`` naming it and the
+    accepted forms: ``confidence="best"``/``"default"`` is the default threshold (as on HTTP), numbers
+    may come as text (``max_detections="5"``), and one class name is a class filter of one."""
+    if name == "confidence" and isinstance(value, str) and value.lower() in ("best", "default"):
+        return InferenceParams.confidence
+    if name in _FLOATS or name in _INTS:
+        number = value
+        if isinstance(value, str):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                number = None
+        if isinstance(number, bool) or not isinstance(number, (int, float, np.integer, np.floating)):
+            extra = ' or "best"/"default"' if name == "confidence" else ""
+            raise InvalidInput(f"{name} must be a number{extra}, got {value!r}")
+        if name in _FLOATS:
+            return float(number)
+        if float(number) != int(number):
+            raise InvalidInput(f"{name} must be a whole number, got {value!r}")
+        return int(number)
+    if name in _BOOLS:
+        if not isinstance(value, (bool, np.bool_)):
+            raise InvalidInput(f"{name} must be True or False, got {value!r}")
+        return bool(value)
+    if name == "class_filter":
+        names = [value] if isinstance(value, str) else value
+        if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+            raise InvalidInput(f"class_filter must be a class name or a list of class names, got {value!r}")
+        return tuple(names)
+    if name == "mask_decode_mode" and not isinstance(value, str):
+        raise InvalidInput(f"mask_decode_mode must be a string, got {value!r}")
+    return value
+
+
 def roboflow_params(options: dict[str, Any], model_id: str = "") -> InferenceParams:
     """``InferenceParams`` from the keywords of Roboflow's ``infer``: its own fields apply (None means
-    the default), every other keyword is ignored with a log line, as Roboflow ignores what it does not use."""
+    the default; each checked and converted by ``_typed``), every other keyword is ignored with a log
+    line, as Roboflow ignores what it does not use."""
     known: dict[str, Any] = {}
     for name, value in options.items():
         if name in _PARAMS:
             if value is not None:
-                known[name] = value
+                known[name] = _typed(name, value)
             continue
         near = difflib.get_close_matches(name, _PARAMS, n=1, cutoff=0.8)
         if near:

@@ -397,22 +397,32 @@ class _Budget:
         raise ModelImportError(f"{self.archive}: the archive {why}", public=f"the archive {why}")
 
 
-# Files people try to add by mistake (issue 19: ``models add picture.jpg``), by their first bytes.
-_IMAGE_SIGNATURES = ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"GIF8", "a GIF image"),
-                     (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"), (b"BM", "a BMP image"))
+# Image files by their first bytes: what people try to add by mistake (`models add picture.jpg`);
+# the v1 route reads the same table (a WebP is told by ``image_kind``: RIFF, then WEBP at byte 8).
+IMAGE_SIGNATURES = ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"GIF8", "a GIF image"),
+                    (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"), (b"BM", "a BMP image"))
+# The signatures that no base64 text can start with (bytes past ASCII): JPEG and PNG.
+BINARY_IMAGE_SIGNATURES = tuple(magic for magic, _ in IMAGE_SIGNATURES if not magic.isascii())
+
+
+def image_kind(head: bytes) -> str | None:
+    """What image file ``head`` (its first 12 bytes or more) starts, as "a JPEG image"; None for none."""
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "a WebP image"
+    return next((what for magic, what in IMAGE_SIGNATURES if head.startswith(magic)), None)
+
+
 WHAT_ADD_TAKES = "a model is an .onnx file, a Roboflow model folder, or a .zip or .tar(.gz) of one"
 
 
 def _not_a_model(path: Path) -> str | None:
-    """What ``path`` is when its first bytes show an image (or a WebP), else None."""
+    """What ``path`` is when its first bytes show an image (people try ``models add picture.jpg``), else None."""
     try:
         with path.open("rb") as f:
             head = f.read(16)
     except OSError:
         return None
-    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
-        return "a WebP image"
-    return next((what for magic, what in _IMAGE_SIGNATURES if head.startswith(magic)), None)
+    return image_kind(head)
 
 
 def _extract(path: Path, dest: Path, budget: _Budget) -> None:

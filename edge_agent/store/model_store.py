@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, Literal, overload
 
 from edge_agent import atomic_files
-from edge_agent.errors import ChecksumMismatch, ModelImportError, ModelLoadFailed, ModelNotFound
+from edge_agent.errors import ChecksumMismatch, ModelAlreadyInstalled, ModelImportError, ModelLoadFailed, ModelNotFound
 from edge_agent.store import importers, revisions, usage
 from edge_agent.store.manifest import Manifest, parse_model_id
 from edge_agent.store.revisions import STAMP_FORMAT as STAMP_FORMAT
@@ -310,7 +310,7 @@ class ModelStore:
         try:
             project, version = parse_model_id(staged.model_id)
             if (self.root / project / version).exists() and not replace:
-                raise ModelImportError(f"{staged.model_id!r} is already installed; remove it first or replace it")
+                raise ModelAlreadyInstalled(staged.model_id)
             manifest = self.commit(staged)
         except BaseException:
             self.discard(staged)
