@@ -23,6 +23,7 @@ from edge_agent.events import EventBus
 from edge_agent.http.services import HttpServices
 from edge_agent.images import ImageLimits
 from edge_agent.inference import Inference
+from edge_agent.logring import installed as installed_log_ring
 from edge_agent.metrics import Metrics
 from edge_agent.pipelines.manager import PipelineManager
 from edge_agent.provisioning.provisioner import Provisioner
@@ -42,6 +43,7 @@ if TYPE_CHECKING:  # built only when enabled: their modules load paho and the up
 log = logging.getLogger(__name__)
 
 PIPELINE_HANG_S = 120.0  # a running pipeline whose streaming source it has not read for this long hangs
+CONSOLE_SAMPLE_S = 1.0  # the console's system figures are sampled at most this often
 
 
 def _install_id(state_dir: Path) -> str:
@@ -118,6 +120,11 @@ class Runtime:
         self.bridge: Bridge | None = None
         self.active_learning: ActiveLearning | None = None
         self._system: SystemStats | None = None
+        # The console's own CPU sample (the telemetry's stays untouched), shared by concurrent page loads
+        # under a lock and kept CONSOLE_SAMPLE_S: the CPU share is measured between two samples.
+        self._console_system = SystemStats()
+        self._console_lock = threading.Lock()
+        self._console_sample: tuple[float, dict[str, Any]] | None = None
         self.pipelines = PipelineManager(self.inference, settings.state_dir / "pipelines")
         self.metrics.watch_pipelines(lambda: [p.status() for p in self.pipelines.list()])
         if mqtt.enabled:
@@ -204,7 +211,12 @@ class Runtime:
             server=self.settings.server, models_settings=self.settings.models, limits=self.limits,
             metrics=self.metrics, inference=self.inference, models=self.manager, store=self.store,
             provisioner=self.provisioner, pipelines=self.pipelines, readiness=self, engine_status=self.engine_status,
-            http_source=self.http_source, stopping=self.stopping)
+            http_source=self.http_source, stopping=self.stopping, console_status=self.console_status,
+            settings_view=self.settings_view)
+
+    def settings_view(self) -> dict[str, Any]:
+        """The effective settings, secrets masked, and where each value came from (``GET /console/config``)."""
+        return {"settings": self.settings.public(), "sources": self.settings.sources()}
 
     def loaded_models(self) -> list[LoadedModel]:
         """The models loaded now, least recently used first."""
@@ -258,6 +270,27 @@ class Runtime:
                 "pipelines": {p.pipeline_id: _pipeline_figures(p.status()) for p in self.pipelines.list()},
                 "engines": self.engines(),
                 **({"active_learning": self.active_learning.status()} if self.active_learning is not None else {})}
+
+    def console_status(self) -> dict[str, Any]:
+        """The console's overview (``GET /console/status``): ``status()`` with the system's figures,
+        the back-end and why, MQTT, per-pipeline figures and the recent warnings and errors. It reads
+        and never takes: the telemetry counters stay for the MQTT telemetry message."""
+        ring = installed_log_ring()
+        return {**self.status(), "engine_choice": self.engine_choice.as_dict(),
+                "building": self.building(), "system": self._console_system_figures(),
+                "mqtt": self.mqtt_snapshot(),
+                "pipelines": {p.pipeline_id: _pipeline_figures(p.status()) for p in self.pipelines.list()},
+                "api_key_set": self.settings.server.api_key is not None,
+                "log": {"kept": ring is not None, "total": ring.total if ring is not None else 0,
+                        "recent": ring.recent(50) if ring is not None else []}}
+
+    def _console_system_figures(self) -> dict[str, Any]:
+        """The system's figures for the console, sampled at most once every CONSOLE_SAMPLE_S."""
+        with self._console_lock:
+            now = time.monotonic()
+            if self._console_sample is None or now - self._console_sample[0] >= CONSOLE_SAMPLE_S:
+                self._console_sample = (now, self._console_system.snapshot())
+            return self._console_sample[1]
 
     def start_active_learning(self) -> bool:
         """Start active learning alone, where ``[active_learning]`` is enabled: for a runtime that

@@ -30,10 +30,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, FilePath, SecretStr, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FilePath,
+    PrivateAttr,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from edge_agent.errors import ConfigError
 from edge_agent.pipeline_spec import MODEL_REF_WHOLE, PipelineSpec
+from edge_agent.redaction import redact
 from edge_agent.sampling_strategies import Strategy
 from engines import EnginePrefs
 
@@ -366,6 +377,8 @@ class Settings(_Section):
             raise ValueError("active_learning.targets has mqtt but [mqtt] is not enabled")
         return self
     config_file: Path | None = Field(None, description="the file these settings were read from, if any")
+    # where each value came from ({"server.port": "<file> line 3"}), set by load_settings; "default" otherwise
+    _origins: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @property
     def state_dir(self) -> Path:
@@ -417,7 +430,24 @@ class Settings(_Section):
         data["pipelines"]["streams"] = [s.model_dump(mode="json") for s in self.pipelines.streams]
         data["active_learning"]["strategies"] = [s.model_dump(mode="json") for s in self.active_learning.strategies]
         data["active_learning"]["http_api_key"] = None if self.active_learning.http_api_key is None else "***"
+        # credentials inside URLs: camera user:password@, upload and API URLs with keys or tokens
+        for stream in data["pipelines"]["streams"]:
+            ref = stream.get("video_reference")
+            stream["video_reference"] = ([_shown(r) for r in ref] if isinstance(ref, list) else _shown(ref))
+        data["active_learning"]["http_base_url"] = _shown(data["active_learning"]["http_base_url"])
+        data["models"]["api_url"] = _shown(data["models"]["api_url"])
         return data
+
+    def sources(self) -> dict[str, str]:
+        """Where each setting's value came from, by dotted key: ``"<file> line N"``, ``"environment
+        variable EDGE_AGENT_..."``, ``"command-line flag for ..."`` or ``"default"``."""
+        return {f"{name}.{key}": self._origins.get(f"{name}.{key}", "default")
+                for name, section in SECTIONS.items() for key in section.model_fields}
+
+
+def _shown(value: Any) -> Any:
+    """A string value with its credentials redacted; anything else (a camera index, None) as it is."""
+    return redact(value) if isinstance(value, str) else value
 
 
 SECTIONS: dict[str, type[_Section]] = {"paths": PathsSettings, "engine": EngineSettings, "server": ServerSettings,
@@ -479,9 +509,13 @@ def _env_value(field_type: Any, raw: str) -> Any:
 
 
 def load_settings(config_file: Path | str | None = None, environ: Mapping[str, str] | None = None,
-                  overrides: Mapping[str, Any] | None = None) -> Settings:
+                  overrides: Mapping[str, Any] | None = None, check_files: bool = True) -> Settings:
     """Read and validate the settings (file, then environment, then ``overrides`` such as
-    ``{"server.port": 9002}`` from flags). Raises ``ConfigError`` naming the key and its source."""
+    ``{"server.port": 9002}`` from flags). Raises ``ConfigError`` naming the key and its source.
+
+    ``check_files=False`` (the console's check of a pasted file) does not look at the files the settings
+    name (``[mqtt] tls_ca_file``...): the configuration file itself stands in for each, so the answer is
+    the same whether they exist or not. Such settings are for validation only."""
     env = os.environ if environ is None else environ
     data: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     origin: dict[tuple[str, str], str] = {}
@@ -527,8 +561,10 @@ def load_settings(config_file: Path | str | None = None, environ: Mapping[str, s
     defaults = _default_paths(env)
     for key, value in defaults.items():
         data["paths"].setdefault(key, value)
+    if not check_files and used_file is not None:
+        _stand_in_for_files(data, used_file)
     try:
-        return Settings.model_validate({**data, "config_file": used_file})
+        settings = Settings.model_validate({**data, "config_file": used_file})
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         loc = [str(p) for p in err["loc"]]
@@ -543,11 +579,22 @@ def load_settings(config_file: Path | str | None = None, environ: Mapping[str, s
             raise ConfigError(f"{where}{err['msg'].removeprefix('Value error, ')}") from None
         got = "***" if key in ("api_key", "password", "http_api_key") else repr(err.get("input"))
         raise ConfigError(f"{where}: {dotted}: {err['msg']} (got {got})") from None
+    settings._origins = {f"{section}.{key}": where for (section, key), where in origin.items()}
+    return settings
+
+
+def _stand_in_for_files(data: dict[str, dict[str, Any]], stand_in: Path) -> None:
+    """Every file path the settings would check for existence (``FilePath`` fields) given as ``stand_in``."""
+    for name, section in SECTIONS.items():
+        for key, field in section.model_fields.items():
+            is_file = field.annotation is FilePath or FilePath in get_args(field.annotation)
+            if is_file and isinstance(data[name].get(key), str) and data[name][key]:
+                data[name][key] = str(stand_in)
 
 
 def _section_line(text: str, section: str) -> int | None:
     for number, line in enumerate(text.splitlines(), 1):
-        if re.match(rf"^\s*\[{re.escape(section)}[\].]", line):
+        if re.match(rf"^\s*\[\[?\s*{re.escape(section)}\s*[\].]", line):  # [table], [[array.of.tables]]
             return number
     return None
 

@@ -23,6 +23,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from edge_agent.logring import LogRing
 from edge_agent.params import InferenceParams
 
 if TYPE_CHECKING:  # the gunicorn master imports this module and stays small
@@ -221,6 +222,7 @@ def setup_logging(under_journal: bool, level: int = logging.INFO) -> None:
     root.setLevel(level)
     for handler in list(root.handlers):
         root.removeHandler(handler)
+    root.addHandler(LogRing())  # the console's recent warnings and errors (edge_agent/logring.py)
     if under_journal:
         try:
             from systemd.journal import JournalHandler  # type: ignore[import-not-found,unused-ignore]  # lazy: optional

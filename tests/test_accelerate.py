@@ -227,13 +227,13 @@ def test_a_failed_build_leaves_onnx_runtime_serving_and_says_why(
 
 def test_stop_kills_a_running_build_and_caches_nothing(tmp_path: Path, runtimes: list[Runtime],
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("STAND_IN_MODE", "slow")
+    monkeypatch.setenv("STAND_IN_MODE", "endless")  # a build of 5 minutes: stop must not wait for it
     rt = _runtime(runtimes, _settings(tmp_path), StandInBackend())
     rt.inference.model("shapes/1")
     _wait_state(rt, "shapes/1", {"building"})
     t0 = time.monotonic()
     rt.stop()
-    assert time.monotonic() - t0 < 2.5
+    assert time.monotonic() - t0 < 60  # killed, not waited for (a bound loose enough for a loaded machine)
     cache = EngineCache(tmp_path / "cache")
     assert not list(cache.root.glob("*.plan"))
     assert not list(cache.root.glob("*.failed"))

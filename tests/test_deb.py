@@ -343,8 +343,10 @@ def _serve(root: ThrowawayRoot) -> tuple[subprocess.Popen[str], int]:
     port = free_port()
     env = ("EDGE_AGENT_CONFIG=/etc/edge-agent/config.toml EDGE_AGENT_PATHS__STATE_DIR=/var/lib/edge-agent "
            "EDGE_AGENT_PATHS__CACHE_DIR=/var/cache/edge-agent")
-    proc = root.spawn(f"cd / && {env} "
-                      f"exec edge-agent serve --host 127.0.0.1 --port {port} --threads 4 --preload shapes/1")
+    # Its log goes to a file: a pipe nobody reads fills up (an access-log line per request) and then
+    # blocks the daemon's logging, and so its requests.
+    proc = root.spawn(f"cd / && {env} exec edge-agent serve --host 127.0.0.1 --port {port} --threads 4 "
+                      "--preload shapes/1 > /tmp/daemon.log 2>&1")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -353,7 +355,7 @@ def _serve(root: ThrowawayRoot) -> tuple[subprocess.Popen[str], int]:
                     return proc, port
         except (urllib.error.URLError, OSError):
             pass
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        assert proc.poll() is None, root.sh("cat /tmp/daemon.log").stdout
         time.sleep(0.5)
     raise AssertionError("the installed daemon did not become ready in 120 s")
 

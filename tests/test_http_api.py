@@ -304,10 +304,9 @@ def test_model_management_errors(http_server: Server) -> None:
 def test_service_routes_and_metrics(http_server: Server, b64: str) -> None:
     assert requests.get(f"{http_server.url}/healthz", timeout=10).json() == {"status": "healthy"}
     assert requests.get(f"{http_server.url}/readiness", timeout=10).json() == {"status": "ready"}
-    landing = requests.get(f"{http_server.url}/", timeout=10)  # flask-openapi3's page linking the two UIs
+    landing = requests.get(f"{http_server.url}/", timeout=10)  # the console (tests/test_console.py), linking /docs
     assert landing.status_code == 200
-    assert "swagger" in landing.text
-    assert "redoc" in landing.text
+    assert 'href="docs"' in landing.text
     doc = requests.get(f"{http_server.url}/openapi.json", timeout=10).json()
     assert doc["info"]["title"] == "edge-agent"
     assert "/infer/object_detection" in doc["paths"]

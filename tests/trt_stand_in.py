@@ -8,8 +8,8 @@ faked is only TensorRT itself: the "plan" is a copy of the ONNX file and "loadin
 ONNX Runtime.
 
 Child side: ``python -m trt_stand_in SPEC_JSON`` (with tests/ on PYTHONPATH). ``STAND_IN_MODE`` picks
-what the build does: ``ok`` (default), ``slow`` (takes ~3 s in steps), ``fail`` (reports a parser
-error), ``crash`` (killed by SIGKILL mid-build, as the OOM killer would).
+what the build does: ``ok`` (default), ``slow`` (takes ~3 s in steps), ``endless`` (5 minutes), ``fail``
+(reports a parser error), ``crash`` (killed by SIGKILL mid-build, as the OOM killer would).
 """
 
 from __future__ import annotations
@@ -61,10 +61,10 @@ def main() -> int:
         except (OSError, ValueError) as exc:
             emit({"event": "error", "message": f"stand-in builder: bad calibration frames: {exc}"})
             return 1
-    steps = 6 if mode == "slow" else 3
+    steps = {"slow": 6, "endless": 600}.get(mode, 3)
     for i in range(steps):
         emit({"event": "progress", "phase": "Building engine", "fraction": round((i + 1) / steps, 3)})
-        time.sleep(0.5 if mode == "slow" else 0.02)
+        time.sleep(0.5 if mode in ("slow", "endless") else 0.02)
         if mode == "crash" and i == 1:
             os.kill(os.getpid(), signal.SIGKILL)
     shutil.copyfile(spec["onnx"], spec["plan"])

@@ -6,8 +6,8 @@ Layers, bottom to top (a module belongs to the first entry whose name is its own
 
 0. ``engines``: the inference back-ends; never imports ``edge_agent``.
 1. basics: ``errors``, ``atomic_files``, ``params``, ``results``, ``roboflow_json``, ``responses``, ``url_fetch``,
-   ``images``, ``heads``, ``events``, ``settings`` and the configuration schemas it validates
-   (``pipeline_spec``, ``sampling_strategies``), ``metrics``, ``telemetry``, ``visualize``, ``demo``.
+   ``images``, ``heads``, ``events``, ``logring``, ``redaction``, ``settings`` and the configuration schemas it
+   validates (``pipeline_spec``, ``sampling_strategies``), ``metrics``, ``telemetry``, ``visualize``, ``demo``.
 2. ``store``: models on disk.
 3. ``serving``: loaded models, batching, engine swaps.
 4. ``provisioning``: models from Roboflow's API, URLs and uploads, activation checks.
@@ -47,7 +47,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
                 "edge_agent.roboflow_json", "edge_agent.responses", "edge_agent.url_fetch", "edge_agent.images",
                 "edge_agent.heads", "edge_agent.events", "edge_agent.settings", "edge_agent.pipeline_spec",
                 "edge_agent.sampling_strategies", "edge_agent.metrics", "edge_agent.telemetry",
-                "edge_agent.visualize", "edge_agent.demo")),
+                "edge_agent.visualize", "edge_agent.demo", "edge_agent.logring", "edge_agent.redaction")),
     ("store", ("edge_agent.store",)),
     ("serving", ("edge_agent.serving",)),
     ("provisioning", ("edge_agent.provisioning",)),

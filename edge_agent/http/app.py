@@ -37,7 +37,7 @@ from edge_agent.errors import (
     NotReady,
     Overloaded,
 )
-from edge_agent.http import admin, common, models, pipelines, v1, v2
+from edge_agent.http import admin, common, console, models, pipelines, v1, v2
 from edge_agent.http.services import HttpServices
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,9 @@ log = logging.getLogger(__name__)
 access_log = logging.getLogger("edge_agent.access")
 
 # docs/http-api.md §1.3: routes that never need the API key.
-OPEN_PATHS = ("/", "/docs", "/docs/", "/redoc", "/swagger", "/openapi.json", "/info", "/healthz", "/readiness",
-              "/metrics")
+# The console's page and files (``/``, ``/console.js``, ``/console.css``) hold no data; its calls need the key.
+OPEN_PATHS = ("/", "/console.js", "/console.css", "/docs", "/docs/", "/redoc", "/swagger", "/openapi.json", "/info",
+              "/healthz", "/readiness", "/metrics")
 OPEN_PREFIXES = ("/swagger/", "/redoc/")
 
 # docs/http-api.md §5: the public message of each kind of server-side failure (our detail goes in "reason").
@@ -87,7 +88,7 @@ SWAGGER_CONFIG = {"validatorUrl": None}
 # The docs pages load nothing from outside the device (the bundled ReDoc links a logo on a CDN).
 DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
             "img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'")
-DOCS_PAGES = ("/", "/docs", "/redoc", "/swagger")
+DOCS_PAGES = ("/docs", "/redoc", "/swagger")  # "/" is the console, with its own CSP
 # The ReDoc page of flask-openapi3-redoc, less its commented-out link to a Google Fonts stylesheet.
 REDOC_PAGE = """<!DOCTYPE html>
 <html lang="en">
@@ -215,6 +216,8 @@ def create_app(services: HttpServices) -> OpenAPI:
     app.register_api(v2.bp)
     app.register_api(v1.bp)
     app.register_api(pipelines.bp)
+    app.register_blueprint(console.bp)
+    app.view_functions["openapi.openapi"] = console.index  # "/": the console, not flask-openapi3's list of UIs
 
     @app.get("/docs", doc_ui=False)
     def docs() -> Any:
@@ -254,7 +257,7 @@ def create_app(services: HttpServices) -> OpenAPI:
             h["X-Model-Cold-Start-Count"] = str(services.models.cold_starts)
             if state.load_time is not None:
                 h["X-Model-Load-Time"] = f"{state.load_time:.6f}"
-        if server.cors_origins:
+        if server.cors_origins and not request.path.startswith(console.PRIVATE_PREFIX):
             h["Access-Control-Allow-Origin"] = server.cors_origins
             h["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
             h["Access-Control-Allow-Methods"] = "GET, POST, PUT, OPTIONS"

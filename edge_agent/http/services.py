@@ -117,3 +117,7 @@ class HttpServices:
     engine_status: Callable[[str], dict[str, Any]]  # what serves a model id, and its TensorRT state
     http_source: str | None  # the event source of HTTP results, None when no outlet wants them
     stopping: threading.Event  # set when the process is told to stop: previews end
+    # The console (edge_agent/http/console.py): what the device is doing now (read-only: it takes
+    # nothing from the telemetry counters), and the effective settings with secrets masked.
+    console_status: Callable[[], dict[str, Any]]
+    settings_view: Callable[[], dict[str, Any]]

@@ -30,7 +30,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import socket
 import ssl
 import tempfile
@@ -39,7 +38,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
-from urllib.parse import parse_qs, quote, quote_plus, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from edge_agent.atomic_files import fsync_dir
 from edge_agent.errors import (
@@ -53,6 +52,9 @@ from edge_agent.errors import (
     PayloadTooLarge,
     Unauthorized,
 )
+from edge_agent.redaction import mask as mask  # re-exported: the downloads' users import it from here
+from edge_agent.redaction import needs_redaction
+from edge_agent.redaction import redact as redact  # re-exported, as mask
 
 if TYPE_CHECKING:  # urllib3 itself is imported where first used (it pulls in ssl and http.client)
     import urllib3
@@ -70,47 +72,9 @@ CHUNK = 256 * 1024
 PROGRESS_INTERVAL_S = 0.25
 _HEADERS = {"User-Agent": "edge-agent", "Accept-Encoding": "identity"}
 _URLLIB3_LOGGERS = ("urllib3.connectionpool", "urllib3.poolmanager", "urllib3.util.retry")
-# api_key, the signatures of the signed storage URLs the API hands out for the files, and passwords
-_API_KEY = re.compile(r"(?i)((?:api_key|signature|sig|x-amz-security-token|token|password|passwd|pwd|secret)=)"
-                      r"([^&#\s'\"<>]*)")
-_HIDDEN = ("pass", "pwd", "secret", "token")  # values hidden whole (api_key, signatures: 2+2 characters)
-# user:password@ of a URL of any scheme, up to the last '@' before the query (a password may hold '@' or '/')
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s'\"<>?#]*@")
-
-
 # -- keys ---------------------------------------------------------------------------------------
-
-
-def _masked(value: str) -> str:
-    return f"{value[:2]}***{value[-2:]}" if len(value) >= 8 else "***"
-
-
-def _masked_value(match: re.Match[str]) -> str:
-    key, value = match.group(1), match.group(2)
-    if "***" in value:  # masked already
-        return key + value
-    return key + ("***" if any(word in key.lower() for word in _HIDDEN) else _masked(value))
-
-
-def redact(url: str | int) -> str:
-    """``url`` (or any text: a log line, a video reference) fit to show, the one redactor of the project.
-
-    ``api_key=<value>`` is shown as Roboflow does (``api_key=ab***yz``), and so are signed-URL
-    credentials (``X-Goog-Signature=``, ``Signature=``, Azure's ``sig=``); ``token=``, ``password=``,
-    ``passwd=``, ``pwd=`` and ``secret=`` values become ``***``. The user and password of a URL of any
-    scheme (``rtsp://user:p@ss/word@host``) become ``***@``: everything up to the last ``@`` before the
-    query, so a password holding ``@`` or ``/`` is hidden whole.
-    """
-    url = _USERINFO.sub(lambda m: m.group(1) + "***@", str(url))
-    return _API_KEY.sub(_masked_value, url)
-
-
-def mask(text: str, api_key: str | None) -> str:
-    """``text`` with ``api_key`` (plain or URL-encoded) masked wherever it appears, then ``redact``-ed."""
-    if api_key:
-        for form in sorted({api_key, quote(api_key, safe=""), quote_plus(api_key)}, key=len, reverse=True):
-            text = text.replace(form, _masked(api_key))
-    return redact(text)
+# ``redact`` and ``mask`` live in the basics layer (``edge_agent.redaction``) so that the settings and the
+# console's log ring share them; they are re-exported here, where the downloads have always used them.
 
 
 class _RedactKeys(logging.Filter):
@@ -121,7 +85,7 @@ class _RedactKeys(logging.Filter):
             message = record.getMessage()
         except (TypeError, ValueError):
             return True
-        if _API_KEY.search(message) or _USERINFO.search(message):
+        if needs_redaction(message):
             record.msg, record.args = redact(message), None
         return True
 
