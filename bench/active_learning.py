@@ -6,8 +6,9 @@
              (each sampled frame: JPEG encoding and the spool write in the writer thread, and the folder
              target's uploader writing the YOLO data set concurrently); near-duplicate skipping off, so
              that 100 % means every frame; the writer at the default ``thread_priority`` ("low":
-             nice +10), the uploader at normal priority; frames the writer has no time for are
-             dropped and counted
+             nice +10), the uploader at normal priority; frames the writer has no time for are dropped
+             and counted, and what the uploader has not yet written to the folder waits in the spool
+             (counted when the pipeline ends: "in the folder by then")
   100% idle  the same at ``thread_priority = "idle"`` (SCHED_IDLE: only CPU that inference leaves)
   100% normal
              the same at ``thread_priority = "normal"`` (every frame written, at inference's expense)
@@ -96,6 +97,7 @@ def main() -> None:
     cpu: dict[str, list[float]] = {m: [] for m in names}
     stored: dict[str, int] = dict.fromkeys(names, 0)
     dropped: dict[str, int] = dict.fromkeys(names, 0)
+    uploaded: dict[str, int] = dict.fromkeys(names, 0)
     for i in range(args.rounds):
         for mode in names[i % len(names):] + names[:i % len(names)]:
             rt = runtime(f"{mode.replace('%', '').replace(' ', '-')}-{i}", MODES[mode])
@@ -105,6 +107,7 @@ def main() -> None:
             if rt.active_learning is not None:
                 stored[mode] += rt.active_learning.sampler.stats["stored"]
                 dropped[mode] += rt.active_learning.sampler.stats["dropped_queue_full"]
+                uploaded[mode] += rt.active_learning.uploaders[0].stats["uploaded"]
             rt.stop()
 
     print(f"{args.frames} frames 640x480, demo detector, {os.cpu_count()} CPUs, spool_sync={args.sync}, "
@@ -113,7 +116,8 @@ def main() -> None:
         ratios = [a / b for a, b in zip(fps[mode], fps["off"])]
         cpu_ratios = [a / b for a, b in zip(cpu[mode], cpu["off"])]
         extra = "" if MODES[mode] is None else (f"; {stored[mode]} of {args.frames * args.rounds} frames stored, "
-                                                f"{dropped[mode]} dropped (writer queue full)")
+                                                f"{dropped[mode]} dropped (writer queue full), {uploaded[mode]} "
+                                                f"in the folder by then")
         print(f"sampling {mode:>11}  {statistics.median(fps[mode]):6.1f} frames/s  "
               f"{statistics.median(ratios):.3f}x [{min(ratios):.3f}-{max(ratios):.3f}]   "
               f"CPU {statistics.median(cpu[mode]):5.1f} ms/frame  {statistics.median(cpu_ratios):.3f}x "

@@ -341,6 +341,22 @@ def test_bounds_evict_the_oldest_and_count_them(tmp_path: Path) -> None:
     assert spool.stats()["pending_folder"] == 3
 
 
+def test_an_item_goes_when_its_last_target_acknowledged_it_in_a_batch(tmp_path: Path) -> None:
+    """The uploader acknowledges a batch in one transaction; an item another target still waits for
+    stays, and the bounds are counted from what stays."""
+    from edge_agent.active_learning.spool import Item, Spool
+
+    spool = Spool(tmp_path / "s.sqlite3", max_items=100, max_bytes=1 << 30)
+    for i in range(4):
+        spool.add(Item(f"id{i}", float(i), "cam", "m/1", "s", 8, 8, b"x" * 100, {"image": {}}, ("a",)),
+                  ("folder", "http"), {})
+    spool.delivered_many(["id0", "id1", "id2"], "folder")
+    spool.delivered_many(["id1"], "http")
+    assert [d.item.id for d in spool.due("folder")] == ["id3"]
+    assert [d.item.id for d in spool.due("http")] == ["id0", "id2", "id3"]
+    assert spool.stats()["items"] == 3
+
+
 @pytest.mark.skipif(mosquitto_binary() is None, reason="mosquitto is not installed (.ci/run does)")
 def test_a_pipeline_samples_into_the_dataset_and_mqtt(tmp_path: Path) -> None:
     """The whole path in the daemon's runtime: a pipeline's frames, a strategy, the spool, two targets
@@ -639,25 +655,28 @@ traffic_percentage = 0.1
                                                     ("idle", ("idle", 0)), ("normal", ("other", 0))])
 def test_the_writer_runs_at_the_configured_priority_and_uploaders_at_normal(
         tmp_path: Path, priority: str | None, expected: tuple[str, int]) -> None:
-    """By default the writer runs at nice +10 ("low"); "idle" is SCHED_IDLE. Uploaders wait on the
-    network and keep the normal priority whatever the setting."""
+    """By default the writer runs at nice +10 ("low"); "idle" is SCHED_IDLE. Uploaders, the folder's
+    and the http target's, keep the normal priority whatever the setting."""
     from edge_agent.active_learning import ActiveLearning
     from edge_agent.settings import ActiveLearningSettings
 
     options = {} if priority is None else {"thread_priority": priority}
-    al = ActiveLearning(ActiveLearningSettings(enabled=True, targets=("folder",), strategies=(
-        strategy(type="random", traffic_percentage=1.0),), **options), tmp_path)
+    al = ActiveLearning(ActiveLearningSettings(enabled=True, targets=("folder", "http"), strategies=(
+        strategy(type="random", traffic_percentage=1.0),), http_base_url="http://127.0.0.1:9", http_project="p",
+        **options), tmp_path)
     names = {os.SCHED_IDLE: "idle", os.SCHED_OTHER: "other"}
     own = os.getpriority(os.PRIO_PROCESS, 0)
     al.start()
     try:
-        ids = [t.native_id for t in (al.sampler._thread, al.uploaders[0]._thread) if t is not None]
+        threads = (al.sampler._thread, al.uploaders[0]._thread, al.uploaders[1]._thread)
+        assert [u.target.name for u in al.uploaders] == ["folder", "http"]
+        ids = [t.native_id for t in threads if t is not None]
 
         def seen() -> list[tuple[str, int]]:
             return [(names.get(os.sched_getscheduler(i), "?"), os.getpriority(os.PRIO_PROCESS, i) - own)
                     for i in ids if i is not None]
 
-        wait(lambda: seen() == [expected, ("other", 0)], timeout=10)  # each thread sets its own as it starts
+        wait(lambda: seen() == [expected, ("other", 0), ("other", 0)], timeout=10)  # each thread sets its own
     finally:
         al.stop()
 

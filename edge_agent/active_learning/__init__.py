@@ -46,7 +46,9 @@ class ActiveLearning:
                 if bridge is None:  # the settings refuse this
                     raise ConfigError("active_learning.targets has mqtt but [mqtt] is not enabled")
                 targets.append(MqttTarget(bridge))
-        # Uploaders wait on the network, not the CPU: they keep the normal priority.
+        # Uploaders keep the normal priority: those of http and mqtt wait on the network, and the folder
+        # target's, run at nice +10 in bench/active_learning.py, gained no measurable throughput while
+        # it fell behind (a low-priority thread preempted holding the GIL stalls the pipeline too).
         self.uploaders = [Uploader(self.spool, t, settings.retry_min_s, settings.retry_max_s,
                                    settings.bandwidth_kbps * 1000) for t in targets]
         self._lock_path = self.spool.path.parent / "uploaders.lock"

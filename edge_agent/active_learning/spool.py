@@ -47,6 +47,9 @@ CREATE TABLE IF NOT EXISTS pending (
     PRIMARY KEY (item_id, target)
 );
 CREATE INDEX IF NOT EXISTS pending_due ON pending (target, next_attempt);
+-- The bounds (COUNT(*), SUM(size)) are checked on every write: from this index they read a few pages,
+-- from the items' rows they would walk every stored JPEG's overflow pages (size comes after jpeg).
+CREATE INDEX IF NOT EXISTS items_size ON items (size);
 CREATE TABLE IF NOT EXISTS limits (strategy TEXT, window TEXT, bucket TEXT NOT NULL, count INTEGER NOT NULL,
                                    PRIMARY KEY (strategy, window));
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -170,11 +173,14 @@ class Spool:
 
     def due(self, target: str, limit: int = 16, now: float | None = None) -> list[Delivery]:
         """Pending deliveries to ``target`` whose time has come, oldest item first."""
+        # The oldest ``limit`` are chosen from the indexes alone (items.id's index holds seq), then only
+        # their rows are read: sorting the joined rows would read every waiting JPEG on each call.
         rows = self._db().execute(
             "SELECT i.id, i.created, i.source_id, i.model_id, i.strategy, i.width, i.height, i.jpeg, "
-            "i.predictions, i.class_names, i.tags, p.attempts, p.state, i.batch FROM pending p "
-            "JOIN items i ON i.id = p.item_id "
-            "WHERE p.target = ? AND p.next_attempt <= ? ORDER BY i.seq LIMIT ?",
+            "i.predictions, i.class_names, i.tags, d.attempts, d.state, i.batch FROM ("
+            "SELECT p.attempts AS attempts, p.state AS state, i.seq AS seq FROM pending p "
+            "JOIN items i ON i.id = p.item_id WHERE p.target = ? AND p.next_attempt <= ? ORDER BY i.seq LIMIT ?"
+            ") d JOIN items i ON i.seq = d.seq ORDER BY d.seq",
             (target, time.time() if now is None else now, limit)).fetchall()
         return [Delivery(Item(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bytes(r[7]), json.loads(r[8]),
                               tuple(json.loads(r[9])), tuple(json.loads(r[10])), r[13]), target, r[11],
@@ -183,10 +189,14 @@ class Spool:
 
     def delivered(self, item_id: str, target: str) -> None:
         """The target acknowledged the item; the item goes when no target still waits for it."""
+        self.delivered_many([item_id], target)
+
+    def delivered_many(self, item_ids: list[str], target: str) -> None:
+        """``delivered`` for several items in one transaction (one fsync)."""
         with self._write(self._db()) as db:
-            db.execute("DELETE FROM pending WHERE item_id = ? AND target = ?", (item_id, target))
-            db.execute("DELETE FROM items WHERE id = ? AND NOT EXISTS (SELECT 1 FROM pending WHERE item_id = ?)",
-                       (item_id, item_id))
+            db.executemany("DELETE FROM pending WHERE item_id = ? AND target = ?", [(i, target) for i in item_ids])
+            db.executemany("DELETE FROM items WHERE id = ? AND NOT EXISTS (SELECT 1 FROM pending WHERE item_id = ?)",
+                           [(i, i) for i in item_ids])
 
     def failed(self, item_id: str, target: str, retry_at: float, state: dict[str, Any] | None = None) -> None:
         with self._write(self._db()) as db:

@@ -41,6 +41,8 @@ from edge_agent.settings import MqttSettings
 
 log = logging.getLogger(__name__)
 
+GATHER_S = 0.1  # an idle uploader, woken by a new sample, waits this long for more to take in one batch
+
 
 class Target(Protocol):
     name: str
@@ -87,6 +89,7 @@ class FolderTarget:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._data_yaml: dict[Path, str] = {}  # what this target last found or wrote there: not read again
 
     def send(self, delivery: Delivery, spool: Spool) -> None:
         item = delivery.item
@@ -104,8 +107,11 @@ class FolderTarget:
         data = base / "data.yaml"
         names = "".join(f"  {i}: {json.dumps(n)}\n" for i, n in enumerate(item.class_names))
         text = f"path: .\ntrain: images\nval: images\nnames:\n{names}"
+        if self._data_yaml.get(data) == text and data.exists():  # a person may have taken the folder away
+            return
         if not data.exists() or data.read_text() != text:
             write_text(data, text)
+        self._data_yaml[data] = text
 
 
 # --------------------------------------------------------------------------------------------- http
@@ -245,19 +251,36 @@ class Uploader:
                 log.exception("active-learning spool unreadable")
                 batch = []
             if not batch:
-                self._wake.wait(1.0)
+                if self._wake.wait(1.0):  # frames come one by one: let a few gather, to take them together
+                    self._stop.wait(GATHER_S)
                 self._wake.clear()
                 continue
-            for delivery in batch:
-                if self._stop.is_set():
-                    return
-                delay = self._deliver(delivery)
-                if delay is not None:  # the target is down or refusing: wait before trying anything else
-                    self._stop.wait(delay)
-                    break
+            sent: list[str] = []
+            try:
+                self._send_batch(batch, sent)
+            finally:
+                self._acknowledge(sent)
 
-    def _deliver(self, delivery: Delivery) -> float | None:
-        """Send one; on failure, when to try this target again (seconds)."""
+    def _send_batch(self, batch: list[Delivery], sent: list[str]) -> None:
+        """Send in order, collecting in ``sent`` what the target took. The spool hears of those in one
+        transaction (one fsync for the batch), before any wait and when the batch is done; a crash in
+        between repeats at most the batch's sends (targets take a repeat: ids are kept)."""
+        for delivery in batch:
+            if self._stop.is_set():
+                return
+            delay = self._deliver(delivery, sent)
+            if delay is not None:  # the target is down or refusing: wait before trying anything else
+                self._acknowledge(sent)
+                self._stop.wait(delay)
+                return
+
+    def _acknowledge(self, sent: list[str]) -> None:
+        if sent:
+            self.spool.delivered_many(sent, self.target.name)
+            sent.clear()
+
+    def _deliver(self, delivery: Delivery, sent: list[str]) -> float | None:
+        """Send one (its id appended to ``sent``); on failure, when to try this target again (seconds)."""
         started = time.monotonic()
         try:
             self.target.send(delivery, self.spool)
@@ -274,12 +297,13 @@ class Uploader:
             self.spool.failed(delivery.item.id, self.target.name, time.time() + delay)
             return delay
         self._failures_in_a_row = 0
-        self.spool.delivered(delivery.item.id, self.target.name)
+        sent.append(delivery.item.id)
         size = len(delivery.item.jpeg)
         self.stats["uploaded"] += 1
         self.stats["bytes"] += size
         if self.bandwidth:  # stay under the cap on average
             pause = size / self.bandwidth - (time.monotonic() - started)
             if pause > 0:
+                self._acknowledge(sent)
                 self._stop.wait(pause)
         return None
