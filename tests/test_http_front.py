@@ -460,3 +460,23 @@ def test_bad_targets_trailers_big_heads_and_keyless_uploads_are_refused_early(tm
         with pytest.raises(TimeoutError):
             raw.response()
         raw.close()
+
+
+def test_the_console_config_check_has_its_own_small_body_cap(tmp_path: Path) -> None:
+    """``POST /console/config/check`` takes at most 256 KiB: a larger declared body is refused from the
+    head alone (in any spelling of the path), while other routes still await ``max_body_bytes``."""
+    length = str(300 * 1024)
+    with running_server(tmp_path, {"api_key": "front-key"}) as server:
+        for path in ("/console/config/check", "/console/config/%63heck", "/console/config/check?api_key=front-key"):
+            raw = Raw.connect(server.port)
+            raw.sock.sendall(request("POST", path, headers={"Content-Length": length}))
+            status, headers, body = raw.response()
+            assert status == 413, (path, body[:200])
+            assert "262144" in message(status, headers, body)
+            raw.close()
+        raw = Raw.connect(server.port)  # elsewhere the same length is within max_body_bytes: awaited
+        raw.sock.sendall(request("POST", "/infer/object_detection", headers={"Content-Length": length}))
+        raw.sock.settimeout(1.0)
+        with pytest.raises(TimeoutError):
+            raw.response()
+        raw.close()

@@ -52,6 +52,7 @@ import httptools
 from gunicorn.workers.base import Worker
 
 from edge_agent.http.common import keys_in
+from edge_agent.http.console import MAX_CONFIG_BYTES
 from edge_agent.settings import ServerSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -95,10 +96,13 @@ class Limits:
 
     def body_cap(self, request: _Request, api_key: bytes | None) -> int:
         """``max_upload_bytes`` for ``PUT /models/...`` from a caller with the key (the route needs it:
-        without, its body is not worth reading), ``max_body_bytes`` for everything else."""
+        without, its body is not worth reading), the console's configuration check its own small cap,
+        ``max_body_bytes`` for everything else."""
         if request.method == "PUT" and request.path.startswith(b"/models/") and api_key is not None \
                 and _carries_key(request, api_key):
             return max(self.max_body_bytes, self.max_upload_bytes)
+        if unquote_to_bytes(request.path) == b"/console/config/check":
+            return min(self.max_body_bytes, MAX_CONFIG_BYTES)
         return self.max_body_bytes
 
 
