@@ -34,6 +34,7 @@ raises members of this tree); the rest are defined here, except the three drawn 
     ├── ModelNotFound              404 model_not_found      no such id in the model store (or at Roboflow)
     ├── PipelineNotFound           404 pipeline_not_found   no pipeline of that id
     ├── ActivationRefused          409 activation_refused   a new version failed its checks; the old serves
+    ├── ModelInUse                 409 model_in_use         a running pipeline uses the model to be removed
     ├── PayloadTooLarge            413 payload_too_large    an upload or download over its size cap
     ├── ModelLoadFailed            500 model_package_broken the stored package cannot be loaded
     ├── UnsupportedModel           501 unsupported_model    a task or layout we do not decode
@@ -137,6 +138,11 @@ class Forbidden(EdgeAgentError):
 class ActivationRefused(EdgeAgentError):
     status = 409
     code = "activation_refused"
+
+
+class ModelInUse(EdgeAgentError):
+    status = 409
+    code = "model_in_use"
 
 
 class PayloadTooLarge(EdgeAgentError):

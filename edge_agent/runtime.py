@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge_agent import __version__
 from edge_agent.atomic_files import write_text
+from edge_agent.errors import ModelInUse
 from edge_agent.events import EventBus
 from edge_agent.http.services import HttpServices
 from edge_agent.images import ImageLimits
@@ -212,7 +213,7 @@ class Runtime:
             metrics=self.metrics, inference=self.inference, models=self.manager, store=self.store,
             provisioner=self.provisioner, pipelines=self.pipelines, readiness=self, engine_status=self.engine_status,
             http_source=self.http_source, stopping=self.stopping, console_status=self.console_status,
-            settings_view=self.settings_view)
+            settings_view=self.settings_view, remove_model=self.remove_model)
 
     def settings_view(self) -> dict[str, Any]:
         """The effective settings, secrets masked, and where each value came from (``GET /console/config``)."""
@@ -225,6 +226,21 @@ class Runtime:
     def mqtt_snapshot(self) -> dict[str, Any] | None:
         """The MQTT bridge's connection state and outbox depth; None when MQTT is off."""
         return self.bridge.snapshot() if self.bridge is not None else None
+
+    def remove_model(self, model_id: str) -> dict[str, Any]:
+        """Delete a model and its revisions from the store and stop serving it (``DELETE /models/...``).
+        Refused (409) while a pipeline that is not done uses it; built-in demo models answer 400."""
+        model_id = self.manager.resolve(model_id)
+        users = sorted(p.pipeline_id for p in self.pipelines.list()
+                       if not p.done and self.manager.resolve(p.model_id) == model_id)
+        if users:
+            raise ModelInUse(f"Model {model_id!r} is used by the running pipeline(s) {', '.join(users)}: "
+                             "terminate them first (POST /inference_pipelines/{id}/terminate), then remove it.")
+        self.store.remove(model_id)  # ModelNotFound (404), or a built-in demo model (400)
+        self.manager.invalidate(model_id)  # a load in flight is not kept
+        self.manager.unload(model_id)
+        log.info("removed %s from the model store", model_id)
+        return {"removed": model_id}
 
     def _models_in_use(self) -> set[str]:
         """Ids eviction must leave alone beyond the provisioner's own list: running pipelines' models."""

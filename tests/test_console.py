@@ -93,6 +93,8 @@ class Tab:
         self.ws = ws
         self.allowed = allowed  # regular expressions of problems this test expects (an asked-for 422)
         self.problems: list[str] = []
+        self.dialogs: list[str] = []  # the messages of confirm()/alert() dialogs, answered with accept_dialogs
+        self.accept_dialogs = True
         self._next = 0
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._reader = asyncio.ensure_future(self._read())
@@ -118,6 +120,9 @@ class Tab:
             found = f"log: {p['entry']['text']} {p['entry'].get('url', '')}"
         elif method == "Network.loadingFailed" and not p.get("canceled"):
             found = f"request failed: {p.get('errorText')} ({p.get('type')})"
+        elif method == "Page.javascriptDialogOpening":
+            self.dialogs.append(p["message"])
+            asyncio.ensure_future(self.send("Page.handleJavaScriptDialog", accept=self.accept_dialogs))
         elif method == "Network.responseReceived" and p["response"]["status"] >= 400:
             found = f"HTTP {p['response']['status']} {p['response']['url']}"
         if found and not any(re.search(a, found) for a in self.allowed):
@@ -387,6 +392,43 @@ def test_upload_with_progress_then_roll_back(server: Server, browser: int, tmp_p
     assert seen["rollback"].startswith(f"console/1: serving {_sha(first)[:12]}"), seen["rollback"]
     described = requests.get(f"{server.url}/models/console/1", headers=AUTH, timeout=30).json()
     assert described["sha256"] == _sha(first)
+
+
+@needs_chromium
+def test_remove_a_model_after_confirming(server: Server, browser: int, tmp_path: Path) -> None:
+    r = requests.put(f"{server.url}/models/doomed/1", data=(DEMO / "shapes/1/model.onnx").read_bytes(),
+                     headers=AUTH, timeout=120)
+    assert r.status_code == 200, r.text
+    button = "document.querySelector('button[aria-label=\"Remove doomed/1\"]')"
+    seen: dict[str, Any] = {}
+
+    async def scenario(tab: Tab) -> None:
+        await tab.open(server.url + "/#models")
+        await tab.until(button, "the remove button")
+        seen["builtin"] = await tab.js("!!document.querySelector('button[aria-label=\"Remove shapes/1\"]')")
+        tab.accept_dialogs = False  # "Cancel": nothing is removed
+        await tab.js(f"setTimeout(() => {button}.click(), 0); true")  # the dialog would hold up the evaluate
+        deadline = time.monotonic() + WAIT_S
+        while not tab.dialogs:
+            assert time.monotonic() < deadline, "no confirm() dialog"
+            await asyncio.sleep(0.05)
+        seen["kept"] = requests.get(f"{server.url}/models/doomed/1", headers=AUTH, timeout=30).status_code
+        tab.accept_dialogs = True
+        await tab.js(f"setTimeout(() => {button}.click(), 0); true")
+        seen["result"] = await tab.until("/removed|doomed\\/1:/.test(document.getElementById('models-result')"
+                                         ".textContent) && document.getElementById('models-result').textContent",
+                                         "the removal result")
+        seen["row"] = await tab.until(f"!{button} && document.querySelector('#models-table tbody tr') && "
+                                      "document.getElementById('models-table').textContent", "the refreshed list")
+        seen["dialogs"] = list(tab.dialogs)
+
+    assert drive(browser, scenario) == []
+    assert len(seen["dialogs"]) == 2 and "doomed/1" in seen["dialogs"][0], seen["dialogs"]
+    assert seen["builtin"] is False  # built-in demo models have no Remove button
+    assert seen["kept"] == 200  # dismissed: still there
+    assert seen["result"] == "doomed/1 removed from the store", seen["result"]
+    assert "doomed/1" not in seen["row"] and "shapes/1" in seen["row"]
+    assert requests.get(f"{server.url}/models/doomed/1", headers=AUTH, timeout=30).status_code == 404
 
 
 def _sha(data: bytes) -> str:

@@ -1,5 +1,6 @@
 """The model store over HTTP (docs/models.md): list and describe stored models, upload a new version
-(``PUT /models/{project}/{version}``), roll back and activate kept revisions.
+(``PUT /models/{project}/{version}``), roll back and activate kept revisions, remove a model
+(``DELETE /models/{project}/{version}``).
 
 Changing the store needs the server's API key: these routes answer 403 while ``server.api_key`` is not
 configured (the general key check answers 401 to a missing or wrong key once it is).
@@ -15,6 +16,7 @@ from typing import Any
 
 from flask import jsonify, request
 from flask_openapi3 import APIBlueprint, Tag
+from pydantic import BaseModel
 
 from edge_agent.errors import ChecksumMismatch, Forbidden, InvalidInput, PayloadTooLarge
 from edge_agent.http import common
@@ -122,3 +124,17 @@ def activate(path: LegacyPath, query: ActivateQuery) -> Any:
     """Serve a kept revision (one uploaded with `activate=false`), after the same checks."""
     _require_key()
     return jsonify(common.services().provisioner.activate(f"{path.project}/{path.version}", query.revision))
+
+
+class ModelRemoved(BaseModel):
+    removed: str
+
+
+@bp.delete("/models/<project>/<version>", responses={200: ModelRemoved, 400: ErrorMessage, 401: ErrorMessage,
+                                                     403: ErrorMessage, 404: ErrorMessage, 409: ErrorMessage})
+def remove(path: LegacyPath) -> Any:
+    """Delete a model and its kept revisions from the store; the daemon stops serving it, so its next
+    request answers 404 (unless it can be pulled from Roboflow again). Built-in demo models answer 400;
+    a model a running pipeline uses answers 409 naming the pipelines (terminate them first)."""
+    _require_key()
+    return jsonify(common.services().remove_model(f"{path.project}/{path.version}"))

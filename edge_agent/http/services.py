@@ -121,3 +121,5 @@ class HttpServices:
     # nothing from the telemetry counters), and the effective settings with secrets masked.
     console_status: Callable[[], dict[str, Any]]
     settings_view: Callable[[], dict[str, Any]]
+    # DELETE /models/{id}: refused while a running pipeline uses it; else stop serving it and delete it
+    remove_model: Callable[[str], dict[str, Any]]

@@ -147,7 +147,9 @@ async function loadModels() {
     el("div", {}, m.revisions.length ? el("button", {type: "button", "aria-label": "Roll back " + m.model_id,
       on: {click: () => change(m.model_id, "rollback")}}, "Roll back") : null,
     m.loaded ? el("button", {type: "button", class: "secondary", "aria-label": "Unload " + m.model_id,
-      on: {click: () => unload(m.model_id)}}, "Unload") : null)]));
+      on: {click: () => unload(m.model_id)}}, "Unload") : null,
+    m.builtin ? null : el("button", {type: "button", class: "secondary", "aria-label": "Remove " + m.model_id,
+      on: {click: () => remove(m.model_id)}}, "Remove"))]));
   for (const select of [$("try-model"), $("pl-model_id")]) {
     const was = select.value;
     select.replaceChildren(...modelIds.map((id) => el("option", {value: id}, id)));
@@ -161,6 +163,14 @@ async function change(modelId, action) {
   $("models-result").textContent = res.ok ? modelId + ": " + (res.data.activated ? "serving " : "kept ") +
     res.data.sha256.slice(0, 12) + ", check " + (res.data.check.ok ? "passed" : "failed: " + res.data.check.reason)
     : modelId + ": " + problem(res);
+  await loadModels();
+}
+
+async function remove(modelId) {
+  if (!confirm("Remove " + modelId + " and its earlier revisions from this device? Requests for it will fail.")) return;
+  $("models-result").textContent = "Removing " + modelId + "...";
+  const res = await api("DELETE", "models/" + modelPath(modelId));
+  $("models-result").textContent = res.ok ? modelId + " removed from the store" : modelId + ": " + problem(res);
   await loadModels();
 }
 
