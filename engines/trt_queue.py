@@ -336,7 +336,9 @@ class BuildQueue:
         model_id = job.model_id
         key = key or self.key(job.source)
         started = time.time()
-        self._set(model_id, "building", phase="starting", progress=0.0, key=key.digest)
+        queued = self.status(model_id)  # why it is built (a rejected cached plan, say) stays said while it builds
+        self._set(model_id, "building", phase="starting", progress=0.0, key=key.digest,
+                  reason=queued.reason if queued is not None and queued.state == "queued" else None)
         self.cache.clear_failure(key)
         tmp = self.cache.temp_plan(key)
         pinned = tmp.with_suffix(".onnx")

@@ -160,7 +160,8 @@ def test_the_next_start_serves_from_the_cache_without_building(tmp_path: Path, r
     assert result.top[0] in range(4)  # type: ignore[union-attr]
 
 
-def test_a_truncated_plan_is_rebuilt_never_loaded(tmp_path: Path, runtimes: list[Runtime]) -> None:
+def test_a_truncated_plan_is_rebuilt_never_loaded(tmp_path: Path, runtimes: list[Runtime],
+                                                  caplog: pytest.LogCaptureFixture) -> None:
     settings = _settings(tmp_path)
     first = _runtime(runtimes, settings, StandInBackend())
     first.inference.model("shapes-cls/1")
@@ -173,7 +174,10 @@ def test_a_truncated_plan_is_rebuilt_never_loaded(tmp_path: Path, runtimes: list
     second = _runtime(runtimes, settings, backend)
     loaded, _ = second.inference.model("shapes-cls/1")
     assert loaded.model.engine.name.startswith("onnxruntime")
-    assert "truncated" in (second.engine_status("shapes-cls/1")["reason"] or "")
+    status = second.engine_status("shapes-cls/1")
+    if status["state"] in ("queued", "building"):  # the rebuild may already be done on a fast machine
+        assert "truncated" in (status["reason"] or ""), status
+    assert "truncated" in caplog.text
     _wait_state(second, "shapes-cls/1", {"tensorrt"})
     assert _accelerator(second).builds == 1
     assert plan.stat().st_size == (TESTS.parent / "edge_agent/demo/store/shapes-cls/1/model.onnx").stat().st_size
