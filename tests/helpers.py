@@ -4,11 +4,15 @@ and skip markers for tools a test needs from the machine (Chromium, openssl)."""
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
 import shutil
 import subprocess
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -74,3 +78,16 @@ class RtspServer:
     def kill(self) -> None:
         self.proc.kill()  # a camera that loses power: no RTSP TEARDOWN, packets just stop
         self.proc.wait(10)
+
+
+@contextmanager
+def serve_folder(folder: Path) -> Iterator[str]:
+    """``folder``'s files over HTTP on a loopback port (the image URLs of the tests); yields the base URL."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

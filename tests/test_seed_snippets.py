@@ -12,19 +12,17 @@ test to check. Seed 004's v1 JSON body has its own test in test_v1_json.py.
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from helpers import serve_folder
 from servers import Server, running_server
 
 SAMPLE = Path(__file__).resolve().parent.parent / "edge_agent" / "demo" / "sample.jpg"
@@ -325,12 +323,8 @@ results = {"status": res.status_code, "body": predictions}
 def image_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     www = tmp_path_factory.mktemp("www")
     (www / "soccer.jpg").write_bytes(SAMPLE.read_bytes())
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/soccer.jpg"
-    httpd.shutdown()
-    httpd.server_close()
+    with serve_folder(www) as base:
+        yield f"{base}/soccer.jpg"
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,8 @@ HTTP server of the test's own, which the daemon may reach because the test loose
 from __future__ import annotations
 
 import base64
-import functools
-import http.server
 import io
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +21,7 @@ import pytest
 import requests
 
 from edge_agent.demo.shapes import generate_scene
+from helpers import serve_folder
 from servers import Server, running_server
 
 DET, SEG, POSE, CLS = "shapes/1", "shapes-seg/1", "shapes-pose/1", "shapes-cls/1"
@@ -53,12 +51,8 @@ def image_url(tmp_path_factory: pytest.TempPathFactory, jpeg: bytes) -> Iterator
     www = tmp_path_factory.mktemp("www")
     (www / "scene.jpg").write_bytes(jpeg)
     (www / "notes.txt").write_text("not an image")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/scene.jpg"
-    httpd.shutdown()
-    httpd.server_close()
+    with serve_folder(www) as base:
+        yield f"{base}/scene.jpg"
 
 
 @pytest.fixture(scope="module")
