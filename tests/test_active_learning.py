@@ -106,12 +106,16 @@ def test_classes_based_and_close_to_threshold_on_a_real_classifier() -> None:
                           result, rng)
 
 
-def _sampler(tmp_path: Path, strategies: list[Any], targets: tuple[str, ...] = ("folder",), **options: Any) -> Any:
-    from edge_agent.active_learning.sampler import Sampler
+def _spool(tmp_path: Path) -> Any:
     from edge_agent.active_learning.spool import Spool
 
-    spool = Spool(tmp_path / "spool.sqlite3", 1000, 1 << 30)
-    sampler = Sampler(strategies, spool, targets, seed=0, **options)
+    return Spool(tmp_path / "spool.sqlite3", 1000, 1 << 30)
+
+
+def _sampler(tmp_path: Path, strategies: list[Any], targets: tuple[str, ...] = ("folder",), **options: Any) -> Any:
+    from edge_agent.active_learning.sampler import Sampler
+
+    sampler = Sampler(strategies, _spool(tmp_path), targets, seed=0, **options)
     sampler.start()
     return sampler
 
@@ -780,3 +784,125 @@ def test_stop_never_writes_beside_a_writer_that_is_still_busy(tmp_path: Path, de
     sampler.stop()  # now it is gone: the three queued frames are written here
     assert sampler.stats["stored"] == 4
     assert SlowSpool.most == 1
+
+
+def test_the_writer_writes_the_folder_itself_and_the_spool_keeps_only_counts_and_other_targets(
+        tmp_path: Path, detector: Any, scenes: list[np.ndarray]) -> None:
+    """The folder target is written by the sampler's writer (no JPEG through SQLite, no uploader in
+    between); the limit counts still go to the spool; another target still gets its deliveries there."""
+    import cv2
+
+    from edge_agent.active_learning.uploaders import FolderTarget, Uploader
+
+    limited = strategy(type="random", traffic_percentage=1.0, name="every", limits=[{"type": "daily", "value": 50}])
+    folder = FolderTarget(tmp_path / "dataset")
+    counted = Uploader(_spool(tmp_path), folder)
+    sampler = _sampler(tmp_path, [limited], targets=("folder", "http"), direct=folder, on_direct=counted.count_sent)
+    for i, image in enumerate(scenes[:5]):
+        sampler(event(image, detector.infer_numpy(image), frame=i))
+    sampler.stop()
+    assert sampler.stats["stored"] == 5
+    images = sorted((tmp_path / "dataset" / "shapes-1" / "images").glob("*.jpg"))
+    labels = sorted((tmp_path / "dataset" / "shapes-1" / "labels").glob("*.txt"))
+    assert len(images) == len(labels) == 5
+    assert all(cv2.imread(str(p)) is not None for p in images)
+    assert (tmp_path / "dataset" / "shapes-1" / "data.yaml").read_text().startswith("path: .")
+    assert not list((tmp_path / "dataset").rglob("*.tmp"))  # no temp file left behind
+    stats = sampler.spool.stats()
+    assert stats["items"] == 5 and stats.get("pending_http") == 5 and "pending_folder" not in stats
+    assert counted.stats["uploaded"] == 5 and counted.stats["bytes"] == sum(p.stat().st_size for p in images)
+    assert sampler.spool.limit_counts()[("every", "daily")][1] == 5
+
+    only_folder = _sampler(tmp_path / "only", [limited], direct=FolderTarget(tmp_path / "only" / "dataset"))
+    for i, image in enumerate(scenes[:3]):
+        only_folder(event(image, detector.infer_numpy(image), frame=i))
+    only_folder.stop()
+    assert only_folder.spool.stats()["items"] == 0  # nothing waits: the folder has them
+    assert len(list((tmp_path / "only" / "dataset" / "shapes-1" / "images").glob("*.jpg"))) == 3
+    assert only_folder.spool.limit_counts()[("every", "daily")][1] == 3  # and the limit still counts them
+
+
+def test_frames_the_writer_cannot_write_to_the_folder_wait_in_the_spool_for_its_uploader(
+        tmp_path: Path, detector: Any, scenes: list[np.ndarray], caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from edge_agent.active_learning.uploaders import FolderTarget, Uploader
+
+    blocked = tmp_path / "dataset"
+    blocked.write_text("a file where the folder should be")  # the folder cannot be made
+    folder = FolderTarget(blocked)
+    with caplog.at_level(logging.WARNING, logger="edge_agent.active_learning"):
+        sampler = _sampler(tmp_path, [strategy(type="random", traffic_percentage=1.0)], direct=folder)
+        for i, image in enumerate(scenes[:4]):
+            sampler(event(image, detector.infer_numpy(image), frame=i))
+        sampler.stop()
+    assert sampler.stats["stored"] == 4
+    assert sampler.spool.stats()["pending_folder"] == 4  # kept, not lost
+    assert "frame(s) to the folder target" in caplog.text and "they wait in the spool" in caplog.text
+    assert caplog.text.count("cannot write") == 1  # once a minute, not once per batch
+    blocked.unlink()  # the disk is back
+    uploader = Uploader(sampler.spool, folder, retry_min_s=0.05, retry_max_s=0.1)
+    uploader.start()
+    try:
+        wait(lambda: sampler.spool.stats()["items"] == 0)
+    finally:
+        uploader.stop()
+    assert len(list((blocked / "shapes-1" / "images").glob("*.jpg"))) == 4
+    assert uploader.stats["uploaded"] == 4
+
+
+def test_write_many_replaces_files_whole_with_or_without_syncfs(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_agent import atomic_files
+
+    files = [(tmp_path / "a" / "one.jpg", b"\xff\xd8" + bytes(5000)), (tmp_path / "b" / "two.txt", b"0 0.5\n")]
+    atomic_files.write_many(files)
+    assert [p.read_bytes() for p, _ in files] == [d for _, d in files]
+    monkeypatch.setattr(atomic_files, "_libc_syncfs", lambda: None)  # no syncfs: an fsync per file
+    atomic_files.write_many([(tmp_path / "a" / "one.jpg", b"new"), (tmp_path / "a" / "three.jpg", b"3")])
+    assert (tmp_path / "a" / "one.jpg").read_bytes() == b"new"
+    assert oct((tmp_path / "a" / "three.jpg").stat().st_mode & 0o777) == oct(0o644)
+    (tmp_path / "c").write_text("not a folder")
+    with pytest.raises(OSError):
+        atomic_files.write_many([(tmp_path / "a" / "four.jpg", b"4"), (tmp_path / "c" / "five.jpg", b"5")])
+    assert not list(tmp_path.rglob("*.tmp"))  # what was staged is removed
+    assert not (tmp_path / "a" / "four.jpg").exists()  # nothing renamed before every file was written
+
+
+def test_the_folder_uploader_writes_a_batch_at_once_and_one_by_one_when_the_batch_fails(
+        tmp_path: Path, detector: Any, scenes: list[np.ndarray]) -> None:
+    from edge_agent.active_learning.uploaders import FolderTarget, Uploader
+
+    sampler = _sampler(tmp_path, [strategy(type="random", traffic_percentage=1.0)])  # no direct target
+    for i, image in enumerate(scenes[:6]):
+        sampler(event(image, detector.infer_numpy(image), frame=i))
+    sampler.stop()
+    assert sampler.spool.stats()["pending_folder"] == 6
+
+    class Flaky(FolderTarget):
+        batches = 0
+
+        def send_many(self, deliveries: Any, spool: Any) -> None:
+            Flaky.batches += 1
+            raise OSError("the batch failed")
+
+    uploader = Uploader(sampler.spool, Flaky(tmp_path / "dataset"), retry_min_s=0.05, retry_max_s=0.1)
+    uploader.start()
+    try:
+        wait(lambda: sampler.spool.stats()["items"] == 0)
+    finally:
+        uploader.stop()
+    assert Flaky.batches >= 1
+    assert uploader.stats["uploaded"] == 6 and uploader.stats["failures"] == 0  # each sent on its own
+    batched = _sampler(tmp_path / "b", [strategy(type="random", traffic_percentage=1.0)])
+    for i, image in enumerate(scenes[:6]):
+        batched(event(image, detector.infer_numpy(image), frame=i))
+    batched.stop()
+    good = Uploader(batched.spool, FolderTarget(tmp_path / "b" / "dataset"))
+    good.start()
+    try:
+        wait(lambda: batched.spool.stats()["items"] == 0)
+    finally:
+        good.stop()
+    assert good.stats["uploaded"] == 6
+    assert len(list((tmp_path / "b" / "dataset" / "shapes-1" / "labels").glob("*.txt"))) == 6

@@ -56,12 +56,18 @@ class ActiveLearning:
         self._uploading = False
         self._started = False
         self._guard = threading.Lock()
+        # The folder target is written by the sampler's writer itself (sampler.py); its uploader retries
+        # what that could not write, and counts both.
+        direct = next((t for t in targets if isinstance(t, FolderTarget)), None)
+        folder = next((u for u in self.uploaders if u.target is direct), None)
         self.sampler = Sampler(settings.strategies, self.spool, tuple(t.name for t in targets),
                                jpeg_quality=settings.jpeg_quality, max_image_size=settings.max_image_size,
                                dedup_distance=settings.dedup_distance, queue_size=settings.queue_size,
                                sources=lambda s: s != "http" or settings.sample_http_requests,
                                on_stored=self._wake, batching=settings.batching_strategy,
-                               priority=settings.thread_priority)
+                               priority=settings.thread_priority,
+                               direct=direct,
+                               on_direct=folder.count_sent if folder is not None else lambda items: None)
 
     @property
     def uploading(self) -> bool:

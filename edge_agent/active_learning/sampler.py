@@ -8,6 +8,14 @@ and added to the spool's counts with the item that used them, so counts and item
 a crash. After each write the sampler takes the spool's counts where they are higher than its own, so
 another process sampling into the same spool (a Python-API pipeline beside the daemon) counts too.
 
+A target on this device's own disk (the ``folder`` target, given as ``direct``) is written by the writer
+itself, with the batch's frames, and the spool keeps only the limit counts and the deliveries to the
+other targets: going through the spool (the JPEG into SQLite, read back, deleted) and an uploader thread
+cost about as much CPU again as the encoding. The files are on disk (``syncfs`` or fsync, then renamed)
+before the counts are committed: a crash in between leaves at most one batch of frames uncounted. Where
+the direct write fails (a full disk, the folder taken away), the frames go into the spool for that
+target too, and its uploader retries them.
+
 A frame whose producer switched active learning off (a request's ``disable_active_learning``, a
 pipeline's ``active_learning_enabled=False``) is never sampled. A frame the writer has no room for
 (``queue_size`` frames waiting) is dropped and counted, and its limit counts are given back.
@@ -30,6 +38,7 @@ import numpy as np
 from edge_agent.active_learning.priority import ThreadPriority, lower_this_thread
 from edge_agent.active_learning.sampling import WINDOWS, batch_base, batch_name, dhash, hamming, wants
 from edge_agent.active_learning.spool import Item, Spool
+from edge_agent.active_learning.uploaders import DirectTarget
 from edge_agent.events import PredictionEvent
 from edge_agent.roboflow_json import to_roboflow
 from edge_agent.sampling_strategies import Strategy
@@ -55,12 +64,17 @@ class Sampler:
                  jpeg_quality: int = 75, max_image_size: int = 1280, dedup_distance: int = 6,
                  queue_size: int = 64, sources: Callable[[str], bool] = lambda s: True,
                  on_stored: Callable[[], None] = lambda: None, seed: int | None = None,
-                 batching: BatchingStrategy | None = None, priority: ThreadPriority = "low") -> None:
+                 batching: BatchingStrategy | None = None, priority: ThreadPriority = "low",
+                 direct: DirectTarget | None = None,
+                 on_direct: Callable[[list[Item]], None] = lambda items: None) -> None:
         self.strategies = list(strategies)
         self.batching = batching
         self.priority = priority  # the writer thread's (active_learning.priority)
         self.spool = spool
         self.targets = targets
+        self.direct = direct if direct is not None and direct.name in targets else None
+        self._on_direct = on_direct  # counts what went to ``direct``
+        self._next_direct_warning = 0.0
         self.jpeg_quality, self.max_image_size, self.dedup_distance = jpeg_quality, max_image_size, dedup_distance
         self._accepts_source = sources
         self._on_stored = on_stored
@@ -69,7 +83,8 @@ class Sampler:
         self._stats_lock = threading.Lock()  # producers are many threads (HTTP requests, pipelines)
         self._counts: Counts = spool.limit_counts()
         self._recent: dict[str, deque[int]] = {}
-        self._queue: queue.Queue[tuple[PredictionEvent, Strategy, Counts, str]] = queue.Queue(queue_size)
+        # None: stop()'s wake-up for a writer waiting on an empty queue
+        self._queue: queue.Queue[tuple[PredictionEvent, Strategy, Counts, str] | None] = queue.Queue(queue_size)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.stats = {"considered": 0, "sampled": 0, "skipped_limit": 0, "skipped_duplicate": 0,
@@ -183,6 +198,10 @@ class Sampler:
         if thread is None:
             return
         self._stop.set()
+        try:
+            self._queue.put_nowait(None)  # a writer waiting for frames wakes now, not at its next timeout
+        except queue.Full:  # it is busy with frames, and sees the stop after its batch
+            pass
         thread.join(timeout)
         if thread.is_alive():  # a batch of at most 16 frames, whose write waits at most the spool's 30 s lock
             log.warning("the active-learning writer is still busy after %.0f s; waiting for it", timeout)
@@ -199,12 +218,17 @@ class Sampler:
         self._thread = None
 
     def _take_batch(self, block: bool) -> list[tuple[PredictionEvent, Strategy, Counts, str]]:
-        """Up to 16 waiting frames; with ``block``, wait a moment for the first."""
+        """Up to 16 waiting frames; with ``block``, wait a moment for the first. Empty only when
+        nothing is queued (stop()'s wake-up is skipped)."""
         batch = []
         try:
-            batch.append(self._queue.get(timeout=0.2) if block else self._queue.get_nowait())
+            first = self._queue.get(timeout=1.0) if block else self._queue.get_nowait()
+            if first is not None:
+                batch.append(first)
             while len(batch) < 16:
-                batch.append(self._queue.get_nowait())
+                queued = self._queue.get_nowait()
+                if queued is not None:
+                    batch.append(queued)
         except queue.Empty:
             pass
         return batch
@@ -228,8 +252,24 @@ class Sampler:
                 log.exception("cannot encode a sampled frame")
         if not entries:
             return
+        targets = self.targets
+        if self.direct is not None:
+            try:
+                self.direct.write_items([item for item, _used in entries])
+            except Exception as exc:  # the spool keeps them for this target's uploader, which retries
+                if time.monotonic() >= self._next_direct_warning:  # not once per batch
+                    self._next_direct_warning = time.monotonic() + 60
+                    log.warning("active learning: cannot write %d frame(s) to the %s target (%s); they wait in "
+                                "the spool", len(entries), self.direct.name, exc)
+            else:
+                targets = tuple(t for t in targets if t != self.direct.name)
+                self._on_direct([item for item, _used in entries])
         try:
-            evicted = self.spool.add_many(entries, self.targets)
+            if targets or self.direct is None:
+                evicted = self.spool.add_many(entries, targets)
+            else:  # every target has them: only the limit counts they used are kept
+                self.spool.add_counts([used for _item, used in entries])
+                evicted = 0
         except Exception:  # a full disk: counted, and the next frames are tried
             self._count("write_errors", len(entries))
             log.exception("cannot store %d sampled frame(s)", len(entries))

@@ -155,6 +155,13 @@ class Spool:
                 db.executemany(_ADD_TO_LIMIT, [(s, w, b, c) for (s, w), (b, c) in limits.items()])
             return self._evict(db)
 
+    def add_counts(self, limits: list[dict[tuple[str, str], tuple[str, int]]]) -> None:
+        """The limit counts of items that needed no delivery (every target took them directly), in one
+        transaction; applied in order, added as ``add`` adds them."""
+        with self._write(self._db()) as db:
+            for used in limits:
+                db.executemany(_ADD_TO_LIMIT, [(s, w, b, c) for (s, w), (b, c) in used.items()])
+
     def _evict(self, db: sqlite3.Connection) -> int:
         count, size = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM items").fetchone()
         if count <= self.max_items and size <= self.max_bytes:
