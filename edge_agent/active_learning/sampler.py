@@ -217,35 +217,44 @@ class Sampler:
             log.warning("the active-learning writer did not end; %d queued frame(s) not written",
                         self._queue.qsize())
             return
-        while True:
-            batch = self._take_batch(block=False)
-            if not batch:
-                break
-            self._write(batch)
+        while not self._queue.empty():
+            self._write(self._take_batch(block=False))
         self._thread = None
 
-    def _take_batch(self, block: bool) -> list[tuple[PredictionEvent, Strategy, Counts, str]]:
-        """Up to ``BATCH`` frames. With ``block``: wait a moment for the first, then up to ``GATHER_S``
-        for more (stop()'s wake-up ends the wait); else only those waiting. Empty only when nothing
-        is queued."""
-        batch = []
+    def _take_batch(self, block: bool) -> list[tuple[Item, Counts]]:
+        """Up to ``BATCH`` frames, each encoded as it is taken (while it is still in the CPU's caches;
+        the batch then holds JPEGs, not frames). With ``block``: wait a moment for the first, then up
+        to ``GATHER_S`` for more (stop()'s wake-up ends the wait); else only those waiting. Empty only
+        when nothing is queued."""
+        batch: list[tuple[Item, Counts]] = []
+        taken = 0
         gather_until = time.monotonic() + GATHER_S
         try:
             first = self._queue.get(timeout=1.0) if block else self._queue.get_nowait()
             if first is None:
                 block = False
             else:
-                batch.append(first)
-            while len(batch) < BATCH:
+                taken += 1
+                self._encode(first, batch)
+            while taken < BATCH:
                 wait = gather_until - time.monotonic() if block else 0.0
                 queued = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
                 if queued is None:
                     block = False
                 else:
-                    batch.append(queued)
+                    taken += 1
+                    self._encode(queued, batch)
         except queue.Empty:
             pass
         return batch
+
+    def _encode(self, queued: tuple[PredictionEvent, Strategy, Counts, str], batch: list[tuple[Item, Counts]]) -> None:
+        event, strategy, used, labelling_batch = queued
+        try:
+            batch.append((self._item(event, strategy, labelling_batch), used))
+        except Exception:  # a broken frame: counted, the others are written
+            self._count("write_errors")
+            log.exception("cannot encode a sampled frame")
 
     def _write_loop(self) -> None:
         lower_this_thread(self.priority)
@@ -254,16 +263,9 @@ class Sampler:
             if batch:
                 self._write(batch)
 
-    def _write(self, batch: list[tuple[PredictionEvent, Strategy, Counts, str]]) -> None:
-        """Encode each frame; write them all in one transaction (under load, several frames share one
-        fsync)."""
-        entries = []
-        for event, strategy, used, labelling_batch in batch:
-            try:
-                entries.append((self._item(event, strategy, labelling_batch), used))
-            except Exception:  # a broken frame: counted, the others are written
-                self._count("write_errors")
-                log.exception("cannot encode a sampled frame")
+    def _write(self, entries: list[tuple[Item, Counts]]) -> None:
+        """Write a batch of encoded frames: the direct target's files with one flush to disk, then the
+        spool in one transaction."""
         if not entries:
             return
         targets = self.targets
