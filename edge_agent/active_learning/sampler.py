@@ -49,12 +49,14 @@ log = logging.getLogger(__name__)
 
 WRITE_WAIT_S = 35.0  # Sampler.stop's second wait for a writer in a write (the spool waits 30 s for its lock)
 # The writer writes frames in batches: each batch costs one SQLite commit and one flush to disk of the
-# folder's files (each a few fsyncs' worth of kernel work). Frames come one by one: it waits up to
-# GATHER_S for a batch to fill. Sampling every frame of a pipeline that keeps 2 cores busy, it kept
-# 0.81x of the pipeline's throughput with the batches it found waiting (mostly one frame), 0.91x with
-# this wait (bench/active_learning.py, medians of 5 rounds; a run of 32 frames in 0.5 s did no better).
-BATCH = 16
-GATHER_S = 0.25
+# folder's files (a syncfs and an fsync per folder). Frames come one by one: it waits up to GATHER_S
+# for a batch to fill, holding their JPEGs (about 40 kB each at 640x480), not the frames. Sampling
+# every frame of a pipeline that keeps 2 cores busy (bench/active_learning.py, medians of 5-21 rounds),
+# the pipeline kept 0.81x of its throughput with the batches the writer found waiting (mostly one
+# frame), 0.86-0.91x with batches of up to 16 in 0.25 s, 0.90x with up to 64 in 1 s. A power cut
+# loses at most the frames not yet written: this batch and the queue.
+BATCH = 64
+GATHER_S = 1.0
 RECENT_HASHES = 16  # per source: a frame this close to any of the last kept ones is a near-duplicate
 
 
@@ -210,7 +212,7 @@ class Sampler:
         except queue.Full:  # it is busy with frames, and sees the stop after its batch
             pass
         thread.join(timeout)
-        if thread.is_alive():  # a batch of at most 16 frames, whose write waits at most the spool's 30 s lock
+        if thread.is_alive():  # a batch of at most BATCH frames, whose write waits at most the spool's 30 s lock
             log.warning("the active-learning writer is still busy after %.0f s; waiting for it", timeout)
             thread.join(WRITE_WAIT_S)
         if thread.is_alive():
