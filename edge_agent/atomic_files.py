@@ -10,11 +10,14 @@ import ctypes
 import functools
 import logging
 import os
+import re
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 log = logging.getLogger(__name__)
 
@@ -49,24 +52,54 @@ def write_text(path: Path, text: str, mode: int = 0o644) -> None:
     write_bytes(path, text.encode("utf-8"), mode)
 
 
+# File systems whose syncfs writes every dirty page and waits for it (by f_type, from statfs). FUSE
+# (exfat-fuse, ntfs-3g), vfat and overlay file systems are left to fsync, which reaches the daemon or
+# the device where syncfs may not.
+SYNCFS_FILE_SYSTEMS = {0xEF53: "ext2/3/4", 0x58465342: "xfs", 0x9123683E: "btrfs", 0xF2F52010: "f2fs",
+                       0x01021994: "tmpfs"}
+SLOW_SYNCFS_S = 1.0  # a syncfs this slow waited for others' writes (a download, a recording): ...
+SLOW_PAUSE_S = 60.0  # ... so fsync file by file for this long
+_slow_until = 0.0
+_next_warning = 0.0
+
+
+class _StatFs(ctypes.Structure):
+    _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_byte * 256)]  # f_type first, on every Linux ABI
+
+
+@dataclass(frozen=True)
+class _Libc:
+    syncfs: Callable[[int], int]
+    fstatfs: Callable[[int, Any], int]
+
+
 @functools.cache
-def _libc_syncfs() -> Callable[[int], int] | None:
+def _libc() -> _Libc | None:
+    """syncfs and fstatfs where they can be trusted: Linux 5.8 or later (syncfs reports write-back
+    errors since then; before, it returned 0 whatever happened) and a C library that has them."""
     if not sys.platform.startswith("linux"):
         return None
+    release = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    if release is None or (int(release[1]), int(release[2])) < (5, 8):
+        return None
     try:
-        function = ctypes.CDLL(None, use_errno=True).syncfs
+        libc = ctypes.CDLL(None, use_errno=True)
+        syncfs, fstatfs = libc.syncfs, libc.fstatfs
     except (AttributeError, OSError):
         return None
-    function.argtypes, function.restype = [ctypes.c_int], ctypes.c_int
-    return cast(Callable[[int], int], function)
+    syncfs.argtypes, syncfs.restype = [ctypes.c_int], ctypes.c_int
+    fstatfs.argtypes, fstatfs.restype = [ctypes.c_int, ctypes.POINTER(_StatFs)], ctypes.c_int
+    return _Libc(cast(Callable[[int], int], syncfs), cast(Callable[[int, Any], int], fstatfs))
 
 
 def _flush_file_systems(folders: Iterable[Path]) -> bool:
-    """Linux's ``syncfs`` on the file system of each folder: every dirty page written and waited for,
-    at one call per file system. False where the C library has no ``syncfs`` or a call fails (the
-    caller then fsyncs file by file)."""
-    syncfs = _libc_syncfs()
-    if syncfs is None:
+    """``syncfs`` on the file system of each folder: every dirty page written and waited for, at one
+    call per file system. False (the caller then fsyncs file by file) where it cannot be trusted
+    (``_libc``, ``SYNCFS_FILE_SYSTEMS``), where a call fails (logged), and for a while after a call that
+    took long, since it then waited for other writes to the same disk."""
+    global _slow_until, _next_warning
+    libc = _libc()
+    if libc is None or time.monotonic() < _slow_until:
         return False
     seen: set[int] = set()
     for folder in folders:
@@ -76,9 +109,18 @@ def _flush_file_systems(folders: Iterable[Path]) -> bool:
             if device in seen:
                 continue
             seen.add(device)
-            if syncfs(fd) != 0:
-                log.debug("syncfs on %s failed: %s", folder, os.strerror(ctypes.get_errno()))
+            info = _StatFs()
+            if libc.fstatfs(fd, ctypes.byref(info)) != 0 or (info.f_type & 0xFFFFFFFF) not in SYNCFS_FILE_SYSTEMS:
                 return False
+            started = time.monotonic()
+            if libc.syncfs(fd) != 0:
+                if time.monotonic() >= _next_warning:  # not once per batch
+                    _next_warning = time.monotonic() + 60
+                    log.warning("syncfs on %s failed (%s); writing file by file", folder,
+                                os.strerror(ctypes.get_errno()))
+                return False
+            if time.monotonic() - started > SLOW_SYNCFS_S:
+                _slow_until = time.monotonic() + SLOW_PAUSE_S
         finally:
             os.close(fd)
     return True
@@ -86,8 +128,9 @@ def _flush_file_systems(folders: Iterable[Path]) -> bool:
 
 def write_many(files: Iterable[tuple[Path, bytes]], mode: int = 0o644) -> None:
     """Atomically replace each path with its bytes, as ``write_bytes`` does, but with one flush to disk
-    for them all: each file is written to a temp file, then one ``syncfs`` per file system (where
-    Linux has it; else an fsync per file), then the renames, then an fsync per folder. Costs about
+    for them all: each file is written to a temp file, then one ``syncfs`` per file system (where it
+    can be trusted, see ``_flush_file_systems``; else an fsync per file), then the renames, then an
+    fsync per folder. Costs about
     half the CPU of ``write_bytes`` one by one (bench/active_learning.py). When it raises, some files
     may already be in place, each whole."""
     staged: list[tuple[str, Path]] = []

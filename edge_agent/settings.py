@@ -309,7 +309,7 @@ class ActiveLearningSettings(_Section):
     spool_max_items: int = Field(10_000, ge=1)
     spool_max_bytes: int = Field(1024 * 1024 * 1024, ge=1024 * 1024)
     spool_sync: Literal["full", "normal"] = "full"
-    bandwidth_kbps: float = Field(0.0, ge=0, description="upload cap per target in kB/s; 0: none")
+    bandwidth_kbps: float = Field(0.0, ge=0, description="upload cap per network target (http, mqtt) in kB/s; 0: none")
     retry_min_s: float = Field(5.0, gt=0)
     retry_max_s: float = Field(600.0, gt=0)
 

@@ -838,7 +838,7 @@ def test_frames_the_writer_cannot_write_to_the_folder_wait_in_the_spool_for_its_
         sampler.stop()
     assert sampler.stats["stored"] == 4
     assert sampler.spool.stats()["pending_folder"] == 4  # kept, not lost
-    assert "frame(s) to the folder target" in caplog.text and "they wait in the spool" in caplog.text
+    assert "frame(s) to the folder target" in caplog.text and "they go to the spool" in caplog.text
     assert caplog.text.count("cannot write") == 1  # once a minute, not once per batch
     blocked.unlink()  # the disk is back
     uploader = Uploader(sampler.spool, folder, retry_min_s=0.05, retry_max_s=0.1)
@@ -851,6 +851,29 @@ def test_frames_the_writer_cannot_write_to_the_folder_wait_in_the_spool_for_its_
     assert uploader.stats["uploaded"] == 4
 
 
+def test_frames_in_the_folder_count_as_stored_when_the_spool_then_fails(
+        tmp_path: Path, detector: Any, scenes: list[np.ndarray], caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from edge_agent.active_learning.uploaders import FolderTarget
+
+    sampler = _sampler(tmp_path, [strategy(type="random", traffic_percentage=1.0)],
+                       direct=FolderTarget(tmp_path / "dataset"))
+
+    def full_disk(limits: Any) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    sampler.spool.add_counts = full_disk
+    with caplog.at_level(logging.ERROR, logger="edge_agent.active_learning"):
+        for i, image in enumerate(scenes[:3]):
+            sampler(event(image, detector.infer_numpy(image), frame=i))
+        sampler.stop()
+    assert len(list((tmp_path / "dataset" / "shapes-1" / "images").glob("*.jpg"))) == 3
+    assert sampler.stats["stored"] == 3  # they are in the folder
+    assert 1 <= sampler.stats["write_errors"] <= 3  # one per failed spool write, not per frame
+    assert "could not keep their limit counts" in caplog.text
+
+
 def test_write_many_replaces_files_whole_with_or_without_syncfs(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from edge_agent import atomic_files
@@ -858,7 +881,7 @@ def test_write_many_replaces_files_whole_with_or_without_syncfs(tmp_path: Path,
     files = [(tmp_path / "a" / "one.jpg", b"\xff\xd8" + bytes(5000)), (tmp_path / "b" / "two.txt", b"0 0.5\n")]
     atomic_files.write_many(files)
     assert [p.read_bytes() for p, _ in files] == [d for _, d in files]
-    monkeypatch.setattr(atomic_files, "_libc_syncfs", lambda: None)  # no syncfs: an fsync per file
+    monkeypatch.setattr(atomic_files, "_libc", lambda: None)  # no syncfs to trust: an fsync per file
     atomic_files.write_many([(tmp_path / "a" / "one.jpg", b"new"), (tmp_path / "a" / "three.jpg", b"3")])
     assert (tmp_path / "a" / "one.jpg").read_bytes() == b"new"
     assert oct((tmp_path / "a" / "three.jpg").stat().st_mode & 0o777) == oct(0o644)
@@ -867,6 +890,33 @@ def test_write_many_replaces_files_whole_with_or_without_syncfs(tmp_path: Path,
         atomic_files.write_many([(tmp_path / "a" / "four.jpg", b"4"), (tmp_path / "c" / "five.jpg", b"5")])
     assert not list(tmp_path.rglob("*.tmp"))  # what was staged is removed
     assert not (tmp_path / "a" / "four.jpg").exists()  # nothing renamed before every file was written
+
+
+def test_syncfs_is_used_only_where_it_can_be_trusted_and_not_while_it_is_slow(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import platform
+
+    from edge_agent import atomic_files
+
+    atomic_files._libc.cache_clear()
+    monkeypatch.setattr(atomic_files, "_slow_until", 0.0)
+    kernel = tuple(int(n) for n in platform.release().split(".")[:2])
+    if atomic_files._libc() is None:
+        assert kernel < (5, 8) or not sys.platform.startswith("linux")
+        pytest.skip("no syncfs to trust here: write_many fsyncs file by file (tested above)")
+    trusted = atomic_files._flush_file_systems([tmp_path])
+    monkeypatch.setattr(atomic_files, "SYNCFS_FILE_SYSTEMS", {})  # say, a FUSE or vfat stick
+    assert not atomic_files._flush_file_systems([tmp_path])
+    if not trusted:
+        pytest.skip("the test folder's file system is not one syncfs is trusted on")
+    monkeypatch.setattr(atomic_files, "SYNCFS_FILE_SYSTEMS", {0xEF53: "ext4", 0x01021994: "tmpfs",
+                                                              0x58465342: "xfs", 0x9123683E: "btrfs",
+                                                              0xF2F52010: "f2fs", 0x794C7630: "overlay"})
+    monkeypatch.setattr(atomic_files, "SLOW_SYNCFS_S", -1.0)  # every call counts as slow
+    assert atomic_files._flush_file_systems([tmp_path])
+    assert not atomic_files._flush_file_systems([tmp_path])  # it waited for others' writes: fsync for a while
+    atomic_files.write_many([(tmp_path / "x.txt", b"x")])  # and files are still written whole
+    assert (tmp_path / "x.txt").read_bytes() == b"x"
 
 
 def test_the_folder_uploader_writes_a_batch_at_once_and_one_by_one_when_the_batch_fails(

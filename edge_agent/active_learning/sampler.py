@@ -261,9 +261,12 @@ class Sampler:
     def _write_loop(self) -> None:
         lower_this_thread(self.priority)
         while not self._stop.is_set():
-            batch = self._take_batch(block=True)
-            if batch:
-                self._write(batch)
+            try:
+                self._write(self._take_batch(block=True))
+            except Exception:  # a bug or an unforeseen failure must not end sampling for good
+                self._count("write_errors")
+                log.exception("active-learning writer: unexpected error")
+                self._stop.wait(1.0)
 
     def _write(self, entries: list[tuple[Item, Counts]]) -> None:
         """Write a batch of encoded frames: the direct target's files with one flush to disk, then the
@@ -271,26 +274,35 @@ class Sampler:
         if not entries:
             return
         targets = self.targets
+        direct_done = False
         if self.direct is not None:
             try:
                 self.direct.write_items([item for item, _used in entries])
             except Exception as exc:  # the spool keeps them for this target's uploader, which retries
                 if time.monotonic() >= self._next_direct_warning:  # not once per batch
                     self._next_direct_warning = time.monotonic() + 60
-                    log.warning("active learning: cannot write %d frame(s) to the %s target (%s); they wait in "
-                                "the spool", len(entries), self.direct.name, exc)
+                    log.warning("active learning: cannot write %d frame(s) to the %s target (%s); they go to "
+                                "the spool, for its uploader to retry", len(entries), self.direct.name, exc)
             else:
+                direct_done = True
                 targets = tuple(t for t in targets if t != self.direct.name)
                 self._on_direct([item for item, _used in entries])
         try:
-            if targets or self.direct is None:
+            if targets or not direct_done:
                 evicted = self.spool.add_many(entries, targets)
             else:  # every target has them: only the limit counts they used are kept
                 self.spool.add_counts([used for _item, used in entries])
                 evicted = 0
         except Exception:  # a full disk: counted, and the next frames are tried
-            self._count("write_errors", len(entries))
-            log.exception("cannot store %d sampled frame(s)", len(entries))
+            if direct_done:  # they are in the folder; their limit counts (and other targets') are not kept
+                self._count("stored", len(entries))
+                self._count("write_errors")
+                log.exception("active learning: %d frame(s) written to the %s target, but the spool could not "
+                              "keep their limit counts%s", len(entries), self.direct.name if self.direct else "",
+                              " or their deliveries to " + ", ".join(targets) if targets else "")
+            else:
+                self._count("write_errors", len(entries))
+                log.exception("cannot store %d sampled frame(s)", len(entries))
             return
         self._count("stored", len(entries))
         try:

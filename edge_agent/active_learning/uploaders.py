@@ -294,9 +294,13 @@ class Uploader:
                 continue
             sent: list[str] = []
             try:
-                self._send_batch(batch, sent)
-            finally:
-                self._acknowledge(sent)
+                try:
+                    self._send_batch(batch, sent)
+                finally:
+                    self._acknowledge(sent)
+            except Exception:  # the spool unwritable (a full disk): what was sent is sent again later
+                log.exception("active learning: %s uploader: cannot record deliveries", self.target.name)
+                self._stop.wait(self.retry_min_s)
 
     def _send_batch(self, batch: list[Delivery], sent: list[str]) -> None:
         """Send in order, collecting in ``sent`` what the target took. The spool hears of those in one
