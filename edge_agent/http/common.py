@@ -15,6 +15,7 @@ import numpy as np
 from flask import current_app, request
 
 from edge_agent.errors import InvalidInput
+from edge_agent.http.head import keys_in
 from edge_agent.http.schemas import ImageInput
 from edge_agent.http.services import HttpServices
 from edge_agent.images import from_declaration
@@ -65,17 +66,6 @@ def request_state() -> RequestState:
     if not isinstance(state, RequestState):
         state = request.environ[STATE_KEY] = RequestState()
     return state
-
-
-def keys_in(query_key: str | None, authorization: str) -> list[str]:
-    """The keys of the query and the ``Authorization: Bearer`` header, in docs/http-api.md §1.3 precedence
-    (the SDK's literal ``api_key=None`` is no key). The front reads them before Flask does."""
-    keys = []
-    if query_key and query_key != "None":
-        keys.append(query_key)
-    if authorization.lower().startswith("bearer "):
-        keys.append(authorization[7:].strip())
-    return keys
 
 
 def given_keys() -> list[str]:

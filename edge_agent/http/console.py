@@ -27,11 +27,11 @@ from flask import Blueprint, Response, jsonify, request
 
 from edge_agent.errors import EdgeAgentError, InvalidInput, PayloadTooLarge
 from edge_agent.http import common
+from edge_agent.http.head import MAX_CONFIG_BYTES
 from edge_agent.settings import load_settings
 
 FOLDER = Path(__file__).resolve().parent / "console"
 ASSETS = {"/console.js": ("console.js", "text/javascript"), "/console.css": ("console.css", "text/css")}
-MAX_CONFIG_BYTES = 256 * 1024
 # The page loads nothing from elsewhere, runs no inline script, and is never framed (clickjacking).
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")

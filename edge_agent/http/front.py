@@ -51,8 +51,7 @@ from urllib.parse import parse_qsl, unquote_to_bytes
 import httptools
 from gunicorn.workers.base import Worker
 
-from edge_agent.http.common import keys_in
-from edge_agent.http.console import MAX_CONFIG_BYTES
+from edge_agent.http.head import MAX_CONFIG_BYTES, keys_in
 from edge_agent.settings import ServerSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -108,7 +107,7 @@ class Limits:
 
 def _carries_key(request: _Request, key: bytes) -> bool:
     """Whether the request's first key in ``?api_key=`` or ``Authorization: Bearer`` is ``key``, as the
-    routes will judge it (``common.keys_in``; they check it again, with the JSON body's key too)."""
+    routes will judge it (``head.keys_in``; they check it again, with the JSON body's key too)."""
     query = dict(parse_qsl(request.query.decode("latin-1"), errors="replace"))
     authorization = next((v.decode("latin-1") for n, v in request.headers if n.lower() == b"authorization"), "")
     given = keys_in(query.get("api_key"), authorization)
