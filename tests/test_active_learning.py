@@ -857,8 +857,9 @@ def test_frames_in_the_folder_count_as_stored_when_the_spool_then_fails(
 
     from edge_agent.active_learning.uploaders import FolderTarget
 
-    sampler = _sampler(tmp_path, [strategy(type="random", traffic_percentage=1.0)],
-                       direct=FolderTarget(tmp_path / "dataset"))
+    limited = strategy(type="random", traffic_percentage=1.0, name="every", limits=[{"type": "daily", "value": 50}])
+    sampler = _sampler(tmp_path, [limited], direct=FolderTarget(tmp_path / "dataset"))
+    working = sampler.spool.add_counts
 
     def full_disk(limits: Any) -> None:
         raise sqlite3.OperationalError("database or disk is full")
@@ -872,6 +873,13 @@ def test_frames_in_the_folder_count_as_stored_when_the_spool_then_fails(
     assert sampler.stats["stored"] == 3  # they are in the folder
     assert 1 <= sampler.stats["write_errors"] <= 3  # one per failed spool write, not per frame
     assert "could not keep their limit counts" in caplog.text
+    assert ("every", "daily") not in sampler.spool.limit_counts()
+    sampler.spool.add_counts = working  # the disk has room again
+    sampler.start()
+    image = scenes[3]
+    sampler(event(image, detector.infer_numpy(image), frame=3))
+    sampler.stop()
+    assert sampler.spool.limit_counts()[("every", "daily")][1] == 4  # the 3 missed counts kept with the next
 
 
 def test_write_many_replaces_files_whole_with_or_without_syncfs(tmp_path: Path,
@@ -956,3 +964,24 @@ def test_the_folder_uploader_writes_a_batch_at_once_and_one_by_one_when_the_batc
         good.stop()
     assert good.stats["uploaded"] == 6
     assert len(list((tmp_path / "b" / "dataset" / "shapes-1" / "labels").glob("*.txt"))) == 6
+
+
+def test_data_yaml_follows_the_newest_frames_class_names_not_the_last_written(tmp_path: Path) -> None:
+    """The folder's uploader may drain frames sampled before the ones the writer already wrote: an
+    older class list does not replace a newer one."""
+    import dataclasses
+
+    from edge_agent.active_learning.spool import Item
+    from edge_agent.active_learning.uploaders import FolderTarget
+
+    def item(created: float, names: tuple[str, ...]) -> Item:
+        body = {"image": {"width": 10, "height": 10}, "predictions": []}
+        return Item(f"id-{created}", created, "cam", "m/1", "s", 10, 10, b"\xff\xd8", body, names)
+
+    now = time.time()
+    FolderTarget(tmp_path).write_items([item(now, ("cat", "dog"))])
+    data = tmp_path / "m-1" / "data.yaml"
+    FolderTarget(tmp_path).write_items([item(now - 3600, ("cat",))])  # sampled an hour before: older
+    assert '"dog"' in data.read_text()
+    FolderTarget(tmp_path).write_items([dataclasses.replace(item(now + 5, ("cat", "dog", "bird")), id="x")])
+    assert '"bird"' in data.read_text()  # sampled after: the model's classes changed

@@ -83,6 +83,7 @@ class Sampler:
         self.targets = targets
         self.direct = direct if direct is not None and direct.name in targets else None
         self._on_direct = on_direct  # counts what went to ``direct``
+        self._unsaved_counts: list[Counts] = []  # of frames in the folder whose spool write failed: kept later
         self._next_direct_warning = 0.0
         self.jpeg_quality, self.max_image_size, self.dedup_distance = jpeg_quality, max_image_size, dedup_distance
         self._accepts_source = sources
@@ -294,17 +295,26 @@ class Sampler:
                 self.spool.add_counts([used for _item, used in entries])
                 evicted = 0
         except Exception:  # a full disk: counted, and the next frames are tried
-            if direct_done:  # they are in the folder; their limit counts (and other targets') are not kept
+            if direct_done:  # they are in the folder; their counts wait for the spool's next write
+                self._unsaved_counts.extend(used for _item, used in entries)
+                del self._unsaved_counts[:-10_000]  # bounded: a spool that never answers again
                 self._count("stored", len(entries))
                 self._count("write_errors")
                 log.exception("active learning: %d frame(s) written to the %s target, but the spool could not "
-                              "keep their limit counts%s", len(entries), self.direct.name if self.direct else "",
-                              " or their deliveries to " + ", ".join(targets) if targets else "")
+                              "keep their limit counts (kept for its next write)%s", len(entries),
+                              self.direct.name if self.direct else "",
+                              "; their deliveries to " + ", ".join(targets) + " are lost" if targets else "")
             else:
                 self._count("write_errors", len(entries))
                 log.exception("cannot store %d sampled frame(s)", len(entries))
             return
         self._count("stored", len(entries))
+        if self._unsaved_counts:  # the spool answers again: the counts it missed
+            try:
+                self.spool.add_counts(self._unsaved_counts)
+                self._unsaved_counts.clear()
+            except Exception as exc:  # kept for the next write
+                log.debug("active learning: the missed limit counts wait for the next write (%s)", exc)
         try:
             self._merge_stored_counts()
         except Exception:  # pragma: no cover - the spool just answered; a read failing now is counted as a write

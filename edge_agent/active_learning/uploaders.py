@@ -122,7 +122,8 @@ class FolderTarget:
 
     def _files(self, item: Item) -> list[tuple[Path, bytes]]:
         """The files of one item: its image, and for detections its label file and the data set's
-        ``data.yaml`` where that is missing or names other classes (remembered once written)."""
+        ``data.yaml`` where that is missing, or names other classes and is older than the item
+        (remembered once written)."""
         base = self.root / file_name(item.model_id)
         if item.batch:
             base = base / file_name(item.batch)
@@ -137,8 +138,13 @@ class FolderTarget:
         text = f"path: .\ntrain: images\nval: images\nnames:\n{names}"
         if self._data_yaml.get(data) == text and data.exists():  # a person may have taken the folder away
             return files
-        if not data.exists() or data.read_text() != text:
+        if not data.exists():
             files.append((data, text.encode()))
+        elif data.read_text() != text:
+            # Another class list: replaced only by a frame sampled after it was written (the folder's
+            # uploader may drain older frames after the writer wrote newer ones, or a person edited it).
+            if data.stat().st_mtime <= item.created:
+                files.append((data, text.encode()))
         else:
             self._data_yaml[data] = text
         return files
