@@ -134,9 +134,12 @@ def write_many(files: Iterable[tuple[Path, bytes]], mode: int = 0o644) -> None:
     half the CPU of ``write_bytes`` one by one (bench/active_learning.py). When it raises, some files
     may already be in place, each whole."""
     staged: list[tuple[str, Path]] = []
+    made: set[Path] = set()
     try:
         for path, data in files:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.parent not in made:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                made.add(path.parent)
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
             staged.append((tmp, path))
             with os.fdopen(fd, "wb") as f:

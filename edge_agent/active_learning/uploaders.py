@@ -17,6 +17,7 @@ its target acknowledged it:
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 import random
@@ -84,6 +85,13 @@ def file_name(text: str) -> str:
     return _UNSAFE.sub("-", text).lstrip(".") or "-"
 
 
+@functools.lru_cache(maxsize=64)
+def _data_yaml_text(class_names: tuple[str, ...]) -> str:
+    """A YOLO data set's data.yaml for these classes (formatted once per class list, not per frame)."""
+    names = "".join(f"  {i}: {json.dumps(n)}\n" for i, n in enumerate(class_names))
+    return f"path: .\ntrain: images\nval: images\nnames:\n{names}"
+
+
 class DirectTarget(Protocol):
     """A target the active-learning writer writes itself, with no spool and no uploader in between
     (one on the device's own disk): it raises when the items are not all safely written."""
@@ -134,8 +142,7 @@ class FolderTarget:
         label = "".join(line + "\n" for line in yolo_lines(item.predictions, item.class_names))
         files = [(base / "images" / f"{stem}.jpg", item.jpeg), (base / "labels" / f"{stem}.txt", label.encode())]
         data = base / "data.yaml"
-        names = "".join(f"  {i}: {json.dumps(n)}\n" for i, n in enumerate(item.class_names))
-        text = f"path: .\ntrain: images\nval: images\nnames:\n{names}"
+        text = _data_yaml_text(item.class_names)
         if self._data_yaml.get(data) == text and data.exists():  # a person may have taken the folder away
             return files
         if not data.exists():
