@@ -74,7 +74,7 @@ def main() -> None:
     write_video(video, args.frames, 480, 640)
 
     def runtime(name: str, mode: tuple[float, str] | None) -> Any:
-        settings = Settings.defaults(tmp / name)
+        settings = Settings.defaults(tmp / name).for_pipelines()  # as a daemon with streams or a script runs them
         if mode is not None:
             traffic, priority = mode
             al = ActiveLearningSettings(enabled=True, dedup_distance=0, spool_sync=args.sync,

@@ -134,7 +134,7 @@ def main() -> None:
             break
         frames.append(image)
     capture.release()
-    runtime = Runtime(Settings.defaults(tmp / "state"))
+    runtime = Runtime(Settings.defaults(tmp / "state").for_pipelines())  # as a daemon with streams runs them
     loaded, _ = runtime.inference.model(args.model)
     params = InferenceParams()
     for image in frames[:10]:

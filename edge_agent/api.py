@@ -86,7 +86,7 @@ class InferencePipeline(pipeline.InferencePipeline):
             "mask_decode_mode": mask_decode_mode, "tradeoff_factor": tradeoff_factor}
         extra = {k: options.pop(k) for k in list(options) if k in _param_fields()}
         params = InferenceParams(**{k: v for k, v in given.items() if v is not None}, **extra)
-        runtime = Runtime(Settings.from_env())
+        runtime = Runtime(Settings.from_env().for_pipelines())
         sampling = runtime.active_learning is not None  # [active_learning] enabled: it runs with the pipeline
 
         def start_sampling() -> None:

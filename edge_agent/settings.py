@@ -87,6 +87,11 @@ class EngineSettings(_Section):
     providers: tuple[str, ...] = Field((), description="ONNX Runtime providers to try before the CPU: cuda, tensorrt")
     intra_op_threads: int = Field(0, ge=0, description="0: all cores; also bounds a CPU session's runs at once")
     inter_op_threads: int = Field(0, ge=0)
+    idle_spin: Literal["auto", "short", "long"] = Field(
+        "auto", description="how ONNX Runtime's threads wait between runs: long (its default: the next run "
+        "finds them awake), short (1 ms, then they sleep and leave the cores to other work); auto: short "
+        "where the process runs pipelines (configured streams, a script's InferencePipeline) or active "
+        "learning, whose decoders and writer need the cores between runs; else long (HTTP only)")
     max_batch: int = Field(8, ge=1, le=256, description="batch cap for models with a dynamic batch axis; "
                            "the TensorRT profile's largest batch")
     opt_batch: int = Field(1, ge=1, le=256, description="the batch size TensorRT tunes its kernels for")
@@ -407,9 +412,18 @@ class Settings(_Section):
         return EnginePrefs(
             backend=e.backend, providers=e.providers, intra_op_threads=e.intra_op_threads,
             inter_op_threads=e.inter_op_threads, max_batch=e.max_batch, opt_batch=e.opt_batch, precision=e.precision,
+            short_spin=e.idle_spin == "short" or (e.idle_spin == "auto" and (
+                self.active_learning.enabled or bool(self.pipelines.streams))),
             dla_core=e.dla_core, build_engines=e.build_engines, workspace_mb=e.workspace_mb,
             calibration_frames=e.calibration_frames, batching={"on": True, "off": False}.get(s.batching),
             batching_max_batch=s.max_batch, batching_max_delay_ms=s.max_queue_delay_ms, batching_max_queue=s.max_queue)
+
+    def for_pipelines(self) -> Settings:
+        """These settings in a process that runs video pipelines (a script's ``InferencePipeline``):
+        ``[engine] idle_spin = "auto"`` is "short" there, as in a daemon with configured streams."""
+        if self.engine.idle_spin != "auto":
+            return self
+        return self.model_copy(update={"engine": self.engine.model_copy(update={"idle_spin": "short"})})
 
     @classmethod
     def defaults(cls, state_dir: Path, cache_dir: Path | None = None) -> Settings:

@@ -108,6 +108,8 @@ class EnginePrefs:
     intra_op_threads / inter_op_threads: 0 lets the runtime choose (all physical cores). intra_op_threads
         also sizes how many runs a CPU session lets in at once (``engines.ort.concurrent_runs``).
     max_batch: the cap used when a model's batch axis is dynamic; the TensorRT profile's largest batch.
+    short_spin: ONNX Runtime's threads spin-wait only briefly for more work between runs, leaving the
+        cores to other work of the process (``engines.ort.spin_options``); False: ONNX Runtime's default.
 
     TensorRT (``engines.trt_queue``):
     opt_batch: the batch size TensorRT tunes its kernels for (the profile's optimum).
@@ -132,6 +134,7 @@ class EnginePrefs:
     intra_op_threads: int = 0
     inter_op_threads: int = 0
     max_batch: int = 8
+    short_spin: bool = False
     opt_batch: int = 1
     precision: str = "fp16"
     dla_core: int | None = None

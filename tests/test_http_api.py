@@ -312,13 +312,24 @@ def test_service_routes_and_metrics(http_server: Server, b64: str) -> None:
     assert "/infer/object_detection" in doc["paths"]
     assert "/{project}/{version}" in doc["paths"]
     assert "/model/registry" in doc["paths"]
-    _v2(http_server, "object_detection", {"model_id": DET, "image": _image(b64)})
+    answer = _v2(http_server, "object_detection", {"model_id": DET, "image": _image(b64)})
     text = requests.get(f"{http_server.url}/metrics", timeout=10).text
     for needle in ('edge_agent_http_requests_total{model="shapes/1",route="/infer/object_detection",status="200"}',
                    'edge_agent_http_request_duration_seconds_bucket{le="0.5",model="shapes/1"',
                    'edge_agent_batch_size_count{model="shapes/1"}',
                    'edge_agent_model_load_seconds{model="shapes/1"}', "edge_agent_models_loaded "):
         assert needle in text, needle
+    # CORS (docs/http-api.md §1.5): every answer allows the configured origins; the allowed headers and
+    # methods come with a browser's preflight only.
+    assert answer.headers["Access-Control-Allow-Origin"] == "*"
+    assert "Access-Control-Allow-Methods" not in answer.headers
+    preflight = requests.options(f"{http_server.url}/infer/object_detection", timeout=10, headers={
+        "Origin": "http://elsewhere.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type"})
+    assert preflight.status_code == 200
+    assert preflight.headers["Access-Control-Allow-Origin"] == "*"
+    assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+    assert preflight.headers["Access-Control-Allow-Headers"] == "Authorization, Content-Type"
 
 
 # ------------------------------------------------------------------------------------------- configured servers

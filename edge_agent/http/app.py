@@ -259,8 +259,9 @@ def create_app(services: HttpServices) -> OpenAPI:
                 h["X-Model-Load-Time"] = f"{state.load_time:.6f}"
         if server.cors_origins and not request.path.startswith(console.PRIVATE_PREFIX):
             h["Access-Control-Allow-Origin"] = server.cors_origins
-            h["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
-            h["Access-Control-Allow-Methods"] = "GET, POST, PUT, OPTIONS"
+            if request.method == "OPTIONS":  # a browser's preflight: the only answer these two matter in
+                h["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+                h["Access-Control-Allow-Methods"] = "GET, POST, PUT, OPTIONS"
         if request.path in DOCS_PAGES:
             h["Content-Security-Policy"] = DOCS_CSP
         rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
