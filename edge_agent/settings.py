@@ -90,8 +90,9 @@ class EngineSettings(_Section):
     idle_spin: Literal["auto", "short", "long"] = Field(
         "auto", description="how ONNX Runtime's threads wait between runs: long (its default: the next run "
         "finds them awake), short (1 ms, then they sleep and leave the cores to other work); auto: short "
-        "where the process runs pipelines (configured streams, a script's InferencePipeline) or active "
-        "learning, whose decoders and writer need the cores between runs; else long (HTTP only)")
+        "where the configuration has pipelines ([[pipelines.streams]]; a script's InferencePipeline too) or "
+        "active learning, whose decoders and writer need the cores between runs; else long. Decided at "
+        "start: a device that starts pipelines through the API or MQTT should say short")
     max_batch: int = Field(8, ge=1, le=256, description="batch cap for models with a dynamic batch axis; "
                            "the TensorRT profile's largest batch")
     opt_batch: int = Field(1, ge=1, le=256, description="the batch size TensorRT tunes its kernels for")

@@ -323,6 +323,7 @@ def test_service_routes_and_metrics(http_server: Server, b64: str) -> None:
     # methods come with a browser's preflight only.
     assert answer.headers["Access-Control-Allow-Origin"] == "*"
     assert "Access-Control-Allow-Methods" not in answer.headers
+    assert "Access-Control-Allow-Headers" not in answer.headers
     preflight = requests.options(f"{http_server.url}/infer/object_detection", timeout=10, headers={
         "Origin": "http://elsewhere.example", "Access-Control-Request-Method": "POST",
         "Access-Control-Request-Headers": "authorization, content-type"})
@@ -330,6 +331,7 @@ def test_service_routes_and_metrics(http_server: Server, b64: str) -> None:
     assert preflight.headers["Access-Control-Allow-Origin"] == "*"
     assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
     assert preflight.headers["Access-Control-Allow-Headers"] == "Authorization, Content-Type"
+    assert "DELETE" in preflight.headers["Access-Control-Allow-Methods"]  # DELETE /models/{project}/{version}
 
 
 # ------------------------------------------------------------------------------------------- configured servers
@@ -349,6 +351,12 @@ def test_api_key_channels(strict_server: Server, b64: str) -> None:
     r = _v2(strict_server, "object_detection", body)
     assert r.status_code == 401
     assert r.json() == {"status": 401, "message": "Unauthorized api_key"}
+    # A browser's preflight carries no key, and is answered (the request it announces needs the key).
+    preflight = requests.options(f"{url}/infer/object_detection", timeout=10, headers={
+        "Origin": "http://elsewhere.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type"})
+    assert preflight.status_code == 200
+    assert preflight.headers["Access-Control-Allow-Headers"] == "Authorization, Content-Type"
     assert _v2(strict_server, "object_detection", {**body, "api_key": "wrong"}).status_code == 401
     assert _v2(strict_server, "object_detection", {**body, "api_key": "s3cret"}).status_code == 200
     assert _v2(strict_server, "object_detection", body, headers={"Authorization": "Bearer s3cret"}).status_code == 200

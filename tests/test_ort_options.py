@@ -55,7 +55,9 @@ def test_configured_pipelines_wait_short(tmp_path: Path) -> None:
 def test_a_session_runs_with_either_wait(detector_onnx: Path, short: bool) -> None:
     engine = OrtEngine(detector_onnx, EnginePrefs(short_spin=short))
     options = engine._session.get_session_options()
-    for key, value in spin_options(ort.__version__, short).items():
+    if short:
+        newer = tuple(int(p) for p in ort.__version__.split(".")[:2]) >= (1, 26)
+        key, value = (SPIN_KEY, "1000") if newer else (STOP_KEY, "1")
         assert options.get_session_config_entry(key) == value
     if not short:  # ONNX Runtime's default: neither key is set
         for key in (SPIN_KEY, STOP_KEY):
@@ -63,3 +65,57 @@ def test_a_session_runs_with_either_wait(detector_onnx: Path, short: bool) -> No
                 options.get_session_config_entry(key)
     (out,) = engine.run(np.zeros((1, 3, 64, 64), np.float32))
     assert out.shape == (1, 6, 3)
+
+
+def test_a_scripts_pipeline_waits_short(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``InferencePipeline.init`` (the Python API) makes its runtime with the settings of a pipeline's process."""
+    import edge_agent.api as api
+
+    made: list[Settings] = []
+
+    class Made(Exception):
+        pass
+
+    def runtime(settings: Settings) -> None:
+        made.append(settings)
+        raise Made
+
+    monkeypatch.setattr(api, "Runtime", runtime)
+    monkeypatch.setenv("EDGE_AGENT_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("EDGE_AGENT_CONFIG", "")
+    with pytest.raises(Made):
+        api.InferencePipeline.init(model_id="shapes/1", video_reference=str(tmp_path / "clip.mp4"),
+                                   on_prediction=lambda *_: None)
+    assert made[0].engine_prefs.short_spin is True
+
+
+@pytest.mark.parametrize(("idle_spin", "hints"), [("auto", 1), ("short", 0)])
+def test_the_first_pipeline_on_a_long_spin_says_how_to_wait_short(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                                   idle_spin: str, hints: int) -> None:
+    """A daemon whose configuration has no pipelines keeps ONNX Runtime's long spin; the first pipeline
+    started through its API logs how to give pipelines the cores."""
+    import logging
+
+    import cv2
+
+    from edge_agent.pipeline_spec import PipelineSpec
+    from edge_agent.runtime import Runtime
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(folder / f"{i}.png"), np.full((96, 128, 3), 60 * i, np.uint8))
+    runtime = Runtime(Settings.defaults(tmp_path / "state").model_copy(
+        update={"engine": EngineSettings(idle_spin=idle_spin, intra_op_threads=1)}))
+    runtime.start()
+    try:
+        with caplog.at_level(logging.INFO, logger="edge_agent.pipelines.manager"):
+            for name in ("first", "second"):
+                pipeline = runtime.pipelines.start(PipelineSpec(model_id="shapes/1", video_reference=str(folder),
+                                                                pipeline_id=name))
+                pipeline.join(60)
+                assert pipeline.state == "finished"
+    finally:
+        runtime.stop()
+    said = [r for r in caplog.records if 'idle_spin = "short"' in r.getMessage()]
+    assert len(said) == hints

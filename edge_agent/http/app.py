@@ -261,7 +261,7 @@ def create_app(services: HttpServices) -> OpenAPI:
             h["Access-Control-Allow-Origin"] = server.cors_origins
             if request.method == "OPTIONS":  # a browser's preflight: the only answer these two matter in
                 h["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
-                h["Access-Control-Allow-Methods"] = "GET, POST, PUT, OPTIONS"
+                h["Access-Control-Allow-Methods"] = "GET, POST, PUT, DELETE, OPTIONS"
         if request.path in DOCS_PAGES:
             h["Content-Security-Policy"] = DOCS_CSP
         rule = request.url_rule.rule if request.url_rule is not None else "unmatched"

@@ -42,9 +42,13 @@ def _source_options(spec: PipelineSpec) -> dict[str, Any]:
 
 
 class PipelineManager:
-    def __init__(self, inference: Inference, folder: Path) -> None:
+    def __init__(self, inference: Inference, folder: Path, long_spin: bool = False) -> None:
+        """``long_spin``: the models run with ONNX Runtime's long spin between runs (``[engine] idle_spin``
+        "auto" on a configuration with no pipelines): the first pipeline started says how to give them the
+        cores."""
         self._inference = inference
         self.folder = folder
+        self._spin_hint = long_spin
         self._pipelines: dict[str, InferencePipeline] = {}
         self.previews: dict[str, PreviewSink] = {}
         self.results: dict[str, ResultsBuffer] = {}
@@ -73,6 +77,11 @@ class PipelineManager:
                 raise InvalidInput(f"bad pipeline id {pipeline.pipeline_id!r}")
             preview = PreviewSink()
             results = ResultsBuffer(spec.results_buffer_size, spec.model_id, outputs)
+            if self._spin_hint:
+                self._spin_hint = False
+                log.info("pipelines run faster with [engine] idle_spin = \"short\" (this configuration has no "
+                         "[[pipelines.streams]], so ONNX Runtime's threads spin-wait between runs, as suits HTTP "
+                         "requests, and take cores from video decoding)")
             sinks: list[Sink] = [preview, results]
             out = self.folder / pipeline.pipeline_id
             if "jsonl" in spec.outputs:
