@@ -126,8 +126,8 @@ class Runtime:
         self._console_system = SystemStats()
         self._console_lock = threading.Lock()
         self._console_sample: tuple[float, dict[str, Any]] | None = None
-        self.pipelines = PipelineManager(self.inference, settings.state_dir / "pipelines",
-                                         long_spin=settings.engine.idle_spin == "auto" and not settings.engine_prefs.short_spin)
+        long_spin = settings.engine.idle_spin == "auto" and not settings.engine_prefs.short_spin
+        self.pipelines = PipelineManager(self.inference, settings.state_dir / "pipelines", long_spin=long_spin)
         self.metrics.watch_pipelines(lambda: [p.status() for p in self.pipelines.list()])
         if mqtt.enabled:
             self._build_bridge()
