@@ -16,6 +16,7 @@ import os
 import select
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -392,6 +393,38 @@ def test_expect_continue_chunked_http10_pipelining_and_413(tmp_path: Path, v2_bo
         assert status == 413
         assert message(status, headers, body)
         big.close()
+
+
+def test_an_answer_larger_than_the_socket_takes_reaches_a_slow_reader_whole(tmp_path: Path) -> None:
+    """What the socket does not take at once (a reader with a small receive window that waits before
+    reading) is written as the reader makes room, whole and in order, and the kept-alive connection then
+    serves the pipelined and the next requests."""
+    import cv2
+    import numpy as np
+
+    noise = np.random.default_rng(7).integers(0, 256, (2400, 3200, 3), dtype=np.uint8)  # JPEG cannot shrink it
+    b64 = base64.b64encode(cv2.imencode(".jpg", noise, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes())
+    form = {"Content-Type": "application/x-www-form-urlencoded"}  # the base64 body, as the hosted API takes it
+    drawn = "/shapes/1?format=image&confidence=0.99"  # the image back as JPEG: several MB, the same each time
+    with running_server(tmp_path, args=PRELOAD) as server:
+        expected = requests.post(server.url + drawn, data=b64, headers=form, timeout=60)
+        assert expected.status_code == 200 and len(expected.content) > 4_000_000
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(30)
+        sock.connect(("127.0.0.1", server.port))
+        slow = Raw(sock)
+        slow.sock.sendall(request("POST", drawn, b64, form) + request("GET", "/healthz"))
+        time.sleep(1.0)  # the server has written what the socket took; the rest waits
+        status, headers, body = slow.response()
+        assert status == 200
+        assert int(headers["content-length"]) == len(body) == len(expected.content)
+        assert body == expected.content
+        assert slow.response()[:1] == (200,)  # the pipelined request, answered after the whole first one
+        slow.sock.sendall(request("GET", "/healthz"))
+        status, _, body = slow.response()
+        assert (status, json.loads(body)) == (200, {"status": "healthy"})
+        slow.close()
 
 
 def test_model_upload_past_max_body_bytes_is_spooled_to_disk_and_installed(tmp_path: Path) -> None:
