@@ -9,6 +9,7 @@ names the result types for type checking only, so the two form no import cycle.
 
 from __future__ import annotations
 
+import os
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,17 @@ import numpy as np
 
 if TYPE_CHECKING:  # types only: ``results`` imports this module, each result formats itself with it
     from edge_agent.results import Classification, Detections, Result
+
+
+def uuid4_strings(n: int) -> list[str]:
+    """``n`` random version-4 UUIDs as ``str(uuid.uuid4())`` writes them, from one read of the OS's random
+    source (six detections: 7 us instead of 20-30 us)."""
+    raw = bytearray(os.urandom(16 * n))
+    raw[6::16] = bytes(b & 0x0F | 0x40 for b in raw[6::16])  # version 4
+    raw[8::16] = bytes(b & 0x3F | 0x80 for b in raw[8::16])  # RFC 4122 variant
+    h = raw.hex()
+    return [f"{h[k:k + 8]}-{h[k + 8:k + 12]}-{h[k + 12:k + 16]}-{h[k + 16:k + 20]}-{h[k + 20:k + 32]}"
+            for k in range(0, 32 * n, 32)]
 
 
 def _detections(result: Detections) -> list[dict[str, Any]]:
@@ -26,6 +38,7 @@ def _detections(result: Detections) -> list[dict[str, Any]]:
     confidences = np.round(result.confidence.astype(np.float64), 4).tolist()
     class_ids = result.class_id.tolist()
     names = result.class_names
+    detection_ids = uuid4_strings(len(result))
     predictions = []
     for i in range(len(result)):
         cid = class_ids[i]
@@ -38,7 +51,7 @@ def _detections(result: Detections) -> list[dict[str, Any]]:
             "confidence": confidences[i],
             "class": names[cid],
             "class_id": cid,
-            "detection_id": str(uuid.uuid4()),
+            "detection_id": detection_ids[i],
         }
         if result.polygons is not None:
             pred["points"] = [{"x": round(float(x), 1), "y": round(float(y), 1)} for x, y in result.polygons[i]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import supervision as sv
 
 from edge_agent.results import Classification, Detections
-from edge_agent.roboflow_json import to_roboflow
+from edge_agent.roboflow_json import to_roboflow, uuid4_strings
 from edge_agent.serving.loading import load_stored
 
 
@@ -26,6 +27,15 @@ def _detections(**kw) -> Detections:  # type: ignore[no-untyped-def]
     return Detections(**base)  # type: ignore[arg-type]
 
 
+def test_detection_ids_are_distinct_uuid4_strings() -> None:
+    ids = uuid4_strings(5000)
+    assert len(set(ids)) == 5000
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, text)
+    assert uuid4_strings(0) == []
+
+
 def test_detection_json_shape_and_supervision() -> None:
     body = to_roboflow(_detections(), "req-1")
     json.dumps(body)  # serialisable as is
@@ -35,6 +45,9 @@ def test_detection_json_shape_and_supervision() -> None:
     assert {k: first[k] for k in ("x", "y", "width", "height", "confidence", "class", "class_id")} == {
         "x": 30.0, "y": 50.0, "width": 40.0, "height": 60.0, "confidence": 0.9, "class": "dog", "class_id": 1}
     assert len({p["detection_id"] for p in body["predictions"]}) == 2
+    for p in body["predictions"]:  # Roboflow's detection ids are str(uuid.uuid4())
+        parsed = uuid.UUID(p["detection_id"])
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, p["detection_id"])
     assert not any(v is None for p in body["predictions"] for v in p.values()), [
         [k for k, v in p.items() if v is None] for p in body["predictions"]]
     det = sv.Detections.from_inference(body)
