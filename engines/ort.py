@@ -70,15 +70,16 @@ SHORT_SPIN_US = 1000  # EnginePrefs.short_spin: an idle thread spin-waits this l
 def spin_options(version: str, short: bool) -> dict[str, str]:
     """How the session's threads wait for work between runs (``EnginePrefs.short_spin``).
 
-    By default ONNX Runtime's threads spin-wait after each run, a million pause instructions (a few to
-    tens of milliseconds, by CPU), so that the next run finds them awake. That is the lowest latency
-    when runs follow one another with little else in between (HTTP requests), but it holds the cores
-    that work running beside inference needs (the active-learning writer). ``short``: from 1.26 they spin
-    1 ms (the gaps inside a run and the shortest between runs), then sleep; before 1.26 they stop
-    spinning when a run returns. Measured on 2 cores with the demo detector: HTTP requests one after
-    another answer 0.2-0.3 ms sooner with the default spin (bench/http.py: the server's own inference
-    time), and a pipeline sampling every frame keeps 0.9x of its throughput with the short spin
-    against 0.8x (bench/active_learning.py); 1 ms and the stop after each run measured alike.
+    By default ONNX Runtime's threads spin-wait a long while after each run (before 1.26, a million
+    pause instructions: a few to tens of milliseconds, by CPU), so that the next run finds them awake.
+    That is the lowest latency when runs follow one another with little else in between (HTTP
+    requests), but it holds the cores that work beside inference needs (a pipeline's video decoding,
+    the active-learning writer). ``short``: from 1.26 they spin 1 ms (the gaps inside a run and the
+    shortest between runs), then sleep; before 1.26 they stop spinning when a run returns. Measured on
+    2 cores with the demo detector: HTTP requests one after another answer 0.2-0.3 ms sooner with the
+    default spin (the server's own inference time, bench/http.py); a pipeline ran 117-125 frames/s with
+    the short spin against 92 with the default, and sampling every frame for active learning kept
+    0.85-0.9x of that against 0.79x (bench/active_learning.py); 1 ms and the stop measured alike.
     """
     if not short:
         return {}
