@@ -9,15 +9,16 @@ docs/http-api.md §5 style sentence.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import io
 import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pybase64
 
 from edge_agent.errors import ImageLoadError
 from edge_agent.url_fetch import UrlPolicy, fetch
@@ -57,18 +58,49 @@ def from_array(array: np.ndarray, limits: ImageLimits = ImageLimits()) -> np.nda
     return array
 
 
+# JPEG's start-of-frame markers (SOF0-SOF15 less DHT, JPG and DAC), whose segment holds the image's size.
+_JPEG_SOF = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header, walking its marker segments in memory; None when
+    ``data`` is not a JPEG whose header is well formed up to that point. A few microseconds where
+    ``imagesize`` takes about 55 us (it reads the segments one by one through a file object)."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i, end = 2, len(data) - 9
+    while i <= end:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # a fill byte
+            i += 1
+        elif marker in _JPEG_SOF:  # FF Cn, length, precision, height, width
+            height, width = struct.unpack_from(">HH", data, i + 5)
+            return width, height
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers that stand alone
+            i += 2
+        else:
+            i += 2 + struct.unpack_from(">H", data, i + 2)[0]
+    return None
+
+
 def from_bytes(data: bytes, limits: ImageLimits = ImageLimits(), auto_orient: bool = True) -> np.ndarray:
     """Read an encoded image file (JPEG, PNG, BMP, WebP, TIFF, ...)."""
     import cv2  # lazy: cv2
 
     if not data:
         raise ImageLoadError("Empty image payload.")
-    try:
-        import imagesize  # lazy: imagesize
+    size = jpeg_size(data)
+    if size is not None:
+        width, height = size
+    else:
+        try:
+            import imagesize  # lazy: imagesize
 
-        width, height = imagesize.get(io.BytesIO(data))
-    except Exception:  # unknown header: fall back to checking after the decode
-        width = height = -1
+            width, height = imagesize.get(io.BytesIO(data))
+        except Exception:  # unknown header: fall back to checking after the decode
+            width = height = -1
     if width > 0 and height > 0:
         _check_pixels(width, height, limits)
     flags = cv2.IMREAD_COLOR if auto_orient else cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
@@ -88,15 +120,22 @@ def bytes_from_base64(text: str | bytes) -> bytes:
             raise ImageLoadError(
                 "Invalid base64 input: the image payload contains raw bytes instead of a base64-encoded "
                 "string. Please base64-encode the image before sending.") from None
-    text = _DATA_URI.sub("", text.strip(), count=1)
+    text = _DATA_URI.sub("", text.strip(), count=1).rstrip("=")  # padding: made whole below
     if not text:
         raise ImageLoadError("Empty image payload.")
+    # pybase64: SIMD, about 4 us for a 25 KB JPEG where the standard library's takes 72 us. The padding is
+    # made whole here (pybase64 refuses a quad of "====" that the standard library lets through). Plain
+    # base64 is tried first: looking for the URL-safe alphabet and for whitespace scans the text a dozen times.
+    try:
+        return pybase64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        pass
     if "-" in text or "_" in text:
         text = text.replace("-", "+").replace("_", "/")
     if not text.isascii() or any(c in text for c in _ASCII_SPACE):  # the join copies the text: only when needed
         text = "".join(text.split())
     try:
-        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+        return pybase64.b64decode(text + "=" * (-len(text) % 4), validate=True)
     except (binascii.Error, ValueError):
         raise ImageLoadError("Malformed base64 input image.") from None
 

@@ -5,7 +5,9 @@ copies the text only when it holds whitespace) against the standard library."""
 from __future__ import annotations
 
 import base64
+import binascii
 import io
+import random
 
 import pytest
 from flask import Flask, request
@@ -126,6 +128,7 @@ _B64 = base64.b64encode(JPEG).decode()
     _B64.rstrip("="),  # padding left off
     "\n".join(_B64[i:i + 76] for i in range(0, len(_B64), 76)),  # MIME line breaks
     " " + _B64 + "\r\n",
+    _B64 + "==",  # padding too long
     base64.urlsafe_b64encode(JPEG).decode(),
 ])
 def test_base64_forms_decode_to_the_image(text: str) -> None:
@@ -136,3 +139,24 @@ def test_base64_forms_decode_to_the_image(text: str) -> None:
 def test_malformed_base64_is_refused(text: str) -> None:
     with pytest.raises(ImageLoadError):
         bytes_from_base64(text)
+
+
+def test_base64_decodes_as_the_standard_library_does() -> None:
+    """pybase64 (the fast decoder) against the standard library, on random texts over the alphabet, padding
+    and a few characters outside it: the same bytes, or a refusal where the standard library refuses. The
+    padding at the end is optional and may be too long (it is made whole before decoding)."""
+    rng = random.Random(7)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/" * 4 + "=====*.é"
+    for _ in range(20000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 40)))
+        stripped = text.rstrip("=")
+        try:
+            expected: bytes | None = base64.b64decode(stripped + "=" * (-len(stripped) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            expected = None
+        expected = expected or None  # nothing left: "Empty image payload."
+        try:
+            got: bytes | None = bytes_from_base64(text)
+        except ImageLoadError:
+            got = None
+        assert got == expected, text

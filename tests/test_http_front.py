@@ -525,3 +525,53 @@ def test_the_gunicorn_master_loads_no_flask_and_no_numpy() -> None:
             "print(*(m in sys.modules for m in ('numpy', 'flask', 'cv2', 'onnxruntime')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False", "False", "False"]
+
+
+# ------------------------------------------------------------------------ the body's close, after the write
+class _Body:
+    """A WSGI body that notes its close (PEP 3333: the server calls it once the answer is sent)."""
+
+    def __init__(self, parts: list[bytes], fail: bool = False) -> None:
+        self.parts, self.fail, self.closed = parts, fail, 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.parts
+        if self.fail:
+            raise RuntimeError("the body broke")
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_the_front_leaves_the_bodys_close_to_after_the_write() -> None:
+    """``_run_app`` reads the body whole and hands its ``close`` back uncalled (the front calls it after the
+    write: the app's metrics and access log then cost the client nothing); a body that fails while read is
+    closed at once."""
+    from edge_agent.http.front import _close_body, _run_app
+
+    body = _Body([b"ab", b"c"])
+
+    def app(environ: dict[str, Any], start_response: Any) -> _Body:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return body
+
+    (status, headers, data), close = _run_app(app, {})
+    assert (status, headers, data, body.closed) == ("200 OK", [("Content-Type", "text/plain")], b"abc", 0)
+    _close_body(close)
+    assert body.closed == 1
+
+    broken = _Body([b"ab"], fail=True)
+    with pytest.raises(RuntimeError, match="the body broke"):
+        _run_app(lambda environ, start_response: (start_response("200 OK", []), broken)[1], {})
+    assert broken.closed == 1
+
+
+def test_a_close_that_fails_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    from edge_agent.http.front import _close_body
+
+    def close() -> None:
+        raise ValueError("bookkeeping bug")
+
+    _close_body(close)
+    assert "closing the application's response failed" in caplog.text
+    assert "bookkeeping bug" in caplog.text

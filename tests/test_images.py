@@ -105,6 +105,46 @@ def test_pixel_cap_is_checked_from_the_header() -> None:
         load_image(np.zeros((2000, 1000, 3), np.uint8), ImageLimits(max_pixels=1_000_000))
 
 
+def _jpegs() -> dict[str, bytes]:
+    image = RNG.integers(0, 255, (123, 457, 3), dtype=np.uint8)
+    found = {"baseline": cv2.imencode(".jpg", image)[1].tobytes(),
+             "progressive": cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes(),
+             "grayscale": cv2.imencode(".jpg", image[:, :, 0])[1].tobytes()}
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: the header still gives the stored size
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, "JPEG", exif=exif, progressive=True, optimize=True)
+    found["exif, optimized"] = buf.getvalue()
+    found["fill bytes"] = found["baseline"][:2] + b"\xff\xff" + found["baseline"][2:]
+    return found
+
+
+@pytest.mark.parametrize("kind", ["baseline", "progressive", "grayscale", "exif, optimized", "fill bytes"])
+def test_jpeg_size_reads_the_frame_header(kind: str) -> None:
+    from edge_agent.images import jpeg_size
+
+    data = _jpegs()[kind]
+    assert jpeg_size(data) == (457, 123)
+    assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED).shape[:2] == (123, 457)
+
+
+def test_jpeg_size_gives_up_on_what_is_not_a_whole_jpeg_header() -> None:
+    from edge_agent.images import jpeg_size
+
+    data = _jpegs()["baseline"]
+    assert jpeg_size(PNG) is None
+    assert jpeg_size(b"") is None
+    assert jpeg_size(data[:20]) is None  # cut before the frame header
+    assert jpeg_size(data[:2] + b"\x00" * 64) is None  # no marker where one must be
+
+
+def test_pixel_cap_is_checked_from_a_jpeg_header_before_decoding() -> None:
+    # A frame header that claims 60000 x 60000 and nothing after it: refused for its size, not for its data.
+    header = b"\xff\xd8\xff\xc0\x00\x11\x08" + (60000).to_bytes(2, "big") * 2 + b"\x03" + b"\x00" * 9
+    with pytest.raises(ImageLoadError, match="exceeds the maximum of 50000000 pixels"):
+        load_image(header + b"\x00" * 100)
+
+
 def test_files_can_be_refused(tmp_path: Path) -> None:
     path = tmp_path / "a.png"
     path.write_bytes(PNG)

@@ -262,14 +262,14 @@ def create_app(services: HttpServices) -> OpenAPI:
             if request.method == "OPTIONS":  # a browser's preflight: the only answer these two matter in
                 h["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
                 h["Access-Control-Allow-Methods"] = "GET, POST, PUT, DELETE, OPTIONS"
-        if request.path in DOCS_PAGES:
+        path = request.path
+        if path in DOCS_PAGES:
             h["Content-Security-Policy"] = DOCS_CSP
         rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        services.metrics.observe_request(rule, model_id, response.status_code, elapsed)
-        if server.access_log and access_log.isEnabledFor(logging.INFO):
-            access_log.info("%s %s %d %.1f ms %s", request.method, loggable(request.path), response.status_code,
-                            elapsed * 1e3,
-                            request.remote_addr or "-")
+        logged = (request.method, path, request.remote_addr or "-") if server.access_log else None
+        # Once the answer is sent (WSGI's close of the body; the front calls it after the write).
+        response.call_on_close(functools.partial(_record, services, rule, model_id, response.status_code, elapsed,
+                                                 logged))
         return response
 
     @app.errorhandler(Exception)
@@ -299,6 +299,15 @@ def create_app(services: HttpServices) -> OpenAPI:
         return jsonify({"message": INTERNAL_ERROR}), 500
 
     return app
+
+
+def _record(services: HttpServices, rule: str, model_id: str, status: int, elapsed: float,
+            logged: tuple[str, str, str] | None) -> None:
+    """A request's metrics and access-log line (``logged``: method, path, client; None when the log is off)."""
+    services.metrics.observe_request(rule, model_id, status, elapsed)
+    if logged is not None and access_log.isEnabledFor(logging.INFO):
+        method, path, client = logged
+        access_log.info("%s %s %d %.1f ms %s", method, loggable(path), status, elapsed * 1e3, client)
 
 
 def loggable(text: str) -> str:

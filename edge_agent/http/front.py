@@ -320,18 +320,23 @@ class _Connection(asyncio.Protocol):
 
     def _in_thread(self, request: _Request, environ: dict[str, Any]) -> None:
         """On a request thread: the application, then the answer handed to the loop (one wake-up)."""
+        after: _Close | None = None
         try:
-            answer = _run_app(self.front.app, environ)
+            answer, after = _run_app(self.front.app, environ)
         except Exception:  # the application's own handlers answer its errors: this is a bug, not input
             log.exception("unhandled error in the application")
             answer = _INTERNAL_ERROR
         try:
-            self.front.loop.call_soon_threadsafe(self._respond, request, answer)
+            self.front.loop.call_soon_threadsafe(self._respond, request, answer, after)
         except RuntimeError:  # the loop is gone: the worker stopped meanwhile
             if _pushable(answer[2]):
                 answer[2].close()
+            _close_body(after)
 
-    def _respond(self, request: _Request, answer: _Answer) -> None:
+    def _respond(self, request: _Request, answer: _Answer, after: _Close | None) -> None:
+        """On the loop: write the answer, then close the application's body (``after``: WSGI's ``close``,
+        where the app keeps its per-request bookkeeping, the access log and the request metrics, out of
+        the time the client waits)."""
         self.front.running -= 1
         self.front.release(request)
         status, headers, body = answer
@@ -339,6 +344,7 @@ class _Connection(asyncio.Protocol):
         if self.closing or transport is None:  # the client left while the application ran
             if _pushable(body):
                 body.close()
+            _close_body(after)
             return
         head = [f"HTTP/{request.http_version} {status}\r\nDate: {self.front.date}\r\n"]
         has_length = False
@@ -370,6 +376,7 @@ class _Connection(asyncio.Protocol):
             head.append("Connection: keep-alive\r\n")
         head.append("\r\n")
         transport.writelines(("".join(head).encode("latin-1"), body))
+        _close_body(after)
         if keep:
             self._next()
         else:
@@ -441,6 +448,7 @@ def _text(exc: BaseException) -> str:
 
 
 _Answer = tuple[str, list[tuple[str, str]], "bytes | Pushable"]
+_Close = Callable[[], object]  # a WSGI body's close()
 _INTERNAL_ERROR: _Answer = ("500 Internal Server Error", [("Content-Type", "application/json")],
                             b'{"message": "Internal error"}')
 
@@ -450,8 +458,17 @@ def _pushable(body: object) -> TypeGuard[Pushable]:
     return callable(getattr(body, "subscribe", None))
 
 
-def _run_app(app: WsgiApp, environ: dict[str, Any]) -> _Answer:
-    """On a request thread: the application, and its body read whole unless it pushes its parts."""
+def _close_body(close: _Close | None) -> None:
+    if close is not None:
+        try:
+            close()
+        except Exception:  # a bug of the application's: its answer is out already
+            log.exception("closing the application's response failed")
+
+
+def _run_app(app: WsgiApp, environ: dict[str, Any]) -> tuple[_Answer, _Close | None]:
+    """On a request thread: the application, and its body read whole unless it pushes its parts. The
+    body's ``close`` is returned, not called: the caller calls it once the answer is written."""
     started: list[Any] = []
     written: list[bytes] = []
 
@@ -461,14 +478,14 @@ def _run_app(app: WsgiApp, environ: dict[str, Any]) -> _Answer:
 
     result = app(environ, start_response)
     if _pushable(result):
-        return started[0], started[1], result
+        return (started[0], started[1], result), None
+    close = getattr(result, "close", None)
     try:
         body = b"".join(result)
-    finally:
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()
-    return started[0], started[1], b"".join(written) + body if written else body
+    except BaseException:
+        _close_body(close)
+        raise
+    return (started[0], started[1], b"".join(written) + body if written else body), close
 
 
 class _Refused(asyncio.Protocol):
