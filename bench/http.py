@@ -63,6 +63,7 @@ import contextlib
 import functools
 import http.client
 import json
+import random
 import shutil
 import signal
 import socket
@@ -431,16 +432,30 @@ class HttpError(Exception):
         self.status = status
 
 
+# ONNX Runtime's threads spin for about 40 ms after a run (its default, measured on the 2-core VM): a
+# block that starts sooner after another process's block shares the cores with that spinning.
+SETTLE_S = 0.06
+
+
 def latencies(targets: dict[str, Callable[[], object]], n: int, warmup: int = 20,
               block: int = 25) -> dict[str, list[float]]:
-    """Sequential timings of each target, in alternating blocks so that drift and other load hit all alike."""
+    """Sequential timings of each target, in alternating blocks so that drift and other load hit all alike.
+
+    The blocks of a round come in a new random order each round (seeded): on the 2-core VM the target that
+    comes right after a block of the bench's own process (the bare session) measured about 0.4 ms slower
+    at its p50 than the one after it, whatever the target, so a fixed order favoured one of them. A
+    pause of ``SETTLE_S`` comes before each block, so that no block runs beside the spinning threads of
+    the block before it."""
     for fn in targets.values():
         for _ in range(warmup):
             fn()
     out: dict[str, list[float]] = {k: [] for k in targets}
+    order, shuffle = list(targets), random.Random(18).shuffle
     while any(len(v) < n for v in out.values()):
-        for name, fn in targets.items():
-            samples = out[name]
+        shuffle(order)
+        for name in order:
+            fn, samples = targets[name], out[name]
+            time.sleep(SETTLE_S)
             for _ in range(min(block, n - len(samples))):
                 t0 = time.perf_counter()
                 fn()

@@ -120,7 +120,10 @@ def bytes_from_base64(text: str | bytes) -> bytes:
             raise ImageLoadError(
                 "Invalid base64 input: the image payload contains raw bytes instead of a base64-encoded "
                 "string. Please base64-encode the image before sending.") from None
-    text = _DATA_URI.sub("", text.strip(), count=1).rstrip("=")  # padding: made whole below
+    text = text.strip()
+    if text.startswith("data:"):
+        text = _DATA_URI.sub("", text, count=1)
+    text = text.rstrip("=")  # the padding is made whole below
     if not text:
         raise ImageLoadError("Empty image payload.")
     # pybase64: SIMD, about 4 us for a 25 KB JPEG where the standard library's takes 72 us. The padding is
