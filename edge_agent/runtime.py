@@ -10,7 +10,6 @@ the engine build, MQTT).
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import threading
 import time
@@ -48,37 +47,6 @@ PIPELINE_HANG_S = 120.0  # a running pipeline whose streaming source it has not 
 CONSOLE_SAMPLE_S = 1.0  # the console's system figures are sampled at most this often
 
 
-# glibc's mallopt parameters (malloc.h) and the values ``[engine] malloc_tuning`` sets
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-MALLOC_MMAP_THRESHOLD = 32 * 1024 * 1024  # buffers under this come from the heap, whose freed memory is reused
-MALLOC_TRIM_THRESHOLD = 64 * 1024 * 1024  # freed memory at a heap's top kept up to this, not handed back
-_malloc_tuned = False
-
-
-def tune_malloc() -> bool:
-    """Tune glibc's allocator for a process that allocates frame-sized buffers over and over (a 640x480
-    frame is 0.9 MB; its tensors and JPEGs too). By default glibc maps each buffer over its adaptive
-    threshold on its own and hands memory back past a trim threshold, so the next frame's buffers fault
-    their pages in again: bench/active_learning.py's pipeline alone (active learning off) ran 5-48 % faster
-    tuned (median 21 %; 7 runs each way, alternating, on the 2-core VM), with the same peak memory. The
-    tuned heap keeps at most ``MALLOC_TRIM_THRESHOLD`` unused at its top per arena. True when glibc took
-    both values (False where the C library has no ``mallopt``, e.g. musl)."""
-    global _malloc_tuned
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _malloc_tuned = bool(mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD)
-                         and mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD))
-    return _malloc_tuned
-
-
-def malloc_tuned() -> bool:
-    """Whether ``tune_malloc`` has tuned this process's allocator."""
-    return _malloc_tuned
-
-
 def _install_id(state_dir: Path) -> str:
     """A stable id for this installation (``/info``'s uuid), kept in the state folder."""
     path = state_dir / "install_id"
@@ -102,8 +70,6 @@ class Runtime:
         """``engine_backend``: the TensorRT back-end to use instead of the one chosen for this machine
         (tests give a stand-in; see ``engines.trt_queue.PlanBackend``)."""
         self.settings = settings
-        if settings.engine.malloc_tuning and not tune_malloc():
-            log.info("[engine] malloc_tuning: this C library has no mallopt; its allocator keeps its defaults")
         s = settings.server
         self.version = __version__
         self.started_at = time.time()

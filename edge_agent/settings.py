@@ -93,11 +93,6 @@ class EngineSettings(_Section):
         "where the configuration has pipelines ([[pipelines.streams]]; a script's InferencePipeline too) or "
         "active learning, whose decoders and writer need the cores between runs; else long. Decided at "
         "start: a device that starts pipelines through the API or MQTT should say short")
-    malloc_tuning: bool = Field(
-        True, description="glibc's allocator keeps buffers under 32 MiB (frames, tensors, JPEGs) in the process's "
-        "heap and up to 64 MiB of freed memory for reuse, instead of mapping each buffer anew and handing freed "
-        "memory back at once (mallopt, at start): a pipeline ran 5-48 % faster (median 21 %) on a 2-core x86-64 VM, "
-        "peak memory within 2 MB; false: glibc's defaults")
     max_batch: int = Field(8, ge=1, le=256, description="batch cap for models with a dynamic batch axis; "
                            "the TensorRT profile's largest batch")
     opt_batch: int = Field(1, ge=1, le=256, description="the batch size TensorRT tunes its kernels for")
