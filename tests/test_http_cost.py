@@ -160,3 +160,48 @@ def test_base64_decodes_as_the_standard_library_does() -> None:
         except ImageLoadError:
             got = None
         assert got == expected, text
+
+
+def _request_app() -> Flask:
+    from edge_agent.http.app import FrontRequest
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = 100
+    app.request_class = FrontRequest
+    return app
+
+
+def _environ(body: bytes, read_whole: bool) -> dict[str, object]:
+    from edge_agent.http.head import BODY_READ_WHOLE
+
+    environ = EnvironBuilder(method="POST", data=body, content_type="application/json").get_environ()
+    environ["wsgi.input_terminated"] = True
+    if read_whole:
+        environ[BODY_READ_WHOLE] = True
+    return environ
+
+
+def test_a_body_the_front_read_whole_is_read_as_it_is() -> None:
+    """Under the front (which read the body whole within the route's cap) the app reads ``wsgi.input``
+    itself, not through werkzeug's ``LimitedStream``: the app-wide cap does not apply over it."""
+    app = _request_app()
+    body = b'{"a": "' + b"x" * 500 + b'"}'
+    environ = _environ(body, read_whole=True)
+    with app.request_context(environ):
+        assert request.max_content_length is None
+        assert request.stream is environ["wsgi.input"]
+        assert request.get_json() == {"a": "x" * 500}
+
+
+def test_the_app_wide_cap_holds_under_other_servers_and_a_routes_own_cap_under_the_front() -> None:
+    app = _request_app()
+    body = b'{"a": "' + b"x" * 500 + b'"}'
+    with app.request_context(_environ(body, read_whole=False)):  # any other WSGI server
+        assert request.max_content_length == 100
+        with pytest.raises(RequestEntityTooLarge):
+            request.get_data()
+    with app.request_context(_environ(body, read_whole=True)):  # a route's cap (PUT /models sets one)
+        request.max_content_length = 50
+        assert request.max_content_length == 50
+        with pytest.raises(RequestEntityTooLarge):
+            request.get_data()

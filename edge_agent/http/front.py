@@ -51,7 +51,7 @@ from urllib.parse import parse_qsl, unquote_to_bytes
 import httptools
 from gunicorn.workers.base import Worker
 
-from edge_agent.http.head import MAX_CONFIG_BYTES, keys_in
+from edge_agent.http.head import BODY_READ_WHOLE, MAX_CONFIG_BYTES, keys_in
 from edge_agent.settings import ServerSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -575,6 +575,7 @@ class _Front:
             "wsgi.url_scheme": "http",
             "wsgi.input": request.input(),
             "wsgi.input_terminated": True,
+            BODY_READ_WHOLE: True,
             "wsgi.errors": sys.stderr,
             "wsgi.multithread": True,
             "wsgi.multiprocess": False,
