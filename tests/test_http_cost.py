@@ -7,7 +7,9 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
 import random
+from typing import Any
 
 import pytest
 from flask import Flask, request
@@ -205,3 +207,50 @@ def test_the_app_wide_cap_holds_under_other_servers_and_a_routes_own_cap_under_t
         assert request.max_content_length == 50
         with pytest.raises(RequestEntityTooLarge):
             request.get_data()
+
+
+def _document(rng: random.Random, depth: int = 0) -> object:
+    kind = rng.randrange(9 if depth < 4 else 6)
+    if kind == 0:
+        return rng.choice([None, True, False])
+    if kind == 1:
+        return rng.choice([0, -1, 7, 2**53 + 1, -(2**70), 10**30])
+    if kind == 2:
+        return rng.choice([0.1, -0.0, 1e-7, 1.5e300, 5e-324, 3.141592653589793, rng.uniform(-1e6, 1e6)])
+    if kind == 3:
+        return rng.choice([float("nan"), float("inf"), float("-inf")])
+    if kind in (4, 5):
+        return "".join(rng.choice('abc "\\/\n\t\u00e9\u4e2d\U0001f600\x01') for _ in range(rng.randrange(12)))
+    if kind in (6, 7):
+        return {rng.choice(["a", "b", "image", "\u00e9", "x\"y"]): _document(rng, depth + 1)
+                for _ in range(rng.randrange(4))}
+    return [_document(rng, depth + 1) for _ in range(rng.randrange(4))]
+
+
+def _outcome(loads: Any, data: bytes) -> tuple[str, str]:
+    try:
+        return "ok", repr(loads(data))  # repr: NaN != NaN, and -0.0 must stay -0.0
+    except (ValueError, RecursionError) as exc:
+        return "error", type(exc).__name__
+
+
+def test_request_bodies_parse_as_the_standard_library_parses_them() -> None:
+    """The app's JSON provider (pydantic-core's parser, the standard library where it refuses) against
+    ``json.loads``: the same value or the same kind of error, on random documents written compact or
+    spaced, ASCII-escaped or not, and on cut and damaged copies of them."""
+    from edge_agent.http.app import CompactJSON
+
+    provider = CompactJSON(Flask(__name__))
+    rng = random.Random(19)
+    extra = [b'"\\ud800"', '"\u00e9"'.encode("utf-16"), b"\xef\xbb\xbf{}", b"[" * 400 + b"]" * 400, b"{} x", b"",
+             b"[1,]", b'{"a":1,"a":2}', b"NaN", b"-Infinity", b"01", b"1.", b".5", b"\"\t\"", b"'a'"]
+    for data in extra:
+        assert _outcome(provider.loads, data) == _outcome(json.loads, data), data
+    for _ in range(3000):
+        text = json.dumps(_document(rng), ensure_ascii=rng.random() < 0.5,
+                          separators=rng.choice([(",", ":"), (", ", ": ")]))
+        data = text.encode("utf-8", "surrogatepass")
+        for variant in (data, data[:rng.randrange(len(data) + 1)],
+                        bytes(b ^ (1 << rng.randrange(8)) if i == rng.randrange(len(data)) else b
+                              for i, b in enumerate(data))):
+            assert _outcome(provider.loads, variant) == _outcome(json.loads, variant), variant
