@@ -142,14 +142,24 @@ def test_docs_with_a_slash_and_redoc_offline(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------- access log
 
 
-def _access_lines(output: str) -> list[str]:
-    return [line for line in output.splitlines() if "edge_agent.access:" in line]
+def _access_lines(output: str, probes: bool = True) -> list[str]:
+    """The access-log lines; ``probes=False``: without those of ``GET /healthz`` and ``/readiness``."""
+    lines = [line for line in output.splitlines() if "edge_agent.access:" in line]
+    return lines if probes else [line for line in lines if not re.search(r"access: GET /(healthz|readiness) ", line)]
+
+
+def _logged_so_far(server: Any) -> str:
+    """The server's output once the lines of every request answered so far are in it: a request's line
+    is written after its answer (at the body's close), and before the loop reads the next request, so
+    one more round trip settles them."""
+    assert requests.get(f"{server.url}/healthz", timeout=30).status_code == 200
+    return str(server.output())
 
 
 def test_every_request_is_logged_once_without_its_query(tmp_path: Path) -> None:
     jpeg = SAMPLE_IMAGE.read_bytes()
     with running_server(tmp_path / "state", {"preload_models": "shapes/1"}) as server:
-        before = len(_access_lines(server.output()))
+        before = len(_access_lines(_logged_so_far(server), probes=False))
         requests.post(f"{server.url}/shapes/1?api_key=s3cret-key&confidence=50",
                       files={"file": ("a.jpg", jpeg, "image/jpeg")}, timeout=60)
         requests.get(f"{server.url}/no/such/route/at/all", timeout=30)
@@ -157,8 +167,8 @@ def test_every_request_is_logged_once_without_its_query(tmp_path: Path) -> None:
                       headers={"Content-Type": "application/json"})
         # A percent-decoded line break must not forge a line of its own.
         requests.get(f"{server.url}/a%0aedge_agent.access:%20GET%20/forged%20200%0d%1b[2J", timeout=30)
-        output = server.output()
-        lines = _access_lines(output)[before:]
+        output = _logged_so_far(server)
+        lines = _access_lines(output, probes=False)[before:]
     assert not any(line.startswith("edge_agent.access: GET /forged") for line in output.splitlines())
     assert len(lines) == 4, lines
     assert re.search(r"GET /a\\nedge_agent\.access: GET /forged 200\\r\\x1b\[2J 4\d\d ", lines[3]), lines[3]
@@ -202,7 +212,7 @@ def test_access_log_can_be_turned_off(tmp_path: Path) -> None:
     with running_server(tmp_path / "state", {"access_log": "false"}) as server:
         for _ in range(3):
             assert requests.get(f"{server.url}/healthz", timeout=30).status_code == 200
-        output = server.output()
+        output = _logged_so_far(server)
     assert _access_lines(output) == []
 
 
