@@ -136,7 +136,7 @@ def bytes_from_base64(text: str | bytes) -> bytes:
     if "-" in text or "_" in text:
         text = text.replace("-", "+").replace("_", "/")
     if not text.isascii() or any(c in text for c in _ASCII_SPACE):  # the join copies the text: only when needed
-        text = "".join(text.split())
+        text = "".join(text.split()).rstrip("=")  # padding broken by a line break
     try:
         return pybase64.b64decode(text + "=" * (-len(text) % 4), validate=True)
     except (binascii.Error, ValueError):

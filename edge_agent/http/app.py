@@ -298,9 +298,11 @@ def create_app(services: HttpServices) -> OpenAPI:
             h["Content-Security-Policy"] = DOCS_CSP
         rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
         logged = (request.method, path, request.remote_addr or "-") if server.access_log else None
-        # Once the answer is sent (WSGI's close of the body; the front calls it after the write).
-        response.call_on_close(functools.partial(_record, services, rule, model_id, response.status_code, elapsed,
-                                                 logged))
+        record = functools.partial(_record, services, rule, model_id, response.status_code, elapsed, logged)
+        if response.direct_passthrough:  # werkzeug hands such a body over as it is and never closes the response
+            record()  # (the MJPEG preview, static files)
+        else:  # once the answer is sent: WSGI's close of the body, which the front calls after the write
+            response.call_on_close(record)
         return response
 
     @app.errorhandler(Exception)
