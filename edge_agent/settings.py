@@ -89,7 +89,7 @@ class EngineSettings(_Section):
     inter_op_threads: int = Field(0, ge=0)
     idle_spin: Literal["auto", "short", "long"] = Field(
         "auto", description="how ONNX Runtime's threads wait between runs: long (its default: the next run "
-        "finds them awake), short (1 ms, then they sleep and leave the cores to other work); auto: short "
+        "finds them awake), short (100 us, then they sleep and leave the cores to other work); auto: short "
         "where the configuration has pipelines ([[pipelines.streams]]; a script's InferencePipeline too) or "
         "active learning, whose decoders and writer need the cores between runs; else long. Decided at "
         "start: a device that starts pipelines through the API or MQTT should say short")

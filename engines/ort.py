@@ -64,7 +64,7 @@ def choose_providers(wanted: tuple[str, ...], available: list[str]) -> list[str]
     return chosen
 
 
-SHORT_SPIN_US = 1000  # EnginePrefs.short_spin: an idle thread spin-waits this long, then sleeps
+SHORT_SPIN_US = 100  # EnginePrefs.short_spin: an idle thread spin-waits this long, then sleeps
 
 
 def spin_options(version: str, short: bool) -> dict[str, str]:
@@ -74,12 +74,15 @@ def spin_options(version: str, short: bool) -> dict[str, str]:
     pause instructions: a few to tens of milliseconds, by CPU), so that the next run finds them awake.
     That is the lowest latency when runs follow one another with little else in between (HTTP
     requests), but it holds the cores that work beside inference needs (a pipeline's video decoding,
-    the active-learning writer). ``short``: from 1.26 they spin 1 ms (the gaps inside a run and the
-    shortest between runs), then sleep; before 1.26 they stop spinning when a run returns. Measured on
-    2 cores with the demo detector: HTTP requests one after another answer 0.2-0.3 ms sooner with the
-    default spin (the server's own inference time, bench/http.py); a pipeline ran 117-125 frames/s with
-    the short spin against 92 with the default, and sampling every frame for active learning kept
-    0.85-0.9x of that against 0.79x (bench/active_learning.py); 1 ms and the stop measured alike.
+    the active-learning writer). ``short``: from 1.26 they spin 100 us (the gaps inside a run), then
+    sleep; before 1.26 they stop spinning when a run returns. Measured on 2 cores with the demo
+    detector: HTTP requests one after another answer 0.2-0.3 ms sooner with the default spin (the
+    server's own inference time, bench/http.py); a pipeline ran 117-125 frames/s with a 1 ms spin
+    against 92 with the default. 100 us rather than 1 ms (2026-12-06, rotated rounds in one process): the
+    pipeline alone as fast (1.00-1.06x), 1.5-3 ms less CPU a frame, and sampling every frame for active
+    learning kept 0.91-0.93x of it instead of 0.84-0.88x, since the writer now gets the core the pool
+    thread held spinning through the pipeline's serial steps between runs; back-to-back runs of the model
+    alone took the same time. No spin at all (0 us) cost the pipeline alone 16 % of its frames/s.
     """
     if not short:
         return {}
