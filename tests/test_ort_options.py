@@ -57,7 +57,7 @@ def test_a_session_runs_with_either_wait(detector_onnx: Path, short: bool) -> No
     options = engine._session.get_session_options()
     if short:
         newer = tuple(int(p) for p in ort.__version__.split(".")[:2]) >= (1, 26)
-        key, value = (SPIN_KEY, "1000") if newer else (STOP_KEY, "1")
+        key, value = (SPIN_KEY, str(SHORT_SPIN_US)) if newer else (STOP_KEY, "1")
         assert options.get_session_config_entry(key) == value
     if not short:  # ONNX Runtime's default: neither key is set
         for key in (SPIN_KEY, STOP_KEY):
