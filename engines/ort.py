@@ -82,7 +82,9 @@ def spin_options(version: str, short: bool) -> dict[str, str]:
     pipeline alone as fast (1.00-1.06x), 1.5-3 ms less CPU a frame, and sampling every frame for active
     learning kept 0.91-0.93x of it instead of 0.84-0.88x, since the writer now gets the core the pool
     thread held spinning through the pipeline's serial steps between runs; back-to-back runs of the model
-    alone took the same time. No spin at all (0 us) cost the pipeline alone 16 % of its frames/s.
+    alone took the same time. No spin at all (0 us) cost the pipeline alone 16 % of its frames/s. The
+    price: 2 and 4 pipelines processing files flat out on one session got 0.92-0.97x and 0.88-0.96x of
+    their total with 1 ms (the next pipeline's run comes after the pool thread has gone to sleep).
     """
     if not short:
         return {}
