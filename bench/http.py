@@ -36,7 +36,10 @@ folder in a temporary directory (removed at the end):
 
 ONNX Runtime threads: the server runs with ORT's defaults (EDGE_AGENT_* variables are removed from its
 environment, so intra_op_num_threads = inter_op_num_threads = 0: ORT picks), and the bare session uses
-the same SessionOptions as the server's engine (engines/ort.py: ORT_ENABLE_ALL, 0/0 threads).
+the same SessionOptions as the server's engine (engines/ort.py: ORT_ENABLE_ALL, 0/0 threads), but for
+ONNX Runtime's memory pattern, which its default leaves on and the server turns off on the CPU to bound
+memory (issue 18 item 7): bare, the demo model runs 0.2-0.4 ms faster with it, and in the server it
+made 0.03-0.12 ms of a request (2026-12-06), part of what the server's figures carry over bare.
 Client, server and bare pipeline share this machine's cores: the clients' own CPU time (requests, JSON)
 is part of the server figures, as it would be for a client on the device itself. Both servers stay up
 (idle) while the other is measured. The "other" column is the share of the machine's CPU that processes
@@ -154,7 +157,8 @@ def install_heavy(tmp: Path) -> None:
 
 
 def _session_options() -> Any:
-    """The server engine's options (engines/ort.py), ORT's default thread counts."""
+    """The server engine's options (engines/ort.py), ORT's default thread counts; the memory pattern
+    stays at ORT's default (on), where the server's CPU sessions turn it off."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
