@@ -49,7 +49,7 @@ class Inference:
         the results, the active-learning sampler never takes these frames (Roboflow's
         ``disable_active_learning``)."""
         results = loaded.infer(images, params)
-        self._metrics.images.labels(loaded.model_id).inc(len(images))
+        self._metrics.count_images(loaded.model_id, len(images))
         if source is not None and self._events.active:
             now = time.time()
             for i, result in enumerate(results):

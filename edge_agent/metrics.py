@@ -155,9 +155,11 @@ class Metrics:
         self.load_seconds = Gauge("edge_agent_model_load_seconds", "Time the last load of a model took",
                                   ["model"], registry=r)
         self.loads = Counter("edge_agent_model_loads", "Model loads", ["model"], registry=r)
-        # (route, model, status) -> its request counter and latency histogram: labels() checks and locks
-        # on every call, a few microseconds twice per HTTP request.
+        # (route, model, status) -> its request counter and latency histogram, and model -> its batch-size
+        # and engine-time histograms and image counter: labels() checks and locks on every call, a few
+        # microseconds five times per HTTP request.
         self._per_request: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._per_model: dict[str, tuple[Histogram, Histogram, Counter]] = {}
 
     def watch_active_learning(self, status: Callable[[], dict[str, Any]]) -> None:
         self.registry.register(_ActiveLearning(status))
@@ -178,9 +180,20 @@ class Metrics:
         self.load_seconds.labels(model_id).set(seconds)
         self.loads.labels(model_id).inc()
 
+    def _model(self, model_id: str) -> tuple[Histogram, Histogram, Counter]:
+        found = self._per_model.get(model_id)
+        if found is None:  # two threads may both get here: labels() gives both the same children
+            found = self._per_model[model_id] = (self.batch_size.labels(model_id), self.engine_time.labels(model_id),
+                                                 self.images.labels(model_id))
+        return found
+
     def on_batch(self, model_id: str, size: int, seconds: float) -> None:
-        self.batch_size.labels(model_id).observe(size)
-        self.engine_time.labels(model_id).observe(seconds)
+        batch_size, engine_time, _ = self._model(model_id)
+        batch_size.observe(size)
+        engine_time.observe(seconds)
+
+    def count_images(self, model_id: str, n: int) -> None:
+        self._model(model_id)[2].inc(n)
 
     def observe_request(self, route: str, model: str, status: int, seconds: float) -> None:
         key = (route, model, status)

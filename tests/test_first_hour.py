@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -148,11 +149,22 @@ def _access_lines(output: str, probes: bool = True) -> list[str]:
     return lines if probes else [line for line in lines if not re.search(r"access: GET /(healthz|readiness) ", line)]
 
 
-def _logged_so_far(server: Any) -> str:
+def _logged_so_far(server: Any, logging_on: bool = True) -> str:
     """The server's output once the lines of every request answered so far are in it: a request's line
-    is written after its answer (at the body's close), and before the loop reads the next request, so
-    one more round trip settles them."""
+    is queued as its answer is written, and the access log's thread writes queued lines in order, so
+    once the line of one more request (a probe) is in the output, the lines before it are too. With
+    the log off, the output after the writer would have written."""
+    from edge_agent.http.access_log import FLUSH_S
+
+    probes = len(re.findall(r"access: GET /healthz ", str(server.output())))
     assert requests.get(f"{server.url}/healthz", timeout=30).status_code == 200
+    deadline = time.monotonic() + (10.0 if logging_on else 3 * FLUSH_S)
+    while time.monotonic() < deadline:
+        output = str(server.output())
+        if len(re.findall(r"access: GET /healthz ", output)) > probes:
+            return output
+        time.sleep(0.02)
+    assert not logging_on, "the probe's access-log line did not appear"
     return str(server.output())
 
 
@@ -215,7 +227,7 @@ def test_access_log_can_be_turned_off(tmp_path: Path) -> None:
     with running_server(tmp_path / "state", {"access_log": "false"}) as server:
         for _ in range(3):
             assert requests.get(f"{server.url}/healthz", timeout=30).status_code == 200
-        output = _logged_so_far(server)
+        output = _logged_so_far(server, logging_on=False)
     assert _access_lines(output) == []
 
 

@@ -152,6 +152,24 @@ def test_legacy_formats_and_unknown_parameters(http_server: Server, b64: str) ->
     assert "visualization" not in r.json()
 
 
+def test_legacy_query_errors_are_422_naming_the_parameter(http_server: Server, b64: str) -> None:
+    """The legacy route validates its query itself (http/v1.py): the same 422 as the other routes' models,
+    located in the query; a repeated parameter counts by its first value."""
+    plain = {"Content-Type": "text/plain"}
+    for query, field, kind in (("max_detections=0", "max_detections", "greater_than_equal"),
+                               ("stroke=thick", "stroke", "int_parsing"),
+                               ("labels=maybe", "labels", "bool_parsing"),
+                               ("max_detections=x&max_detections=3", "max_detections", "int_parsing")):
+        r = requests.post(f"{http_server.url}/{DET}?{query}", data=b64, headers=plain, timeout=30)
+        assert r.status_code == 422, (query, r.text)
+        detail = r.json()["detail"]
+        assert [(d["loc"], d["type"]) for d in detail] == [(["query", field], kind)], (query, detail)
+    r = requests.post(f"{http_server.url}/{DET}?max_detections=1&max_detections=x&confidence=0.01", data=b64,
+                      headers=plain, timeout=60)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["predictions"]) == 1
+
+
 def test_legacy_routes_do_not_capture_specific_routes(http_server: Server) -> None:
     r = requests.get(f"{http_server.url}/model/registry?api_key=None", timeout=30)
     assert r.status_code == 200

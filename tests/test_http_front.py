@@ -15,6 +15,7 @@ import json
 import os
 import select
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -425,6 +426,67 @@ def test_an_answer_larger_than_the_socket_takes_reaches_a_slow_reader_whole(tmp_
         status, _, body = slow.response()
         assert (status, json.loads(body)) == (200, {"status": "healthy"})
         slow.close()
+
+
+class _HeldImage:
+    """A loopback HTTP server of one JPEG that answers only once ``release`` is set; ``asked`` is set when a
+    request for it arrives (so the request that fetches it is in the application)."""
+
+    def __init__(self, jpeg: bytes) -> None:
+        self.jpeg = jpeg
+        self.asked, self.release = threading.Event(), threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.listener.accept()
+                with conn:
+                    conn.recv(65536)
+                    self.asked.set()
+                    self.release.wait(30)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n"
+                                 b"Connection: close\r\n\r\n%s" % (len(self.jpeg), self.jpeg))
+
+    def close(self) -> None:
+        self.release.set()
+        self.listener.close()
+
+
+def test_a_client_that_resets_during_its_request_leaves_the_next_connection_unharmed(tmp_path: Path) -> None:
+    """The request thread writes its answer itself, to a duplicate of the connection's socket taken before
+    the application ran. A client that resets while its request runs: the answer is written to its dead
+    socket or dropped, and the connection opened next (whose descriptor may take a freed number) gets its
+    own answers only. The server logs no error."""
+    held = _HeldImage((ROOT / "edge_agent" / "demo" / "sample.jpg").read_bytes())
+    loopback_urls = {"allow_http_urls": "true", "allow_non_global_urls": "true", "allow_urls_without_fqdn": "true"}
+    try:
+        with running_server(tmp_path, loopback_urls, args=PRELOAD) as server:
+            leaving = Raw.connect(server.port)
+            leaving.sock.sendall(request("GET", f"/shapes/1?image=http://127.0.0.1:{held.port}/a.jpg"))
+            assert held.asked.wait(10)  # the request is in the application, waiting for its image
+            leaving.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            leaving.sock.close()  # a reset: the loop closes the server's socket at once
+            time.sleep(0.2)
+            other = Raw.connect(server.port)
+            other.sock.sendall(request("GET", "/healthz"))
+            assert other.response()[0] == 200
+            held.release.set()  # the left request ends now, and its answer is written
+            for _ in range(20):
+                time.sleep(0.02)
+                other.sock.sendall(request("GET", "/healthz"))
+                status, headers, body = other.response()
+                assert (status, json.loads(body)) == (200, {"status": "healthy"}), (status, headers, body[:100])
+            other.sock.settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                other._more()  # nothing came but the answers asked for
+            other.close()
+            assert "Traceback" not in server.output()
+    finally:
+        held.close()
 
 
 def test_model_upload_past_max_body_bytes_is_spooled_to_disk_and_installed(tmp_path: Path) -> None:

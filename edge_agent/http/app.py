@@ -27,7 +27,6 @@ from flask import Request, Response, jsonify, redirect, render_template_string, 
 from flask.json.provider import DefaultJSONProvider
 from flask.typing import ResponseReturnValue
 from flask_openapi3 import Info, OpenAPI
-from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 from edge_agent.errors import (
@@ -39,13 +38,11 @@ from edge_agent.errors import (
     Overloaded,
 )
 from edge_agent.http import admin, common, console, models, pipelines, v1, v2
+from edge_agent.http.access_log import ACCESS_LOG
 from edge_agent.http.head import BODY_READ_WHOLE
 from edge_agent.http.services import HttpServices
 
 log = logging.getLogger(__name__)
-# One INFO line per request: method, path (never the query string, which may carry an api_key), status,
-# milliseconds, client; off with ``[server] access_log = false`` (about 25-40 us a line on a busy 2-core box).
-access_log = logging.getLogger("edge_agent.access")
 
 # docs/http-api.md §1.3: routes that never need the API key.
 # The console's page and files (``/``, ``/console.js``, ``/console.css``) hold no data; its calls need the key.
@@ -197,24 +194,6 @@ def _error_body(exc: EdgeAgentError) -> dict[str, Any]:
     return {"message": public, "error": exc.code}
 
 
-_LOCATIONS = {"LegacyQuery": "query", "LegacyPath": "path"}
-
-
-def _validation_error(e: ValidationError) -> Response:
-    """docs/http-api.md §5: 422 with pydantic v2's error list under ``detail`` (large inputs left out)."""
-    detail = []
-    where = _LOCATIONS.get(e.title, "body")
-    for err in e.errors(include_url=False, include_context=False):
-        item: dict[str, Any] = {"type": err["type"], "loc": [where, *err["loc"]], "msg": err["msg"]}
-        inp = err.get("input")
-        if isinstance(inp, (int, float, bool)) or inp is None or (isinstance(inp, str) and len(inp) <= 200):
-            item["input"] = inp
-        detail.append(item)
-    response = jsonify({"detail": detail})
-    response.status_code = 422
-    return response
-
-
 def _docs_page() -> str:
     from flask_openapi3_swagger.templates import swagger_html_string  # lazy: only /docs needs the template
 
@@ -234,7 +213,7 @@ def create_app(services: HttpServices) -> OpenAPI:
         doc_url="/openapi.json",
         security_schemes={},
         validation_error_status=422,
-        validation_error_callback=_validation_error,
+        validation_error_callback=common.validation_error,
     )
     app.config["MAX_CONTENT_LENGTH"] = server.max_body_bytes  # under the front: its per-route caps (front.py)
     app.request_class = FrontRequest
@@ -338,9 +317,11 @@ def _record(services: HttpServices, rule: str, model_id: str, status: int, elaps
             logged: tuple[str, str, str] | None) -> None:
     """A request's metrics and access-log line (``logged``: method, path, client; None when the log is off)."""
     services.metrics.observe_request(rule, model_id, status, elapsed)
-    if logged is not None and access_log.isEnabledFor(logging.INFO):
+    # One access-log line per request: method, path (never the query string, which may carry an api_key),
+    # status, milliseconds, client; off with ``[server] access_log = false``.
+    if logged is not None and ACCESS_LOG.enabled():
         method, path, client = logged
-        access_log.info("%s %s %d %.1f ms %s", method, loggable(path), status, elapsed * 1e3, client)
+        ACCESS_LOG.add(method, loggable(path), status, elapsed, client)
 
 
 def loggable(text: str) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pydantic_core
 from flask import Response, current_app, jsonify, request
+from pydantic import ValidationError
 
 from edge_agent.errors import InvalidInput
 from edge_agent.http.head import keys_in
@@ -133,6 +134,25 @@ def confidence_value(value: float | str, default: float = 0.4) -> float:
         except ValueError:
             raise InvalidInput(f'confidence must be a number or "best"/"default", got {value!r}') from None
     return float(value)
+
+
+_LOCATIONS = {"LegacyQuery": "query", "LegacyPath": "path"}
+
+
+def validation_error(e: ValidationError) -> Response:
+    """docs/http-api.md §5: 422 with pydantic v2's error list under ``detail`` (large inputs left out); the
+    app's answer to a request that fails its route's declared models."""
+    detail = []
+    where = _LOCATIONS.get(e.title, "body")
+    for err in e.errors(include_url=False, include_context=False):
+        item: dict[str, Any] = {"type": err["type"], "loc": [where, *err["loc"]], "msg": err["msg"]}
+        inp = err.get("input")
+        if isinstance(inp, (int, float, bool)) or inp is None or (isinstance(inp, str) and len(inp) <= 200):
+            item["input"] = inp
+        detail.append(item)
+    response = jsonify({"detail": detail})
+    response.status_code = 422
+    return response
 
 
 def visualization(loaded: LoadedModel, image: np.ndarray, result: Result, labels: bool, stroke: int) -> bytes:

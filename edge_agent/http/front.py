@@ -16,10 +16,15 @@ by ``[server]`` settings:
 - ``keepalive_s``: an idle kept-alive connection is closed.
 - ``max_connections``: past it a new connection is answered 503 at once and closed.
 
-Responses are written by the loop. A body that is ``Pushable`` (the MJPEG preview) is not iterated by a
-thread: it pushes its parts to the loop as they come, a slow watcher misses frames instead of piling
-them up, and a watcher that disconnects is unsubscribed at once. Any other WSGI server can still iterate
-such a body (``__iter__``), which is how Flask's test client sees it.
+A request thread writes its answer itself, as much of it as the socket takes at once, to a duplicate
+of the connection's socket that the loop took for it (so that a connection the loop closes meanwhile can
+never have its descriptor's number reused under the thread); the loop writes the rest, or the whole
+answer when earlier bytes are still queued, then does the request's bookkeeping. Writing from the thread
+saves a wake-up of the loop before the client has its answer (0.04 ms a request on the 2-core VM). A body
+that is ``Pushable`` (the MJPEG preview) is written by the loop, and not iterated by a thread: it pushes
+its parts to the loop as they come, a slow watcher misses frames instead of piling them up, and a watcher
+that disconnects is unsubscribed at once. Any other WSGI server can still iterate such a body
+(``__iter__``), which is how Flask's test client sees it.
 
 One request per connection is in the application at a time; pipelined requests wait their turn. The
 loop also beats gunicorn's heartbeat and notices the stop signal; on stop it closes idle connections,
@@ -305,7 +310,7 @@ class _Connection(asyncio.Protocol):
             self.busy = True
             self.front.running += 1
             transport.pause_reading()  # one request in the application at a time
-            self.front.pool.submit(self._in_thread, request, environ)
+            self.front.pool.submit(self._in_thread, request, environ, self._own_handle(transport))
             return
         self.busy = False
         if self.refusal is not None:
@@ -318,25 +323,52 @@ class _Connection(asyncio.Protocol):
             self.deadline = time.monotonic() + wait[self.phase]
             transport.resume_reading()
 
-    def _in_thread(self, request: _Request, environ: dict[str, Any]) -> None:
-        """On a request thread: the application, then the answer handed to the loop (one wake-up)."""
+    @staticmethod
+    def _own_handle(transport: asyncio.Transport) -> int:
+        """A duplicate of the connection's socket for the request thread to write its answer to, or -1
+        (something is still being sent: the answer must queue behind it). The thread owns and closes it,
+        so that the loop closing the connection meanwhile can never leave the thread writing to another
+        connection that reused the descriptor's number."""
+        sock = transport.get_extra_info("socket")
+        if sock is None or transport.get_write_buffer_size():
+            return -1
+        try:
+            return os.dup(sock.fileno())
+        except OSError:
+            return -1
+
+    def _in_thread(self, request: _Request, environ: dict[str, Any], handle: int) -> None:
+        """On a request thread: the application, then its answer written to ``handle`` (as much of it as
+        the socket takes at once), and the rest handed to the loop with the bookkeeping (one wake-up)."""
         after: _Close | None = None
+        framed: _Framed | None = None
         try:
-            answer, after = _run_app(self.front.app, environ)
-        except Exception:  # the application's own handlers answer its errors: this is a bug, not input
-            log.exception("unhandled error in the application")
-            answer = _INTERNAL_ERROR
+            try:
+                answer, after = _run_app(self.front.app, environ)
+            except Exception:  # the application's own handlers answer its errors: this is a bug, not input
+                log.exception("unhandled error in the application")
+                answer = _INTERNAL_ERROR
+            if handle >= 0 and isinstance(answer[2], bytes):
+                framed = _frame(request, answer, self.front.date, self.front.stopping)
+                try:
+                    framed.sent = os.write(handle, framed.data)
+                except OSError:  # full (BlockingIOError), or the peer is gone: the loop takes it from here
+                    pass
+        finally:
+            if handle >= 0:
+                os.close(handle)
         try:
-            self.front.loop.call_soon_threadsafe(self._respond, request, answer, after)
+            self.front.loop.call_soon_threadsafe(self._respond, request, answer, after, framed)
         except RuntimeError:  # the loop is gone: the worker stopped meanwhile
             if _pushable(answer[2]):
                 answer[2].close()
             _close_body(after)
 
-    def _respond(self, request: _Request, answer: _Answer, after: _Close | None) -> None:
-        """On the loop: write the answer, then close the application's body (``after``: WSGI's ``close``,
-        where the app keeps its per-request bookkeeping, the access log and the request metrics, out of
-        the time the client waits)."""
+    def _respond(self, request: _Request, answer: _Answer, after: _Close | None, framed: _Framed | None = None) -> None:
+        """On the loop: write what the request thread did not write of the answer (``framed``: what it
+        framed and sent), then close the application's body (``after``: WSGI's ``close``, where the app
+        keeps its per-request bookkeeping, the request metrics and the access-log line, out of the time
+        the client waits) and go on with the connection."""
         self.front.running -= 1
         self.front.release(request)
         status, headers, body = answer
@@ -346,12 +378,9 @@ class _Connection(asyncio.Protocol):
                 body.close()
             _close_body(after)
             return
-        head = [f"HTTP/{request.http_version} {status}\r\nDate: {self.front.date}\r\n"]
-        has_length = False
-        for name, value in headers:
-            has_length = has_length or name.lower() == "content-length"
-            head.append(f"{name}: {value}\r\n")
         if _pushable(body):
+            head = [f"HTTP/{request.http_version} {status}\r\nDate: {self.front.date}\r\n"]
+            head += [f"{name}: {value}\r\n" for name, value in headers]
             head.append("Connection: close\r\n\r\n")
             transport.write("".join(head).encode("latin-1"))
             self.push, self.busy = body, False
@@ -364,20 +393,12 @@ class _Connection(asyncio.Protocol):
 
             body.subscribe(deliver)
             return
-        assert isinstance(body, bytes)
-        keep = request.keep_alive and not self.front.stopping
-        if request.method == "HEAD" or status[:1] == "1" or status[:3] in ("204", "304"):
-            body = b""  # no content, whatever the application gave: the framing must hold
-        elif not has_length:
-            head.append(f"Content-Length: {len(body)}\r\n")
-        if not keep:
-            head.append("Connection: close\r\n")
-        elif request.http_version == "1.0":
-            head.append("Connection: keep-alive\r\n")
-        head.append("\r\n")
-        transport.writelines(("".join(head).encode("latin-1"), body))
+        if framed is None:  # the thread had no handle: something was still being sent before this answer
+            framed = _frame(request, answer, self.front.date, self.front.stopping)
+        if framed.sent < len(framed.data):
+            transport.write(framed.data[framed.sent:])
         _close_body(after)
-        if keep:
+        if framed.keep:
             self._next()
         else:
             self.busy = False
@@ -451,6 +472,37 @@ _Answer = tuple[str, list[tuple[str, str]], "bytes | Pushable"]
 _Close = Callable[[], object]  # a WSGI body's close()
 _INTERNAL_ERROR: _Answer = ("500 Internal Server Error", [("Content-Type", "application/json")],
                             b'{"message": "Internal error"}')
+
+
+@dataclass
+class _Framed:
+    """An answer as it goes on the wire, and how much of it the request thread wrote."""
+
+    data: bytes  # head and body
+    keep: bool  # the connection stays open after it
+    sent: int = 0
+
+
+def _frame(request: _Request, answer: _Answer, date: str, stopping: bool) -> _Framed:
+    """Frame a whole (not pushed) answer (any thread)."""
+    status, headers, body = answer
+    assert isinstance(body, bytes)
+    head = [f"HTTP/{request.http_version} {status}\r\nDate: {date}\r\n"]
+    has_length = False
+    for name, value in headers:
+        has_length = has_length or name.lower() == "content-length"
+        head.append(f"{name}: {value}\r\n")
+    keep = request.keep_alive and not stopping
+    if request.method == "HEAD" or status[:1] == "1" or status[:3] in ("204", "304"):
+        body = b""  # no content, whatever the application gave: the framing must hold
+    elif not has_length:
+        head.append(f"Content-Length: {len(body)}\r\n")
+    if not keep:
+        head.append("Connection: close\r\n")
+    elif request.http_version == "1.0":
+        head.append("Connection: keep-alive\r\n")
+    head.append("\r\n")
+    return _Framed("".join(head).encode("latin-1") + body, keep)
 
 
 def _pushable(body: object) -> TypeGuard[Pushable]:

@@ -12,12 +12,14 @@ with the fields of a v2 body; a query parameter given on the URL wins over the s
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Response, request
+from flask import Response, abort, request
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import ValidationError
 
@@ -270,9 +272,34 @@ def _legacy(path: LegacyPath, query: LegacyQuery) -> Any:
 
 
 _RESPONSES: dict[Any, Any] = {200: DetectionResponse, 400: ErrorMessage, 404: ErrorMessage, 413: ErrorMessage}
+_View = Callable[[LegacyPath, LegacyQuery], Any]
+
+
+def _validated(view: _View) -> Callable[..., Any]:
+    """The route validated here, and documented by flask-openapi3 from ``view``'s signature as before.
+
+    flask-openapi3 reads a query model field by field (``request.args.get`` for each of the 19 fields,
+    each miss raising and catching an exception inside werkzeug): about 90 us a request on the 2-core VM,
+    where validating the query's own few keys costs 5. The same dict goes to the same model: the first
+    value of each key, unknown keys ignored, and a failure is the app's 422 (``common.validation_error``).
+    The attribute is the one flask-openapi3's own ``validate_request`` decorator sets to say "the function
+    validates"."""
+
+    @functools.wraps(view)
+    def validated(**path_args: str) -> Any:
+        try:
+            path = LegacyPath.model_validate(path_args)
+            query = LegacyQuery.model_validate(request.args.to_dict())
+        except ValidationError as exc:
+            abort(common.validation_error(exc))
+        return view(path, query)
+
+    validated.__dict__["__delay_validate_request__"] = True
+    return validated
 
 
 @bp.post("/<project>/<version>", responses=_RESPONSES)
+@_validated
 def legacy_post(path: LegacyPath, query: LegacyQuery) -> Any:
     """Infer on the request body: base64 text, a multipart `file` part, or `?image=<url>`.
 
@@ -283,6 +310,7 @@ def legacy_post(path: LegacyPath, query: LegacyQuery) -> Any:
 
 
 @bp.get("/<project>/<version>", responses=_RESPONSES)
+@_validated
 def legacy_get(path: LegacyPath, query: LegacyQuery) -> Any:
     """Infer on the image at `?image=<url>`."""
     return _legacy(path, query)
