@@ -130,6 +130,9 @@ class ServerSettings(_Section):
     header_timeout_s: float = Field(10.0, gt=0, le=600, description="to receive a request's line and headers")
     body_timeout_s: float = Field(60.0, gt=0, le=3600, description="to receive a request's body after its headers")
     keepalive_s: float = Field(5.0, gt=0, le=600, description="an idle kept-alive connection is closed after it")
+    linger_ms: float = Field(2.0, ge=0, le=50, description="after writing an answer, a request thread waits this "
+                             "long for the connection's next request and runs it itself (a client sending one "
+                             "request after another skips a pass through the event loop); 0: never")
     max_previews: int = Field(32, ge=0, le=1024, description="MJPEG preview watchers per pipeline")
     api_key: SecretStr | None = Field(None, description="when set, every route but the open ones needs it")
     cors_origins: str = "*"

@@ -428,6 +428,100 @@ def test_an_answer_larger_than_the_socket_takes_reaches_a_slow_reader_whole(tmp_
         slow.close()
 
 
+# -- a request thread lingering on its connection for the next request ([server] linger_ms) -------------------
+LINGER = {"linger_ms": "50", "header_timeout_s": "1", "max_body_bytes": "65536"}  # a wide window to land in
+
+
+def _answered_then(raw: Raw, more: bytes) -> None:
+    """One request answered, then ``more`` sent at once: into the window in which the thread that wrote the
+    answer waits on the connection and parses what comes itself."""
+    raw.sock.sendall(request("GET", "/healthz"))
+    assert raw.response()[0] == 200
+    raw.sock.sendall(more)
+
+
+def test_what_comes_while_a_thread_lingers_is_parsed_and_refused_as_the_loop_would(tmp_path: Path) -> None:
+    """Whatever lands in the window: the next requests, one after another, and pipelined; half a head,
+    which then owes the rest within header_timeout_s (408); a malformed request (400); a declared body
+    over max_body_bytes (413 before the body). Each refusal closes its connection, and the server goes on."""
+    with running_server(tmp_path, LINGER) as server:
+        raw = Raw.connect(server.port)
+        for _ in range(20):
+            raw.sock.sendall(request("GET", "/healthz"))
+            status, _, body = raw.response()
+            assert (status, json.loads(body)) == (200, {"status": "healthy"})
+        _answered_then(raw, request("GET", "/healthz") + request("GET", "/no-such-route"))
+        assert [raw.response()[0] for _ in range(2)] == [200, 404]
+
+        t0 = time.monotonic()
+        _answered_then(raw, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # half a head
+        status, headers, body = raw.response()
+        assert status == 408 and "headers" in message(status, headers, body)
+        assert 0.9 < time.monotonic() - t0 < 5  # the head's deadline, not the keep-alive's or none
+        assert raw.closed()
+        raw.close()
+
+        bad = Raw.connect(server.port)
+        _answered_then(bad, b"NOT HTTP AT ALL\r\n\r\n")
+        status, headers, body = bad.response()
+        assert status == 400 and "Malformed HTTP request" in message(status, headers, body)
+        assert bad.closed()
+        bad.close()
+
+        big = Raw.connect(server.port)
+        _answered_then(big, request("POST", ROUTE, headers={**JSON, "Content-Length": str(10 * 1024 * 1024)}))
+        status, headers, body = big.response()
+        assert status == 413 and message(status, headers, body)
+        big.close()
+        assert requests.get(server.url + "/healthz", timeout=10).status_code == 200
+        assert "Traceback" not in server.output()
+
+
+def test_lingering_threads_leave_no_client_waiting_with_more_clients_than_threads(tmp_path: Path) -> None:
+    """Twelve clients sending requests one after another to 4 request threads that each wait 50 ms on their
+    connection after every answer: a thread waits only while no request waits for a thread, so every client
+    is served, all along."""
+    with running_server(tmp_path, {**LINGER, "threads": "4"}) as server:
+        done: list[int] = []
+        errors: list[BaseException] = []
+
+        def client() -> None:
+            try:
+                raw = Raw.connect(server.port, timeout=20)
+                for _ in range(30):
+                    raw.sock.sendall(request("GET", "/healthz"))
+                    assert raw.response()[0] == 200
+                raw.close()
+                done.append(1)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        pool = [threading.Thread(target=client) for _ in range(12)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join(60)
+        assert errors == [] and len(done) == 12
+
+
+def test_a_server_stops_at_once_with_threads_lingering(tmp_path: Path) -> None:
+    """SIGTERM while request threads wait on their connections: they let go, and the server stops well
+    within its graceful timeout."""
+    import signal
+
+    with running_server(tmp_path, {**LINGER, "linger_ms": "50"}) as server:
+        raws = [Raw.connect(server.port) for _ in range(4)]
+        for raw in raws:
+            raw.sock.sendall(request("GET", "/healthz"))
+            assert raw.response()[0] == 200
+        t0 = time.monotonic()
+        os.killpg(server.process.pid, signal.SIGTERM)
+        server.process.wait(30)
+        assert time.monotonic() - t0 < 10
+        for raw in raws:
+            raw.close()
+
+
 class _HeldImage:
     """A loopback HTTP server of one JPEG that answers only once ``release`` is set; ``asked`` is set when a
     request for it arrives (so the request that fetches it is in the application)."""
