@@ -442,8 +442,9 @@ def _answered_then(raw: Raw, more: bytes) -> None:
 
 def test_what_comes_while_a_thread_lingers_is_parsed_and_refused_as_the_loop_would(tmp_path: Path) -> None:
     """Whatever lands in the window: the next requests, one after another, and pipelined; half a head,
-    which then owes the rest within header_timeout_s (408); a malformed request (400); a declared body
-    over max_body_bytes (413 before the body). Each refusal closes its connection, and the server goes on."""
+    which then owes the rest within header_timeout_s (408); a malformed request (400); a head that asks
+    for 100 Continue (sent, then the body is read); a declared body over max_body_bytes (413 before the
+    body). Each refusal closes its connection, and the server goes on."""
     with running_server(tmp_path, LINGER) as server:
         raw = Raw.connect(server.port)
         for _ in range(20):
@@ -468,6 +469,15 @@ def test_what_comes_while_a_thread_lingers_is_parsed_and_refused_as_the_loop_wou
         assert bad.closed()
         bad.close()
 
+        expecting = Raw.connect(server.port)  # curl's Expect: 100-continue, for a body over 1 MB
+        body = b'{"model_id": "nope/1", "image": []}'
+        _answered_then(expecting, request("POST", ROUTE, headers={**JSON, "Content-Length": str(len(body)),
+                                                                  "Expect": "100-continue"}))
+        assert expecting.response()[0] == 100  # before any byte of the body is sent
+        expecting.sock.sendall(body)
+        assert expecting.response()[0] in (400, 404, 422)
+        expecting.close()
+
         big = Raw.connect(server.port)
         _answered_then(big, request("POST", ROUTE, headers={**JSON, "Content-Length": str(10 * 1024 * 1024)}))
         status, headers, body = big.response()
@@ -478,9 +488,9 @@ def test_what_comes_while_a_thread_lingers_is_parsed_and_refused_as_the_loop_wou
 
 
 def test_lingering_threads_leave_no_client_waiting_with_more_clients_than_threads(tmp_path: Path) -> None:
-    """Twelve clients sending requests one after another to 4 request threads that each wait 50 ms on their
-    connection after every answer: a thread waits only while no request waits for a thread, so every client
-    is served, all along."""
+    """Twelve clients sending requests one after another to 4 request threads that each wait up to 50 ms on
+    their connection after every answer: a thread starts waiting only when no request waits for a thread,
+    so every client is served, all along."""
     with running_server(tmp_path, {**LINGER, "threads": "4"}) as server:
         done: list[int] = []
         errors: list[BaseException] = []

@@ -71,6 +71,7 @@ MEMORY_BUDGET = 64 * 1024 * 1024  # bodies in memory, all connections together; 
 PUSH_BACKLOG = 512 * 1024  # bytes a push stream may have unsent before its next parts are dropped
 SEND_STALL_S = 30.0  # a response whose unsent bytes do not shrink for this long is abandoned
 TICK_S = 0.25  # deadlines, heartbeat and the stop signal are looked at this often
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 READ_SIZE = 256 * 1024  # what a request thread reads at once from a connection it lingers on (asyncio's own)
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -180,6 +181,7 @@ class _Connection(asyncio.Protocol):
         self.closing = False
         self.peer_done = False  # the peer half-closed after its request: answer, then close
         self.refusal: tuple[str, str] | None = None  # owed once the requests before it are answered
+        self.continue_owed = False  # the request being read asked for 100 Continue while another ran
 
     # -- asyncio ------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -226,6 +228,7 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks --------------------------------------------------------------------------
     def on_message_begin(self) -> None:
         self.request = _Request()
+        self.continue_owed = False
         if self.phase == _IDLE:  # a pipelined request, parsed from the same read as the one before it
             self.phase, self.deadline = _HEAD, time.monotonic() + self.front.limits.header_timeout_s
 
@@ -271,8 +274,11 @@ class _Connection(asyncio.Protocol):
         if length is not None and length > request.cap:
             self._refuse("413 Request Entity Too Large", f"Request body too large. Limit: {request.cap} bytes.")
             raise httptools.HttpParserError("refused")  # stops the parser; caught in data_received
-        if expect and request.http_version == "1.1" and not self.busy and self.transport is not None:
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if expect and request.http_version == "1.1" and self.transport is not None:
+            if self.busy:  # an earlier request's answer comes first: sent when the connection is read on
+                self.continue_owed = True
+            else:
+                self.transport.write(CONTINUE)
 
     def on_body(self, body: bytes) -> None:
         request, front = self.request, self.front
@@ -328,6 +334,9 @@ class _Connection(asyncio.Protocol):
             limits = self.front.limits
             wait = {_IDLE: limits.keepalive_s, _HEAD: limits.header_timeout_s, _BODY: limits.body_timeout_s}
             self.deadline = time.monotonic() + wait[self.phase]
+            if self.continue_owed and self.phase == _BODY:
+                transport.write(CONTINUE)
+            self.continue_owed = False
             transport.resume_reading()
 
     @staticmethod
