@@ -442,8 +442,9 @@ def _answered_then(raw: Raw, more: bytes) -> None:
 
 def test_what_comes_while_a_thread_lingers_is_parsed_and_refused_as_the_loop_would(tmp_path: Path) -> None:
     """Whatever lands in the window: the next requests, one after another, and pipelined; half a head,
-    which then owes the rest within header_timeout_s (408); a malformed request (400); a head that asks
-    for 100 Continue (sent, then the body is read); a declared body over max_body_bytes (413 before the
+    which then owes the rest within header_timeout_s (408); a malformed request (400); an upgrade
+    (answered as through the loop, then the connection closes); a head that asks for
+    100 Continue (sent, then the body is read); a declared body over max_body_bytes (413 before the
     body). Each refusal closes its connection, and the server goes on."""
     with running_server(tmp_path, LINGER) as server:
         raw = Raw.connect(server.port)
@@ -468,6 +469,19 @@ def test_what_comes_while_a_thread_lingers_is_parsed_and_refused_as_the_loop_wou
         assert status == 400 and "Malformed HTTP request" in message(status, headers, body)
         assert bad.closed()
         bad.close()
+
+        upgrade = request("GET", "/healthz", headers={"Connection": "Upgrade", "Upgrade": "websocket"})
+        answers = []
+        for in_window in (False, True):  # an upgrade is answered as plain HTTP, then the connection closes
+            asking = Raw.connect(server.port)
+            if in_window:
+                _answered_then(asking, upgrade)
+            else:
+                asking.sock.sendall(upgrade)
+            answers.append(asking.response()[0])  # werkzeug's 400 to an upgrade, whichever path read it
+            assert asking.closed(), in_window
+            asking.close()
+        assert answers[0] == answers[1]
 
         expecting = Raw.connect(server.port)  # curl's Expect: 100-continue, for a body over 1 MB
         body = b'{"model_id": "nope/1", "image": []}'

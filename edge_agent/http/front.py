@@ -408,7 +408,8 @@ class _Connection(asyncio.Protocol):
         """On the request thread that just wrote an answer whole, the connection still busy (the loop does
         not read it): the connection's next request when it is already read, or comes whole within
         ``linger_s``; None to give the connection back to the loop (nothing came, part of a request, a
-        refusal owed, the end of the stream, the server stopping, or other requests waiting for a thread).
+        refusal owed, the end of the stream, an upgrade asked for (answered, then the connection closes),
+        the server stopping, or other requests waiting for a thread).
 
         A client that sends one request after another (the SDK, a benchmark, a batch job) so has its next
         request read and run by this thread: the loop is not woken to take the connection back, read the
@@ -431,7 +432,8 @@ class _Connection(asyncio.Protocol):
                 return None
             self.data_received(data)
         transport = self.transport
-        if not self.waiting or self.refusal is not None or self.closing or front.stopping or transport is None:
+        if (not self.waiting or self.refusal is not None or self.closing or self.peer_done or front.stopping
+                or transport is None):
             return None
         request = self.waiting.popleft()
         environ = front.environ(request, transport)
