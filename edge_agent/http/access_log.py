@@ -1,15 +1,17 @@
 """The access log: one INFO line per request (logger ``edge_agent.access``), written by a thread of its own.
 
-A request's bookkeeping runs on the HTTP front's event loop once its answer is written (front.py); there
-it only queues the line's fields (a deque append). The writer thread wakes every ``FLUSH_S``, formats the
-lines queued meanwhile and hands them to the logging handlers (stderr, journald). So the formatting and the
-write (about 15 us a line in a loop, 80-90 us on the 2-core VM right after a request's model run) are no
-longer paid between one request's answer and the loop's reading of the next, and a stalled stderr (a
+The app queues a request's line (its fields, a deque append) as it makes the answer, before the answer
+is written (http/app.py), so that a request the client sends after an answer is logged after it. The
+writer thread wakes every ``FLUSH_S``, formats the lines queued meanwhile and hands them to the logging
+handlers (stderr, journald). So the formatting and the write (about 15 us a line in a loop, 80-90 us on
+the 2-core VM right after a request's model run, where the front's loop wrote it after each answer) are
+paid by no request, and a stalled stderr (a
 paused terminal, a journald that does not read) can delay log lines but never the front: the queue holds
 at most ``MAX_QUEUED`` lines, and lines past it are counted and the count logged once there is room.
 
-Each line keeps the time its request ended (the record's ``created``). The writer starts in the process
-that first queues a line (the gunicorn worker, after the fork) and is flushed at the interpreter's exit.
+Each line keeps the time its answer was made (the record's ``created``). The writer starts in the process
+that first queues a line (the gunicorn worker, after the fork) and is flushed at the interpreter's exit
+(unless a stalled handler still holds it after ``EXIT_WAIT_S``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ log = logging.getLogger("edge_agent.access")
 
 FLUSH_S = 0.2
 MAX_QUEUED = 10_000
+EXIT_WAIT_S = 1.0  # the flush at exit waits this long at most for a writer stuck in a handler
 _FORMAT = "%s %s %d %.1f ms %s"
 
 
@@ -58,9 +61,12 @@ class AccessLog:
         if self._pid != os.getpid():
             self._start()
 
-    def flush(self) -> None:
-        """Write every queued line now."""
-        with self._lock:
+    def flush(self, wait: float = -1) -> None:
+        """Write every queued line now; ``wait``: give up after this many seconds if the writer holds the
+        log (at exit, a stalled handler must not keep the process alive)."""
+        if not self._lock.acquire(timeout=wait):
+            return
+        try:
             lines = self._lines
             logger = self._logger
             while lines:
@@ -71,6 +77,8 @@ class AccessLog:
             if self._dropped:
                 dropped, self._dropped = self._dropped, 0
                 logger.warning("%d access-log lines dropped: the log did not keep up", dropped)
+        finally:
+            self._lock.release()
 
     def _start(self) -> None:
         with self._lock:
@@ -78,7 +86,7 @@ class AccessLog:
                 return
             self._pid = os.getpid()
             threading.Thread(target=self._run, name="access-log", daemon=True).start()
-        atexit.register(self.flush)
+        atexit.register(self.flush, EXIT_WAIT_S)
 
     def _run(self) -> None:
         while True:

@@ -276,8 +276,13 @@ def create_app(services: HttpServices) -> OpenAPI:
         if path in DOCS_PAGES:
             h["Content-Security-Policy"] = DOCS_CSP
         rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        logged = (request.method, path, request.remote_addr or "-") if server.access_log else None
-        record = functools.partial(_record, services, rule, model_id, response.status_code, elapsed, logged)
+        # One access-log line per request: method, path (never the query string, which may carry an api_key),
+        # status, milliseconds, client; off with ``[server] access_log = false``. Queued here, before the
+        # answer goes out (a deque append; its thread writes it): a request the client sends after this
+        # answer is logged after it.
+        if server.access_log and ACCESS_LOG.enabled():
+            ACCESS_LOG.add(request.method, loggable(path), response.status_code, elapsed, request.remote_addr or "-")
+        record = functools.partial(services.metrics.observe_request, rule, model_id, response.status_code, elapsed)
         if response.direct_passthrough:  # werkzeug hands such a body over as it is and never closes the response
             record()  # (the MJPEG preview, static files)
         else:  # once the answer is sent: WSGI's close of the body, which the front calls after the write
@@ -311,17 +316,6 @@ def create_app(services: HttpServices) -> OpenAPI:
         return jsonify({"message": INTERNAL_ERROR}), 500
 
     return app
-
-
-def _record(services: HttpServices, rule: str, model_id: str, status: int, elapsed: float,
-            logged: tuple[str, str, str] | None) -> None:
-    """A request's metrics and access-log line (``logged``: method, path, client; None when the log is off)."""
-    services.metrics.observe_request(rule, model_id, status, elapsed)
-    # One access-log line per request: method, path (never the query string, which may carry an api_key),
-    # status, milliseconds, client; off with ``[server] access_log = false``.
-    if logged is not None and ACCESS_LOG.enabled():
-        method, path, client = logged
-        ACCESS_LOG.add(method, loggable(path), status, elapsed, client)
 
 
 def loggable(text: str) -> str:

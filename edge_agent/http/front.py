@@ -97,7 +97,7 @@ class Limits:
     max_upload_bytes: int  # PUT /models/...: model files, streamed to disk by the route
     graceful_timeout_s: float
     spool_dir: Path
-    linger_s: float = 0.0  # a request thread waits this long on its connection for the next request
+    linger_s: float  # a request thread waits this long on its connection for the next request
 
     @classmethod
     def of(cls, settings: Settings) -> Limits:
@@ -357,52 +357,62 @@ class _Connection(asyncio.Protocol):
         """On a request thread: the application, then its answer written to ``handle`` (as much of it as
         the socket takes at once), and the rest handed to the loop with the bookkeeping (one wake-up).
         An answer written whole on a kept-alive connection is followed by the connection's next request
-        in this thread when it comes within ``linger_s`` (``_linger``), without going back to the loop."""
+        in this thread when it comes within ``linger_s`` (``_linger``), without going back to the loop.
+        The thread owns ``handle`` and closes it, whatever happens."""
+        self.front.count(pending=-1)
+        try:
+            last = self._serve(request, environ, handle)
+        finally:
+            if handle >= 0:
+                os.close(handle)
+        try:
+            if last is None:  # the loop takes the connection back
+                self.front.loop.call_soon_threadsafe(self._next)
+            else:
+                self.front.loop.call_soon_threadsafe(self._respond, *last)
+            return
+        except RuntimeError:  # the loop is gone: the worker stopped meanwhile
+            pass
+        if last is not None:
+            _, answer, after, _ = last
+            if _pushable(answer[2]):
+                answer[2].close()
+            _close_body(after)
+
+    def _serve(self, request: _Request, environ: dict[str, Any],
+               handle: int) -> tuple[_Request, _Answer, _Close | None, _Framed | None] | None:
+        """Run requests of the connection and write their answers to ``handle`` for as long as each is
+        written whole and the next comes in time; the last one's answer and what was written of it for
+        the loop to finish (``_respond``), or None when the last answer is done with and the connection
+        goes back to the loop as it is."""
         front = self.front
-        front.count(pending=-1)
         while True:
             after: _Close | None = None
             framed: _Framed | None = None
             try:
+                answer, after = _run_app(front.app, environ)
+            except Exception:  # the application's own handlers answer its errors: this is a bug, not input
+                log.exception("unhandled error in the application")
+                answer = _INTERNAL_ERROR
+            if handle >= 0 and isinstance(answer[2], bytes):
+                framed = _frame(request, answer, front.date, front.stopping)
                 try:
-                    answer, after = _run_app(front.app, environ)
-                except Exception:  # the application's own handlers answer its errors: this is a bug, not input
-                    log.exception("unhandled error in the application")
-                    answer = _INTERNAL_ERROR
-                if handle >= 0 and isinstance(answer[2], bytes):
-                    framed = _frame(request, answer, front.date, front.stopping)
-                    try:
-                        framed.sent = os.write(handle, framed.data)
-                    except OSError:  # full (BlockingIOError), or the peer is gone: the loop takes it from here
-                        pass
-                if framed is None or not framed.keep or framed.sent < len(framed.data) or front.linger_s <= 0:
-                    break
-                _close_body(after)  # the answer is out: this request's bookkeeping, here
-                front.release(request)
-                front.count(running=-1)
-                try:
-                    following = self._linger(handle)
-                except Exception:  # a bug: the loop takes the connection back, as when nothing comes
-                    log.exception("waiting for a connection's next request failed")
-                    following = None
-            except BaseException:
-                if handle >= 0:
-                    os.close(handle)
-                raise
-            if following is None:  # the loop takes the connection back
-                os.close(handle)
-                with contextlib.suppress(RuntimeError):  # the loop is gone: the worker stopped meanwhile
-                    front.loop.call_soon_threadsafe(self._next)
-                return
+                    framed.sent = os.write(handle, framed.data)
+                except OSError:  # full (BlockingIOError), or the peer is gone: the loop takes it from here
+                    pass
+            if framed is None or not framed.keep or framed.sent < len(framed.data) or front.limits.linger_s <= 0:
+                return request, answer, after, framed
+            _close_body(after)  # the answer is out: this request's bookkeeping, here
+            front.release(request)
+            front.count(running=-1)
+            try:
+                following = self._linger(handle)
+            except Exception:  # a bug: the loop takes the connection back, as when nothing comes
+                log.exception("waiting for a connection's next request failed")
+                following = None
+            if following is None:
+                return None
             request, environ = following
-        if handle >= 0:
-            os.close(handle)
-        try:
-            self.front.loop.call_soon_threadsafe(self._respond, request, answer, after, framed)
-        except RuntimeError:  # the loop is gone: the worker stopped meanwhile
-            if _pushable(answer[2]):
-                answer[2].close()
-            _close_body(after)
 
     def _linger(self, handle: int) -> tuple[_Request, dict[str, Any]] | None:
         """On the request thread that just wrote an answer whole, the connection still busy (the loop does
@@ -422,7 +432,7 @@ class _Connection(asyncio.Protocol):
                 return None
             poller = select.poll()
             poller.register(handle, select.POLLIN)
-            if not poller.poll(front.linger_s * 1000):
+            if not poller.poll(front.limits.linger_s * 1000):
                 return None
             try:
                 data = os.read(handle, READ_SIZE)
@@ -456,8 +466,7 @@ class _Connection(asyncio.Protocol):
             _close_body(after)
             return
         if _pushable(body):
-            head = [f"HTTP/{request.http_version} {status}\r\nDate: {self.front.date}\r\n"]
-            head += [f"{name}: {value}\r\n" for name, value in headers]
+            head = _head(request, status, headers, self.front.date)
             head.append("Connection: close\r\n\r\n")
             transport.write("".join(head).encode("latin-1"))
             self.push, self.busy = body, False
@@ -560,15 +569,18 @@ class _Framed:
     sent: int = 0
 
 
+def _head(request: _Request, status: str, headers: list[tuple[str, str]], date: str) -> list[str]:
+    """The status line, the date and the application's headers, as lines."""
+    return [f"HTTP/{request.http_version} {status}\r\nDate: {date}\r\n",
+            *(f"{name}: {value}\r\n" for name, value in headers)]
+
+
 def _frame(request: _Request, answer: _Answer, date: str, stopping: bool) -> _Framed:
     """Frame a whole (not pushed) answer (any thread)."""
     status, headers, body = answer
     assert isinstance(body, bytes)
-    head = [f"HTTP/{request.http_version} {status}\r\nDate: {date}\r\n"]
-    has_length = False
-    for name, value in headers:
-        has_length = has_length or name.lower() == "content-length"
-        head.append(f"{name}: {value}\r\n")
+    head = _head(request, status, headers, date)
+    has_length = any(name.lower() == "content-length" for name, _ in headers)
     keep = request.keep_alive and not stopping
     if request.method == "HEAD" or status[:1] == "1" or status[:3] in ("204", "304"):
         body = b""  # no content, whatever the application gave: the framing must hold
@@ -657,7 +669,6 @@ class _Front:
         self.loop = loop
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="http")
         self.connections: set[_Connection] = set()
-        self.linger_s = limits.linger_s
         self._counts = threading.Lock()  # the loop and request threads both count (count(), release())
         self.in_memory = 0  # bytes of request bodies held in memory (the environ's copy included)
         self.running = 0  # requests in the application
