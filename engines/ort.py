@@ -156,9 +156,11 @@ class OrtEngine:
         self._input_name = self.inputs[0].name
         self._output_names = [o.name for o in self.outputs]
         # The bound is for the CPU: a GPU provider's runs queue on the device, not on the cores.
+        # (one run at a time, the usual case, is a plain lock: a semaphore is Python code, 2-3 us a run)
+        runs = concurrent_runs(prefs.intra_op_threads)
         self._runs: AbstractContextManager[Any] = (
-            threading.BoundedSemaphore(concurrent_runs(prefs.intra_op_threads))
-            if used[0] == "CPUExecutionProvider" else nullcontext())
+            nullcontext() if used[0] != "CPUExecutionProvider"
+            else threading.Lock() if runs == 1 else threading.BoundedSemaphore(runs))
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         try:

@@ -426,6 +426,10 @@ def test_an_answer_larger_than_the_socket_takes_reaches_a_slow_reader_whole(tmp_
         status, _, body = slow.response()
         assert (status, json.loads(body)) == (200, {"status": "healthy"})
         slow.close()
+        # The body was closed (and Flask's request context ended) in the request's thread before the loop
+        # wrote the rest: ended on the loop, Flask would fail ("created in a different Context").
+        assert "closing the application's response failed" not in server.output()
+        assert "Traceback" not in server.output()
 
 
 # -- a request thread lingering on its connection for the next request ([server] linger_ms) -------------------
@@ -498,6 +502,29 @@ def test_what_comes_while_a_thread_lingers_is_parsed_and_refused_as_the_loop_wou
         assert status == 413 and message(status, headers, body)
         big.close()
         assert requests.get(server.url + "/healthz", timeout=10).status_code == 200
+        assert "Traceback" not in server.output()
+
+
+def test_a_request_whose_head_and_body_come_apart_is_read_in_the_window_or_by_the_loop(
+        tmp_path: Path, v2_body: bytes) -> None:
+    """http.client sends a request's head and its body apart: a lingering thread reads on until the request
+    is whole (the body 20 ms after the head, inside the 50 ms window), and a body that comes after the
+    window is read by the loop, which the thread gave the connection back to. Either way the answer is the
+    model's, and the connection serves the next request."""
+    head, body = request("POST", ROUTE, v2_body, JSON).split(b"\r\n\r\n", 1)
+    with running_server(tmp_path, LINGER, args=PRELOAD) as server:
+        raw = Raw.connect(server.port)
+        answers = []
+        for pause in (0.02, 0.02, 0.3, 0.02, 0.0):
+            _answered_then(raw, head + b"\r\n\r\n")
+            time.sleep(pause)
+            raw.sock.sendall(body)
+            status, headers, data = raw.response()
+            answers.append((status, len(json.loads(data)["predictions"]) if status == 200 else data))
+        assert len(set(answers)) == 1 and answers[0][0] == 200 and answers[0][1] > 0, answers
+        raw.sock.sendall(request("GET", "/healthz"))
+        assert raw.response()[0] == 200
+        raw.close()
         assert "Traceback" not in server.output()
 
 
@@ -755,3 +782,67 @@ def test_a_close_that_fails_is_logged_not_raised(caplog: pytest.LogCaptureFixtur
     _close_body(close)
     assert "closing the application's response failed" in caplog.text
     assert "bookkeeping bug" in caplog.text
+
+
+def test_flasks_request_context_ends_at_the_close_under_the_front_and_before_the_answer_elsewhere() -> None:
+    """``CLOSED_IN_THREAD`` in the environ (the front): the app answers with its request context still
+    pushed, and ends it (teardown) when the front closes the body, once the answer is written. Without it
+    (any other server, Flask's test client): Flask's own order, the context ended before the answer is
+    returned. A body handed over as it is (``direct_passthrough``, the preview) ends it at once either way,
+    as does a view that fails (answered by the error handler, the error passed to teardown)."""
+    import io
+    import sys
+
+    import flask
+
+    from edge_agent.http.app import App
+    from edge_agent.http.head import CLOSED_IN_THREAD
+
+    app = App("t")
+    torn: list[str] = []
+
+    @app.get("/ok")
+    def ok() -> Any:
+        return "fine"
+
+    @app.get("/passthrough")
+    def passthrough() -> Any:
+        response = flask.Response([b"part"])
+        response.direct_passthrough = True
+        return response
+
+    @app.get("/fails")
+    def fails() -> Any:
+        raise ValueError("a bug")
+
+    @app.teardown_request
+    def teardown(error: BaseException | None) -> None:
+        torn.append(f"{flask.request.path} {type(error).__name__ if error else None}")
+
+    def call(path: str, front: bool) -> tuple[Any, bool]:
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "SERVER_NAME": "localhost", "SERVER_PORT": "9001",
+                   "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(), "wsgi.errors": sys.stderr}
+        if front:
+            environ[CLOSED_IN_THREAD] = True
+        body = app(environ, lambda status, headers, exc_info=None: None)
+        return body, flask.has_request_context()
+
+    body, open_after_call = call("/ok", front=True)
+    assert open_after_call and torn == [] and b"".join(body) == b"fine"
+    body.close()
+    assert torn == ["/ok None"] and not flask.has_request_context()
+
+    body, open_after_call = call("/ok", front=False)
+    assert not open_after_call and torn[-1] == "/ok None"
+    body.close()
+    assert len(torn) == 2
+
+    for path, expected in (("/passthrough", "/passthrough None"), ("/fails", "/fails ValueError")):
+        body, open_after_call = call(path, front=True)
+        if path == "/passthrough":
+            assert not open_after_call and torn[-1] == expected
+        else:
+            assert open_after_call and torn[-1] != expected
+            body.close()
+            assert torn[-1] == expected
+        assert not flask.has_request_context()

@@ -58,7 +58,7 @@ class AccessLog:
             self._dropped += 1
             return
         self._lines.append((time.time(), method, path, status, seconds * 1e3, client))
-        if self._pid != os.getpid():
+        if not self._pid:  # no writer in this process yet (a forked child starts without: ``_forked``)
             self._start()
 
     def flush(self, wait: float = -1) -> None:

@@ -73,7 +73,9 @@ def request_state() -> RequestState:
 def given_keys() -> list[str]:
     """The request's API keys, in docs/http-api.md §1.3 precedence: query, then Bearer header, then JSON
     body."""
-    keys = keys_in(request.args.get("api_key"), request.headers.get("Authorization", ""))
+    # (an empty query string is not parsed into ``args``: 3 us a request)
+    keys = keys_in(request.args.get("api_key") if request.query_string else None,
+                   request.headers.get("Authorization", ""))
     if request.is_json:
         body = request.get_json(silent=True)
         if isinstance(body, dict) and isinstance(body.get("api_key"), str):

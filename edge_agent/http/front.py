@@ -60,7 +60,7 @@ from urllib.parse import parse_qsl, unquote_to_bytes
 import httptools
 from gunicorn.workers.base import Worker
 
-from edge_agent.http.head import BODY_READ_WHOLE, MAX_CONFIG_BYTES, keys_in
+from edge_agent.http.head import BODY_READ_WHOLE, CLOSED_IN_THREAD, MAX_CONFIG_BYTES, keys_in
 from edge_agent.settings import ServerSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -355,7 +355,7 @@ class _Connection(asyncio.Protocol):
 
     def _in_thread(self, request: _Request, environ: dict[str, Any], handle: int) -> None:
         """On a request thread: the application, then its answer written to ``handle`` (as much of it as
-        the socket takes at once), and the rest handed to the loop with the bookkeeping (one wake-up).
+        the socket takes at once) and its body closed, and the rest handed to the loop (one wake-up).
         An answer written whole on a kept-alive connection is followed by the connection's next request
         in this thread when it comes within ``linger_s`` (``_linger``), without going back to the loop.
         The thread owns ``handle`` and closes it, whatever happens."""
@@ -373,18 +373,20 @@ class _Connection(asyncio.Protocol):
             return
         except RuntimeError:  # the loop is gone: the worker stopped meanwhile
             pass
-        if last is not None:
-            _, answer, after, _ = last
-            if _pushable(answer[2]):
-                answer[2].close()
-            _close_body(after)
+        if last is not None and _pushable(last[1][2]):
+            last[1][2].close()
 
     def _serve(self, request: _Request, environ: dict[str, Any],
-               handle: int) -> tuple[_Request, _Answer, _Close | None, _Framed | None] | None:
+               handle: int) -> tuple[_Request, _Answer, _Framed | None] | None:
         """Run requests of the connection and write their answers to ``handle`` for as long as each is
         written whole and the next comes in time; the last one's answer and what was written of it for
         the loop to finish (``_respond``), or None when the last answer is done with and the connection
-        goes back to the loop as it is."""
+        goes back to the loop as it is.
+
+        Each answer's body is closed here (WSGI's ``close``) once this thread has written what it could
+        of the answer: where the app keeps its per-request bookkeeping (the request metrics) and ends
+        Flask's request context (``CLOSED_IN_THREAD``, http/app.py), out of the time the client waits
+        whenever the answer went out whole. It must be this thread: Flask's context lives in it."""
         front = self.front
         while True:
             after: _Close | None = None
@@ -400,9 +402,9 @@ class _Connection(asyncio.Protocol):
                     framed.sent = os.write(handle, framed.data)
                 except OSError:  # full (BlockingIOError), or the peer is gone: the loop takes it from here
                     pass
+            _close_body(after)
             if framed is None or not framed.keep or framed.sent < len(framed.data) or front.limits.linger_s <= 0:
-                return request, answer, after, framed
-            _close_body(after)  # the answer is out: this request's bookkeeping, here
+                return request, answer, framed
             front.release(request)
             front.count(running=-1)
             try:
@@ -427,12 +429,18 @@ class _Connection(asyncio.Protocol):
         runs). What comes is parsed as the loop parses it (``data_received``): deadlines and caps hold,
         and a refusal waits for the loop."""
         front = self.front
-        if not self.waiting:
-            if front.pending or front.stopping or self.closing:
+        poller: select.poll | None = None
+        give_up = 0.0
+        while not self.waiting:  # a request comes in pieces (http.client sends its head and body apart)
+            if (front.pending or front.stopping or self.closing or self.refusal is not None or self.peer_done
+                    or self.continue_owed):
                 return None
-            poller = select.poll()
-            poller.register(handle, select.POLLIN)
-            if not poller.poll(front.limits.linger_s * 1000):
+            if poller is None:
+                poller = select.poll()
+                poller.register(handle, select.POLLIN)
+                give_up = time.monotonic() + front.limits.linger_s
+            left = give_up - time.monotonic()
+            if left <= 0 or not poller.poll(left * 1000):
                 return None
             try:
                 data = os.read(handle, READ_SIZE)
@@ -451,11 +459,10 @@ class _Connection(asyncio.Protocol):
         front.count(running=1)
         return request, environ
 
-    def _respond(self, request: _Request, answer: _Answer, after: _Close | None, framed: _Framed | None = None) -> None:
+    def _respond(self, request: _Request, answer: _Answer, framed: _Framed | None = None) -> None:
         """On the loop: write what the request thread did not write of the answer (``framed``: what it
-        framed and sent), then close the application's body (``after``: WSGI's ``close``, where the app
-        keeps its per-request bookkeeping, the request metrics and the access-log line, out of the time
-        the client waits) and go on with the connection."""
+        framed and sent; its body is closed already) and go on with the connection, or start pushing a
+        ``Pushable`` answer."""
         self.front.count(running=-1)
         self.front.release(request)
         status, headers, body = answer
@@ -463,7 +470,6 @@ class _Connection(asyncio.Protocol):
         if self.closing or transport is None:  # the client left while the application ran
             if _pushable(body):
                 body.close()
-            _close_body(after)
             return
         if _pushable(body):
             head = _head(request, status, headers, self.front.date)
@@ -483,7 +489,6 @@ class _Connection(asyncio.Protocol):
             framed = _frame(request, answer, self.front.date, self.front.stopping)
         if framed.sent < len(framed.data):
             transport.write(framed.data[framed.sent:])
-        _close_body(after)
         if framed.keep:
             self._next()
         else:
@@ -726,6 +731,7 @@ class _Front:
             "wsgi.input": request.input(),
             "wsgi.input_terminated": True,
             BODY_READ_WHOLE: True,
+            CLOSED_IN_THREAD: True,
             "wsgi.errors": sys.stderr,
             "wsgi.multithread": True,
             "wsgi.multiprocess": False,
