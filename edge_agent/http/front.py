@@ -18,11 +18,13 @@ below). Reading is the loop's job, bounded by ``[server]`` settings:
 
 A request thread writes its answer itself, as much of it as the socket takes at once, to a duplicate
 of the connection's socket that the loop took for it (so that a connection the loop closes meanwhile can
-never have its descriptor's number reused under the thread); the loop writes the rest, or the whole
-answer when earlier bytes are still queued, then does the request's bookkeeping. Writing from the thread
-saves a wake-up of the loop before the client has its answer (0.04 ms a request on the 2-core VM). Then,
-on a kept-alive connection, the thread waits up to ``linger_ms`` for the connection's next request and
-runs it too (``_Connection._linger``): a client sending one request after another skips the loop. A body
+never have its descriptor's number reused under the thread), then closes the application's body (WSGI's
+``close``: the app's bookkeeping, and the end of Flask's request context, ``CLOSED_IN_THREAD``); the loop
+writes the rest, or the whole answer when earlier bytes are still queued. Writing from the thread saves
+a wake-up of the loop before the client has its answer (0.04 ms a request on the 2-core VM). Then, on a
+kept-alive connection, the thread waits up to ``linger_ms`` for the connection's next request to come
+whole and runs it too (``_Connection._linger``): a client sending one request after another skips the
+loop. A body
 that is ``Pushable`` (the MJPEG preview) is written by the loop, and not iterated by a thread: it pushes
 its parts to the loop as they come, a slow watcher misses frames instead of piling them up, and a watcher
 that disconnects is unsubscribed at once. Any other WSGI server can still iterate such a body
@@ -419,9 +421,11 @@ class _Connection(asyncio.Protocol):
     def _linger(self, handle: int) -> tuple[_Request, dict[str, Any]] | None:
         """On the request thread that just wrote an answer whole, the connection still busy (the loop does
         not read it): the connection's next request when it is already read, or comes whole within
-        ``linger_s``; None to give the connection back to the loop (nothing came, part of a request, a
-        refusal owed, the end of the stream, an upgrade asked for (answered, then the connection closes),
-        the server stopping, or other requests waiting for a thread).
+        ``linger_s``, read in as many pieces as it comes in (http.client sends a head and its body apart:
+        read once, about one request in four went back to the loop); None to give the connection back to
+        the loop (nothing came, or part of a request, within ``linger_s``; a refusal or a 100 Continue
+        owed, the end of the stream, an upgrade asked for (answered, then the connection closes), the
+        server stopping, or other requests waiting for a thread, looked at after each read).
 
         A client that sends one request after another (the SDK, a benchmark, a batch job) so has its next
         request read and run by this thread: the loop is not woken to take the connection back, read the
