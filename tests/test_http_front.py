@@ -788,8 +788,9 @@ def test_flasks_request_context_ends_at_the_close_under_the_front_and_before_the
     """``CLOSED_IN_THREAD`` in the environ (the front): the app answers with its request context still
     pushed, and ends it (teardown) when the front closes the body, once the answer is written. Without it
     (any other server, Flask's test client): Flask's own order, the context ended before the answer is
-    returned. A body handed over as it is (``direct_passthrough``, the preview) ends it at once either way,
-    as does a view that fails (answered by the error handler, the error passed to teardown)."""
+    returned. A body handed over as it is (``direct_passthrough``, the preview) or made while it is read
+    ends it at once either way, as does an error no handler answers (Flask's 500, the error passed to
+    teardown); an error a handler answers (as the app's one handler does) keeps it until the close."""
     import io
     import sys
 
@@ -811,9 +812,21 @@ def test_flasks_request_context_ends_at_the_close_under_the_front_and_before_the
         response.direct_passthrough = True
         return response
 
+    @app.get("/generated")
+    def generated() -> Any:
+        return flask.Response(iter([b"made ", b"while read"]))
+
     @app.get("/fails")
     def fails() -> Any:
         raise ValueError("a bug")
+
+    @app.get("/refused")
+    def refused() -> Any:
+        raise KeyError("no such thing")
+
+    @app.errorhandler(KeyError)
+    def answered(error: KeyError) -> Any:
+        return flask.jsonify({"message": "answered by the handler"}), 404
 
     @app.teardown_request
     def teardown(error: BaseException | None) -> None:
@@ -837,12 +850,14 @@ def test_flasks_request_context_ends_at_the_close_under_the_front_and_before_the
     body.close()
     assert len(torn) == 2
 
-    for path, expected in (("/passthrough", "/passthrough None"), ("/fails", "/fails ValueError")):
+    for path, expected in (("/passthrough", "/passthrough None"), ("/generated", "/generated None"),
+                           ("/fails", "/fails ValueError"), ("/refused", "/refused None")):
         body, open_after_call = call(path, front=True)
-        if path == "/passthrough":
+        if path != "/refused":
             assert not open_after_call and torn[-1] == expected
         else:
             assert open_after_call and torn[-1] != expected
+            assert json.loads(b"".join(body)) == {"message": "answered by the handler"}
             body.close()
             assert torn[-1] == expected
         assert not flask.has_request_context()

@@ -215,9 +215,10 @@ class App(OpenAPI):
     Ending the context (teardown, the app context, the context variables) took 10-12 us a request in a
     warm loop on the 2-core VM, 25-50 us in the server, where it was on the way to the client. What runs
     is Flask's own ``wsgi_app``, step for step; only ``ctx.pop`` moves into the body's ``close``. Under any
-    other server (Flask's test client included) it is Flask's own. A body handed over as it is
-    (``direct_passthrough``: the MJPEG preview, which the loop pushes from other threads) ends the
-    context at once, as Flask does."""
+    other server (Flask's test client included) it is Flask's own. Only a body already in memory (a
+    sequence, as every JSON answer is) keeps the context until its close: a body handed over as it is
+    (``direct_passthrough``: the MJPEG preview, which the loop pushes from other threads) or produced
+    while it is read ends the context at once, as Flask does."""
 
     def wsgi_app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if not environ.get(CLOSED_IN_THREAD):
@@ -238,7 +239,7 @@ class App(OpenAPI):
         except BaseException:
             self._end(ctx, error)
             raise
-        if response.direct_passthrough:
+        if response.direct_passthrough or not response.is_sequence:
             self._end(ctx, error)
             return body
         return ClosingIterator(body, functools.partial(self._end, ctx, error))

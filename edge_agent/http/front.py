@@ -24,8 +24,8 @@ writes the rest, or the whole answer when earlier bytes are still queued. Writin
 a wake-up of the loop before the client has its answer (0.04 ms a request on the 2-core VM). Then, on a
 kept-alive connection, the thread waits up to ``linger_ms`` for the connection's next request to come
 whole and runs it too (``_Connection._linger``): a client sending one request after another skips the
-loop. A body
-that is ``Pushable`` (the MJPEG preview) is written by the loop, and not iterated by a thread: it pushes
+loop. A body that is ``Pushable`` (the MJPEG preview) is written by the loop, and not iterated by a
+thread: it pushes
 its parts to the loop as they come, a slow watcher misses frames instead of piling them up, and a watcher
 that disconnects is unsubscribed at once. Any other WSGI server can still iterate such a body
 (``__iter__``), which is how Flask's test client sees it.
