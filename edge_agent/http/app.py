@@ -18,18 +18,16 @@ import hmac
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pydantic_core
 from flask import Request, Response, jsonify, redirect, render_template_string, request
-from flask.ctx import RequestContext
 from flask.json.provider import DefaultJSONProvider
 from flask.typing import ResponseReturnValue
 from flask_openapi3 import Info, OpenAPI
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
-from werkzeug.wsgi import ClosingIterator
 
 from edge_agent.errors import (
     EdgeAgentError,
@@ -41,11 +39,8 @@ from edge_agent.errors import (
 )
 from edge_agent.http import admin, common, console, models, pipelines, v1, v2
 from edge_agent.http.access_log import ACCESS_LOG
-from edge_agent.http.head import BODY_READ_WHOLE, CLOSED_IN_THREAD
+from edge_agent.http.head import BODY_READ_WHOLE
 from edge_agent.http.services import HttpServices
-
-if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 log = logging.getLogger(__name__)
 
@@ -207,53 +202,10 @@ def _docs_page() -> str:
                                   oauth_config=None)
 
 
-class App(OpenAPI):
-    """flask-openapi3's app, whose request context ends when the server closes the answer's body, where the
-    server says it does so in the thread that ran the request, once the answer is written
-    (``CLOSED_IN_THREAD``: the front, http/front.py), instead of before the answer is handed over.
-
-    Ending the context (teardown, the app context, the context variables) took 10-12 us a request in a
-    warm loop on the 2-core VM, 25-50 us in the server, where it was on the way to the client. What runs
-    is Flask's own ``wsgi_app``, step for step; only ``ctx.pop`` moves into the body's ``close``. Under any
-    other server (Flask's test client included) it is Flask's own. Only a body already in memory (a
-    sequence, as every JSON answer is) keeps the context until its close: a body handed over as it is
-    (``direct_passthrough``: the MJPEG preview, which the loop pushes from other threads) or produced
-    while it is read ends the context at once, as Flask does."""
-
-    def wsgi_app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        if not environ.get(CLOSED_IN_THREAD):
-            return super().wsgi_app(environ, start_response)
-        ctx = self.request_context(environ)
-        error: BaseException | None = None
-        try:
-            try:
-                ctx.push()
-                response = self.full_dispatch_request()
-            except Exception as e:
-                error = e
-                response = self.handle_exception(e)
-            except BaseException as e:
-                error = e
-                raise
-            body = response(environ, start_response)
-        except BaseException:
-            self._end(ctx, error)
-            raise
-        if response.direct_passthrough or not response.is_sequence:
-            self._end(ctx, error)
-            return body
-        return ClosingIterator(body, functools.partial(self._end, ctx, error))
-
-    def _end(self, ctx: RequestContext, error: BaseException | None) -> None:
-        if error is not None and self.should_ignore_error(error):
-            error = None
-        ctx.pop(error)
-
-
 def create_app(services: HttpServices) -> OpenAPI:
     server = services.server
     api_key = server.api_key.get_secret_value() if server.api_key is not None else ""
-    app = App(
+    app = OpenAPI(
         "edge_agent",
         info=Info(title="edge-agent", version=services.version,
                   description="Roboflow-compatible inference API of an edge-agent device (port 9001)."),

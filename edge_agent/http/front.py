@@ -18,14 +18,12 @@ below). Reading is the loop's job, bounded by ``[server]`` settings:
 
 A request thread writes its answer itself, as much of it as the socket takes at once, to a duplicate
 of the connection's socket that the loop took for it (so that a connection the loop closes meanwhile can
-never have its descriptor's number reused under the thread), then closes the application's body (WSGI's
-``close``: the app's bookkeeping, and the end of Flask's request context, ``CLOSED_IN_THREAD``); the loop
-writes the rest, or the whole answer when earlier bytes are still queued. Writing from the thread saves
-a wake-up of the loop before the client has its answer (0.04 ms a request on the 2-core VM). Then, on a
-kept-alive connection, the thread waits up to ``linger_ms`` for the connection's next request to come
-whole and runs it too (``_Connection._linger``): a client sending one request after another skips the
-loop. A body that is ``Pushable`` (the MJPEG preview) is written by the loop, and not iterated by a
-thread: it pushes
+never have its descriptor's number reused under the thread); the loop writes the rest, or the whole
+answer when earlier bytes are still queued, then does the request's bookkeeping. Writing from the thread
+saves a wake-up of the loop before the client has its answer (0.04 ms a request on the 2-core VM). Then,
+on a kept-alive connection, the thread waits up to ``linger_ms`` for the connection's next request to
+come whole and runs it too (``_Connection._linger``): a client sending one request after another skips the loop. A body
+that is ``Pushable`` (the MJPEG preview) is written by the loop, and not iterated by a thread: it pushes
 its parts to the loop as they come, a slow watcher misses frames instead of piling them up, and a watcher
 that disconnects is unsubscribed at once. Any other WSGI server can still iterate such a body
 (``__iter__``), which is how Flask's test client sees it.
@@ -62,7 +60,7 @@ from urllib.parse import parse_qsl, unquote_to_bytes
 import httptools
 from gunicorn.workers.base import Worker
 
-from edge_agent.http.head import BODY_READ_WHOLE, CLOSED_IN_THREAD, MAX_CONFIG_BYTES, keys_in
+from edge_agent.http.head import BODY_READ_WHOLE, MAX_CONFIG_BYTES, keys_in
 from edge_agent.settings import ServerSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -357,7 +355,7 @@ class _Connection(asyncio.Protocol):
 
     def _in_thread(self, request: _Request, environ: dict[str, Any], handle: int) -> None:
         """On a request thread: the application, then its answer written to ``handle`` (as much of it as
-        the socket takes at once) and its body closed, and the rest handed to the loop (one wake-up).
+        the socket takes at once), and the rest handed to the loop with the bookkeeping (one wake-up).
         An answer written whole on a kept-alive connection is followed by the connection's next request
         in this thread when it comes within ``linger_s`` (``_linger``), without going back to the loop.
         The thread owns ``handle`` and closes it, whatever happens."""
@@ -375,20 +373,18 @@ class _Connection(asyncio.Protocol):
             return
         except RuntimeError:  # the loop is gone: the worker stopped meanwhile
             pass
-        if last is not None and _pushable(last[1][2]):
-            last[1][2].close()
+        if last is not None:
+            _, answer, after, _ = last
+            if _pushable(answer[2]):
+                answer[2].close()
+            _close_body(after)
 
     def _serve(self, request: _Request, environ: dict[str, Any],
-               handle: int) -> tuple[_Request, _Answer, _Framed | None] | None:
+               handle: int) -> tuple[_Request, _Answer, _Close | None, _Framed | None] | None:
         """Run requests of the connection and write their answers to ``handle`` for as long as each is
         written whole and the next comes in time; the last one's answer and what was written of it for
         the loop to finish (``_respond``), or None when the last answer is done with and the connection
-        goes back to the loop as it is.
-
-        Each answer's body is closed here (WSGI's ``close``) once this thread has written what it could
-        of the answer: where the app keeps its per-request bookkeeping (the request metrics) and ends
-        Flask's request context (``CLOSED_IN_THREAD``, http/app.py), out of the time the client waits
-        whenever the answer went out whole. It must be this thread: Flask's context lives in it."""
+        goes back to the loop as it is."""
         front = self.front
         while True:
             after: _Close | None = None
@@ -404,9 +400,9 @@ class _Connection(asyncio.Protocol):
                     framed.sent = os.write(handle, framed.data)
                 except OSError:  # full (BlockingIOError), or the peer is gone: the loop takes it from here
                     pass
-            _close_body(after)
             if framed is None or not framed.keep or framed.sent < len(framed.data) or front.limits.linger_s <= 0:
-                return request, answer, framed
+                return request, answer, after, framed
+            _close_body(after)  # the answer is out: this request's bookkeeping, here
             front.release(request)
             front.count(running=-1)
             try:
@@ -463,10 +459,11 @@ class _Connection(asyncio.Protocol):
         front.count(running=1)
         return request, environ
 
-    def _respond(self, request: _Request, answer: _Answer, framed: _Framed | None = None) -> None:
+    def _respond(self, request: _Request, answer: _Answer, after: _Close | None, framed: _Framed | None = None) -> None:
         """On the loop: write what the request thread did not write of the answer (``framed``: what it
-        framed and sent; its body is closed already) and go on with the connection, or start pushing a
-        ``Pushable`` answer."""
+        framed and sent), then close the application's body (``after``: WSGI's ``close``, where the app
+        keeps its per-request bookkeeping, the request metrics and the access-log line, out of the time
+        the client waits) and go on with the connection."""
         self.front.count(running=-1)
         self.front.release(request)
         status, headers, body = answer
@@ -474,6 +471,7 @@ class _Connection(asyncio.Protocol):
         if self.closing or transport is None:  # the client left while the application ran
             if _pushable(body):
                 body.close()
+            _close_body(after)
             return
         if _pushable(body):
             head = _head(request, status, headers, self.front.date)
@@ -493,6 +491,7 @@ class _Connection(asyncio.Protocol):
             framed = _frame(request, answer, self.front.date, self.front.stopping)
         if framed.sent < len(framed.data):
             transport.write(framed.data[framed.sent:])
+        _close_body(after)
         if framed.keep:
             self._next()
         else:
@@ -735,7 +734,6 @@ class _Front:
             "wsgi.input": request.input(),
             "wsgi.input_terminated": True,
             BODY_READ_WHOLE: True,
-            CLOSED_IN_THREAD: True,
             "wsgi.errors": sys.stderr,
             "wsgi.multithread": True,
             "wsgi.multiprocess": False,

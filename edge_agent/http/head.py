@@ -10,10 +10,6 @@ MAX_CONFIG_BYTES = 256 * 1024  # a configuration pasted into the console to be c
 # In the WSGI environ of a request whose body the front read whole, within the route's cap, before the
 # application: ``wsgi.input`` is that body, ``CONTENT_LENGTH`` its size (http/app.py reads it directly).
 BODY_READ_WHOLE = "edge_agent.body_read_whole"
-# In the same environ: the front calls the close() of the body the application returns in the thread that
-# called the application, once the answer is written (http/app.py then ends Flask's request context there,
-# after the answer instead of before it).
-CLOSED_IN_THREAD = "edge_agent.closed_in_thread"
 
 
 def keys_in(query_key: str | None, authorization: str) -> list[str]:
