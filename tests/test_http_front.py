@@ -779,4 +779,3 @@ def test_a_close_that_fails_is_logged_not_raised(caplog: pytest.LogCaptureFixtur
     _close_body(close)
     assert "closing the application's response failed" in caplog.text
     assert "bookkeeping bug" in caplog.text
-

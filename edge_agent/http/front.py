@@ -22,10 +22,10 @@ never have its descriptor's number reused under the thread); the loop writes the
 answer when earlier bytes are still queued, then does the request's bookkeeping. Writing from the thread
 saves a wake-up of the loop before the client has its answer (0.04 ms a request on the 2-core VM). Then,
 on a kept-alive connection, the thread waits up to ``linger_ms`` for the connection's next request to
-come whole and runs it too (``_Connection._linger``): a client sending one request after another skips the loop. A body
-that is ``Pushable`` (the MJPEG preview) is written by the loop, and not iterated by a thread: it pushes
-its parts to the loop as they come, a slow watcher misses frames instead of piling them up, and a watcher
-that disconnects is unsubscribed at once. Any other WSGI server can still iterate such a body
+come whole and runs it too (``_Connection._linger``): a client sending one request after another skips
+the loop. A body that is ``Pushable`` (the MJPEG preview) is written by the loop, and not iterated by a
+thread: it pushes its parts to the loop as they come, a slow watcher misses frames instead of piling
+them up, and a watcher that disconnects is unsubscribed at once. Any other WSGI server can still iterate such a body
 (``__iter__``), which is how Flask's test client sees it.
 
 One request per connection is in the application at a time; pipelined requests wait their turn. The
@@ -449,9 +449,8 @@ class _Connection(asyncio.Protocol):
             if not data:  # the end of the stream stays readable: the loop reads it too
                 return None
             self.data_received(data)
-        transport = self.transport
-        if (not self.waiting or self.refusal is not None or self.closing or self.peer_done or front.stopping
-                or transport is None):
+        transport = self.transport  # a request is whole; what parsing it set may still send it to the loop
+        if self.refusal is not None or self.closing or self.peer_done or front.stopping or transport is None:
             return None
         request = self.waiting.popleft()
         environ = front.environ(request, transport)
