@@ -28,6 +28,7 @@ from flask.json.provider import DefaultJSONProvider
 from flask.typing import ResponseReturnValue
 from flask_openapi3 import Info, OpenAPI
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
+from werkzeug.routing import MapAdapter
 
 from edge_agent.errors import (
     EdgeAgentError,
@@ -163,6 +164,33 @@ class CompactJSON(DefaultJSONProvider):
         return super().loads(s, **kwargs)
 
 
+class EdgeAgentApp(OpenAPI):
+    """The app (flask-openapi3's ``OpenAPI``) with a request's URL adapter bound in one step, as Flask binds
+    it (the same host, script name, method, path and query; no ``SERVER_NAME``, subdomain or host
+    matching, and none is configured), but for two things:
+
+    - the scheme stays the request's: werkzeug's ``bind_to_environ`` makes it ``ws`` for a request with
+      ``Connection: Upgrade`` and ``Upgrade: websocket``, where no route matches, and answered such a
+      request with 400 on every route. The front serves no upgrade: it answers the request as plain HTTP,
+      then closes the connection (edge_agent/http/front.py);
+    - the host is read once (Flask reads it, then ``bind_to_environ`` again): 1-2 us of a request."""
+
+    def create_url_adapter(self, request: Request | None) -> MapAdapter | None:
+        url_map = self.url_map
+        if (request is None or self.config["SERVER_NAME"] is not None or self.config["TRUSTED_HOSTS"] is not None
+                or url_map.host_matching or self.subdomain_matching):
+            return super().create_url_adapter(request)
+        env = request.environ
+        return url_map.bind(request.host, _wsgi_text(env.get("SCRIPT_NAME")), url_map.default_subdomain or "",
+                            env["wsgi.url_scheme"], env["REQUEST_METHOD"], _wsgi_text(env.get("PATH_INFO")),
+                            _wsgi_text(env.get("QUERY_STRING")))
+
+
+def _wsgi_text(value: str | None) -> str | None:
+    """A WSGI environ string (bytes as latin-1) as text, as werkzeug decodes it."""
+    return None if value is None else value.encode("latin-1").decode(errors="replace")
+
+
 def _internal(exc: EdgeAgentError) -> bool:
     """A member of the tree with no code of its own (the root itself, the engines' ``EngineError``
     branch) is a failure inside the daemon: its text may name local paths and is only logged."""
@@ -205,7 +233,7 @@ def _docs_page() -> str:
 def create_app(services: HttpServices) -> OpenAPI:
     server = services.server
     api_key = server.api_key.get_secret_value() if server.api_key is not None else ""
-    app = OpenAPI(
+    app = EdgeAgentApp(
         "edge_agent",
         info=Info(title="edge-agent", version=services.version,
                   description="Roboflow-compatible inference API of an edge-agent device (port 9001)."),
