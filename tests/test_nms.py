@@ -46,6 +46,40 @@ def test_nms_matches_reference(seed: int, thr: float, class_aware: bool) -> None
     assert got == reference_nms(boxes, scores, thr, classes)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_many_candidates_take_the_loop_and_match_reference(seed: int) -> None:
+    """Past ``MATRIX_MAX`` candidates the IoUs are not taken as one matrix: the loop answers the same."""
+    from edge_agent.heads import nms as module
+
+    rng = np.random.default_rng(100 + seed)
+    n = module.MATRIX_MAX + 1 + int(rng.integers(0, 200))
+    boxes = _random_boxes(rng, n)
+    scores = rng.permutation(n).astype(np.float32) / n
+    assert nms(boxes, scores, 0.45).tolist() == reference_nms(boxes, scores, 0.45)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_matrix_and_loop_agree_on_ties_degenerate_boxes_and_nan(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_agent.heads import nms as module
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 120))
+    boxes = _random_boxes(rng, n)
+    boxes[1] = np.nan  # a broken output row
+    boxes[2, 2] = boxes[2, 0]  # zero width
+    boxes[3] = boxes[4]  # the same box twice
+    scores = np.round(rng.random(n), 1).astype(np.float32)  # ties: the stable order decides
+    classes = rng.integers(0, 3, n)
+    matrix_max = module.MATRIX_MAX
+    for thr in (0.0, 0.45, 1.0):
+        for cls in (None, classes):
+            matrix = nms(boxes, scores, thr, cls).tolist()
+            monkeypatch.setattr(module, "MATRIX_MAX", 0)
+            loop = nms(boxes, scores, thr, cls).tolist()
+            monkeypatch.setattr(module, "MATRIX_MAX", matrix_max)
+            assert matrix == loop, (thr, cls is not None)
+
+
 def test_nms_empty_and_single() -> None:
     assert nms(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), 0.5).tolist() == []
     assert nms(np.array([[0, 0, 1, 1]], np.float32), np.array([0.3], np.float32), 0.5).tolist() == [0]

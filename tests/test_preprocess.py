@@ -31,6 +31,32 @@ def test_letterbox_places_image_and_maps_back(hw: tuple[int, int]) -> None:
     np.testing.assert_allclose(back, [[0, 0], [w, h]], atol=1e-3)
 
 
+@pytest.mark.parametrize("color", ["rgb", "bgr"])
+@pytest.mark.parametrize("hw", [(480, 640), (640, 480), (320, 320), (97, 413), (1000, 30), (1, 1)])
+def test_letterbox_writes_every_value_as_a_plain_numpy_reference(hw: tuple[int, int], color: str) -> None:
+    """Every value of the input slot is written (the slot starts as NaN): the borders with the pad value,
+    the image's region with its pixels, both /255 and in the model's channel order, bit for bit as the
+    plain way (a padded canvas, transposed, scaled) writes them."""
+    import cv2
+
+    h, w = hw
+    image = np.random.default_rng(h * 7 + w).integers(0, 256, (h, w, 3), np.uint8)
+    spec = Preprocess(color=color)
+    out = np.full((3, 320, 320), np.nan, np.float32)
+    t = preprocess_into(image, spec, out, PARAMS)
+
+    scale = min(320 / w, 320 / h)
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    left, top = (320 - new_w) // 2, (320 - new_h) // 2
+    assert (t.pad_x, t.pad_y) == (left, top)
+    pixels = image if (new_w, new_h) == (w, h) else cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    canvas = np.full((320, 320, 3), spec.pad_value, np.float32)
+    canvas[top:top + new_h, left:left + new_w] = pixels
+    if color == "rgb":
+        canvas = canvas[..., ::-1]
+    np.testing.assert_array_equal(out, canvas.transpose(2, 0, 1) * np.float32(1.0 / 255.0))
+
+
 def test_stretch_and_bgr_and_normalisation() -> None:
     image = np.zeros((100, 200, 3), np.uint8)
     image[..., 0] = 255  # blue

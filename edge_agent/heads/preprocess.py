@@ -136,8 +136,12 @@ def preprocess_into(
         new_w, new_h = max(1, round(w * s)), max(1, round(h * s))
         left, top = (in_w - new_w) // 2, (in_h - new_h) // 2
         pixels = _resized(image, new_w, new_h)
-        if (new_w, new_h) != (in_w, in_h):
-            out[...] = spec.pad_value
+        if (new_w, new_h) != (in_w, in_h):  # the borders only: the image's region is written below
+            pad = spec.pad_value
+            out[:, :top] = pad
+            out[:, top + new_h:] = pad
+            out[:, top:top + new_h, :left] = pad
+            out[:, top:top + new_h, left + new_w:] = pad
         region = out[:, top:top + new_h, left:left + new_w]
         transform = Transform(new_w / w, new_h / h, float(left), float(top), crop_x, crop_y, w, h)
     else:  # center-crop: shorter side to the input size, then the middle (classification)
@@ -147,8 +151,13 @@ def preprocess_into(
         pixels = _resized(image, new_w, new_h)[top:top + in_h, left:left + in_w]
         transform = Transform(s, s, -float(left), -float(top), crop_x, crop_y, w, h)
 
-    # One pass: HWC uint8 -> CHW float32, channel order flipped for RGB models.
-    np.copyto(region, pixels.transpose(2, 0, 1)[channels], casting="unsafe")
+    # HWC uint8 -> CHW float32, channel order flipped for RGB models: OpenCV splits the channels (SIMD),
+    # then each plane converts row by row (a copy through the transposed view gathers every third byte:
+    # 93 against 48 us for 320x240 on the 2-core VM).
+    import cv2  # lazy: cv2
+
+    for plane, channel in zip(cv2.split(pixels)[channels], region):
+        channel[...] = plane
     out *= np.float32(1.0 / 255.0)
     if spec.mean != (0.0, 0.0, 0.0) or spec.std != (1.0, 1.0, 1.0):
         out -= np.asarray(spec.mean, dtype=np.float32)[:, None, None]
