@@ -573,3 +573,36 @@ def test_an_engine_error_answers_500_without_its_detail(tmp_path: Path) -> None:
         runtime.stop()
     assert r.status_code == 500
     assert r.get_json() == {"message": "Internal error.", "error": "internal_error"}
+
+
+def test_no_session_is_kept_and_a_write_to_one_is_an_internal_error(tmp_path: Path) -> None:
+    """The app keeps no sessions (no secret key): every request shares one null session, empty to read, and
+    a view that writes to it fails as under Flask's own null session, as an internal error."""
+    from flask import session
+
+    from edge_agent.http.app import create_app
+    from edge_agent.runtime import Runtime
+    from edge_agent.settings import Settings
+
+    runtime = Runtime(Settings.defaults(tmp_path))
+    app = create_app(runtime.http_services())
+
+    @app.get("/read-session", doc_ui=False)
+    def read_session() -> Any:
+        return {"keys": sorted(session.keys())}
+
+    @app.get("/write-session", doc_ui=False)
+    def write_session() -> Any:
+        session["user"] = "x"
+        return {}
+
+    try:
+        client = app.test_client()
+        assert client.get("/read-session").get_json() == {"keys": []}
+        written = client.get("/write-session")
+        assert client.get("/read-session").get_json() == {"keys": []}
+        assert "Set-Cookie" not in written.headers
+    finally:
+        runtime.stop()
+    assert written.status_code == 500
+    assert written.get_json() == {"message": "Internal error."}
