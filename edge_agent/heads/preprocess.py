@@ -153,11 +153,15 @@ def preprocess_into(
 
     # HWC uint8 -> CHW float32, channel order flipped for RGB models: OpenCV splits the channels (SIMD),
     # then each plane converts row by row (a copy through the transposed view gathers every third byte:
-    # 93 against 48 us for 320x240 on the 2-core VM).
-    import cv2  # lazy: cv2
+    # 93 against 48 us for 320x240 on the 2-core VM). Anything but 3 channels (the loaders give none) is
+    # copied as before: one channel is broadcast, other counts fail.
+    if pixels.ndim == 3 and pixels.shape[2] == 3 == region.shape[0]:
+        import cv2  # lazy: cv2
 
-    for plane, channel in zip(cv2.split(pixels)[channels], region):
-        channel[...] = plane
+        for plane, channel in zip(cv2.split(pixels)[channels], region):
+            channel[...] = plane
+    else:
+        np.copyto(region, pixels.transpose(2, 0, 1)[channels], casting="unsafe")
     out *= np.float32(1.0 / 255.0)
     if spec.mean != (0.0, 0.0, 0.0) or spec.std != (1.0, 1.0, 1.0):
         out -= np.asarray(spec.mean, dtype=np.float32)[:, None, None]
