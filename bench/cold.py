@@ -1,5 +1,5 @@
-"""What a request's own Python costs when it runs right after a pause: warm in a loop, after a sleep, after
-a run of the model.
+"""What the app's own work for a request costs right after a pause: warm in a loop, after a sleep, after a
+run of the model.
 
 bench/http.py measures the server's cost per request beside the bare model. On the 2-core development VM
 that cost follows the machine's load, and the stages of a request measured inside the server take 2-3x
@@ -88,6 +88,8 @@ def main() -> None:
     ap.add_argument("--pause-ms", type=float, default=6.0, help="the sleep of 'after sleep' (default 6 ms)")
     ap.add_argument("--route", choices=["v2", "v1"], default="v2")
     args = ap.parse_args()
+    if args.requests < 50:
+        ap.error("--requests: at least 50 (the conditions take turns in blocks of 50)")
 
     path, content_type, body = request_of(args.route, SAMPLE.read_bytes())
     with tempfile.TemporaryDirectory() as tmp:
