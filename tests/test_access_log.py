@@ -1,6 +1,6 @@
 """The access log's writer thread (edge_agent/http/access_log.py): lines keep their request's time and order,
-appear without a flush, and a handler that blocks holds up neither the caller, nor memory, nor the flush
-at exit."""
+appear without a flush, the thread sleeps while no line comes, and a handler that blocks holds up neither
+the caller, nor memory, nor the flush at exit."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
+from edge_agent.http import access_log
 from edge_agent.http.access_log import AccessLog
 
 
@@ -57,6 +58,33 @@ def test_lines_are_written_by_the_thread_in_order_with_their_own_time(logger: lo
     assert first.levelno == logging.INFO and first.name == logger.name
     assert before <= first.created < second.created <= after  # when the request ended, not when written
     assert first.threadName == "access-log"
+
+
+def test_the_writer_sleeps_while_no_line_comes(logger: logging.Logger, monkeypatch: pytest.MonkeyPatch) -> None:
+    naps: list[float] = []
+
+    class Clock:  # the module's ``time``, with its writer's naps counted
+        time = staticmethod(time.time)
+
+        @staticmethod
+        def sleep(seconds: float) -> None:
+            naps.append(seconds)
+            time.sleep(seconds)
+
+    monkeypatch.setattr(access_log, "time", Clock)
+    kept = Kept()
+    logger.addHandler(kept)
+    access = AccessLog(logger, flush_s=0.01)
+    access.add("GET", "/a", 200, 0.001, "127.0.0.1")
+    _wait_for(lambda: len(kept.records) == 1)
+    time.sleep(0.3)  # 30 of its periods with nothing queued
+    assert naps == [0.01]  # one nap for the line, none while idle
+    access.add("GET", "/b", 200, 0.001, "127.0.0.1")
+    access.add("GET", "/c", 200, 0.001, "127.0.0.1")
+    _wait_for(lambda: len(kept.records) == 3)
+    time.sleep(0.1)
+    assert [r.getMessage().split()[1] for r in kept.records] == ["/a", "/b", "/c"]
+    assert len(naps) == 2  # the two lines went out together
 
 
 def test_a_blocked_handler_delays_lines_but_never_the_caller_and_the_queue_is_capped(logger: logging.Logger) -> None:
