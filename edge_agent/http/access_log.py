@@ -4,11 +4,11 @@ The app queues a request's line (its fields, a deque append) as it makes the ans
 is written (http/app.py), so that a request the client sends after an answer is logged after it. The
 writer thread sleeps until a line is queued, waits ``FLUSH_S`` more for the lines that follow it, then
 formats them and hands them to the logging handlers (stderr, journald): one wake-up per ``FLUSH_S`` under
-load, none while no request comes. So the formatting and the write (about 15 us a line in a loop, 80-90 us on
-the 2-core VM right after a request's model run, where the front's loop wrote it after each answer) are
-paid by no request, and a stalled stderr (a
-paused terminal, a journald that does not read) can delay log lines but never the front: the queue holds
-at most ``MAX_QUEUED`` lines, and lines past it are counted and the count logged once there is room.
+load, none while no request comes. So the formatting and the write (about 15 us a line in a loop, 80-90
+us on the 2-core VM right after a request's model run, where the front's loop wrote it after each
+answer) are paid by no request, and a stalled stderr (a paused terminal, a journald that does not read)
+can delay log lines but never the front: the queue holds at most ``MAX_QUEUED`` lines, and lines past it
+are counted and the count logged once there is room.
 
 Each line keeps the time its answer was made (the record's ``created``). The writer starts in the process
 that first queues a line (the gunicorn worker, after the fork) and is flushed at the interpreter's exit

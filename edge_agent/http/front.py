@@ -25,8 +25,8 @@ on a kept-alive connection, the thread waits up to ``linger_ms`` for the connect
 come whole and runs it too (``_Connection._linger``): a client sending one request after another skips
 the loop. A body that is ``Pushable`` (the MJPEG preview) is written by the loop, and not iterated by a
 thread: it pushes its parts to the loop as they come, a slow watcher misses frames instead of piling
-them up, and a watcher that disconnects is unsubscribed at once. Any other WSGI server can still iterate such a body
-(``__iter__``), which is how Flask's test client sees it.
+them up, and a watcher that disconnects is unsubscribed at once. Any other WSGI server can still iterate
+such a body (``__iter__``), which is how Flask's test client sees it.
 
 One request per connection is in the application at a time; pipelined requests wait their turn. The
 loop also beats gunicorn's heartbeat and notices the stop signal; on stop it closes idle connections,
